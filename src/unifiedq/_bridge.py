@@ -1,0 +1,205 @@
+"""Bridges that give every driver both faces.
+
+* :class:`SyncToAsync` runs a blocking driver's methods in a small, bounded thread pool.
+* :class:`AsyncToSync` runs an asyncio driver on one private event-loop thread shared by all
+  bridged queues of the process, and blocks the caller until each coroutine finishes.
+
+Bridges call the wrapped driver's underscore methods directly: the bridge's own public verbs
+have already validated the arguments, so the work is not done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from ._base import AsyncQueueBase, QueueBase
+from ._capabilities import Capability
+from ._job import EnqueueRequest, Job
+
+__all__ = ["AsyncToSync", "SyncToAsync"]
+
+T = TypeVar("T")
+
+# A blocking dequeue in a worker thread is cut into slices so that a cancelled wait frees its
+# thread within this many seconds instead of holding it until the full timeout.
+_SLICE = 1.0
+
+
+class SyncToAsync(AsyncQueueBase):
+    """The asyncio face of a blocking driver."""
+
+    bridged = True
+
+    def __init__(self, inner: QueueBase, *, max_threads: int = 8) -> None:
+        super().__init__(inner.name, inner._url)
+        self.driver = inner.driver
+        self.capabilities = inner.capabilities
+        self.max_body = inner.max_body
+        self.inner = inner
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_threads, thread_name_prefix=f"unifiedq-{inner.driver}"
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    async def _enqueue(self, req: EnqueueRequest) -> str:
+        return await self._run(self.inner._enqueue, req)
+
+    async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        return await self._run(self.inner._enqueue_many, reqs)
+
+    async def _take(self, fn: Callable[[float | None], T], timeout: float | None) -> T:
+        """Run a taking call in the pool; if we are cancelled meanwhile, give its jobs back."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, fn, timeout)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(self._rescue)
+            raise
+
+    def _rescue(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        result = fut.result()
+        jobs = result if isinstance(result, list) else [result] if result is not None else []
+        for job in jobs:
+            self._pool.submit(self._give_back, job)
+
+    def _give_back(self, job: Job) -> None:
+        if Capability.ACK in self.capabilities:
+            self.inner._nack(job, True, 0.0)
+        else:  # at-most-once driver: the job is already removed; put a copy back
+            self.inner._enqueue(
+                EnqueueRequest(job.body, 0.0, job.priority, job.id, False, job.headers)
+            )
+
+    async def _dequeue(self, timeout: float | None) -> Job | None:
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            now = asyncio.get_running_loop().time()
+            step = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - now))
+            job = await self._take(self.inner._dequeue, step)
+            if job is not None or (deadline is not None and now + step >= deadline):
+                return job
+
+    async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        first = await self._dequeue(timeout)
+        if first is None:
+            return []
+        rest = await self._take(lambda _t: self.inner._dequeue_many(max_jobs - 1, 0.0), 0.0) \
+            if max_jobs > 1 else []
+        return [first, *rest]
+
+    async def _peek(self) -> Job | None:
+        return await self._run(self.inner._peek)
+
+    async def _ack(self, job: Job) -> None:
+        await self._run(self.inner._ack, job)
+
+    async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        await self._run(self.inner._nack, job, requeue, delay)
+
+    async def _extend_lease(self, job: Job, seconds: float) -> None:
+        await self._run(self.inner._extend_lease, job, seconds)
+
+    async def _size(self) -> int:
+        return await self._run(self.inner._size)
+
+    async def _purge(self) -> int:
+        return await self._run(self.inner._purge)
+
+    async def _close(self) -> None:
+        try:
+            await self._run(self.inner.close)
+        finally:
+            self._pool.shutdown(wait=False)
+
+
+class _LoopThread:
+    """One daemon thread running an event loop, recreated after fork."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid = 0
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid() or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                t = threading.Thread(
+                    target=loop.run_forever, name="unifiedq-bridge-loop", daemon=True
+                )
+                t.start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return fut.result()
+    except BaseException:
+        fut.cancel()  # e.g. KeyboardInterrupt while blocked: stop the coroutine too
+        raise
+
+
+class AsyncToSync(QueueBase):
+    """The blocking face of an asyncio driver."""
+
+    bridged = True
+
+    def __init__(self, inner: AsyncQueueBase) -> None:
+        # Async drivers do no I/O and touch no event loop in their constructor, so the inner
+        # handle can be built on the caller's thread and then driven on the loop thread.
+        self._loop = _LoopThread.get()
+        super().__init__(inner.name, inner._url)
+        self.driver = inner.driver
+        self.capabilities = inner.capabilities
+        self.max_body = inner.max_body
+        self.inner = inner
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return _run_on(self._loop, coro)
+
+    def _enqueue(self, req: EnqueueRequest) -> str:
+        return self._run(self.inner._enqueue(req))
+
+    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        return self._run(self.inner._enqueue_many(reqs))
+
+    def _dequeue(self, timeout: float | None) -> Job | None:
+        return self._run(self.inner._dequeue(timeout))
+
+    def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        return self._run(self.inner._dequeue_many(max_jobs, timeout))
+
+    def _peek(self) -> Job | None:
+        return self._run(self.inner._peek())
+
+    def _ack(self, job: Job) -> None:
+        self._run(self.inner._ack(job))
+
+    def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        self._run(self.inner._nack(job, requeue, delay))
+
+    def _extend_lease(self, job: Job, seconds: float) -> None:
+        self._run(self.inner._extend_lease(job, seconds))
+
+    def _size(self) -> int:
+        return self._run(self.inner._size())
+
+    def _purge(self) -> int:
+        return self._run(self.inner._purge())
+
+    def _close(self) -> None:
+        self._run(self.inner.aclose())

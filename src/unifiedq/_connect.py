@@ -1,0 +1,64 @@
+"""``connect()`` and ``connect_async()``: from a URL to a queue handle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import AsyncQueueBase, QueueBase
+from ._bridge import AsyncToSync, SyncToAsync
+from ._registry import LoadedDriver, get_driver
+from ._url import URL, parse_url
+
+__all__ = ["connect", "connect_async"]
+
+
+def _resolve(url: object) -> tuple[URL, LoadedDriver]:
+    parsed = parse_url(url)
+    return parsed, get_driver(parsed.scheme)
+
+
+def connect(url: str, **options: Any) -> QueueBase:
+    """Open a blocking queue handle.
+
+    Args:
+        url: A connection string such as ``"memory://jobs"`` or
+            ``"redis://localhost:6379/0?queue=emails"``.
+        **options: Driver options; they override the same options in the URL's query.
+
+    Returns:
+        A :class:`~unifiedq.Queue`. When the driver is asyncio-only, the handle is a bridge
+        (``queue.bridged`` is True) running the driver on a private event-loop thread.
+
+    Raises:
+        InvalidURL: The URL or an option is invalid.
+        DriverNotFound: No driver serves the scheme.
+        DriverUnavailable: The driver's dependencies are missing (the message names the extra).
+    """
+    parsed, drv = _resolve(url)
+    if drv.sync_class is not None:
+        return drv.sync_class.from_url(parsed, options)
+    assert drv.async_class is not None
+    return AsyncToSync(drv.async_class.from_url(parsed, options))
+
+
+def connect_async(url: str, **options: Any) -> AsyncQueueBase:
+    """Open an asyncio queue handle; use it as ``async with connect_async(url) as q:``.
+
+    Args:
+        url: A connection string (see :func:`connect`).
+        **options: Driver options; they override the same options in the URL's query.
+
+    Returns:
+        An :class:`~unifiedq.AsyncQueue`. When the driver is blocking-only, the handle is a
+        bridge (``queue.bridged`` is True) that runs it in a bounded thread pool.
+
+    Raises:
+        InvalidURL: The URL or an option is invalid.
+        DriverNotFound: No driver serves the scheme.
+        DriverUnavailable: The driver's dependencies are missing.
+    """
+    parsed, drv = _resolve(url)
+    if drv.async_class is not None:
+        return drv.async_class.from_url(parsed, options)
+    assert drv.sync_class is not None
+    return SyncToAsync(drv.sync_class.from_url(parsed, options))

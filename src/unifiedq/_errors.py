@@ -1,0 +1,157 @@
+"""The exceptions unifiedq raises.
+
+Every error derives from :class:`UnifiedQError`; most also derive from the builtin a
+caller would naturally catch, so ``except ValueError`` keeps working::
+
+    UnifiedQError
+    ├── ConfigurationError(ValueError)
+    │   └── InvalidURL                  bad URL, unknown scheme option, bad option value
+    ├── DriverNotFound(LookupError)     no driver for the URL scheme ("did you mean ...")
+    ├── DriverUnavailable(ImportError)  driver's dependencies missing; names the pip extra
+    ├── UnsupportedOperation(NotImplementedError)   verb or option the driver lacks
+    ├── InvalidArgument(ValueError)     bad verb argument (delay < 0, priority out of range, ...)
+    │   ├── InvalidBody(TypeError)      body is not bytes
+    │   └── BodyTooLarge                body exceeds the driver's limit
+    ├── QueueTimeout(TimeoutError)      a bounded wait ran out
+    ├── QueueFull                       bounded queue refused a job
+    ├── QueueClosed(RuntimeError)       verb called after close()
+    ├── JobError
+    │   ├── WrongQueue(ValueError)      ack/nack of a job that came from another queue
+    │   ├── JobNotLeased(LookupError)   ack/nack of a job already settled or whose lease expired
+    │   └── DuplicateJob(ValueError)    caller-chosen job id already exists
+    ├── SerializationError(ValueError)  a codec could not encode or decode a payload
+    └── BackendError                    the backend failed; the library error is chained
+        ├── BackendConnectionError(ConnectionError)
+        ├── AuthenticationError(PermissionError)
+        └── ProtocolError               the peer sent something we cannot understand
+
+Drivers translate their library's exceptions in one place and chain them with ``from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BackendConnectionError",
+    "BackendError",
+    "BodyTooLarge",
+    "ConfigurationError",
+    "DriverNotFound",
+    "DriverUnavailable",
+    "DuplicateJob",
+    "InvalidArgument",
+    "InvalidBody",
+    "InvalidURL",
+    "JobError",
+    "JobNotLeased",
+    "ProtocolError",
+    "QueueClosed",
+    "QueueFull",
+    "QueueTimeout",
+    "SerializationError",
+    "UnifiedQError",
+    "UnsupportedOperation",
+    "WrongQueue",
+]
+
+
+class UnifiedQError(Exception):
+    """Root of every exception raised by unifiedq."""
+
+
+class ConfigurationError(UnifiedQError, ValueError):
+    """A connection string or option is invalid."""
+
+
+class InvalidURL(ConfigurationError):
+    """The URL cannot be parsed, or one of its options is unknown or has a bad value."""
+
+
+class DriverNotFound(UnifiedQError, LookupError):
+    """No driver is registered for the URL scheme."""
+
+
+class DriverUnavailable(UnifiedQError, ImportError):
+    """The driver exists but its dependencies are not installed.
+
+    Attributes:
+        extra: The pip extra that installs the dependencies (``unifiedq[extra]``).
+    """
+
+    def __init__(self, message: str, *, extra: str | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class UnsupportedOperation(UnifiedQError, NotImplementedError):
+    """The driver cannot perform this verb or honour this option.
+
+    Attributes:
+        driver: The driver's name, e.g. ``"faktory"``.
+        capability: The missing capability's name, e.g. ``"PEEK"``.
+    """
+
+    def __init__(self, message: str, *, driver: str = "", capability: str = "") -> None:
+        super().__init__(message)
+        self.driver = driver
+        self.capability = capability
+
+
+class InvalidArgument(UnifiedQError, ValueError):
+    """An argument of a verb is invalid; nothing was sent to the backend."""
+
+
+class InvalidBody(InvalidArgument, TypeError):
+    """A job body is not ``bytes`` (or ``bytearray``/``memoryview``)."""
+
+
+class BodyTooLarge(InvalidArgument):
+    """A job body is larger than the driver accepts."""
+
+
+class QueueTimeout(UnifiedQError, TimeoutError):
+    """A bounded wait (blocking enqueue on a full queue, a request) ran out of time."""
+
+
+class QueueFull(UnifiedQError):
+    """A bounded queue is full and its overflow policy rejects the job."""
+
+
+class QueueClosed(UnifiedQError, RuntimeError):
+    """The queue object was closed; open a new one with ``connect()``."""
+
+
+class JobError(UnifiedQError):
+    """A problem with a specific job."""
+
+
+class WrongQueue(JobError, ValueError):
+    """A job was acked or nacked on a queue it was not dequeued from."""
+
+
+class JobNotLeased(JobError, LookupError):
+    """The job is not leased: already acked/nacked, or its lease expired and it was redelivered."""
+
+
+class DuplicateJob(JobError, ValueError):
+    """A caller-chosen job id already exists in the queue."""
+
+
+class SerializationError(UnifiedQError, ValueError):
+    """A codec could not encode or decode a payload."""
+
+
+class BackendError(UnifiedQError):
+    """The backend reported an error; the original exception is chained as ``__cause__``."""
+
+
+class BackendConnectionError(BackendError, ConnectionError):
+    """The backend cannot be reached or the connection was lost."""
+
+
+class AuthenticationError(BackendError, PermissionError):
+    """The backend refused our credentials or certificate."""
+
+
+class ProtocolError(BackendError):
+    """The peer sent data that does not follow the expected protocol."""

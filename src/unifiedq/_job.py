@@ -1,0 +1,186 @@
+"""Jobs and enqueue requests: frozen, slotted value objects shared by every driver."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from ._errors import BodyTooLarge, InvalidArgument, InvalidBody
+
+__all__ = ["PRIORITY_MAX", "PRIORITY_MIN", "EnqueueRequest", "Job", "new_job_id"]
+
+#: Lowest and highest priority accepted by ``enqueue(priority=...)``; higher runs first.
+PRIORITY_MIN = 0
+PRIORITY_MAX = 9
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+_MAX_ID_LEN = 200
+
+
+def new_job_id() -> str:
+    """Return a fresh job id (a UUID4 string, as asynq uses)."""
+    return str(uuid.uuid4())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A job handed out by ``dequeue()`` or ``peek()``.
+
+    Attributes:
+        id: The job's id, unique within its queue.
+        queue: The name of the queue the job was dequeued from.
+        body: The payload, exactly as it was enqueued.
+        attempt: 1 on the first delivery, incremented on each redelivery.
+        enqueued_at: Unix time (seconds) when the job was first enqueued.
+        headers: String headers given at enqueue time (read-only).
+        priority: The priority it was enqueued with, if any.
+        receipt: Driver-private data needed to ack the job (delivery tag, lease token...).
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    attempt: int = 1
+    enqueued_at: float = 0.0
+    headers: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY, hash=False)
+    priority: int | None = None
+    receipt: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, MappingProxyType):
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """A validated enqueue call, built by :meth:`EnqueueRequest.build` before any I/O.
+
+    Attributes:
+        body: The payload bytes.
+        delay: Seconds before the job becomes visible (0.0 = now).
+        priority: 0..9 or None.
+        job_id: The job id: caller-chosen, or freshly generated.
+        custom_id: Whether the caller chose ``job_id`` (drivers check duplicates then).
+        headers: String headers.
+    """
+
+    body: bytes
+    delay: float = 0.0
+    priority: int | None = None
+    job_id: str = ""
+    custom_id: bool = False
+    headers: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY, hash=False)
+
+    @classmethod
+    def build(
+        cls,
+        body: object,
+        *,
+        delay: object = None,
+        priority: object = None,
+        job_id: object = None,
+        headers: object = None,
+        max_body: int | None = None,
+    ) -> EnqueueRequest:
+        """Validate the arguments of an enqueue call.
+
+        Args:
+            body: Must be ``bytes``, ``bytearray`` or ``memoryview``.
+            delay: None, seconds (int/float >= 0), or a ``datetime.timedelta``.
+            priority: None or an int in ``PRIORITY_MIN..PRIORITY_MAX``.
+            job_id: None or a non-empty str of printable characters (at most 200).
+            headers: None or a mapping of str to str.
+            max_body: The driver's body size limit, if it has one.
+
+        Returns:
+            The normalised request.
+
+        Raises:
+            InvalidBody: ``body`` is not bytes-like.
+            BodyTooLarge: ``body`` exceeds ``max_body``.
+            InvalidArgument: any other argument is invalid.
+        """
+        data = _as_bytes(body)
+        if max_body is not None and len(data) > max_body:
+            raise BodyTooLarge(
+                f"body is {len(data)} bytes but this queue accepts at most {max_body}; "
+                "store large payloads elsewhere and enqueue a reference"
+            )
+        hdrs = _check_headers(headers)
+        if job_id is None:
+            return cls(data, check_delay(delay), check_priority(priority), new_job_id(), False, hdrs)
+        return cls(data, check_delay(delay), check_priority(priority), _check_id(job_id), True, hdrs)
+
+
+def _as_bytes(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    hint = " (encode text with .encode() or use a codec)" if isinstance(body, str) else ""
+    raise InvalidBody(f"job body must be bytes, not {type(body).__name__}{hint}")
+
+
+def check_delay(delay: object, *, name: str = "delay") -> float:
+    """Return ``delay`` as non-negative finite seconds (None -> 0.0)."""
+    if delay is None:
+        return 0.0
+    if isinstance(delay, _dt.timedelta):
+        delay = delay.total_seconds()
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise InvalidArgument(f"{name} must be seconds (int/float) or a timedelta, not {delay!r}")
+    if not math.isfinite(delay) or delay < 0:
+        raise InvalidArgument(f"{name} must be a finite number of seconds >= 0, not {delay!r}")
+    return float(delay)
+
+
+def check_priority(priority: object) -> int | None:
+    """Return ``priority`` if it is None or an int in range, else raise InvalidArgument."""
+    if priority is None:
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidArgument(f"priority must be an int, not {priority!r}")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidArgument(
+            f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX} (higher runs first), "
+            f"not {priority}"
+        )
+    return priority
+
+
+def check_timeout(timeout: object, *, name: str = "timeout") -> float | None:
+    """Return ``timeout`` as seconds >= 0, or None for "wait forever"."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidArgument(f"{name} must be seconds (int/float) or None, not {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise InvalidArgument(f"{name} must be >= 0 seconds or None, not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _check_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidArgument(f"job_id must be a non-empty str, not {job_id!r}")
+    if len(job_id) > _MAX_ID_LEN or not job_id.isprintable() or any(c.isspace() for c in job_id):
+        raise InvalidArgument(
+            f"job_id must be at most {_MAX_ID_LEN} printable characters without spaces"
+        )
+    return job_id
+
+
+def _check_headers(headers: object) -> Mapping[str, str]:
+    if headers is None:
+        return _EMPTY
+    if not isinstance(headers, Mapping):
+        raise InvalidArgument(f"headers must be a mapping of str to str, not {headers!r}")
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgument(f"headers must map str to str; got {k!r}: {v!r}")
+    return MappingProxyType(dict(headers))

@@ -1,0 +1,125 @@
+"""Codecs turn typed payloads into job bodies and back. JSON by default; never pickle.
+
+Drivers move bytes. When an application wants to enqueue objects, it wraps a queue in
+:class:`TypedQueue` with a codec::
+
+    q = TypedQueue(connect("memory://emails"), JsonCodec())
+    q.put({"to": "ada@example.com"})
+    job, payload = q.get(timeout=1)
+    q.queue.ack(job)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Generic, Protocol, TypeVar
+
+from ._errors import SerializationError
+from ._job import Job
+from ._protocol import Queue
+
+__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "TypedQueue", "get_codec"]
+
+T = TypeVar("T")
+
+
+class Codec(Protocol):
+    """Encodes payloads to bytes and back."""
+
+    #: Short name, stored in the ``content-type`` header by :class:`TypedQueue`.
+    name: str
+
+    def encode(self, obj: Any) -> bytes:
+        """Return ``obj`` as bytes; raise SerializationError if it cannot be encoded."""
+        ...
+
+    def decode(self, data: bytes) -> Any:
+        """Return the object encoded in ``data``; raise SerializationError if malformed."""
+        ...
+
+
+class JsonCodec:
+    """UTF-8 JSON, compact separators. Only JSON types round-trip."""
+
+    name = "json"
+
+    def encode(self, obj: Any) -> bytes:
+        """Encode ``obj`` as compact UTF-8 JSON."""
+        try:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"cannot encode {type(obj).__name__} as JSON: {exc}") \
+                from exc
+
+    def decode(self, data: bytes) -> Any:
+        """Decode UTF-8 JSON."""
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SerializationError(f"job body is not valid JSON: {exc}") from exc
+
+
+class MsgpackCodec:
+    """MessagePack (needs the ``msgpack`` extra). Compact and fast; bytes round-trip."""
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        try:
+            import msgpack
+        except ImportError as exc:
+            from ._errors import DriverUnavailable
+
+            raise DriverUnavailable("MsgpackCodec needs msgpack: pip install "
+                                    "'unifiedq[msgpack]'", extra="msgpack") from exc
+        self._m = msgpack
+
+    def encode(self, obj: Any) -> bytes:
+        """Encode ``obj`` with msgpack."""
+        try:
+            return bytes(self._m.packb(obj, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"cannot encode {type(obj).__name__} as msgpack: {exc}") \
+                from exc
+
+    def decode(self, data: bytes) -> Any:
+        """Decode msgpack data."""
+        try:
+            return self._m.unpackb(data, raw=False)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise SerializationError(f"job body is not valid msgpack: {exc}") from exc
+
+
+def get_codec(name: str) -> Codec:
+    """Return a codec by name: ``"json"`` or ``"msgpack"``."""
+    if name == "json":
+        return JsonCodec()
+    if name == "msgpack":
+        return MsgpackCodec()
+    raise SerializationError(f"unknown codec {name!r}; use 'json' or 'msgpack'")
+
+
+class TypedQueue(Generic[T]):
+    """A queue of typed payloads over any blocking queue.
+
+    Args:
+        queue: The underlying queue.
+        codec: How payloads become bytes (default JSON).
+    """
+
+    def __init__(self, queue: Queue, codec: Codec | None = None) -> None:
+        self.queue = queue
+        self.codec: Codec = codec or JsonCodec()
+
+    def put(self, payload: T, **options: Any) -> str:
+        """Encode and enqueue ``payload``; ``options`` are passed to ``enqueue``."""
+        return self.queue.enqueue(self.codec.encode(payload), **options)
+
+    def get(self, *, timeout: float | None = 0.0) -> tuple[Job, T] | None:
+        """Dequeue and decode the next job; return ``(job, payload)`` or None."""
+        job = self.queue.dequeue(timeout=timeout)
+        if job is None:
+            return None
+        payload: T = self.codec.decode(job.body)
+        return job, payload

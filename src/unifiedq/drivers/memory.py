@@ -1,0 +1,315 @@
+"""In-process reference driver: every verb, no dependencies.
+
+Features: leases with a visibility timeout and redelivery, delays, priorities (0..9, higher
+first; no priority counts as 0), batches, blocking dequeue, caller-chosen ids, headers, and an
+optional bound with :class:`~unifiedq.QueueFull`. Thread-safe. Not durable and not shared
+between processes: a queue lives as long as the process.
+
+Connection string::
+
+    memory://<queue name>?maxsize=1000&visibility_timeout=30&max_body=1048576
+
+Handles opened with the same name in one process share one queue. Closing a handle returns
+the jobs it still holds to the queue at once (as if they had been nacked), so nothing is lost.
+
+This module is the one to copy when writing a driver: one store, one lock, the underscore
+methods of :class:`~unifiedq.QueueBase`, and a ``from_url`` that parses typed options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Mapping
+from typing import Self
+
+from .._base import QueueBase
+from .._capabilities import Capability
+from .._errors import DuplicateJob, InvalidURL, JobNotLeased, QueueFull
+from .._job import EnqueueRequest, Job
+from .._url import URL, parse_options
+
+__all__ = ["MemoryOptions", "MemoryQueue", "reset"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemoryOptions:
+    """Options of ``memory://`` URLs.
+
+    Attributes:
+        maxsize: Most jobs held at once (waiting, delayed and leased); None = unbounded.
+        visibility_timeout: Seconds a dequeued job stays leased before it is redelivered.
+        max_body: Largest body accepted, in bytes; None = unlimited.
+    """
+
+    maxsize: int | None = None
+    visibility_timeout: float = 30.0
+    max_body: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.maxsize is not None and self.maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, not {self.maxsize}")
+        if not self.visibility_timeout > 0:
+            raise ValueError(f"visibility_timeout must be > 0, not {self.visibility_timeout}")
+        if self.max_body is not None and self.max_body < 0:
+            raise ValueError(f"max_body must be >= 0, not {self.max_body}")
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    id: str
+    body: bytes
+    priority: int | None
+    headers: Mapping[str, str]
+    enqueued_at: float
+    seq: int
+    deliveries: int = 0
+    token: int = 0  # the current lease's token; 0 = not leased
+    deadline: float = 0.0  # monotonic time the current lease ends
+
+
+class _Store:
+    """One named queue: the state every handle with that name shares."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.entries: dict[str, _Entry] = {}
+        self.ready: list[tuple[int, int, str]] = []  # (-priority, seq, id)
+        self.delayed: list[tuple[float, int, str]] = []  # (due, seq, id)
+        self.leases: list[tuple[float, int, str]] = []  # (deadline, token, id); lazy deletion
+        self.seq = itertools.count()
+        self.tokens = itertools.count(1)
+
+    def push_ready(self, e: _Entry) -> None:
+        heapq.heappush(self.ready, (-(e.priority or 0), e.seq, e.id))
+
+    def expire_leases(self, mono: float) -> float | None:
+        """Return expired leases to ready; return when the next lease ends (monotonic)."""
+        while self.leases and self.leases[0][0] <= mono:
+            _, token, jid = heapq.heappop(self.leases)
+            e = self.entries.get(jid)
+            # Stale heap entries (acked, redelivered or extended since) are skipped.
+            if e is not None and e.token == token and e.deadline <= mono:
+                e.token = 0
+                self.push_ready(e)
+        return self.leases[0][0] if self.leases else None
+
+    def lease(self, e: _Entry, seconds: float) -> None:
+        e.deadline = time.monotonic() + seconds
+        heapq.heappush(self.leases, (e.deadline, e.token, e.id))
+
+    def waiting(self) -> int:
+        return sum(1 for e in self.entries.values() if e.token == 0)
+
+
+_stores_lock = threading.Lock()
+_stores: dict[str, _Store] = {}
+
+
+def _store(name: str) -> _Store:
+    with _stores_lock:
+        return _stores.setdefault(name, _Store())
+
+
+def reset() -> None:
+    """Forget every memory queue of this process, as a restart would (used by tests)."""
+    with _stores_lock:
+        _stores.clear()
+
+
+class MemoryQueue(QueueBase):
+    """A thread-safe in-process queue."""
+
+    driver = "memory"
+    capabilities = (
+        Capability.PEEK | Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY
+        | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
+        | Capability.CUSTOM_ID | Capability.HEADERS | Capability.BOUNDED
+        | Capability.NATIVE_SYNC
+    )
+
+    def __init__(self, name: str, options: MemoryOptions, url: URL | None = None) -> None:
+        super().__init__(name, url)
+        self.options = options
+        self.max_body = options.max_body
+        self._s = _store(name)
+        self._held: dict[int, str] = {}  # token -> id of jobs this handle leased
+
+    @classmethod
+    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
+        """Build a handle from ``memory://<name>?...``."""
+        if url.username or url.password or url.path:
+            raise InvalidURL(f"memory:// URLs take only a queue name, e.g. 'memory://jobs', "
+                             f"not {url.redacted()!r}")
+        name = url.authority or "default"
+        return cls(name, parse_options(MemoryOptions, url.query, options, driver="memory"), url)
+
+    def _add(self, req: EnqueueRequest, now: float) -> str:
+        s = self._s
+        if req.job_id in s.entries:
+            raise DuplicateJob(f"job id {req.job_id!r} already exists in queue {self.name!r}")
+        e = _Entry(req.job_id, req.body, req.priority, req.headers, now, next(s.seq))
+        s.entries[e.id] = e
+        if req.delay > 0:
+            heapq.heappush(s.delayed, (now + req.delay, e.seq, e.id))
+        else:
+            s.push_ready(e)
+        return e.id
+
+    def _check_room(self, n: int) -> None:
+        limit = self.options.maxsize
+        if limit is not None and len(self._s.entries) + n > limit:
+            raise QueueFull(
+                f"memory queue {self.name!r} holds {len(self._s.entries)} of at most {limit} "
+                f"jobs; cannot add {n}"
+            )
+
+    def _enqueue(self, req: EnqueueRequest) -> str:
+        with self._s.cond:
+            self._check_room(1)
+            jid = self._add(req, time.time())
+            self._s.cond.notify()
+        return jid
+
+    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        with self._s.cond:
+            self._check_room(len(reqs))
+            ids = {r.job_id for r in reqs}
+            if len(ids) < len(reqs) or ids & self._s.entries.keys():
+                raise DuplicateJob("enqueue_many() got a job id that already exists")
+            now = time.time()
+            out = [self._add(r, now) for r in reqs]
+            self._s.cond.notify(len(out))
+        return out
+
+    def _take(self) -> Job | None:
+        s = self._s
+        while s.ready:
+            _, _, jid = heapq.heappop(s.ready)
+            e = s.entries.get(jid)
+            if e is None or e.token:  # purged or acked since it was pushed
+                continue
+            e.deliveries += 1
+            e.token = next(s.tokens)
+            s.lease(e, self.options.visibility_timeout)
+            self._held[e.token] = e.id
+            return self._job(e, receipt=e.token)
+        return None
+
+    def _job(self, e: _Entry, receipt: int | None) -> Job:
+        return Job(e.id, self.name, e.body, max(e.deliveries, 1), e.enqueued_at, e.headers,
+                   e.priority, receipt)
+
+    def _dequeue(self, timeout: float | None) -> Job | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._s.cond:
+            while True:
+                nxt = self._promote()
+                job = self._take()
+                if job is not None:
+                    return job
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return None
+                waits = [t - now for t in (deadline, nxt) if t is not None]
+                self._s.cond.wait(max(0.0, min(waits)) if waits else None)
+                self._check_open()
+
+    def _promote(self) -> float | None:
+        # Delays are kept on the wall clock (enqueue time + delay), leases on the monotonic one;
+        # convert the next delayed due time to monotonic for waiting.
+        s, wall, mono = self._s, time.time(), time.monotonic()
+        while s.delayed and s.delayed[0][0] <= wall:
+            _, _, jid = heapq.heappop(s.delayed)
+            if jid in s.entries:
+                s.push_ready(s.entries[jid])
+        nxt_lease = s.expire_leases(mono)
+        nxt_delay = s.delayed[0][0] - wall + mono if s.delayed else None
+        cands = [t for t in (nxt_lease, nxt_delay) if t is not None]
+        return min(cands) if cands else None
+
+    def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        first = self._dequeue(timeout)
+        if first is None:
+            return []
+        out = [first]
+        with self._s.cond:
+            while len(out) < max_jobs and (job := self._take()) is not None:
+                out.append(job)
+        return out
+
+    def _peek(self) -> Job | None:
+        with self._s.cond:
+            self._promote()
+            for _, _, jid in sorted(self._s.ready):
+                e = self._s.entries.get(jid)
+                if e is not None and not e.token:
+                    return self._job(e, receipt=None)
+        return None
+
+    def _leased(self, job: Job) -> _Entry:
+        e = self._s.entries.get(job.id)
+        if e is None or not e.token or e.token != job.receipt:
+            raise JobNotLeased(
+                f"job {job.id!r} is not leased by this delivery: it was already acked or "
+                f"nacked, or its lease expired and it was handed out again"
+            )
+        return e
+
+    def _ack(self, job: Job) -> None:
+        with self._s.cond:
+            self._promote()  # an expired lease must not be ackable
+            e = self._leased(job)
+            del self._s.entries[e.id]
+            self._held.pop(e.token, None)
+            self._s.cond.notify()
+
+    def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        with self._s.cond:
+            self._promote()
+            e = self._leased(job)
+            self._held.pop(e.token, None)
+            e.token = 0
+            if not requeue:
+                del self._s.entries[e.id]  # no dead-letter store in memory: dropped
+            elif delay > 0:
+                heapq.heappush(self._s.delayed, (time.time() + delay, e.seq, e.id))
+            else:
+                self._s.push_ready(e)  # keeps its sequence number: back at the front
+            self._s.cond.notify()
+
+    def _extend_lease(self, job: Job, seconds: float) -> None:
+        with self._s.cond:
+            self._promote()
+            self._s.lease(self._leased(job), seconds)
+
+    def _size(self) -> int:
+        with self._s.cond:
+            self._promote()
+            return self._s.waiting()
+
+    def _purge(self) -> int:
+        with self._s.cond:
+            self._promote()
+            gone = [jid for jid, e in self._s.entries.items() if not e.token]
+            for jid in gone:
+                del self._s.entries[jid]
+            self._s.cond.notify_all()
+            return len(gone)
+
+    def _close(self) -> None:
+        with self._s.cond:
+            for token, jid in self._held.items():
+                e = self._s.entries.get(jid)
+                if e is not None and e.token == token:
+                    e.token = 0
+                    self._s.push_ready(e)
+            self._held.clear()
+            self._s.cond.notify_all()
+
+
+sync_class = MemoryQueue
+async_class = None
