@@ -52,6 +52,18 @@ class LoadedDriver:
 _BUILTIN: tuple[DriverSpec, ...] = (
     DriverSpec("memory", "unifiedq.drivers.memory", None,
                "in-process reference driver (threads, no dependencies)"),
+    DriverSpec("shm", "unifiedq.drivers.shm", "shm",
+               "lock-free multi-process ring in shared memory (xsync MPMCQueue)"),
+    DriverSpec("redis", "unifiedq.drivers.redis", "redis",
+               "Redis task queue, wire-compatible with Go's asynq"),
+    DriverSpec("rediss", "unifiedq.drivers.redis", "redis", "redis:// over TLS"),
+    DriverSpec("amqp", "unifiedq.drivers.amqp", "amqp", "RabbitMQ through kombu (Machinery)"),
+    DriverSpec("amqps", "unifiedq.drivers.amqp", "amqp", "amqp:// over TLS"),
+    DriverSpec("faktory", "unifiedq.drivers.faktory", "faktory",
+               "Faktory work server through pyfaktory"),
+    DriverSpec("faktory+tls", "unifiedq.drivers.faktory", "faktory", "faktory:// over TLS"),
+    DriverSpec("quic", "unifiedq.drivers.quic", "quic",
+               "unifiedq job server over QUIC, TLS 1.3, mutual auth (goq)"),
 )
 
 _lock = threading.Lock()
@@ -121,6 +133,10 @@ def _import(spec: DriverSpec) -> ModuleType:
     try:
         return importlib.import_module(spec.module)
     except ImportError as exc:
+        if exc.name == spec.module:
+            raise DriverNotFound(
+                f"the {spec.scheme!r} driver module {spec.module!r} is not in this installation"
+            ) from exc
         missing = exc.name or "a dependency"
         if spec.extra:
             how = f"pip install 'unifiedq[{spec.extra}]'"

@@ -1,0 +1,10 @@
+"""Test support shipped with unifiedq.
+
+* :mod:`unifiedq.testing.suite` — the conformance suite every driver runs. A driver's test
+  file is a one-line subclass of :class:`QueueConformance` that says how to build its URL.
+* :mod:`unifiedq.testing.servers` — real Redis, RabbitMQ and Faktory servers on free loopback
+  ports, started from installed binaries.
+* :mod:`unifiedq.testing.fixtures` — pytest fixtures over those servers.
+
+Importing this package does not import pytest; the suite module does.
+"""
