@@ -8,7 +8,7 @@ from unifiedq.testing.suite import QueueConformance
 
 class TestMemory(QueueConformance):
     URL = "memory://{name}"
-    LEASE_OPTIONS = {"visibility_timeout": 0.5}  # noqa: RUF012
+    LEASE_OPTIONS = {"visibility_timeout": 0.5}
     LEASE_SECONDS = 0.5
     DELAY_SLACK = 0.2
 

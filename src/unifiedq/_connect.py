@@ -42,7 +42,7 @@ def connect(url: str, **options: Any) -> QueueBase:
 
 
 def connect_async(url: str, **options: Any) -> AsyncQueueBase:
-    """Open an asyncio queue handle; use it as ``async with connect_async(url) as q:``.
+    """Open an asyncio queue handle (use it with ``async with``).
 
     Args:
         url: A connection string (see :func:`connect`).

@@ -113,9 +113,10 @@ class EnqueueRequest:
                 "store large payloads elsewhere and enqueue a reference"
             )
         hdrs = _check_headers(headers)
+        d, p = check_delay(delay), check_priority(priority)
         if job_id is None:
-            return cls(data, check_delay(delay), check_priority(priority), new_job_id(), False, hdrs)
-        return cls(data, check_delay(delay), check_priority(priority), _check_id(job_id), True, hdrs)
+            return cls(data, d, p, new_job_id(), False, hdrs)
+        return cls(data, d, p, _check_id(job_id), True, hdrs)
 
 
 def _as_bytes(body: object) -> bytes:

@@ -159,10 +159,9 @@ def _convert(raw: object, hint: Any, key: str, driver: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if raw is None or (isinstance(raw, str) and raw.lower() in ("", "none") and
-                           type(None) in args):
-            if type(None) in args:
-                return None
+        if type(None) in args and (raw is None or (isinstance(raw, str) and
+                                                   raw.lower() in ("", "none"))):
+            return None
         errors: list[str] = []
         for arg in args:
             if arg is type(None):
