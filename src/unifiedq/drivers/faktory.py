@@ -1,0 +1,782 @@
+"""Faktory driver: jobs on a Faktory work server (contribsys/faktory), through pyfaktory.
+
+Features: leases (Faktory reservations, ``reserve_for``) with ack/nack and redelivery
+(at-least-once), delays (the job's ``at``), priorities 0..9 (mapped onto sub-queues fetched in
+order, because Faktory removed per-job priority), batch enqueue (``PUSHB``), blocking dequeue
+(``FETCH``), headers, a heartbeat (``BEAT``) while a consumer connection is open, server-side
+retries and the dead set, sizes from ``INFO`` and queue latency from ``QUEUE LATENCY``.
+Durable, cross-process and distributed. Not supported: peek (Faktory has no command that shows
+a job without taking it), extending a lease (no such command in Faktory OSS), caller-chosen job
+ids (Faktory OSS does not detect duplicate ids) and bounded queues.
+
+Connection string::
+
+    faktory://[:password@]host[:port][?queue=default&jobtype=unifiedq&reserve_for=1800&...]
+    faktory+tls://[:password@]host[:port]?tls_ca=/path/to/ca.pem
+
+The port defaults to 7419. ``faktory+tls://`` verifies the server's certificate and host name
+against the system trust store, or against ``tls_ca``.
+
+Mapping onto Faktory (details in ``docs/drivers/faktory.md``):
+
+* A job is ``{"jid", "jobtype": <jobtype option>, "args": [<body as standard base64>],
+  "queue", "retry", "reserve_for", "at"?, "custom": {"unifiedq": {...}}?}``. ``custom.unifiedq``
+  carries what Faktory has no field for (headers, priority, our id and attempt for requeued
+  copies) and is omitted when empty. Jobs of another ``jobtype`` (pushed by other Faktory
+  clients) are delivered with ``body = JSON of their args`` and the header ``faktory.jobtype``.
+* ``enqueue`` = ``PUSH``; ``enqueue_many`` = ``PUSHB``; ``dequeue`` = ``FETCH`` (the reservation
+  is the lease); ``ack`` = ``ACK``; ``nack(requeue=False)`` = ``FAIL`` then
+  ``MUTATE kill`` (straight into the dead set); ``nack(requeue=True)`` = push a copy (a new
+  Faktory jid, same unifiedq id, attempt + 1) and then ``ACK`` the original, so the job comes back
+  at once (``nack_mode=fail`` uses ``FAIL`` instead: Faktory's retry with its backoff).
+* ``size()`` counts ready jobs (``INFO``); Faktory has no per-queue count of its scheduled and
+  retry sets, so delayed and retrying jobs are not included.
+
+Workarounds for pyfaktory (0.2.x): its TLS does not verify certificates (we wrap the socket in
+a verifying ``ssl`` context ourselves); its reply reader re-decodes the whole buffer after every
+1 KiB (we read RESP replies with a buffered reader); its heartbeat thread is not a daemon and
+sleeps 15 s before noticing a disconnect (we run our own daemon heartbeat thread); its HELLO
+sends the server's host name as the worker's; it only lets consumer clients ACK (the server
+accepts ACK/FAIL on any connection, so we settle on the producer connection and a settle
+never waits behind a blocking FETCH); it has no asyncio face (``connect_async`` bridges this
+driver through a thread pool); and it does not enforce ``reserve_for`` client-side (we track
+each lease's deadline and refuse to settle a job whose reservation has run out).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal, Self, TypeVar
+
+from pyfaktory import Client
+from pyfaktory.util.enums import State
+from pyfaktory.util.exceptions import FaktroyWorkProtocolError
+
+from .._base import QueueBase
+from .._capabilities import Capability
+from .._errors import (
+    AuthenticationError,
+    BackendConnectionError,
+    BackendError,
+    InvalidArgument,
+    InvalidURL,
+    JobNotLeased,
+    ProtocolError,
+)
+from .._job import EnqueueRequest, Job
+from .._url import URL, parse_options
+
+__all__ = ["FaktoryOptions", "FaktoryQueue"]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7419
+#: FETCH blocks at most this long on the server (a BRPOP with a 2 s timeout).
+_FETCH_BLOCK = 2.0
+_PUSHB_CHUNK = 1000
+# Faktory's own rules: queue names (storage/redis.go) and the reservation range (manager).
+_QUEUE_RE = re.compile(r"\A[a-zA-Z0-9._-]+\Z")
+_MIN_RESERVE, _MAX_RESERVE = 60, 86400
+_SERVER_DEFAULT_RESERVE, _SERVER_DEFAULT_RETRY = 1800, 25
+_META = "unifiedq"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FaktoryOptions:
+    """Options of ``faktory://`` and ``faktory+tls://`` URLs.
+
+    Attributes:
+        queue: The Faktory queue (letters, digits, ``.``, ``_``, ``-``).
+        jobtype: The ``jobtype`` of jobs we push; fetched jobs of another type are "foreign".
+        reserve_for: Seconds a fetched job stays reserved (the lease), 60..86400.
+        retry: Faktory's ``retry`` for our jobs: how often the server retries a job that failed
+            or whose reservation expired before it goes to the dead set; 0 = discard on the
+            first failure (a consumer crash then loses the job), -1 = dead set at once.
+        nack_mode: ``"push"`` (default): ``nack(requeue=True)`` pushes a copy and ACKs the
+            original, so the job is back at once. ``"fail"``: it sends ``FAIL`` and Faktory
+            retries the job after its backoff (15 s and more) with the failure recorded.
+        priorities: Map ``priority=1..9`` onto sub-queues ``<queue>.p1`` .. ``<queue>.p9``
+            fetched before ``<queue>``. False: the driver lacks PRIORITY.
+        timeout: Socket timeout in seconds for connecting and for each reply (> 2 s, since
+            FETCH blocks for 2 s on the server).
+        beat_period: Seconds between heartbeats (``BEAT``) of a consumer connection, 5..60.
+        poll_interval: Seconds between ``INFO`` probes while a dequeue waits less than 2 s.
+        max_body: Largest body accepted, in bytes.
+        tls_ca: CA bundle (PEM) to verify the server with; default: the system store.
+        tls_verify: Verify the server certificate and host name (keep it True).
+        tls_server_name: Host name to expect in the certificate (default: the URL's host).
+    """
+
+    queue: str = "default"
+    jobtype: str = "unifiedq"
+    reserve_for: int = _SERVER_DEFAULT_RESERVE
+    retry: int = _SERVER_DEFAULT_RETRY
+    nack_mode: Literal["push", "fail"] = "push"
+    priorities: bool = True
+    timeout: float = 10.0
+    beat_period: float = 15.0
+    poll_interval: float = 0.05
+    max_body: int = 16 * 1024 * 1024
+    tls_ca: str | None = None
+    tls_verify: bool = True
+    tls_server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in (self.queue, *([f"{self.queue}.p9"] if self.priorities else [])):
+            if not _QUEUE_RE.match(name):
+                raise ValueError(
+                    f"queue {self.queue!r}: Faktory queue names may only use letters, digits, "
+                    "'.', '_' and '-'"
+                )
+        if not self.jobtype or any(c.isspace() for c in self.jobtype):
+            raise ValueError(f"jobtype must be a non-empty word, not {self.jobtype!r}")
+        if not _MIN_RESERVE <= self.reserve_for <= _MAX_RESERVE:
+            raise ValueError(
+                f"reserve_for must be {_MIN_RESERVE}..{_MAX_RESERVE} seconds (Faktory's range), "
+                f"not {self.reserve_for}"
+            )
+        if self.retry < -1:
+            raise ValueError(f"retry must be >= -1, not {self.retry}")
+        if not (math.isfinite(self.timeout) and self.timeout > _FETCH_BLOCK):
+            raise ValueError(f"timeout must be > {_FETCH_BLOCK} seconds, not {self.timeout}")
+        if not 5 <= self.beat_period <= 60:
+            raise ValueError(f"beat_period must be 5..60 seconds, not {self.beat_period}")
+        if not 0 < self.poll_interval <= 1:
+            raise ValueError(f"poll_interval must be in (0, 1] seconds, not {self.poll_interval}")
+        if self.max_body < 0:
+            raise ValueError(f"max_body must be >= 0, not {self.max_body}")
+
+
+# -------------------------------------------------------------------------------- connection
+
+
+class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
+    """A pyfaktory ``Client`` with the connection-level defects fixed (see module docstring).
+
+    The command methods (``_push``, ``_pushb``, ``_fetch``, ``_info``, ``_mutate``, ...) and
+    the state machine are pyfaktory's; this class replaces how the socket is opened (verified
+    TLS, a correct HELLO), how replies are read, and the heartbeat thread.
+    """
+
+    state: State
+    rlock: threading.RLock
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        password: str | None,
+        role: str,
+        timeout: float,
+        beat_period: float,
+        tls: ssl.SSLContext | None,
+        server_name: str | None,
+    ) -> None:
+        wid = uuid.uuid4().hex if role != "producer" else None
+        super().__init__(
+            faktory_url=f"tcp://{_netloc(host, port)}", role=role, timeout=timeout,
+            worker_id=wid, labels=["unifiedq", "python"], beat_period=int(beat_period),
+        )
+        self.host, self.port, self.password = host, port, password
+        self._tls = tls
+        self._server_name = server_name or host
+        self._buf = bytearray()
+        self._period = beat_period
+        self._stop_beat = threading.Event()
+
+    # -- socket -------------------------------------------------------------------------
+    def connect(self) -> bool:
+        """Open the socket (TLS verified when configured), read HI and send HELLO."""
+        raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock: socket.socket = raw
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(raw, server_hostname=self._server_name)
+            sock.settimeout(self.timeout)
+        except BaseException:
+            raw.close()
+            raise
+        self.sock = sock
+        greeting = self._receive()
+        self._raise_error(greeting)
+        self._set_state(State.NOT_IDENTIFIED)
+        hi = json.loads(greeting[3:])
+        if int(hi.get("v", 0)) != 2:
+            raise FaktroyWorkProtocolError(f"only FWP version 2 is supported, got {hi!r}")
+        hello: dict[str, Any] = {"v": 2}
+        if "s" in hi and "i" in hi:
+            if not self.password:
+                raise _PasswordNeeded("the Faktory server requires a password; put it in the URL")
+            digest = (self.password + str(hi["s"])).encode()
+            for _ in range(int(hi["i"])):
+                digest = hashlib.sha256(digest).digest()
+            hello["pwdhash"] = digest.hex()
+        if self.role != "producer":
+            # pyfaktory sends the *server's* host name here; Faktory wants the worker's.
+            hello.update(hostname=socket.gethostname(), wid=self.worker_id, pid=os.getpid(),
+                         labels=self.labels)
+        reply = self._send_and_receive(f"HELLO {json.dumps(hello)}\r\n")
+        self._raise_error(reply)
+        self._set_state(State.IDENTIFIED)
+        if self.role != "producer":
+            threading.Thread(target=self._beat_loop, name="unifiedq-faktory-beat",
+                             daemon=True).start()
+        return True
+
+    def _send(self, command: str) -> None:
+        # No debug logging of the command: HELLO carries the password hash.
+        self.sock.sendall(command.encode("utf-8"))
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionResetError("the Faktory server closed the connection")
+        self._buf += chunk
+
+    def _receive(self) -> str:
+        """Read one RESP reply in linear time; return it in pyfaktory's string form."""
+        buf = self._buf
+        while (end := buf.find(b"\r\n")) < 0:
+            self._fill()
+        line = bytes(buf[:end])
+        del buf[: end + 2]
+        if line[:1] != b"$" or line == b"$-1":
+            return line.decode("utf-8")
+        try:
+            n = int(line[1:])
+        except ValueError:
+            raise FaktroyWorkProtocolError(f"bad RESP bulk header {line[:40]!r}") from None
+        while len(buf) < n + 2:
+            self._fill()
+        data = bytes(buf[:n])
+        del buf[: n + 2]
+        return f"{line.decode()}\r\n{data.decode('utf-8')}"
+
+    # -- heartbeat ----------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        """Disable pyfaktory's non-daemon heartbeat thread (``_beat_loop`` replaces it)."""
+
+    def _beat_loop(self) -> None:
+        while not self._stop_beat.wait(self._period):
+            try:
+                with self.rlock:
+                    if self.state not in (State.IDENTIFIED, State.QUIET):
+                        return
+                    self._beat()
+            except Exception as exc:  # the next FETCH reports the broken connection
+                log.debug("faktory heartbeat stopped: %s", exc)
+                return
+
+    # -- settling on any connection -----------------------------------------------------
+    def settle(self, verb: str, payload: Mapping[str, object]) -> None:
+        """Send ACK or FAIL (the server accepts both on a producer connection)."""
+        reply = self._send_and_receive(f"{verb} {json.dumps(payload)}\r\n")
+        self._raise_error(reply)
+
+    def queue_latency(self, queues: list[str]) -> dict[str, float]:
+        """``QUEUE LATENCY q...`` (pyfaktory has no method for it)."""
+        reply = self._send_and_receive(f"QUEUE LATENCY {' '.join(queues)}\r\n")
+        self._raise_error(reply)
+        n, data = reply.split("\r\n", 1) if reply.startswith("$") else ("$-1", "")
+        result: dict[str, float] = json.loads(data) if n != "$-1" else {}
+        return result
+
+    def shutdown(self) -> None:
+        """Stop the heartbeat and close the socket (END first when still identified)."""
+        self._stop_beat.set()
+        with contextlib.suppress(Exception), self.rlock:
+            if self.state in (State.IDENTIFIED, State.QUIET, State.TERMINATING):
+                self._end()
+        with contextlib.suppress(Exception):
+            self.sock.close()
+        self.state = State.DISCONNECTED
+
+
+class _PasswordNeeded(Exception):
+    pass
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -------------------------------------------------------------------------------- error mapping
+
+
+_CONNECTION_ERRORS = (OSError, EOFError)
+
+
+@contextlib.contextmanager
+def _translate(what: str, on_broken: Callable[[], None]) -> Iterator[None]:
+    """Map pyfaktory, socket and TLS errors onto the unifiedq error tree (the one place)."""
+    try:
+        yield
+    except ssl.SSLCertVerificationError as exc:
+        on_broken()
+        raise AuthenticationError(
+            f"{what}: the Faktory server's TLS certificate was refused: {exc.verify_message}"
+        ) from exc
+    except _PasswordNeeded as exc:
+        on_broken()
+        raise AuthenticationError(f"{what}: {exc}") from exc
+    except FaktroyWorkProtocolError as exc:
+        msg = str(exc).replace("Error received from Faktory server: ", "")
+        if "Invalid password" in msg:
+            on_broken()
+            raise AuthenticationError(f"{what}: the Faktory server refused the password") from exc
+        if "Empty response" in msg or "Client state is" in msg:
+            on_broken()
+            raise BackendConnectionError(f"{what}: {msg}") from exc
+        raise BackendError(f"{what}: Faktory replied {msg}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        on_broken()
+        raise ProtocolError(f"{what}: unexpected reply from the Faktory server: {exc}") from exc
+    except _CONNECTION_ERRORS as exc:  # includes socket timeouts and ssl.SSLError
+        on_broken()
+        raise BackendConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+# -------------------------------------------------------------------------------- leases
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Receipt:
+    """What ack/nack need: the Faktory job as fetched and this delivery's lease."""
+
+    fjid: str
+    token: int
+    deadline: float  # monotonic; conservative (measured from before FETCH was sent)
+    raw: Mapping[str, Any]
+
+
+# Jobs held by any handle of this process, keyed by (server, Faktory jid) -> delivery token,
+# so a second ack, or an ack of a delivery whose reservation ran out, is refused.
+_held_lock = threading.Lock()
+_held: dict[tuple[str, str], int] = {}
+_tokens = itertools.count(1)
+
+
+def _now_rfc3339(offset: float = 0.0) -> str:
+    t = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=offset)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+# -------------------------------------------------------------------------------- the queue
+
+
+class FaktoryQueue(QueueBase):
+    """A queue on a Faktory server (blocking face; ``connect_async`` bridges it).
+
+    Thread-safe: each handle has one producer connection (PUSH, INFO, ACK, FAIL, ...) and,
+    from its first dequeue, one consumer connection (FETCH, BEAT). Calls on one connection
+    take turns, so a dequeue may wait for another thread's FETCH (up to 2 s); give each
+    concurrent consumer its own handle.
+    """
+
+    driver = "faktory"
+    _BASE_CAPS = (
+        Capability.ACK | Capability.DELAY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
+        | Capability.HEADERS | Capability.DURABLE | Capability.CROSS_PROCESS
+        | Capability.DISTRIBUTED | Capability.NATIVE_SYNC
+    )
+    capabilities = _BASE_CAPS | Capability.PRIORITY
+
+    def __init__(self, options: FaktoryOptions, url: URL) -> None:
+        super().__init__(options.queue, url)
+        self.options = options
+        self.max_body = options.max_body
+        if not options.priorities:
+            self.capabilities = self._BASE_CAPS
+        self._host = url.host or "localhost"
+        self._port = url.port or DEFAULT_PORT
+        self._server = _netloc(self._host, self._port)
+        self._password = url.password
+        self._tls_wanted = url.scheme == "faktory+tls"
+        self._tls: ssl.SSLContext | None = None
+        # Highest priority first: FETCH tries its queues in the order given.
+        subs = [f"{options.queue}.p{p}" for p in range(9, 0, -1)] if options.priorities else []
+        self._queues = [*subs, options.queue]
+        self._plock = threading.Lock()  # guards creating/replacing the connections
+        self._pconn: _Conn | None = None
+        self._cconn: _Conn | None = None
+        self._mine: dict[str, Job] = {}  # jobs this handle holds, by Faktory jid
+        self._giving_back = False
+
+    @classmethod
+    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
+        """Build a handle from ``faktory[+tls]://[:password@]host[:port]?queue=...``."""
+        if url.path:
+            raise InvalidURL(
+                f"faktory URLs name the queue with ?queue=..., not a path: {url.redacted()!r}"
+            )
+        if url.username:
+            raise InvalidURL("Faktory has no user names; write faktory://:password@host:port")
+        return cls(parse_options(FaktoryOptions, url.query, options, driver="faktory"), url)
+
+    # -- connections --------------------------------------------------------------------
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self._tls_wanted:
+            return None
+        if self._tls is None:
+            o = self.options
+            ctx = ssl.create_default_context(cafile=o.tls_ca)
+            if not o.tls_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._tls = ctx
+        return self._tls
+
+    def _open(self, role: str) -> _Conn:
+        o = self.options
+        conn = _Conn(host=self._host, port=self._port, password=self._password, role=role,
+                     timeout=o.timeout, beat_period=o.beat_period, tls=self._ssl_context(),
+                     server_name=o.tls_server_name)
+        try:
+            conn.connect()
+        except BaseException:
+            conn.shutdown()
+            raise
+        return conn
+
+    def _drop(self, consumer: bool) -> None:
+        with self._plock:
+            conn = self._cconn if consumer else self._pconn
+            if consumer:
+                self._cconn = None
+            else:
+                self._pconn = None
+        if conn is not None:
+            conn.shutdown()
+
+    def _producer(self) -> _Conn:
+        conn = self._pconn
+        if conn is None:
+            with self._plock:
+                if not self._giving_back:
+                    self._check_open()
+                if self._pconn is None:
+                    self._pconn = self._open("producer")
+                conn = self._pconn
+        return conn
+
+    def _consumer(self) -> _Conn:
+        conn = self._cconn
+        if conn is None:
+            with self._plock:
+                self._check_open()
+                if self._cconn is None:
+                    self._cconn = self._open("consumer")
+                conn = self._cconn
+        return conn
+
+    def _p(self, what: str, fn: Callable[[_Conn], T]) -> T:
+        """Run ``fn`` on the producer connection, translating errors."""
+        with _translate(what, lambda: self._drop(False)):
+            return fn(self._producer())
+
+    # -- enqueue ------------------------------------------------------------------------
+    def _job_dict(self, req: EnqueueRequest) -> dict[str, Any]:
+        o = self.options
+        queue = o.queue if not req.priority or not o.priorities else f"{o.queue}.p{req.priority}"
+        d: dict[str, Any] = {
+            "jid": req.job_id, "jobtype": o.jobtype, "queue": queue,
+            "args": [base64.b64encode(req.body).decode("ascii")],
+        }
+        if o.retry != _SERVER_DEFAULT_RETRY:
+            d["retry"] = o.retry
+        if o.reserve_for != _SERVER_DEFAULT_RESERVE:
+            d["reserve_for"] = o.reserve_for
+        if req.delay > 0:
+            d["at"] = _now_rfc3339(req.delay)
+        meta: dict[str, Any] = {}
+        if req.headers:
+            meta["headers"] = dict(req.headers)
+        if req.priority is not None:
+            meta["priority"] = req.priority
+        if meta:
+            d["custom"] = {_META: meta}
+        return d
+
+    def _enqueue(self, req: EnqueueRequest) -> str:
+        job = self._job_dict(req)
+        self._p("enqueue", lambda c: c._push(job))
+        return req.job_id
+
+    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        jobs = [self._job_dict(r) for r in reqs]
+        done = 0
+        for i in range(0, len(jobs), _PUSHB_CHUNK):
+            chunk = jobs[i : i + _PUSHB_CHUNK]
+            reply: str = self._p("enqueue_many", _call("_pushb", chunk))
+            failed = _pushb_errors(reply)
+            if failed:
+                raise BackendError(
+                    f"enqueue_many: Faktory refused {len(failed)} of {len(chunk)} jobs in a "
+                    f"batch (after {done} were enqueued): {dict(list(failed.items())[:3])}"
+                )
+            done += len(chunk)
+        return [r.job_id for r in reqs]
+
+    # -- dequeue ------------------------------------------------------------------------
+    def _ready_count(self) -> int:
+        info = self._p("size", lambda c: c.info())
+        sizes = info["faktory"]["queues"]
+        return sum(int(sizes.get(q, 0)) for q in self._queues)
+
+    def _fetch(self, wait: float) -> Job | None:
+        """One FETCH (blocks up to 2 s on the server); None if nothing came."""
+        with _translate("dequeue", lambda: self._drop(True)):
+            conn = self._consumer()
+            with conn.rlock:
+                if conn.state != State.IDENTIFIED:
+                    # The operator quieted or stopped this worker (Web UI): no new jobs.
+                    time.sleep(min(wait, _FETCH_BLOCK))
+                    return None
+                started = time.monotonic()
+                raw = conn._fetch(self._queues)
+            if raw is None:
+                return None
+            return self._to_job(raw, started + self.options.reserve_for)
+
+    def _dequeue(self, timeout: float | None) -> Job | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining >= _FETCH_BLOCK:
+                job = self._fetch(remaining)
+                if job is not None:
+                    return job
+                continue
+            # FETCH cannot wait less than 2 s on the server: for shorter waits, FETCH only
+            # when INFO shows a ready job (another consumer may still win it; then FETCH
+            # blocks up to 2 s), otherwise poll until the deadline.
+            if self._ready_count() > 0:
+                job = self._fetch(remaining)
+                if job is not None:
+                    return job
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(self.options.poll_interval, remaining))
+
+    def _to_job(self, raw: Mapping[str, Any], deadline: float) -> Job:
+        fjid = raw["jid"]
+        custom = raw.get("custom")
+        meta = custom.get(_META) if isinstance(custom, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        args = raw.get("args")
+        body: bytes | None = None
+        headers: dict[str, str] = {}
+        if (raw.get("jobtype") == self.options.jobtype and isinstance(args, list)
+                and len(args) == 1 and isinstance(args[0], str)):
+            with contextlib.suppress(binascii.Error, ValueError):
+                body = base64.b64decode(args[0], validate=True)
+        if body is None:  # a job pushed by another Faktory client: deliver its args as JSON
+            body = json.dumps(args, separators=(",", ":"), ensure_ascii=False).encode()
+            headers["faktory.jobtype"] = str(raw.get("jobtype"))
+        hdrs = meta.get("headers")
+        if isinstance(hdrs, dict):
+            headers.update({str(k): str(v) for k, v in hdrs.items()})
+        attempt = int(meta.get("attempt", 1))
+        failure = raw.get("failure")
+        if isinstance(failure, dict):
+            attempt += int(failure.get("retry_count", 0)) + 1
+        enqueued = _parse_time(raw.get("created_at")) or _parse_time(raw.get("enqueued_at"))
+        prio = meta.get("priority")
+        token = next(_tokens)
+        with _held_lock:
+            _held[(self._server, fjid)] = token
+        job = Job(
+            id=str(meta.get("id", fjid)), queue=self._name, body=body, attempt=attempt,
+            enqueued_at=enqueued if enqueued is not None else time.time(), headers=headers,
+            priority=prio if isinstance(prio, int) else None,
+            receipt=_Receipt(fjid, token, deadline, raw),
+        )
+        self._mine[fjid] = job
+        return job
+
+    # -- settle -------------------------------------------------------------------------
+    def _claim(self, job: Job) -> _Receipt:
+        r = job.receipt
+        if not isinstance(r, _Receipt):
+            raise InvalidArgument(f"job {job.id!r} was not dequeued from a Faktory queue")
+        key = (self._server, r.fjid)
+        with _held_lock:
+            if _held.get(key) != r.token:
+                raise JobNotLeased(
+                    f"job {job.id!r} is not leased by this delivery: it was already acked or "
+                    "nacked, or its reservation expired and it was handed out again"
+                )
+            del _held[key]
+        self._mine.pop(r.fjid, None)
+        if time.monotonic() >= r.deadline:
+            raise JobNotLeased(
+                f"job {job.id!r}: its Faktory reservation ({self.options.reserve_for} s) ran "
+                "out; the server retries it (settle jobs within reserve_for)"
+            )
+        return r
+
+    def _unclaim(self, job: Job, r: _Receipt) -> None:
+        """Undo a claim when the settle never reached the server (so it may be retried)."""
+        with _held_lock:
+            _held.setdefault((self._server, r.fjid), r.token)
+        self._mine[r.fjid] = job
+
+    def _settle(self, what: str, job: Job, r: _Receipt, fn: Callable[[_Conn], None]) -> None:
+        try:
+            self._p(what, fn)
+        except BackendConnectionError:
+            self._unclaim(job, r)
+            raise
+        except BackendError as exc:
+            if "not found" in str(exc).lower():
+                raise JobNotLeased(
+                    f"{what}: Faktory no longer holds a reservation for job {r.fjid!r}"
+                ) from exc
+            raise
+
+    def _ack(self, job: Job) -> None:
+        r = self._claim(job)
+        self._settle("ack", job, r, lambda c: c.settle("ACK", {"jid": r.fjid}))
+
+    def _copy(self, job: Job, r: _Receipt, delay: float) -> dict[str, Any]:
+        """The job as it should be pushed again: new Faktory jid, same id, next attempt."""
+        d = {k: v for k, v in r.raw.items() if k not in ("failure", "enqueued_at", "at")}
+        custom = dict(d.get("custom") or {})
+        meta = dict(custom.get(_META) or {})
+        meta.update(id=job.id, attempt=job.attempt + 1)
+        custom[_META] = meta
+        d.update(jid=str(uuid.uuid4()), custom=custom)
+        if delay > 0:
+            d["at"] = _now_rfc3339(delay)
+        return d
+
+    def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        r = self._claim(job)
+        if not requeue:
+            fail = {"jid": r.fjid, "errtype": "unifiedq.DeadLetter",
+                    "message": "nack(requeue=False)", "backtrace": []}
+            self._settle("nack", job, r, lambda c: c.settle("FAIL", fail))
+            # FAIL put it in the retry set (unless retry is 0 or -1): move it to the dead set.
+            kill = {"cmd": "kill", "target": "retries", "filter": {"jids": [r.fjid]}}
+            self._p("nack", lambda c: c._mutate(kill))
+            return
+        if self.options.nack_mode == "fail" and delay == 0:
+            fail = {"jid": r.fjid, "errtype": "unifiedq.Nack",
+                    "message": "nack(requeue=True)", "backtrace": []}
+            self._settle("nack", job, r, lambda c: c.settle("FAIL", fail))
+            return
+        copy = self._copy(job, r, delay)
+        # Push the copy before ACKing the original: a crash in between duplicates the job
+        # (at-least-once) instead of losing it.
+        try:
+            self._p("nack", lambda c: c._push(copy))
+        except BackendError:
+            self._unclaim(job, r)
+            raise
+        self._settle("nack", job, r, lambda c: c.settle("ACK", {"jid": r.fjid}))
+
+    # -- inspection ---------------------------------------------------------------------
+    def _size(self) -> int:
+        return self._ready_count()
+
+    def _purge(self) -> int:
+        def remove(c: _Conn) -> int:
+            with c.rlock:  # one connection, back to back: as close to atomic as FWP allows
+                sizes = c.info()["faktory"]["queues"]
+                n = sum(int(sizes.get(q, 0)) for q in self._queues)
+                c._queue_remove(self._queues)
+                return n
+
+        n = self._p("purge", remove)
+        # Delayed and retrying jobs of this queue live in Faktory's global sorted sets;
+        # MUTATE matches them with a Redis glob over the job JSON (Go writes the fields in a
+        # fixed order: ..."jid":"…","queue":"<name>","jobtype":...).
+        q = self.options.queue
+        globs = [f'*","queue":"{q}","jobtype":"*']
+        if self.options.priorities:
+            globs.append(f'*","queue":"{q}.p[1-9]","jobtype":"*')
+        for target in ("scheduled", "retries"):
+            for g in globs:
+                op = {"cmd": "discard", "target": target, "filter": {"regexp": g}}
+                self._p("purge", _call("_mutate", op))
+        return n
+
+    def latency(self) -> float:
+        """Seconds since the oldest ready job of this queue was enqueued (0.0 when empty).
+
+        Uses ``QUEUE LATENCY``; with priorities, the largest latency of the sub-queues.
+        """
+        self._check_open()
+        lat = self._p("latency", lambda c: c.queue_latency(self._queues))
+        return max((float(v) for v in lat.values()), default=0.0)
+
+    def server_info(self) -> dict[str, Any]:
+        """Return Faktory's ``INFO`` reply (server stats, queue sizes, set sizes)."""
+        self._check_open()
+        info: dict[str, Any] = self._p("info", lambda c: c.info())
+        return info
+
+    # -- close --------------------------------------------------------------------------
+    def _close(self) -> None:
+        # Give back what this handle still holds at once (as nack would), instead of letting
+        # the reservations run out; best effort: what fails comes back after reserve_for.
+        self._giving_back = True
+        try:
+            for job in list(self._mine.values()):
+                with contextlib.suppress(Exception):
+                    self._nack(job, True, 0.0)
+        finally:
+            self._mine.clear()
+            self._giving_back = False
+            self._drop(True)
+            self._drop(False)
+
+
+def _call(method: str, *args: Any) -> Callable[[_Conn], Any]:
+    """``conn.<method>(*args)`` as a function of the connection (binds args now)."""
+    return lambda conn: getattr(conn, method)(*args)
+
+
+def _pushb_errors(reply: str) -> dict[str, str]:
+    if not reply.startswith("$") or reply.startswith("$-1"):
+        return {}
+    _, data = reply.split("\r\n", 1)
+    errors: dict[str, str] = json.loads(data)
+    return errors
+
+
+sync_class = FaktoryQueue
+async_class = None
