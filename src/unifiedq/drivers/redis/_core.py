@@ -1,0 +1,507 @@
+"""The non-I/O core shared by both faces: options, key names, script arguments, replies.
+
+Both :class:`~unifiedq.drivers.redis.RedisQueue` (redis-py) and
+:class:`~unifiedq.drivers.redis.AsyncRedisQueue` (redis.asyncio) are thin I/O shells around
+:class:`Core`: it builds every script call as ``(script, keys, args)`` and turns every reply
+into Jobs, so the two faces cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+from redis import exceptions as rexc
+
+from ..._capabilities import Capability
+from ..._errors import (
+    AuthenticationError,
+    BackendConnectionError,
+    BackendError,
+    DuplicateJob,
+    InvalidArgument,
+    InvalidURL,
+    JobNotLeased,
+    ProtocolError,
+    UnifiedQError,
+)
+from ..._job import EnqueueRequest, Job
+from ..._url import URL, parse_options
+from . import _proto, _scripts
+from ._proto import TaskMessage
+
+__all__ = ["CAPABILITIES", "Call", "Core", "Receipt", "RedisOptions", "translating"]
+
+#: What both faces support. Not BOUNDED: asynq has no queue bound to honour.
+CAPABILITIES = (
+    Capability.PEEK | Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY
+    | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
+    | Capability.CUSTOM_ID | Capability.HEADERS | Capability.DURABLE
+    | Capability.CROSS_PROCESS | Capability.DISTRIBUTED | Capability.NATIVE_SYNC
+    | Capability.NATIVE_ASYNC
+)
+
+#: A script invocation: the script, its KEYS and its ARGV.
+Call = tuple[_scripts.Script, list[str], list[Any]]
+
+_DAY = 86_400
+_STATS_TTL = 90 * _DAY  # asynq keeps daily counters and archived tasks for 90 days
+_WAKE_CAP = 64  # wake tokens kept at most; more would only cause spurious wake-ups
+ALL_QUEUES = "asynq:queues"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedisOptions:
+    """Options of ``redis://`` and ``rediss://`` URLs (query string or ``connect()`` keywords).
+
+    Attributes:
+        queue: asynq queue name. Priority N (1..9) goes to the asynq queue ``<queue>:p<N>``.
+        task_type: asynq task type of enqueued jobs unless a ``type`` header gives one.
+        visibility_timeout: Lease length in seconds (asynq: 30).
+        heartbeat: Extend the leases of held jobs in the background, as asynq's heartbeater
+            does, until the job's ``timeout`` has passed.
+        timeout: asynq task timeout in seconds written into each task (asynq default 1800).
+        max_retry: asynq MaxRetry of enqueued tasks; a task nacked or whose lease expired
+            after that many retries is archived.
+        backoff: ``"none"``: ``nack()`` without delay requeues at once; ``"asynq"``: it waits
+            asynq's default backoff (n^4 + 15 + rand(30)·(n+1) seconds).
+        retention: Seconds an acked task is kept as "completed" (asynq Retention); 0 deletes.
+        unique_ttl: If > 0, asynq's uniqueness lock (type + payload) for this many seconds;
+            a duplicate raises DuplicateJob.
+        lease_grace: Seconds an expired lease is left alone before recovery (asynq waits 30 s
+            against clock skew between machines).
+        poll_interval: Longest idle wait between checks (covers producers, such as Go asynq
+            clients, that do not push wake-up tokens).
+        max_body: Largest body accepted in bytes (None: Redis' 512 MiB limit applies).
+        socket_timeout: Socket read timeout in seconds (None: wait; blocking pops stay below it).
+        socket_connect_timeout: Connect timeout in seconds.
+        max_connections: Connection pool size (None: redis-py's default).
+        client_name: CLIENT SETNAME value.
+        ssl_ca_certs: CA bundle for ``rediss://``.
+        ssl_certfile: Client certificate for ``rediss://``.
+        ssl_keyfile: Client key for ``rediss://``.
+        ssl_cert_reqs: Server certificate check for ``rediss://``.
+        ssl_check_hostname: Check the server's host name for ``rediss://``.
+    """
+
+    queue: str = "default"
+    task_type: str = "unifiedq"
+    visibility_timeout: float = 30.0
+    heartbeat: bool = True
+    timeout: int = 1800
+    max_retry: int = 25
+    backoff: Literal["none", "asynq"] = "none"
+    retention: int = 0
+    unique_ttl: int = 0
+    lease_grace: float = 0.0
+    poll_interval: float = 1.0
+    max_body: int | None = None
+    socket_timeout: float | None = None
+    socket_connect_timeout: float = 10.0
+    max_connections: int | None = None
+    client_name: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    ssl_check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.queue or "{" in self.queue or "}" in self.queue:
+            raise ValueError(f"queue must be a non-empty name without braces, not {self.queue!r}")
+        if not self.task_type:
+            raise ValueError("task_type must not be empty (asynq rejects empty task types)")
+        for name in ("visibility_timeout", "poll_interval", "socket_connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        for name in ("timeout",):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 second, not {getattr(self, name)!r}")
+        for name in ("max_retry", "retention", "unique_ttl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if self.lease_grace < 0:
+            raise ValueError(f"lease_grace must be >= 0, not {self.lease_grace!r}")
+        if self.max_body is not None and self.max_body < 0:
+            raise ValueError(f"max_body must be >= 0, not {self.max_body}")
+        if self.socket_timeout is not None and not self.socket_timeout > 0:
+            raise ValueError(f"socket_timeout must be > 0, not {self.socket_timeout!r}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, not {self.max_connections}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """What ``ack``/``nack`` need: where the task lives and which delivery this is."""
+
+    prefix: str
+    level: int
+    token: str
+    msg: TaskMessage
+
+
+def prefix(qname: str) -> str:
+    """Return asynq's key prefix of queue ``qname`` (``asynq:{qname}:``)."""
+    return f"asynq:{{{qname}}}:"
+
+
+def asynq_backoff(retried: int) -> float:
+    """Return asynq's DefaultRetryDelayFunc delay: n^4 + 15 + rand(0..29)·(n+1) seconds."""
+    return float(retried**4 + 15 + random.randrange(30) * (retried + 1))
+
+
+def _len_field(tag: int, data: bytes) -> bytes:
+    return bytes((tag,)) + _proto._varint(len(data)) + data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Level:
+    """One asynq queue backing a priority level, with its precomputed key names."""
+
+    level: int
+    qname: str
+    prefix: str
+    pending: str
+    scheduled: str
+    lease: str
+    tail: bytes  # encoded queue, retry and timeout fields (4, 5, 8)
+
+
+def _translate(exc: rexc.RedisError) -> UnifiedQError:
+    text = str(exc)
+    if isinstance(exc, rexc.AuthenticationError) or text.startswith(
+        ("NOAUTH", "WRONGPASS", "NOPERM", "invalid username-password")
+    ):
+        return AuthenticationError(f"Redis refused our credentials: {text}")
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError):
+        return BackendConnectionError(f"cannot talk to Redis: {text}")
+    if isinstance(exc, rexc.ResponseError) and "NOT LEASED" in text:
+        return JobNotLeased(
+            "the job is not leased by this delivery: it was already acked or nacked, or its "
+            "lease expired and it was handed out again"
+        )
+    return BackendError(f"Redis error: {text}")
+
+
+@contextlib.contextmanager
+def translating() -> Iterator[None]:
+    """Translate redis-py exceptions into unifiedq errors (the one place that does it)."""
+    try:
+        yield
+    except rexc.RedisError as exc:
+        raise _translate(exc) from exc
+
+
+class Core:
+    """Everything both faces share; performs no I/O."""
+
+    def __init__(self, url: URL, options: RedisOptions) -> None:
+        self.options = options
+        self.qname = options.queue
+        base = prefix(options.queue)
+        self.levels_key = base + "uq:levels"
+        self.wake_key = base + "uq:wake"
+        o = options
+        self._levels: list[_Level] = []
+        for n in range(10):
+            q = o.queue if n == 0 else f"{o.queue}:p{n}"
+            p = prefix(q)
+            tail = _len_field(0x22, q.encode())
+            if o.max_retry:
+                tail += b"\x28" + _proto._varint(o.max_retry)
+            tail += b"\x40" + _proto._varint(o.timeout)
+            self._levels.append(
+                _Level(n, q, p, p + "pending", p + "scheduled", p + "lease", tail)
+            )
+        self._type_field = _len_field(0x0A, o.task_type.encode())
+        self._retention_field = b"\x60" + _proto._varint(o.retention) if o.retention else b""
+        self.published: set[int] = set()  # levels already registered in asynq:queues
+        self._held: dict[tuple[str, str], tuple[str, float]] = {}  # (prefix, id) -> token, end
+        self._held_lock = threading.Lock()
+        self.connection_kwargs = _connection_kwargs(url, options)
+
+    # -- enqueue ---------------------------------------------------------------------------
+    def publish_calls(self, level: int) -> list[tuple[str, str, str]]:
+        """SADDs that make a level's asynq queue visible to asynq (once per handle)."""
+        calls = [("SADD", ALL_QUEUES, self._levels[level].qname)]
+        if level:
+            calls.append(("SADD", self.levels_key, str(level)))
+        return calls
+
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """Reject a ``type`` header asynq cannot take, before any I/O."""
+        if "type" in headers and not headers["type"]:
+            raise InvalidArgument("the 'type' header (the asynq task type) must not be empty")
+
+    def enqueue_call(self, req: EnqueueRequest, now_ns: int) -> tuple[int, list[Any]]:
+        """Return the level and the EVALSHA argument list of one enqueue."""
+        lv = self._levels[req.priority or 0]
+        type_field, hdr, ttype = self._type_field, b"", self.options.task_type
+        if req.headers:
+            headers = dict(req.headers)
+            if "type" in headers:
+                ttype = headers.pop("type")
+                type_field = _len_field(0x0A, ttype.encode())
+            hdr = b"".join(_proto._header_entry(k, headers[k]) for k in sorted(headers))
+        body = req.body
+        jid = req.job_id
+        msg = type_field
+        if body:
+            msg += b"\x12" + _proto._varint(len(body)) + body
+        msg += _len_field(0x1A, jid.encode()) + lv.tail
+        ttl = self.options.unique_ttl
+        keys_tail: tuple[str, ...] = ()
+        if ttl:
+            # asynq's UniqueKey: md5 of the payload; a nil payload gives an empty checksum.
+            digest = hashlib.md5(body).hexdigest() if body else ""
+            ukey = f"{lv.prefix}unique:{ttype}:{digest}"
+            msg += _len_field(0x52, ukey.encode())
+            keys_tail = (ukey,)
+        msg += self._retention_field + hdr
+        at = "0" if not req.delay else repr(now_ns / 1e9 + req.delay)
+        args: list[Any] = [
+            "EVALSHA", _scripts.ENQUEUE.sha, 4 + len(keys_tail),
+            lv.prefix + "t:" + jid, lv.pending, lv.scheduled, self.wake_key, *keys_tail,
+            msg, jid, now_ns, at, ttl, _WAKE_CAP,
+        ]  # fmt: skip
+        return lv.level, args
+
+    def enqueue_result(self, code: object, jid: str) -> str:
+        """Check an enqueue script's reply and return the job id."""
+        if code == 1:
+            return jid
+        if code == 0:
+            raise DuplicateJob(f"job id {jid!r} already exists in queue {self.qname!r}")
+        if code == -1:
+            raise DuplicateJob(
+                f"a task with the same type and payload holds the uniqueness lock of queue "
+                f"{self.qname!r} (unique_ttl={self.options.unique_ttl})"
+            )
+        raise ProtocolError(f"unexpected reply from the enqueue script: {code!r}")
+
+    # -- dequeue ---------------------------------------------------------------------------
+    def dequeue_call(self, max_jobs: int) -> tuple[Call, str]:
+        """Return the dequeue script call and the lease token it hands out."""
+        o = self.options
+        now = time.time()
+        token = os.urandom(8).hex()
+        args = [
+            self.qname, repr(now), time.time_ns(), repr(now + o.visibility_timeout), token,
+            max_jobs, repr(now - o.lease_grace), *self._stats(now),
+        ]  # fmt: skip
+        return (_scripts.DEQUEUE, [self.levels_key], args), token
+
+    def _stats(self, now: float) -> tuple[str, int, int]:
+        date = time.strftime("%Y-%m-%d", time.gmtime(now))
+        return date, int(now) + _STATS_TTL, int(now) - _STATS_TTL
+
+    def dequeue_result(self, reply: Sequence[Any], token: str) -> tuple[list[Job], float | None]:
+        """Turn the dequeue reply into leased Jobs (registered as held) and the next due time."""
+        n = int(reply[0])
+        next_due = float(reply[1]) if reply[1] else None
+        jobs: list[Job] = []
+        end = time.monotonic()
+        for i in range(n):
+            lvl, _id, raw, enq, since = reply[2 + 5 * i : 7 + 5 * i]
+            level = int(lvl)
+            msg = self._decode(raw)
+            receipt = Receipt(self._levels[level].prefix, level, token, msg)
+            jobs.append(self._job(msg, level, enq, since, receipt))
+            with self._held_lock:
+                self._held[(receipt.prefix, msg.id)] = (token, end + (msg.timeout or 1800))
+        return jobs, next_due
+
+    def _decode(self, raw: bytes) -> TaskMessage:
+        try:
+            return _proto.decode(raw)
+        except _proto.DecodeError as exc:
+            raise ProtocolError(
+                f"queue {self.qname!r} holds a malformed asynq task: {exc}"
+            ) from exc
+
+    def _job(
+        self, msg: TaskMessage, level: int, enq: bytes | None, since: bytes | None,
+        receipt: Receipt | None,
+    ) -> Job:
+        headers = dict(msg.headers)
+        headers["type"] = msg.type
+        stamp = enq or since
+        enqueued_at = int(stamp) / 1e9 if stamp else time.time()
+        return Job(msg.id, self.qname, msg.payload, msg.retried + 1, enqueued_at, headers,
+                   level or None, receipt)
+
+    def peek_call(self) -> Call:
+        """The read-only peek script call."""
+        return _scripts.PEEK, [self.levels_key], [self.qname, repr(time.time())]
+
+    def peek_result(self, reply: Sequence[Any] | None) -> Job | None:
+        """Turn the peek reply into an un-ackable Job."""
+        if not reply:
+            return None
+        lvl, _id, raw, enq, since = reply
+        return self._job(self._decode(raw), int(lvl), enq, since, None)
+
+    def size_call(self) -> Call:
+        """The size script call."""
+        return _scripts.SIZE, [self.levels_key], [self.qname]
+
+    def purge_call(self) -> Call:
+        """The purge script call."""
+        return _scripts.PURGE, [self.levels_key], [self.qname]
+
+    def wait_seconds(self, next_due: float | None, deadline: float | None) -> float | None:
+        """How long an idle consumer blocks on the wake list; None when the wait is over."""
+        wait = self.options.poll_interval
+        if next_due is not None:
+            wait = min(wait, next_due + self.options.lease_grace - time.time())
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            wait = min(wait, left)
+        st = self.options.socket_timeout
+        if st is not None:
+            wait = min(wait, st * 0.8)
+        return max(wait, 0.001)  # BLPOP 0 would mean "forever"
+
+    # -- settle ----------------------------------------------------------------------------
+    def receipt(self, job: Job) -> Receipt:
+        """The job's receipt, checked."""
+        r = job.receipt
+        if not isinstance(r, Receipt):
+            raise InvalidArgument(f"job {job.id!r} was not dequeued by the redis driver")
+        return r
+
+    def release(self, r: Receipt, jid: str) -> None:
+        """Forget a held job (after ack/nack, or when its lease was lost)."""
+        with self._held_lock:
+            cur = self._held.get((r.prefix, jid))
+            if cur is not None and cur[0] == r.token:
+                del self._held[(r.prefix, jid)]
+
+    def ack_call(self, job: Job) -> Call:
+        """The ack script call: asynq's done, or mark-as-complete when retention is set."""
+        r = self.receipt(job)
+        now = time.time()
+        date, expire, _ = self._stats(now)
+        msg = r.msg
+        done_msg, score = b"", 0
+        if msg.retention:
+            done_msg = _proto.encode(dataclasses.replace(msg, completed_at=int(now)))
+            score = int(now) + msg.retention
+        args = [r.prefix, msg.id, r.token, date, expire, msg.retention, score, done_msg,
+                msg.unique_key]
+        return _scripts.ACK, [r.prefix + "t:" + msg.id], args
+
+    def nack_call(self, job: Job, requeue: bool, delay: float, *, shutdown: bool = False) -> Call:
+        """The nack script call: retry (pending or retry set), archive, or plain requeue."""
+        r = self.receipt(job)
+        msg = r.msg
+        now = time.time()
+        at = 0.0
+        if shutdown:
+            mode, new = "requeue", msg
+        elif not requeue or msg.retried >= msg.retry:
+            why = "nack(requeue=False)" if not requeue else "retries exhausted"
+            mode = "archive"
+            new = dataclasses.replace(msg, error_msg=f"unifiedq: {why}", last_failed_at=int(now))
+        else:
+            new = dataclasses.replace(msg, retried=msg.retried + 1, error_msg="unifiedq: nack",
+                                      last_failed_at=int(now))
+            if not delay and self.options.backoff == "asynq":
+                delay = asynq_backoff(msg.retried)
+            mode, at = ("retry", now + delay) if delay else ("pending", 0.0)
+        date, expire, cutoff = self._stats(now)
+        args = [r.prefix, msg.id, r.token, mode, b"" if mode == "requeue" else _proto.encode(new),
+                repr(at), repr(now), time.time_ns(), date, expire, cutoff, _WAKE_CAP]
+        return _scripts.NACK, [r.prefix + "t:" + msg.id, self.wake_key], args
+
+    def extend_call(self, job: Job, seconds: float) -> Call:
+        """The extend script call for ``extend_lease``."""
+        r = self.receipt(job)
+        args = [r.prefix, repr(time.time() + seconds), "", r.msg.id, r.token]
+        return _scripts.EXTEND, [r.prefix + "lease"], args
+
+    def heartbeat_calls(self) -> list[Call]:
+        """Extend every held lease whose job is still within its timeout (asynq's heartbeater)."""
+        mono = time.monotonic()
+        until = repr(time.time() + self.options.visibility_timeout)
+        groups: dict[str, list[str]] = {}
+        with self._held_lock:
+            for (pfx, jid), (token, end) in list(self._held.items()):
+                if end <= mono:  # past its timeout: let the lease lapse, as asynq does
+                    del self._held[(pfx, jid)]
+                    continue
+                groups.setdefault(pfx, []).extend((jid, token))
+        return [(_scripts.EXTEND, [p + "lease"], [p, until, "GT", *pairs])
+                for p, pairs in groups.items()]
+
+    def lost(self, call: Call, ids: Sequence[bytes]) -> None:
+        """Forget held jobs whose lease the heartbeat found taken over."""
+        pfx = call[2][0]
+        with self._held_lock:
+            for raw in ids:
+                self._held.pop((pfx, raw.decode()), None)
+
+    def held_jobs_calls(self) -> list[Call]:
+        """Requeue calls for every job this handle still holds (used by close)."""
+        with self._held_lock:
+            held = list(self._held.items())
+            self._held.clear()
+        calls = []
+        for (pfx, jid), (token, _) in held:
+            level = next(lv.level for lv in self._levels if lv.prefix == pfx)
+            receipt = Receipt(pfx, level, token, TaskMessage(id=jid))
+            stub = Job(jid, self.qname, b"", receipt=receipt)
+            calls.append(self.nack_call(stub, True, 0.0, shutdown=True))
+        return calls
+
+    @property
+    def holding(self) -> bool:
+        """Whether this handle holds leased jobs."""
+        return bool(self._held)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between lease extensions (asynq: 5 s for a 30 s lease)."""
+        return min(5.0, self.options.visibility_timeout / 3)
+
+
+def _connection_kwargs(url: URL, o: RedisOptions) -> dict[str, Any]:
+    if url.path.strip("/"):
+        try:
+            db = int(url.path.strip("/"))
+        except ValueError:
+            raise InvalidURL(f"the path of a redis URL is a database number, not "
+                             f"{url.path!r}") from None
+    else:
+        db = 0
+    kw: dict[str, Any] = {
+        "host": url.host or "localhost", "port": url.port or 6379, "db": db,
+        "username": url.username or None, "password": url.password,
+        "socket_timeout": o.socket_timeout, "socket_connect_timeout": o.socket_connect_timeout,
+        "client_name": o.client_name,
+    }  # fmt: skip
+    if o.max_connections is not None:
+        kw["max_connections"] = o.max_connections
+    if url.scheme == "rediss":
+        kw.update(ssl=True, ssl_ca_certs=o.ssl_ca_certs, ssl_certfile=o.ssl_certfile,
+                  ssl_keyfile=o.ssl_keyfile, ssl_cert_reqs=o.ssl_cert_reqs,
+                  ssl_check_hostname=o.ssl_check_hostname)
+    elif any((o.ssl_ca_certs, o.ssl_certfile, o.ssl_keyfile)):
+        raise InvalidURL("ssl_* options need a rediss:// URL")
+    return kw
+
+
+def parse(url: URL, options: Mapping[str, object]) -> tuple[URL, RedisOptions]:
+    """Parse the URL's options (no I/O)."""
+    if url.scheme not in ("redis", "rediss"):
+        raise InvalidURL(f"the redis driver takes redis:// or rediss:// URLs, not {url.scheme!r}")
+    return url, parse_options(RedisOptions, url.query, options, driver="redis")
