@@ -1,0 +1,8 @@
+"""``python -m unifiedq``: the same as the ``unifiedq`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
