@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import time
+import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import redis
 
+from unifiedq import connect
+from unifiedq.drivers.redis import _proto
 from unifiedq.testing.fixtures import require_binary
-from unifiedq.testing.servers import RedisServer
+from unifiedq.testing.servers import RedisServer, find_free_port
 from unifiedq.testing.suite import QueueConformance
 
 
@@ -44,3 +53,300 @@ class TestRedis(QueueConformance):
             return None
         server: RedisServer = request.getfixturevalue("persistent_redis")
         return server.restart
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _url(redis_url: str, name: str, **opts: object) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in opts.items())
+    return f"{redis_url}?queue={name}{extra}"
+
+
+@pytest.fixture
+def qname() -> str:
+    return f"uq-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- TaskMessage codec
+
+
+def _reference_class() -> Any:
+    """asynq.TaskMessage built from a descriptor at run time with the protobuf library."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="uq_asynq_ref.proto", package="uqref",
+                                             syntax="proto3")
+    m = fdp.message_type.add(name="TaskMessage")
+    f = descriptor_pb2.FieldDescriptorProto
+    spec = [("type", 1, f.TYPE_STRING), ("payload", 2, f.TYPE_BYTES), ("id", 3, f.TYPE_STRING),
+            ("queue", 4, f.TYPE_STRING), ("retry", 5, f.TYPE_INT32), ("retried", 6, f.TYPE_INT32),
+            ("error_msg", 7, f.TYPE_STRING), ("timeout", 8, f.TYPE_INT64),
+            ("deadline", 9, f.TYPE_INT64), ("unique_key", 10, f.TYPE_STRING),
+            ("last_failed_at", 11, f.TYPE_INT64), ("retention", 12, f.TYPE_INT64),
+            ("completed_at", 13, f.TYPE_INT64), ("group_key", 14, f.TYPE_STRING)]
+    for name, num, typ in spec:
+        m.field.add(name=name, number=num, type=typ, label=f.LABEL_OPTIONAL)
+    entry = m.nested_type.add(name="HeadersEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    m.field.add(name="headers", number=15, type=f.TYPE_MESSAGE, label=f.LABEL_REPEATED,
+                type_name=".uqref.TaskMessage.HeadersEntry")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("uqref.TaskMessage"))
+
+
+_SAMPLES = [
+    _proto.TaskMessage(),
+    _proto.TaskMessage(type="email:send", payload=b"\x00\xff" * 300, id="id-1", queue="q",
+                       retry=25, retried=3, error_msg="boom ü", timeout=1800,
+                       deadline=1_900_000_000, unique_key="asynq:{q}:unique:x:y",
+                       last_failed_at=1_700_000_000, retention=3600, completed_at=5,
+                       group_key="g", headers={"a": "1", "ü": "", "": "v"}),
+    _proto.TaskMessage(type="t", retry=-1, timeout=-5, deadline=2**62),
+]
+
+
+@pytest.mark.parametrize("msg", _SAMPLES)
+def test_task_message_matches_protobuf(msg: _proto.TaskMessage) -> None:
+    ref = _reference_class()
+    ours = _proto.encode(msg)
+    theirs = ref()
+    theirs.ParseFromString(ours)
+    for field in ("type", "payload", "id", "queue", "retry", "retried", "error_msg", "timeout",
+                  "deadline", "unique_key", "last_failed_at", "retention", "completed_at",
+                  "group_key"):
+        assert getattr(theirs, field) == getattr(msg, field), field
+    assert dict(theirs.headers) == msg.headers
+    assert _proto.decode(theirs.SerializeToString(deterministic=True)) == msg
+    if len(msg.headers) <= 1:  # map order is not part of the format; the rest is byte-exact
+        assert ours == theirs.SerializeToString(deterministic=True)
+
+
+def test_task_message_rejects_garbage() -> None:
+    with pytest.raises(_proto.DecodeError):
+        _proto.decode(b"\x0a\x05ab")  # length runs past the end
+    with pytest.raises(_proto.DecodeError):
+        _proto.decode(b"\x0f")  # wire type 7
+
+
+# --------------------------------------------------------------------------- asynq layout
+
+
+def _msg(raw: redis.Redis, q: str, jid: str) -> _proto.TaskMessage:
+    data = raw.hget(f"asynq:{{{q}}}:t:{jid}", "msg")
+    assert isinstance(data, bytes)
+    return _proto.decode(data)
+
+
+def test_asynq_layout_through_a_lifecycle(redis_url: str, raw: redis.Redis, qname: str) -> None:
+    with connect(_url(redis_url, qname, max_retry=2, retention=60)) as q:
+        jid = q.enqueue(b"payload", headers={"type": "email:send", "tenant": "t1"})
+        p = f"asynq:{{{qname}}}:"
+        assert raw.sismember("asynq:queues", qname)
+        assert raw.lrange(p + "pending", 0, -1) == [jid.encode()]
+        assert raw.hget(p + "t:" + jid, "state") == b"pending"
+        assert raw.hget(p + "t:" + jid, "pending_since")
+        m = _msg(raw, qname, jid)
+        assert (m.type, m.payload, m.id, m.queue, m.retry, m.retried, m.timeout, m.retention) == (
+            "email:send", b"payload", jid, qname, 2, 0, 1800, 60)
+        assert m.headers == {"tenant": "t1"}  # the type travels in TaskMessage.type
+
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.headers == {"type": "email:send", "tenant": "t1"}
+        assert raw.lrange(p + "active", 0, -1) == [jid.encode()]
+        lease = raw.zscore(p + "lease", jid)
+        assert lease is not None and lease > time.time() + 20
+        assert raw.hget(p + "t:" + jid, "state") == b"active"
+        assert raw.hget(p + "t:" + jid, "pending_since") is None
+        q.ack(job)  # retention > 0: asynq's "completed"
+        assert raw.zscore(p + "completed", jid) is not None
+        assert raw.hget(p + "t:" + jid, "state") == b"completed"
+        assert _msg(raw, qname, jid).completed_at > 0
+        assert raw.llen(p + "active") == 0 and raw.zcard(p + "lease") == 0
+        assert raw.get(p + "processed") == b"1"
+
+        later = q.enqueue(b"later", delay=30)
+        assert raw.zscore(p + "scheduled", later) is not None
+        assert raw.hget(p + "t:" + later, "state") == b"scheduled"
+
+        hi = q.enqueue(b"hi", priority=5)
+        hp = f"asynq:{{{qname}:p5}}:"
+        assert raw.lrange(hp + "pending", 0, -1) == [hi.encode()]
+        assert raw.sismember("asynq:queues", f"{qname}:p5")
+        assert q.size() == 2
+        job = q.dequeue()
+        assert job is not None and job.id == hi and job.priority == 5
+        q.nack(job, requeue=False)
+        assert raw.zscore(hp + "archived", hi) is not None
+        assert raw.hget(hp + "t:" + hi, "state") == b"archived"
+        assert "nack" in _msg(raw, f"{qname}:p5", hi).error_msg
+
+
+def test_retries_then_archive(redis_url: str, raw: redis.Redis, qname: str) -> None:
+    with connect(_url(redis_url, qname, max_retry=1)) as q:
+        jid = q.enqueue(b"x")
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.attempt == 1
+        q.nack(job)
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.attempt == 2
+        q.nack(job)  # retried (1) >= max_retry (1): archived, as asynq does
+        assert q.dequeue(timeout=0.3) is None
+        assert raw.hget(f"asynq:{{{qname}}}:t:{jid}", "state") == b"archived"
+        assert raw.get(f"asynq:{{{qname}}}:failed") == b"2"
+
+
+def test_nack_backoff_asynq_goes_to_retry_set(redis_url: str, raw: redis.Redis,
+                                               qname: str) -> None:
+    with connect(_url(redis_url, qname, backoff="asynq")) as q:
+        jid = q.enqueue(b"x")
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        q.nack(job)
+        score = raw.zscore(f"asynq:{{{qname}}}:retry", jid)
+        assert score is not None and time.time() + 10 < score < time.time() + 60
+        assert q.size() == 1 and q.dequeue() is None
+
+
+def test_unique_ttl(redis_url: str, qname: str) -> None:
+    from unifiedq import DuplicateJob
+
+    with connect(_url(redis_url, qname, unique_ttl=60)) as q:
+        q.enqueue(b"same")
+        with pytest.raises(DuplicateJob):
+            q.enqueue(b"same")
+        q.enqueue(b"other")
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == b"same"
+        q.ack(job)  # releases the lock
+        q.enqueue(b"same")
+
+
+def test_empty_type_header_rejected(redis_url: str, qname: str) -> None:
+    from unifiedq import InvalidArgument
+
+    with connect(_url(redis_url, qname)) as q:
+        with pytest.raises(InvalidArgument):
+            q.enqueue(b"x", headers={"type": ""})
+        assert q.size() == 0
+
+
+def test_bad_options_and_errors(redis_url: str, qname: str) -> None:
+    from unifiedq import BackendConnectionError, InvalidURL
+
+    for bad in ("queue=a{b}", "visibility_timeout=0", "backoff=linear", "max_retry=-1"):
+        with pytest.raises(InvalidURL):
+            connect(f"{redis_url}?{bad}")
+    with pytest.raises(InvalidURL):
+        connect("redis://127.0.0.1/notanumber")
+    port = find_free_port()
+    with connect(f"redis://127.0.0.1:{port}/0?queue={qname}&socket_connect_timeout=2") as q, \
+            pytest.raises(BackendConnectionError):
+        q.enqueue(b"x")
+
+
+def test_wrong_password_is_authentication_error(server_factory: Any, qname: str) -> None:
+    from unifiedq import AuthenticationError
+
+    server = server_factory.redis(password="s3cret")
+    bad = server.url.replace("s3cret", "wrong")
+    with connect(f"{bad}?queue={qname}") as q:
+        with pytest.raises(AuthenticationError):
+            q.size()
+        assert "wrong" not in repr(q)
+    with connect(f"{server.url}?queue={qname}") as q:
+        q.enqueue(b"ok")
+        assert q.size() == 1
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def test_heartbeat_keeps_lease_while_held(redis_url: str, qname: str) -> None:
+    opts = {"visibility_timeout": 1.0}
+    with connect(_url(redis_url, qname, **opts)) as q, \
+            connect(_url(redis_url, qname, **opts)) as other:
+        q.enqueue(b"x")
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        time.sleep(3.0)  # three lease lengths; the heartbeat extends every ~0.33 s
+        assert other.dequeue(timeout=0.5) is None
+        q.ack(job)
+
+
+def test_orphaned_active_task_is_recovered(redis_url: str, raw: redis.Redis, qname: str) -> None:
+    """An id in active without a lease entry (asynq #1144) is handed out again."""
+    with connect(_url(redis_url, qname)) as q:
+        jid = q.enqueue(b"orphan")
+        p = f"asynq:{{{qname}}}:"
+        raw.lmove(p + "pending", p + "active", "RIGHT", "LEFT")  # what a torn dequeue leaves
+        raw.hset(p + "t:" + jid, "state", "active")
+        assert raw.zcard(p + "lease") == 0
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.id == jid and job.attempt == 2
+        q.ack(job)
+        assert raw.llen(p + "active") == 0
+
+
+def test_close_returns_held_jobs(redis_url: str, qname: str) -> None:
+    q = connect(_url(redis_url, qname))
+    q.enqueue(b"held")
+    job = q.dequeue(timeout=5)
+    assert job is not None
+    q.close()
+    with connect(_url(redis_url, qname)) as q2:
+        again = q2.dequeue(timeout=5)
+        assert again is not None and again.id == job.id and again.attempt == 1
+        q2.ack(again)
+
+
+def _crash_consumer(url: str, n: int, ready: Any) -> None:
+    q = connect(url)
+    held = [q.dequeue(timeout=10) for _ in range(n)]
+    ready.put([j.id for j in held if j is not None])
+    time.sleep(600)  # killed long before this ends
+
+
+def test_sigkill_consumer_jobs_come_back(redis_url: str, raw: redis.Redis, qname: str) -> None:
+    lease = 2.0
+    url = _url(redis_url, qname, visibility_timeout=lease)
+    with connect(url) as q:
+        ids = set(q.enqueue_many([b"%d" % i for i in range(20)]))
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Queue()
+        child = ctx.Process(target=_crash_consumer, args=(url, 8, ready))
+        child.start()
+        try:
+            taken = ready.get(timeout=60)
+            assert len(taken) == 8
+            time.sleep(lease * 1.5)  # the child's heartbeat keeps its leases meanwhile
+            assert raw.zcard(f"asynq:{{{qname}}}:lease") == 8
+            os.kill(child.pid or 0, signal.SIGKILL)
+            killed = time.monotonic()
+        finally:
+            child.join(30)
+        seen: dict[str, int] = {}
+        while len(seen) < len(ids):
+            job = q.dequeue(timeout=lease * 3 + 5)
+            assert job is not None, f"only {len(seen)} of {len(ids)} came back"
+            assert job.id not in seen
+            seen[job.id] = job.attempt
+            q.ack(job)
+        assert time.monotonic() - killed < lease * 3 + 5
+        assert set(seen) == ids
+        assert sorted(i for i, a in seen.items() if a == 2) == sorted(taken)
+        assert q.size() == 0 and q.dequeue() is None
+        p = f"asynq:{{{qname}}}:"
+        assert raw.llen(p + "active") == 0 and raw.zcard(p + "lease") == 0

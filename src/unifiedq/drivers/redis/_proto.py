@@ -79,12 +79,8 @@ def _len_field(tag: int, data: bytes) -> bytes:
 
 
 def _header_entry(key: str, value: str) -> bytes:
-    entry = b""
-    if key:
-        entry += _len_field(0x0A, key.encode())
-    if value:
-        entry += _len_field(0x12, value.encode())
-    return _len_field(0x7A, entry)
+    # Map entries always carry both fields, even empty ones (as Go and C++ write them).
+    return _len_field(0x7A, _len_field(0x0A, key.encode()) + _len_field(0x12, value.encode()))
 
 
 def encode(msg: TaskMessage) -> bytes:

@@ -1,0 +1,205 @@
+// Command interop drives Go's asynq against queues written by unifiedq's redis:// driver.
+//
+// Subcommands (all print JSON lines on stdout; the pytest side parses them):
+//
+//	consume   run an asynq.Server on one queue until -count tasks finished (ok or archived)
+//	produce   enqueue tasks with asynq.Client
+//	inspect   print asynq.Inspector's view of a queue
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+type event struct {
+	Event    string            `json:"event"`
+	ID       string            `json:"id,omitempty"`
+	Type     string            `json:"type,omitempty"`
+	Payload  string            `json:"payload,omitempty"`
+	Headers  map[string]string `json:"headers,omitempty"`
+	Retried  int               `json:"retried"`
+	MaxRetry int               `json:"max_retry"`
+	At       float64           `json:"at,omitempty"`
+	Queue    string            `json:"queue,omitempty"`
+}
+
+var out = json.NewEncoder(os.Stdout)
+var outMu sync.Mutex
+
+func emit(v any) {
+	outMu.Lock()
+	defer outMu.Unlock()
+	if err := out.Encode(v); err != nil {
+		panic(err)
+	}
+}
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+	os.Exit(1)
+}
+
+func redisOpt(addr string, db int, password string) asynq.RedisClientOpt {
+	return asynq.RedisClientOpt{Addr: addr, DB: db, Password: password}
+}
+
+func now() float64 { return float64(time.Now().UnixNano()) / 1e9 }
+
+// consume runs a server. Tasks of type "interop:fail" always fail (so they are retried and
+// then archived); every other task succeeds. It exits after -count tasks reached a final state.
+func consume(opt asynq.RedisClientOpt, queue string, count int, timeout time.Duration) {
+	var mu sync.Mutex
+	final := 0
+	done := make(chan struct{})
+	finish := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		final++
+		if final == count {
+			close(done)
+		}
+	}
+	srv := asynq.NewServer(opt, asynq.Config{
+		Concurrency:              4,
+		Queues:                   map[string]int{queue: 1},
+		RetryDelayFunc:           func(int, error, *asynq.Task) time.Duration { return 50 * time.Millisecond },
+		DelayedTaskCheckInterval: 100 * time.Millisecond,
+		TaskCheckInterval:        50 * time.Millisecond,
+		LogLevel:                 asynq.ErrorLevel,
+		ShutdownTimeout:          2 * time.Second,
+	})
+	handler := asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		id, _ := asynq.GetTaskID(ctx)
+		retried, _ := asynq.GetRetryCount(ctx)
+		maxRetry, _ := asynq.GetMaxRetry(ctx)
+		q, _ := asynq.GetQueueName(ctx)
+		emit(event{Event: "run", ID: id, Type: t.Type(), Payload: string(t.Payload()),
+			Headers: t.Headers(), Retried: retried, MaxRetry: maxRetry, At: now(), Queue: q})
+		if t.Type() == "interop:fail" {
+			if retried >= maxRetry {
+				defer finish()
+			}
+			return errors.New("interop: asked to fail")
+		}
+		defer finish()
+		return nil
+	})
+	if err := srv.Start(handler); err != nil {
+		fail("start server: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		srv.Shutdown()
+		fail("timed out after %v with %d of %d tasks final", timeout, final, count)
+	}
+	// Let the last Done/Archive write land before shutting down.
+	time.Sleep(200 * time.Millisecond)
+	srv.Shutdown()
+	emit(map[string]any{"event": "stopped"})
+}
+
+// produce enqueues n tasks: type "interop:go", payload "go-<i>", header "seq"=i.
+func produce(opt asynq.RedisClientOpt, queue string, n int) {
+	c := asynq.NewClient(opt)
+	defer c.Close()
+	for i := 0; i < n; i++ {
+		t := asynq.NewTaskWithHeaders("interop:go", []byte(fmt.Sprintf("go-%d", i)),
+			map[string]string{"seq": fmt.Sprint(i), "origin": "go"})
+		info, err := c.Enqueue(t, asynq.Queue(queue), asynq.MaxRetry(3))
+		if err != nil {
+			fail("enqueue: %v", err)
+		}
+		emit(event{Event: "enqueued", ID: info.ID, Type: info.Type, Payload: string(info.Payload),
+			Queue: info.Queue, MaxRetry: info.MaxRetry})
+	}
+}
+
+type taskView struct {
+	ID      string            `json:"id"`
+	Type    string            `json:"type"`
+	Payload string            `json:"payload"`
+	Headers map[string]string `json:"headers,omitempty"`
+	State   string            `json:"state"`
+	Retried int               `json:"retried"`
+	MaxRet  int               `json:"max_retry"`
+	LastErr string            `json:"last_err,omitempty"`
+	Orphan  bool              `json:"orphaned,omitempty"`
+}
+
+func view(ts []*asynq.TaskInfo) []taskView {
+	vs := []taskView{}
+	for _, t := range ts {
+		vs = append(vs, taskView{t.ID, t.Type, string(t.Payload), t.Headers, t.State.String(),
+			t.Retried, t.MaxRetry, t.LastErr, t.IsOrphaned})
+	}
+	return vs
+}
+
+func inspect(opt asynq.RedisClientOpt, queue string) {
+	ins := asynq.NewInspector(opt)
+	defer ins.Close()
+	qi, err := ins.GetQueueInfo(queue)
+	if err != nil {
+		fail("queue info: %v", err)
+	}
+	lists := map[string]func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){
+		"pending": ins.ListPendingTasks, "active": ins.ListActiveTasks,
+		"scheduled": ins.ListScheduledTasks, "retry": ins.ListRetryTasks,
+		"archived": ins.ListArchivedTasks, "completed": ins.ListCompletedTasks,
+	}
+	tasks := map[string][]taskView{}
+	for name, list := range lists {
+		ts, err := list(queue, asynq.PageSize(1000))
+		if err != nil {
+			fail("list %s: %v", name, err)
+		}
+		tasks[name] = view(ts)
+	}
+	queues, err := ins.Queues()
+	if err != nil {
+		fail("queues: %v", err)
+	}
+	emit(map[string]any{
+		"event": "inspect", "queues": queues, "size": qi.Size, "pending": qi.Pending,
+		"active": qi.Active, "scheduled": qi.Scheduled, "retry": qi.Retry,
+		"archived": qi.Archived, "completed": qi.Completed, "processed": qi.ProcessedTotal,
+		"failed": qi.FailedTotal, "tasks": tasks,
+	})
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fail("usage: interop consume|produce|inspect [flags]")
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	addr := fs.String("addr", "127.0.0.1:6379", "redis address")
+	db := fs.Int("db", 0, "redis db")
+	password := fs.String("password", "", "redis password")
+	queue := fs.String("queue", "default", "queue name")
+	count := fs.Int("count", 1, "consume: tasks to finish; produce: tasks to enqueue")
+	timeout := fs.Duration("timeout", 60*time.Second, "consume: give up after this long")
+	if err := fs.Parse(os.Args[2:]); err != nil {
+		fail("%v", err)
+	}
+	opt := redisOpt(*addr, *db, *password)
+	switch os.Args[1] {
+	case "consume":
+		consume(opt, *queue, *count, *timeout)
+	case "produce":
+		produce(opt, *queue, *count)
+	case "inspect":
+		inspect(opt, *queue)
+	default:
+		fail("unknown subcommand %q", os.Args[1])
+	}
+}
