@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +21,7 @@ import redis
 
 from unifiedq import connect
 from unifiedq.drivers.redis import _proto
-from unifiedq.testing.fixtures import require_binary
+from unifiedq.testing.fixtures import in_ci, require_binary
 from unifiedq.testing.servers import RedisServer, find_free_port
 from unifiedq.testing.suite import QueueConformance
 
@@ -350,3 +356,110 @@ def test_sigkill_consumer_jobs_come_back(redis_url: str, raw: redis.Redis, qname
         assert q.size() == 0 and q.dequeue() is None
         p = f"asynq:{{{qname}}}:"
         assert raw.llen(p + "active") == 0 and raw.zcard(p + "lease") == 0
+
+
+# --------------------------------------------------------------------------- Go asynq interop
+
+_INTEROP = Path(__file__).parent / "interop"
+
+
+@pytest.fixture(scope="module")
+def interop_bin() -> Path:
+    """The Go program of tests/interop, built once per source hash and cached."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go")
+                                else None)
+    if go is None:
+        if in_ci():
+            pytest.fail("CI=true but the Go toolchain is missing (needed for asynq interop)")
+        pytest.skip("Go toolchain not found; install Go to run the asynq interop tests")
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((_INTEROP / name).read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unifiedq"
+    target = cache / f"asynq-interop-{digest.hexdigest()[:16]}"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        env = dict(os.environ, GOFLAGS="-mod=mod")
+        proc = subprocess.run([go, "build", "-o", str(tmp), "."], cwd=_INTEROP, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, f"go build failed:\n{proc.stderr}"
+        os.replace(tmp, target)
+    return target
+
+
+def _go(binary: Path, redis_url: str, cmd: str, queue: str, *args: str,
+        timeout: float = 120) -> list[dict[str, Any]]:
+    u = urllib.parse.urlsplit(redis_url)
+    argv = [str(binary), cmd, "-addr", f"{u.hostname}:{u.port}", "-db", u.path.strip("/") or "0",
+            "-queue", queue, *args]
+    if u.password:
+        argv += ["-password", urllib.parse.unquote(u.password)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stderr}"
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_go_asynq_server_runs_python_tasks(interop_bin: Path, redis_url: str, qname: str) -> None:
+    with connect(_url(redis_url, qname)) as q, \
+            connect(_url(redis_url, qname, max_retry=2)) as q2:
+        ok = {q.enqueue(b"py-%d" % i, headers={"type": "interop:ok", "k": f"v{i}"}): i
+              for i in range(5)}
+        delayed_at = time.time()
+        delayed = q.enqueue(b"py-delayed", delay=1.5, headers={"type": "interop:ok"})
+        failing = q2.enqueue(b"py-fail", headers={"type": "interop:fail"})
+        events = _go(interop_bin, redis_url, "consume", qname, "-count", "7", "-timeout", "90s")
+        runs = [e for e in events if e["event"] == "run"]
+        for jid, i in ok.items():
+            mine = [e for e in runs if e["id"] == jid]
+            assert len(mine) == 1, mine
+            e = mine[0]
+            assert (e["type"], e["payload"], e["headers"], e["queue"]) == (
+                "interop:ok", f"py-{i}", {"k": f"v{i}"}, qname)
+            assert (e["retried"], e["max_retry"]) == (0, 25)
+        (d,) = [e for e in runs if e["id"] == delayed]
+        assert d["payload"] == "py-delayed" and d["at"] >= delayed_at + 1.5 - 0.05
+        fails = [e for e in runs if e["id"] == failing]
+        assert [(e["retried"], e["max_retry"]) for e in fails] == [(0, 2), (1, 2), (2, 2)]
+
+        (info,) = _go(interop_bin, redis_url, "inspect", qname)
+        assert (info["pending"], info["active"], info["scheduled"], info["retry"]) == (0, 0, 0, 0)
+        assert info["archived"] == 1 and qname in info["queues"]
+        (arch,) = info["tasks"]["archived"]
+        assert (arch["id"], arch["type"], arch["retried"]) == (failing, "interop:fail", 2)
+        assert "asked to fail" in arch["last_err"]
+        assert q.size() == 0 and q.dequeue() is None
+
+
+def test_python_consumes_go_asynq_tasks(interop_bin: Path, redis_url: str, qname: str) -> None:
+    produced = _go(interop_bin, redis_url, "produce", qname, "-count", "5")
+    ids = [e["id"] for e in produced]
+    with connect(_url(redis_url, qname)) as q:
+        assert q.size() == 5
+        peeked = q.peek()
+        assert peeked is not None and peeked.id == ids[0]
+        jobs = []
+        for i in range(5):
+            job = q.dequeue(timeout=5)
+            assert job is not None
+            assert (job.id, job.body, job.attempt) == (ids[i], b"go-%d" % i, 1)
+            assert job.headers == {"type": "interop:go", "seq": str(i), "origin": "go"}
+            jobs.append(job)
+
+        (info,) = _go(interop_bin, redis_url, "inspect", qname)
+        assert info["active"] == 5 and info["pending"] == 0
+        assert sorted(t["id"] for t in info["tasks"]["active"]) == sorted(ids)
+        assert not any(t.get("orphaned") for t in info["tasks"]["active"])
+
+        for job in jobs[:3]:
+            q.ack(job)
+        q.nack(jobs[3], requeue=False)
+        q.nack(jobs[4])
+        again = q.dequeue(timeout=5)
+        assert again is not None and again.id == ids[4] and again.attempt == 2
+        q.ack(again)
+
+        (info,) = _go(interop_bin, redis_url, "inspect", qname)
+        assert (info["pending"], info["active"], info["retry"], info["archived"]) == (0, 0, 0, 1)
+        assert info["tasks"]["archived"][0]["id"] == ids[3]
+        assert info["processed"] == 6 and info["failed"] == 2
