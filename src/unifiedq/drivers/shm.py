@@ -1,0 +1,996 @@
+"""Lock-free multi-process ring in POSIX shared memory (Vyukov's bounded MPMC queue).
+
+Features: a bounded FIFO shared by every process of one user on one machine; lock-free
+enqueue and dequeue with one compare-and-swap each (through ``atomics``/patomic); batches that
+share the bookkeeping; blocking dequeue that spins briefly and then backs off to short sleeps;
+a native asyncio face that awaits instead of blocking the loop; best-effort ``peek``; an
+overflow policy for a full ring (``block`` with a timeout, ``reject`` or ``drop_oldest``); and
+crash repair: a process SIGKILLed in the middle of an operation loses at most the one job it was
+moving, and never wedges the ring for the others.
+
+Delivery is at-most-once: a dequeued job is gone (no ACK, leases, delays, priorities, custom ids
+or headers). Jobs live as long as the segment: closing handles keeps them; :func:`unlink` (or
+:meth:`ShmQueue.unlink`) removes the segment, and a reboot clears it (not DURABLE).
+
+Connection string::
+
+    shm://<name>?capacity=4096&slot_size=256&overflow=block&enqueue_timeout=10
+
+``name`` is the POSIX shared-memory object (``/dev/shm/<name>`` on Linux): letters, digits,
+``.``, ``_`` and ``-``. The first handle that touches the queue creates the segment with the
+given ``capacity`` (jobs) and ``slot_size`` (largest body, bytes); later handles attach and must
+ask for the same layout, or get :class:`~unifiedq.InvalidURL` naming both.
+
+See ``docs/drivers/shm.md`` for the segment layout, the algorithm and the crash story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import mmap
+import os
+import re
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Literal, Self, TypeVar
+
+from .._base import AsyncQueueBase, QueueBase
+from .._capabilities import Capability
+from .._errors import (
+    BackendError,
+    InvalidArgument,
+    InvalidURL,
+    QueueClosed,
+    QueueFull,
+    QueueTimeout,
+)
+from .._job import EnqueueRequest, Job
+from .._url import URL, parse_options
+from . import _shm_atomics
+
+try:
+    import _posixshmem  # type: ignore[import-not-found]  # the module multiprocessing.shared_memory uses, without its tracker
+except ImportError:  # pragma: no cover - Windows
+    _posixshmem = None
+
+__all__ = [
+    "AsyncShmQueue",
+    "EnqueueTimeout",
+    "ShmOptions",
+    "ShmQueue",
+    "exists",
+    "unlink",
+]
+
+T = TypeVar("T")
+
+# -- segment layout (all offsets in bytes; every shared field is an aligned 64-bit word) -------
+MAGIC = int.from_bytes(b"UQSHMRNG", "little")
+LAYOUT_VERSION = 1
+_W_MAGIC, _W_VERSION, _W_CAPACITY, _W_SLOT_SIZE, _W_STRIDE, _W_OWNERS = 0, 1, 2, 3, 4, 5
+_W_HEAD = 8  # offset 64: producer ticket hint, alone on its cache line
+_W_TAIL = 16  # offset 128: consumer ticket hint, alone on its cache line
+_OWNERS = 1024  # owner table entries (one per open handle)
+_W_OWNER0 = 32  # offset 256: owner table, one word per entry: pid << 32 | start time (low 32)
+_SLOTS_OFF = 256 + 8 * _OWNERS  # 8448, a multiple of 64
+_SLOT_HDR = 64  # seq word + metadata, then the body
+# Slot metadata after the seq word: body length, id length, flags, enqueued_at, id bytes.
+_META = struct.Struct("<IHHd40s")
+_ID_MAX = 40
+
+# -- slot seq word ------------------------------------------------------------------------------
+# A normal value v means: v == ticket -> free for the producer of that ticket; v == ticket+1 ->
+# holds that ticket's job; v == ticket+capacity -> consumed (free for ticket+capacity).
+# A marker (top bit set) means a process claimed the slot and is writing or reading it; it
+# names the owner (index into the owner table) and the ticket, so that a waiter can tell a dead
+# owner and repair the slot by setting it to ticket+capacity (the job is lost, nothing wedges).
+_MARK = 1 << 63
+_CONSUMER = 1 << 62
+_OWNER_SHIFT = 46
+_TBITS = 46
+_TMASK = (1 << _TBITS) - 1
+_THALF = 1 << (_TBITS - 1)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_INIT_TIMEOUT = 2.0  # how long an attacher waits for a concurrent creator to initialise
+
+
+def _ticket(s: int, ref: int) -> int:
+    """Rebuild the full ticket of marker ``s`` from its low bits, nearest to ``ref``."""
+    d = ((s & _TMASK) - ref) & _TMASK
+    return ref + (d - (1 << _TBITS) if d >= _THALF else d)
+
+
+# -- process identity and liveness --------------------------------------------------------------
+_ident_cache: int | None = None
+
+
+def _proc_stat(pid: int | str) -> tuple[str, int] | None:
+    """Return (state, start time in clock ticks) from /proc, or None when unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return rest[0].decode(), int(rest[19])
+    except (IndexError, ValueError):  # pragma: no cover - exotic /proc
+        return None
+
+
+def _ident() -> int:
+    """This process's owner identity: pid << 32 | low 32 bits of its start time."""
+    global _ident_cache
+    if _ident_cache is None:
+        st = _proc_stat("self")
+        _ident_cache = (os.getpid() << 32) | ((st[1] if st else 0) & 0xFFFFFFFF)
+    return _ident_cache
+
+
+def _alive(ident: int) -> bool:
+    """Whether the process named by an owner identity still runs (pid reuse detected)."""
+    if ident == 0:
+        return False
+    pid, start = ident >> 32, ident & 0xFFFFFFFF
+    if pid == os.getpid():
+        return ident == _ident()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    st = _proc_stat(pid)
+    if st is None:
+        return not os.path.isdir("/proc/self")  # no /proc: trust kill(); else it just died
+    state, started = st
+    if state in ("Z", "X", "x"):  # killed but not yet reaped: dead for us
+        return False
+    return not start or (started & 0xFFFFFFFF) == start
+
+
+_rings: weakref.WeakSet[_Ring] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _ident_cache
+    _ident_cache = None
+    for ring in list(_rings):
+        try:
+            ring.after_fork()
+        except Exception:  # pragma: no cover - must never break fork()
+            ring.owner = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- options ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShmOptions:
+    """Options of ``shm://`` URLs.
+
+    Attributes:
+        capacity: Jobs the ring holds (fixed when the segment is created); at least 2.
+        slot_size: Largest body in bytes (fixed when the segment is created).
+        overflow: What ``enqueue`` does on a full ring: ``block`` waits up to
+            ``enqueue_timeout`` then raises :class:`EnqueueTimeout`; ``reject`` raises
+            :class:`~unifiedq.QueueFull` at once; ``drop_oldest`` discards the oldest jobs.
+        enqueue_timeout: Seconds a ``block`` enqueue waits for room.
+        spin: Seconds a waiter keeps retrying before it starts sleeping.
+        max_sleep: Longest sleep between retries while waiting, in seconds.
+        repair_after: Seconds a slot must stay claimed before a waiter checks whether its
+            owner process is still alive (keeps liveness checks off the hot path).
+    """
+
+    capacity: int = 4096
+    slot_size: int = 256
+    overflow: Literal["block", "reject", "drop_oldest"] = "block"
+    enqueue_timeout: float = 10.0
+    spin: float = 0.0002
+    max_sleep: float = 0.001
+    repair_after: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.capacity <= 1 << 30:
+            raise ValueError(f"capacity must be between 2 and 2**30 jobs, not {self.capacity}")
+        if not 1 <= self.slot_size <= 1 << 26:
+            raise ValueError(f"slot_size must be between 1 and 2**26 bytes, not {self.slot_size}")
+        for field in ("enqueue_timeout", "spin", "max_sleep", "repair_after"):
+            v = getattr(self, field)
+            if not 0 <= v < float("inf"):
+                raise ValueError(f"{field} must be a finite number of seconds >= 0, not {v}")
+
+    @property
+    def stride(self) -> int:
+        """Bytes per slot: header plus body, rounded up to a 64-byte cache line."""
+        return _SLOT_HDR + (self.slot_size + 63) // 64 * 64
+
+    @property
+    def segment_size(self) -> int:
+        """Bytes of the whole segment."""
+        return _SLOTS_OFF + self.capacity * self.stride
+
+
+class EnqueueTimeout(QueueFull, QueueTimeout):
+    """A ``block`` enqueue found the ring full for ``enqueue_timeout`` seconds.
+
+    It is both a :class:`~unifiedq.QueueFull` and a :class:`~unifiedq.QueueTimeout`, so either
+    ``except`` clause catches it.
+    """
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise InvalidURL(
+            f"shm queue names use 1-200 letters, digits, '.', '_' or '-', not {name!r}"
+        )
+    return name
+
+
+def unlink(name: str) -> bool:
+    """Remove the shared-memory segment of queue ``name``; return whether it existed.
+
+    Handles that are already attached keep working on the old segment until they close; the
+    next handle to touch ``name`` creates a new, empty one.
+    """
+    _check_name(name)
+    if _posixshmem is None:  # pragma: no cover
+        raise BackendError("shm:// needs POSIX shared memory, which this platform lacks")
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def exists(name: str) -> bool:
+    """Return whether the segment of queue ``name`` exists."""
+    _check_name(name)
+    if _posixshmem is None:  # pragma: no cover
+        return False
+    try:
+        fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        return True
+    os.close(fd)
+    return True
+
+
+# -- the ring -----------------------------------------------------------------------------------
+class _Ring:
+    """One mapping of a segment and the algorithm; knows nothing of jobs or faces."""
+
+    def __init__(self, name: str, opts: ShmOptions) -> None:
+        self.name = name
+        self.mm, created = _open_segment(name, opts)
+        self.w = _shm_atomics.bind(self.mm)
+        self.plain = self.w.plain
+        try:
+            if created:
+                self._initialise(opts)
+            else:
+                self._check_layout(opts)
+            self.cap = opts.capacity
+            self.stride_w = opts.stride // 8
+            self.slot_size = opts.slot_size
+            self.grace = opts.repair_after
+            self._suspect = 0
+            self._suspect_since = 0.0
+            self.owner = -1
+            self.pmark = self.cmark = 0
+            self._register()
+        except BaseException:
+            self.w.release()
+            self.mm.close()
+            raise
+        _rings.add(self)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _initialise(self, opts: ShmOptions) -> None:
+        p = self.plain
+        p[_W_VERSION] = LAYOUT_VERSION
+        p[_W_CAPACITY] = opts.capacity
+        p[_W_SLOT_SIZE] = opts.slot_size
+        p[_W_STRIDE] = opts.stride
+        p[_W_OWNERS] = _OWNERS
+        sw, first = opts.stride // 8, _SLOTS_OFF // 8
+        for i in range(opts.capacity):
+            p[first + i * sw] = i  # slot i is free for ticket i
+        self.w.store(_W_MAGIC, MAGIC)  # last, with release: attachers wait for it
+
+    def _check_layout(self, opts: ShmOptions) -> None:
+        deadline = time.monotonic() + _INIT_TIMEOUT
+        while (magic := self.w.load(_W_MAGIC)) == 0:
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"shm segment {self.name!r} exists but was never initialised (its creator "
+                    f"died while creating it?); remove it with unifiedq.drivers.shm.unlink()"
+                )
+            time.sleep(0.001)
+        p = self.plain
+        if magic != MAGIC:
+            raise InvalidURL(f"shared-memory object {self.name!r} is not a unifiedq shm queue")
+        if p[_W_VERSION] != LAYOUT_VERSION:
+            raise InvalidURL(
+                f"shm queue {self.name!r} has layout version {p[_W_VERSION]}, this unifiedq "
+                f"uses {LAYOUT_VERSION}; drain and unlink it, or use a matching unifiedq"
+            )
+        have = (p[_W_CAPACITY], p[_W_SLOT_SIZE], p[_W_OWNERS])
+        if have != (opts.capacity, opts.slot_size, _OWNERS):
+            raise InvalidURL(
+                f"shm queue {self.name!r} exists with capacity={have[0]} and "
+                f"slot_size={have[1]}, but this handle asked for capacity={opts.capacity} and "
+                f"slot_size={opts.slot_size}; use the same settings in every process (or "
+                f"unlink the queue to re-create it)"
+            )
+        if len(self.mm) < _SLOTS_OFF + opts.capacity * p[_W_STRIDE]:
+            raise InvalidURL(f"shm segment {self.name!r} is truncated")
+
+    def _set_owner(self, idx: int) -> None:
+        self.owner = idx
+        self.pmark = _MARK | (idx << _OWNER_SHIFT)
+        self.cmark = self.pmark | _CONSUMER
+
+    def _register(self) -> None:
+        """Take an owner-table entry so that our slot claims can be attributed to us."""
+        me, p, cas = _ident(), self.plain, self.w.cas
+        for i in range(_OWNERS):
+            if p[_W_OWNER0 + i] == 0 and cas(_W_OWNER0 + i, 0, me):
+                self._set_owner(i)
+                return
+        for i in range(_OWNERS):  # full: reclaim the entry of a dead process
+            old = self.w.load(_W_OWNER0 + i)
+            if old and not _alive(old) and self._scrub(i, old) and cas(_W_OWNER0 + i, old, me):
+                self._set_owner(i)
+                return
+        raise BackendError(
+            f"shm queue {self.name!r}: all {_OWNERS} owner entries are held by live handles; "
+            f"close handles you no longer use"
+        )
+
+    def _scrub(self, idx: int, dead: int) -> bool:
+        """Repair every slot claimed by dead entry ``idx``; False if the entry was retaken."""
+        load, cas, ref = self.w.load, self.w.cas, self.plain[_W_HEAD]
+        first = _SLOTS_OFF // 8
+        for k in range(self.cap):
+            si = first + k * self.stride_w
+            s = load(si)
+            if s & _MARK and (s >> _OWNER_SHIFT) & 0xFFFF == idx:
+                if load(_W_OWNER0 + idx) != dead:  # someone else reclaimed (and scrubbed) it
+                    return False
+                cas(si, s, _ticket(s, ref) + self.cap)
+        return True
+
+    def after_fork(self) -> None:
+        """In a forked child: the inherited entry is the parent's; take our own."""
+        self.owner = -1
+        self._register()
+
+    def detach(self) -> None:
+        """Give back our owner entry; the mapping goes when the last reference does."""
+        if self.owner >= 0 and self.w.cas(_W_OWNER0 + self.owner, _ident(), 0):
+            self.owner = -1
+        _rings.discard(self)
+
+    # -- liveness -------------------------------------------------------------------------------
+    def _stale(self, s: int) -> bool:
+        """Whether claim marker ``s`` has sat in a slot long enough and its owner is dead."""
+        idx = (s >> _OWNER_SHIFT) & 0xFFFF
+        if idx == self.owner:
+            return False
+        now = time.monotonic()
+        if s != self._suspect:
+            self._suspect, self._suspect_since = s, now
+            return False
+        if now - self._suspect_since < self.grace:
+            return False
+        self._suspect_since = now  # next check after another grace period
+        return not _alive(self.w.load(_W_OWNER0 + idx))
+
+    # -- classification of a slot that is not ready for us ---------------------------------------
+    def _blocked_put(self, pos: int, si: int, s: int) -> bool:
+        """Producer at ``pos`` saw ``s``: help or repair and return True to retry; False = full."""
+        p = self.plain
+        if s & _MARK:
+            t = _ticket(s, pos)
+            if t >= pos:  # ticket pos was claimed: move the hint on
+                if p[_W_HEAD] == pos:
+                    p[_W_HEAD] = pos + 1
+                return True
+            if self._stale(s):  # the previous lap's owner died mid-operation
+                self.w.cas(si, s, t + self.cap)
+                return True
+            return False
+        if s > pos:
+            if p[_W_HEAD] == pos:
+                p[_W_HEAD] = pos + 1
+            return True
+        return False  # the previous lap's job is still there: full
+
+    def _blocked_get(self, pos: int, si: int, s: int) -> bool:
+        """Consumer at ``pos`` saw ``s``: help or repair and return True to retry; False = empty."""
+        p = self.plain
+        if s & _MARK:
+            t = _ticket(s, pos)
+            if t > pos or (t == pos and s & _CONSUMER):
+                if p[_W_TAIL] == pos:
+                    p[_W_TAIL] = pos + 1
+                return True
+            if self._stale(s):  # a producer died before publishing (or an old consumer)
+                self.w.cas(si, s, t + self.cap)
+                return True
+            return False
+        if s > pos + 1:
+            if p[_W_TAIL] == pos:
+                p[_W_TAIL] = pos + 1
+            return True
+        return False
+
+    # -- operations -----------------------------------------------------------------------------
+    def put(self, body: bytes, jid: bytes, now: float) -> bool:
+        """Append one job; False when the ring is full."""
+        p, load, cas, cap, mm = self.plain, self.w.load, self.w.cas, self.cap, self.mm
+        first, sw = _SLOTS_OFF // 8, self.stride_w
+        while True:
+            pos = p[_W_HEAD]
+            si = first + (pos % cap) * sw
+            s = load(si)
+            if s == pos:
+                if not cas(si, pos, self.pmark | (pos & _TMASK)):
+                    continue
+                if p[_W_HEAD] == pos:
+                    p[_W_HEAD] = pos + 1
+                off = si * 8
+                _META.pack_into(mm, off + 8, len(body), len(jid), 0, now, jid)
+                mm[off + _SLOT_HDR : off + _SLOT_HDR + len(body)] = body
+                self.w.store(si, pos + 1)  # publish (release)
+                return True
+            if not self._blocked_put(pos, si, s):
+                return False
+
+    def put_many(self, items: list[tuple[bytes, bytes]], now: float) -> int:
+        """Append jobs in order, claiming runs of consecutive slots; return how many fit."""
+        p, load, cas, cap, mm = self.plain, self.w.load, self.w.cas, self.cap, self.mm
+        first, sw, pmark, store = _SLOTS_OFF // 8, self.stride_w, self.pmark, self.w.store
+        done, n = 0, len(items)
+        while done < n:
+            pos = p[_W_HEAD]
+            si = first + (pos % cap) * sw
+            s = load(si)
+            if s == pos:
+                if not cas(si, pos, pmark | (pos & _TMASK)):
+                    continue
+                run = [si]
+                nxt = pos + 1
+                while done + len(run) < n:
+                    sj = first + (nxt % cap) * sw
+                    if load(sj) != nxt or not cas(sj, nxt, pmark | (nxt & _TMASK)):
+                        break
+                    run.append(sj)
+                    nxt += 1
+                if p[_W_HEAD] < nxt:
+                    p[_W_HEAD] = nxt
+                for k, sj in enumerate(run):
+                    body, jid = items[done + k]
+                    off = sj * 8
+                    _META.pack_into(mm, off + 8, len(body), len(jid), 0, now, jid)
+                    mm[off + _SLOT_HDR : off + _SLOT_HDR + len(body)] = body
+                    store(sj, pos + k + 1)
+                done += len(run)
+                continue
+            if not self._blocked_put(pos, si, s):
+                break
+        return done
+
+    def _read(self, off: int) -> tuple[bytes, bytes, float]:
+        n, idn, _flags, at, jid = _META.unpack_from(self.mm, off + 8)
+        start = off + _SLOT_HDR
+        return self.mm[start : start + n], jid[:idn], at
+
+    def get(self) -> tuple[bytes, bytes, float] | None:
+        """Take the oldest job; None when there is nothing to take now."""
+        p, load, cas, cap = self.plain, self.w.load, self.w.cas, self.cap
+        first, sw = _SLOTS_OFF // 8, self.stride_w
+        while True:
+            pos = p[_W_TAIL]
+            si = first + (pos % cap) * sw
+            s = load(si)
+            if s == pos + 1:
+                if not cas(si, s, self.cmark | (pos & _TMASK)):
+                    continue
+                if p[_W_TAIL] == pos:
+                    p[_W_TAIL] = pos + 1
+                item = self._read(si * 8)
+                self.w.store(si, pos + cap)  # free for the next lap (release)
+                return item
+            if not self._blocked_get(pos, si, s):
+                return None
+
+    def get_many(self, limit: int) -> list[tuple[bytes, bytes, float]]:
+        """Take up to ``limit`` jobs in order, claiming runs of consecutive slots."""
+        p, load, cas, cap = self.plain, self.w.load, self.w.cas, self.cap
+        first, sw, cmark, store = _SLOTS_OFF // 8, self.stride_w, self.cmark, self.w.store
+        out: list[tuple[bytes, bytes, float]] = []
+        while len(out) < limit:
+            pos = p[_W_TAIL]
+            si = first + (pos % cap) * sw
+            s = load(si)
+            if s == pos + 1:
+                if not cas(si, s, cmark | (pos & _TMASK)):
+                    continue
+                run = [si]
+                nxt = pos + 1
+                while len(out) + len(run) < limit:
+                    sj = first + (nxt % cap) * sw
+                    if load(sj) != nxt + 1 or not cas(sj, nxt + 1, cmark | (nxt & _TMASK)):
+                        break
+                    run.append(sj)
+                    nxt += 1
+                if p[_W_TAIL] < nxt:
+                    p[_W_TAIL] = nxt
+                for k, sj in enumerate(run):
+                    out.append(self._read(sj * 8))
+                    store(sj, pos + k + cap)
+                continue
+            if not self._blocked_get(pos, si, s):
+                break
+        return out
+
+    def peek(self) -> tuple[bytes, bytes, float] | None:
+        """Copy the oldest job without taking it (seqlock: re-check the slot after copying)."""
+        p, load, cap = self.plain, self.w.load, self.cap
+        first, sw = _SLOTS_OFF // 8, self.stride_w
+        for _ in range(1000):
+            pos = p[_W_TAIL]
+            si = first + (pos % cap) * sw
+            s = load(si)
+            if s == pos + 1:
+                item = self._read(si * 8)
+                # Any writer must first swap the seq word, so an unchanged word means an
+                # untorn copy. Off x86 a CAS orders our reads before the re-check.
+                same = load(si) == s if _shm_atomics.TSO else self.w.cas(si, s, s)
+                if same:
+                    return item
+                continue
+            if not self._blocked_get(pos, si, s):
+                return None
+        return None  # pragma: no cover - endless churn; best-effort by contract
+
+    def _settle_hint(self, w: int, consumer: bool) -> int:
+        blocked = self._blocked_get if consumer else self._blocked_put
+        first, sw, cap = _SLOTS_OFF // 8, self.stride_w, self.cap
+        for _ in range(2 * cap + 2):
+            pos = self.plain[w]
+            si = first + (pos % cap) * sw
+            s = self.w.load(si)
+            if s == (pos + 1 if consumer else pos) or not blocked(pos, si, s):
+                return pos
+        return int(self.plain[w])  # pragma: no cover
+
+    def size(self) -> int:
+        """Jobs in the ring: exact when no operation is in flight."""
+        head = self._settle_hint(_W_HEAD, consumer=False)
+        tail = self._settle_hint(_W_TAIL, consumer=True)
+        return max(0, min(self.cap, head - tail))
+
+    def purge(self) -> int:
+        """Take and drop every job that can be taken now; return how many."""
+        n = 0
+        while batch := self.get_many(1024):
+            n += len(batch)
+        return n
+
+
+def _open_segment(name: str, opts: ShmOptions) -> tuple[mmap.mmap, bool]:
+    """Create the segment, or attach to an existing one; return (mapping, created)."""
+    if _posixshmem is None:  # pragma: no cover
+        raise BackendError("shm:// needs POSIX shared memory, which this platform lacks")
+    path = "/" + name
+    try:
+        fd = _posixshmem.shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
+    except FileExistsError:
+        try:
+            fd = _posixshmem.shm_open(path, os.O_RDWR, 0o600)
+        except FileNotFoundError:  # unlinked in between: try again from the top
+            return _open_segment(name, opts)
+        except PermissionError as exc:
+            raise BackendError(f"cannot open shm queue {name!r}: {exc}") from exc
+        created = False
+    except OSError as exc:
+        raise BackendError(f"cannot create shm queue {name!r}: {exc}") from exc
+    try:
+        if created:
+            try:
+                os.ftruncate(fd, opts.segment_size)
+            except OSError as exc:
+                os.close(fd)
+                fd = -1
+                _posixshmem.shm_unlink(path)
+                raise BackendError(
+                    f"cannot size shm queue {name!r} to {opts.segment_size} bytes: {exc}"
+                ) from exc
+            size = opts.segment_size
+        else:
+            deadline = time.monotonic() + _INIT_TIMEOUT
+            while (size := os.fstat(fd).st_size) < _SLOTS_OFF:  # creator has not sized it yet
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"shm segment {name!r} exists but was never initialised; remove it "
+                        f"with unifiedq.drivers.shm.unlink()"
+                    )
+                time.sleep(0.001)
+        return mmap.mmap(fd, size), created
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+# -- the faces ----------------------------------------------------------------------------------
+_CAPS = (
+    Capability.PEEK | Capability.BATCH | Capability.BLOCKING_DEQUEUE | Capability.CROSS_PROCESS
+    | Capability.BOUNDED
+)
+
+
+class _ShmCommon:
+    """State and non-blocking steps shared by both faces."""
+
+    driver = "shm"
+    _name: str
+    _closed: bool
+
+    def _setup(self, name: str, options: ShmOptions) -> None:
+        self.options = options
+        self.max_body: int | None = options.slot_size
+        self._ring: _Ring | None = None
+        self._attach_lock = threading.Lock()
+        #: Jobs this handle discarded under ``overflow=drop_oldest``.
+        self.dropped = 0
+
+    @classmethod
+    def _parse(cls, url: URL, options: Mapping[str, object]) -> tuple[str, ShmOptions]:
+        if url.username or url.password or url.path or url.port is not None:
+            raise InvalidURL(
+                f"shm:// URLs take only a queue name and options, e.g. "
+                f"'shm://jobs?capacity=4096', not {url.redacted()!r}"
+            )
+        name = _check_name(url.authority)
+        return name, parse_options(ShmOptions, url.query, options, driver="shm")
+
+    def _attach(self) -> _Ring:
+        with self._attach_lock:
+            if self._closed:
+                raise QueueClosed(f"{self!r} is closed; open a new one with connect()")
+            if self._ring is None:
+                self._ring = _Ring(self._name, self.options)
+            return self._ring
+
+    def _encode(self, req: EnqueueRequest) -> tuple[bytes, bytes]:
+        jid = req.job_id.encode()
+        if len(jid) > _ID_MAX:  # pragma: no cover - ids are generated uuid4 strings
+            raise InvalidArgument(f"shm job ids are at most {_ID_MAX} bytes")
+        return req.body, jid
+
+    def _job(self, item: tuple[bytes, bytes, float]) -> Job:
+        body, jid, at = item
+        return Job(jid.decode(), self._name, body, 1, at)
+
+    def _full(self, ring: _Ring) -> QueueFull:
+        return QueueFull(
+            f"shm queue {self._name!r} is full ({ring.cap} jobs) and its overflow policy is "
+            f"'reject'; consume faster, raise capacity, or use overflow=block"
+        )
+
+    def _timeout(self, ring: _Ring, extra: str = "") -> EnqueueTimeout:
+        return EnqueueTimeout(
+            f"shm queue {self._name!r} stayed full ({ring.cap} jobs) for "
+            f"{self.options.enqueue_timeout}s{extra}; are the consumers running?"
+        )
+
+    def _drop_one(self, ring: _Ring) -> bool:
+        if ring.get() is None:
+            return False
+        self.dropped += 1
+        return True
+
+    def _unlink(self) -> bool:
+        return unlink(self._name)
+
+    def _detach(self) -> None:
+        with self._attach_lock:
+            ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.detach()
+
+    @property
+    def atomics_impl(self) -> str:
+        """Which atomic-operation path this process uses (see ``_shm_atomics``)."""
+        return _shm_atomics.IMPL
+
+
+def _retry_sync(
+    fn: Callable[[], T | None], timeout: float | None, opts: ShmOptions,
+    closed: Callable[[], bool],
+) -> T | None:
+    """Call ``fn`` until it returns non-None or ``timeout`` passes: spin, then sleep."""
+    now = time.monotonic()
+    deadline = None if timeout is None else now + timeout
+    spin_end = now + opts.spin
+    nap = 0.00005
+    while True:
+        got = fn()
+        if got is not None:
+            return got
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return None
+        if closed():
+            raise QueueClosed("the shm queue was closed while waiting")
+        if now < spin_end:
+            os.sched_yield()
+            continue
+        wait = nap if deadline is None else min(nap, deadline - now)
+        time.sleep(wait)
+        nap = min(nap * 2, opts.max_sleep)
+
+
+async def _retry_async(
+    fn: Callable[[], T | None], timeout: float | None, opts: ShmOptions,
+    closed: Callable[[], bool],
+) -> T | None:
+    """The asyncio twin of :func:`_retry_sync`: awaits between tries, never blocks the loop."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    deadline = None if timeout is None else now + timeout
+    spin_end = now + opts.spin
+    nap = 0.00005
+    while True:
+        got = fn()
+        if got is not None:
+            return got
+        now = loop.time()
+        if deadline is not None and now >= deadline:
+            return None
+        if closed():
+            raise QueueClosed("the shm queue was closed while waiting")
+        if now < spin_end:
+            await asyncio.sleep(0)
+            continue
+        await asyncio.sleep(nap if deadline is None else min(nap, deadline - now))
+        nap = min(nap * 2, opts.max_sleep)
+
+
+def _ok(flag: bool) -> bool | None:
+    return True if flag else None
+
+
+def _put_some(ring: _Ring, items: list[tuple[bytes, bytes]], now: float) -> int | None:
+    return ring.put_many(items, now) or None
+
+
+class ShmQueue(_ShmCommon, QueueBase):
+    """Blocking handle on a shared-memory ring (see the module docstring)."""
+
+    capabilities = _CAPS | Capability.NATIVE_SYNC
+
+    def __init__(self, name: str, options: ShmOptions, url: URL | None = None) -> None:
+        QueueBase.__init__(self, name, url)
+        self._setup(name, options)
+
+    @classmethod
+    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
+        """Build a handle from ``shm://<name>?...`` without touching the segment."""
+        name, opts = cls._parse(url, options)
+        return cls(name, opts, url)
+
+    def unlink(self) -> bool:
+        """Remove this queue's segment (see :func:`unlink`); this handle keeps working."""
+        return self._unlink()
+
+    def _closed_now(self) -> bool:
+        return self._closed
+
+    def _enqueue(self, req: EnqueueRequest) -> str:
+        ring = self._ring or self._attach()
+        body, jid = self._encode(req)
+        now = time.time()
+        if ring.put(body, jid, now):
+            return req.job_id
+        mode = self.options.overflow
+        if mode == "reject":
+            raise self._full(ring)
+        if mode == "drop_oldest":
+            while not ring.put(body, jid, now):
+                if not self._drop_one(ring):
+                    time.sleep(0.0001)  # the oldest slot is mid-operation; let it finish
+                self._check_open()
+            return req.job_id
+        if _retry_sync(lambda: _ok(ring.put(body, jid, now)), self.options.enqueue_timeout,
+                       self.options, self._closed_now) is None:
+            raise self._timeout(ring)
+        return req.job_id
+
+    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        ring = self._ring or self._attach()
+        items = [self._encode(r) for r in reqs]
+        now = time.time()
+        mode = self.options.overflow
+        if mode == "reject" and len(items) > ring.cap - ring.size():
+            raise QueueFull(
+                f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
+                f"not {len(items)}; nothing was enqueued"
+            )
+        done = ring.put_many(items, now)
+        deadline = time.monotonic() + self.options.enqueue_timeout
+        while done < len(items):
+            if mode == "reject":  # a concurrent producer took the room we saw
+                raise QueueFull(f"shm queue {self._name!r} filled up: enqueued only the "
+                                f"first {done} of {len(items)} jobs")
+            if mode == "drop_oldest":
+                if not self._drop_one(ring):
+                    time.sleep(0.0001)
+            else:
+                left = deadline - time.monotonic()
+                got = _retry_sync(functools.partial(_put_some, ring, items[done:], now),
+                                  max(0.0, left), self.options, self._closed_now)
+                if got is None:
+                    raise self._timeout(ring, f"; enqueued only the first {done} of "
+                                              f"{len(items)} jobs")
+                done += got
+                continue
+            self._check_open()
+            done += ring.put_many(items[done:], now)
+        return [r.job_id for r in reqs]
+
+    def _dequeue(self, timeout: float | None) -> Job | None:
+        ring = self._ring or self._attach()
+        item = ring.get()
+        if item is None and timeout != 0.0:
+            item = _retry_sync(ring.get, timeout, self.options, self._closed_now)
+        return None if item is None else self._job(item)
+
+    def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        ring = self._ring or self._attach()
+        items = ring.get_many(max_jobs)
+        if not items and timeout != 0.0:
+            items = _retry_sync(lambda: ring.get_many(max_jobs) or None, timeout,
+                                self.options, self._closed_now) or []
+        return [self._job(i) for i in items]
+
+    def _peek(self) -> Job | None:
+        item = (self._ring or self._attach()).peek()
+        return None if item is None else self._job(item)
+
+    def _size(self) -> int:
+        return (self._ring or self._attach()).size()
+
+    def _purge(self) -> int:
+        return (self._ring or self._attach()).purge()
+
+    def _close(self) -> None:
+        self._detach()
+
+
+class AsyncShmQueue(_ShmCommon, AsyncQueueBase):
+    """Asyncio handle on a shared-memory ring: every wait is an ``await``, never a block."""
+
+    capabilities = _CAPS | Capability.NATIVE_ASYNC
+
+    def __init__(self, name: str, options: ShmOptions, url: URL | None = None) -> None:
+        AsyncQueueBase.__init__(self, name, url)
+        self._setup(name, options)
+
+    @classmethod
+    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
+        """Build a handle from ``shm://<name>?...`` without touching the segment."""
+        name, opts = cls._parse(url, options)
+        return cls(name, opts, url)
+
+    async def unlink(self) -> bool:
+        """Remove this queue's segment (see :func:`unlink`); this handle keeps working."""
+        return self._unlink()
+
+    def _closed_now(self) -> bool:
+        return self._closed
+
+    async def _enqueue(self, req: EnqueueRequest) -> str:
+        ring = self._ring or self._attach()
+        body, jid = self._encode(req)
+        now = time.time()
+        if ring.put(body, jid, now):
+            return req.job_id
+        mode = self.options.overflow
+        if mode == "reject":
+            raise self._full(ring)
+        if mode == "drop_oldest":
+            while not ring.put(body, jid, now):
+                if not self._drop_one(ring):
+                    await asyncio.sleep(0.0001)
+                self._check_open()
+            return req.job_id
+        if await _retry_async(lambda: _ok(ring.put(body, jid, now)),
+                              self.options.enqueue_timeout, self.options,
+                              self._closed_now) is None:
+            raise self._timeout(ring)
+        return req.job_id
+
+    async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        ring = self._ring or self._attach()
+        items = [self._encode(r) for r in reqs]
+        now = time.time()
+        mode = self.options.overflow
+        if mode == "reject" and len(items) > ring.cap - ring.size():
+            raise QueueFull(
+                f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
+                f"not {len(items)}; nothing was enqueued"
+            )
+        done = ring.put_many(items, now)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.enqueue_timeout
+        while done < len(items):
+            if mode == "reject":
+                raise QueueFull(f"shm queue {self._name!r} filled up: enqueued only the "
+                                f"first {done} of {len(items)} jobs")
+            if mode == "drop_oldest":
+                if not self._drop_one(ring):
+                    await asyncio.sleep(0.0001)
+            else:
+                left = deadline - loop.time()
+                got = await _retry_async(functools.partial(_put_some, ring, items[done:], now),
+                                         max(0.0, left), self.options, self._closed_now)
+                if got is None:
+                    raise self._timeout(ring, f"; enqueued only the first {done} of "
+                                              f"{len(items)} jobs")
+                done += got
+                continue
+            self._check_open()
+            done += ring.put_many(items[done:], now)
+        return [r.job_id for r in reqs]
+
+    async def _dequeue(self, timeout: float | None) -> Job | None:
+        ring = self._ring or self._attach()
+        item = ring.get()
+        if item is None and timeout != 0.0:
+            item = await _retry_async(ring.get, timeout, self.options, self._closed_now)
+        return None if item is None else self._job(item)
+
+    async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        ring = self._ring or self._attach()
+        items = ring.get_many(max_jobs)
+        if not items and timeout != 0.0:
+            items = await _retry_async(lambda: ring.get_many(max_jobs) or None, timeout,
+                                       self.options, self._closed_now) or []
+        return [self._job(i) for i in items]
+
+    async def _peek(self) -> Job | None:
+        item = (self._ring or self._attach()).peek()
+        return None if item is None else self._job(item)
+
+    async def _size(self) -> int:
+        return (self._ring or self._attach()).size()
+
+    async def _purge(self) -> int:
+        return (self._ring or self._attach()).purge()
+
+    async def _close(self) -> None:
+        self._detach()
+
+
+sync_class = ShmQueue
+async_class = AsyncShmQueue
+
+if sys.platform == "win32":  # pragma: no cover
+    sync_class = None  # type: ignore[assignment]
+    async_class = None  # type: ignore[assignment]
