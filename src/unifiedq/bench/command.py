@@ -238,7 +238,8 @@ def bench_main(argv: Sequence[str] | None = None, *, prog: str = "unifiedq bench
     """Run the bench command line; return the exit status.
 
     Exit status: 0 when every run verified, 1 when a run lost, duplicated or reordered jobs
-    (or failed), 2 on bad arguments.
+    (or failed) or a URL given on the command line could not be benchmarked, 2 on bad
+    arguments.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
@@ -272,8 +273,10 @@ def bench_main(argv: Sequence[str] | None = None, *, prog: str = "unifiedq bench
     with contextlib.ExitStack() as stack:
         progress_enabled = not args.no_progress
         targets: list[Target] = []
+        explicit: list[Target] = []
         if args.urls:
-            targets += [target_for_url(u) for u in args.urls]
+            explicit = [target_for_url(u) for u in args.urls]
+            targets += explicit
         else:
             targets += embedded_targets(max(args.loads), args.size)
         if args.all:
@@ -313,4 +316,8 @@ def bench_main(argv: Sequence[str] | None = None, *, prog: str = "unifiedq bench
     print(f"bench finished in {rep.elapsed_s:.1f} s "
           f"({len(rep.runs)} runs; {'all verified' if rep.ok else 'VERIFICATION FAILED'})",
           file=out)
-    return 0 if rep.ok else 1
+    # A URL the user named that could not run is a failure; an embedded or --all driver that
+    # is not installed or not reachable is only reported.
+    if not rep.ok or any(not t.runnable for t in explicit):
+        return 1
+    return 0

@@ -55,6 +55,8 @@ DEFAULT_OPS: tuple[str, ...] = ("enqueue", "peek", "dequeue")
 DEFAULT_LOADS: tuple[int, ...] = (10, 100, 1_000, 10_000)
 
 _NS_PER_US = 1_000.0
+# How many jobs beyond the load the post-run sweep takes at most (duplicates, strangers).
+_SWEEP_EXTRA = 1_000
 
 
 def percentile(sorted_values: Sequence[int], q: float) -> int:
@@ -168,7 +170,8 @@ class Verification:
         unexpected: Jobs that were never (successfully) enqueued by this run, or whose body
             was altered.
         fifo_violations: Times a consumer saw a producer's job after a later one.
-        leftover: ``size()`` after the dequeue phase (None if it could not be read).
+        leftover: Jobs still queued after the dequeue phase had everything: taken by a final
+            sweep (and classified above) plus ``size()`` afterwards (None if unreadable).
         ok: True when nothing above indicates a problem.
         problems: Human-readable descriptions of each problem.
         lost_sample: A few lost jobs as ``"producer:seq"``.
@@ -340,7 +343,7 @@ def verify(
     if v.fifo_violations:
         v.problems.append(f"FIFO broken {v.fifo_violations} times (per producer, per consumer)")
     if leftover:
-        v.problems.append(f"size() is {leftover} after every job was taken")
+        v.problems.append(f"{leftover} jobs were still queued after every job was taken")
     v.ok = not v.problems
     return v
 
@@ -515,11 +518,22 @@ class _SyncRun:
             ops["ack"] = OpStats.unsupported("ack", f"the {control.driver!r} driver lacks ACK")
         self.on_phase("dequeue")
 
+        # Sweep: anything still queued now is a duplicate or a stranger; take it so the
+        # verification can say which (a driver that re-delivers must not hide behind counts).
+        sweep = _Worker()
+        leftover: int | None = 0
         try:
-            leftover: int | None = control.size()
+            for _ in range(cfg.load + _SWEEP_EXTRA):
+                job = control.dequeue(timeout=0.0)
+                if job is None:
+                    break
+                _record(job, cfg.size, sweep)
+                if has_ack:
+                    control.ack(job)
+            leftover = len(sweep.got) + control.size()
         except Exception:
             leftover = None
-        return ops, verify(pw, cw, cfg.size, leftover), bridged
+        return ops, verify(pw, [*cw, sweep], cfg.size, leftover), bridged
 
     def close(self) -> None:
         # Best effort: leave the queue empty and every handle closed, whatever happened.
@@ -690,11 +704,20 @@ class _AsyncRun:
         else:
             ops["ack"] = OpStats.unsupported("ack", f"the {control.driver!r} driver lacks ACK")
         self.on_phase("dequeue")
+        sweep = _Worker()
+        leftover: int | None = 0
         try:
-            leftover: int | None = await control.size()
+            for _ in range(cfg.load + _SWEEP_EXTRA):
+                job = await control.dequeue(timeout=0.0)
+                if job is None:
+                    break
+                _record(job, cfg.size, sweep)
+                if has_ack:
+                    await control.ack(job)
+            leftover = len(sweep.got) + await control.size()
         except Exception:
             leftover = None
-        return ops, verify(pw, cw, cfg.size, leftover), bridged
+        return ops, verify(pw, [*cw, sweep], cfg.size, leftover), bridged
 
     async def close(self) -> None:
         for i, h in enumerate(self.handles):

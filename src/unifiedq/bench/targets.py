@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib
 import itertools
 import os
 import threading
@@ -236,13 +237,15 @@ def _shm_target(load_max: int, size: int) -> Target:
         return url
 
     def cleanup() -> None:
-        # Unlink every segment the runs created, even if a run failed half-way.
-        mod = get_driver("shm")
-        unlink = getattr(__import__(mod.spec.module, fromlist=["x"]), "unlink", None)
+        # Unlink every segment the runs created, even if a run failed half-way: shared
+        # memory outlives the process otherwise.
+        module = importlib.import_module(get_driver("shm").spec.module)
+        unlink = getattr(module, "unlink", None)
+        if not callable(unlink):
+            return
         for url in made:
-            if callable(unlink):
-                with contextlib.suppress(Exception):
-                    unlink(url)
+            with contextlib.suppress(Exception):
+                unlink(parse_url(url).authority)
 
     return Target("shm", "shm", f"shm://ubench-<run>?{query}", capabilities=info.capabilities,
                   make_url=make, cleanup=cleanup)
