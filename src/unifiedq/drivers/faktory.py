@@ -284,7 +284,8 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
                 with self.rlock:
                     if self.state not in (State.IDENTIFIED, State.QUIET):
                         return
-                    self._beat()
+                    self.rss_kb = _rss_kb()  # shown in the Web UI's Busy page
+                    self._beat(rss_kb=self.rss_kb)
             except Exception as exc:  # the next FETCH reports the broken connection
                 log.debug("faktory heartbeat stopped: %s", exc)
                 return
@@ -312,6 +313,15 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
         with contextlib.suppress(Exception):
             self.sock.close()
         self.state = State.DISCONNECTED
+
+
+def _rss_kb() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class _PasswordNeeded(Exception):
