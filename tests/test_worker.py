@@ -571,7 +571,7 @@ _CRASH_CHILD = textwrap.dedent("""
     def handler(job):
         # One write per line: print() writes the text and the newline separately, and
         # three threads printing at once would interleave them.
-        sys.stdout.write(f"GOT {job.body.decode()}\n")
+        sys.stdout.write(f"GOT {job.body.decode()}\\n")
         sys.stdout.flush()
         time.sleep(3600)     # never finishes: we get SIGKILLed
     Worker(url, handler, concurrency=3, lease_extend=1.0, timeout=None).run()
@@ -677,7 +677,7 @@ def test_worker_main_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
             q.enqueue(str(i).encode(), headers={"type": "echo"})
         @app.handler("echo")
         def echo(job):
-            sys.stdout.write(f"DID {job.body.decode()}\n")
+            sys.stdout.write(f"DID {job.body.decode()}\\n")
             sys.stdout.flush()
     """))
     code = ("import sys; from unifiedq.worker import worker_main; "
