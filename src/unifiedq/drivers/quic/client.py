@@ -1,0 +1,554 @@
+"""The ``quic://`` driver: a client of ``unifiedq serve``, natively asyncio over aioquic.
+
+Features: every verb of the server's backend, one QUIC connection per handle (opened lazily
+on first use), one bidirectional stream per request with many requests in flight, TLS 1.3 with
+the server verified against ``ca`` and this client's certificate (``cert``/``key``) presented
+to it, an optional bearer token, keepalive pings, reconnection after a lost connection. The
+blocking face is the core's bridge. Closing a handle (or losing its connection) returns the jobs
+it still holds to the queue.
+
+Connection string::
+
+    quic://[:TOKEN@]host:port/<queue>?ca=ca.pem&cert=client.pem&key=client.key
+        &capabilities=core|<backend scheme>|FLAG|FLAG...&token=...&backend_options=k%3Dv
+        &timeout=30&connect_timeout=10&max_body=8388608&max_frame=16777216&server_name=...
+
+``capabilities`` is how the handle knows, without I/O, what it may promise: ``core`` (the
+default) is what the server guarantees over any backend (BATCH, BLOCKING_DEQUEUE,
+CROSS_PROCESS, DISTRIBUTED); a backend scheme such as ``memory`` or ``redis`` adds that
+driver's flags; or list flags (``PEEK|ACK|DELAY``). The first request checks the declaration
+against the server's handshake and raises ConfigurationError if the server lacks a declared
+flag, so a flag never promises what the server cannot do. See docs/drivers/quic.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import re
+import socket
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any, Self
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from ... import __version__
+from ..._base import AsyncQueueBase
+from ..._capabilities import Capability
+from ..._errors import (
+    AuthenticationError,
+    BackendConnectionError,
+    ConfigurationError,
+    DriverNotFound,
+    InvalidURL,
+    ProtocolError,
+    QueueTimeout,
+    UnifiedQError,
+)
+from ..._job import EnqueueRequest, Job
+from ..._registry import get_driver
+from ..._url import URL, parse_options
+from ._common import (
+    ALPN,
+    CARRIED,
+    ERR_AUTH,
+    ERR_CANCELLED,
+    ERR_SHUTDOWN,
+    GUARANTEED,
+    QUEUE_NAME,
+    caps_from_names,
+    error_from_wire,
+    job_from_wire,
+)
+from .wire import (
+    DEFAULT_MAX_FRAME,
+    KIND_ERROR,
+    KIND_OK,
+    KIND_REQUEST,
+    FrameReader,
+    WireError,
+    encode_frame,
+)
+
+__all__ = ["QuicOptions", "QuicQueue", "declared_capabilities"]
+
+_DEFAULT_PORT = 4433
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuicOptions:
+    """Options of ``quic://`` URLs.
+
+    Attributes:
+        ca: PEM file of the CA that signed the server's certificate (default: system CAs).
+        cert: PEM file with this client's certificate (and possibly its key).
+        key: PEM file with the client's private key.
+        token: Bearer token for servers started with ``--token`` (or put it in the URL's
+            password: ``quic://:TOKEN@host:port/queue``).
+        capabilities: ``core``, a backend scheme, or a ``|``-separated list of flags.
+        backend_options: Backend options for this handle as a query string
+            (``visibility_timeout=5``); the server must allow each one.
+        server_name: Name to verify in the server's certificate (default: the URL's host).
+        connect_timeout: Seconds to establish the connection and handshake.
+        timeout: Seconds each request may take, on top of a dequeue's own wait.
+        max_frame: Largest frame payload this client sends or accepts.
+        max_body: Largest job body accepted by ``enqueue``.
+        idle_timeout: QUIC idle timeout; the client pings every third of it.
+    """
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    token: str | None = None
+    capabilities: str = "core"
+    backend_options: str = ""
+    server_name: str | None = None
+    connect_timeout: float = 10.0
+    timeout: float = 30.0
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_body: int = 8 * 1024 * 1024
+    idle_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.key and not self.cert:
+            raise ValueError("key= needs cert=")
+        if not 1024 <= self.max_frame <= 1 << 30:
+            raise ValueError("max_frame must be between 1 KiB and 1 GiB")
+        if not 0 <= self.max_body <= self.max_frame - 4096:
+            raise ValueError("max_body must be >= 0 and leave 4 KiB of max_frame for the rest")
+        for name in ("connect_timeout", "timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+def declared_capabilities(spec: str) -> Capability:
+    """Turn a ``capabilities=`` option into the flags a quic handle promises.
+
+    Raises:
+        InvalidURL: Unknown flag or scheme.
+    """
+    base = GUARANTEED | Capability.NATIVE_ASYNC
+    spec = spec.strip()
+    if spec in ("", "core"):
+        return base
+    if re.fullmatch(r"[a-z][a-z0-9+.-]*", spec):
+        if spec == "quic":
+            raise InvalidURL("capabilities=quic makes no sense; name the server's backend")
+        try:
+            drv = get_driver(spec)
+        except DriverNotFound as exc:
+            raise InvalidURL(f"capabilities={spec!r}: {exc}") from exc
+        cls = drv.sync_class or drv.async_class
+        assert cls is not None
+        return (cls.capabilities & CARRIED) | base
+    out = base
+    for name in filter(None, re.split(r"[|,+\s]+", spec)):
+        flag = Capability.__members__.get(name.upper())
+        if flag is None or not flag & (CARRIED | GUARANTEED):
+            allowed = "|".join((CARRIED | GUARANTEED).names())
+            raise InvalidURL(f"capabilities= got {name!r}; quic handles can have {allowed}, "
+                             f"or say 'core' or a backend scheme such as 'memory'")
+        out |= flag
+    return out
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    reader: FrameReader
+    fut: asyncio.Future[tuple[int, dict[str, Any]]]
+    on_late: Callable[[int, dict[str, Any]], None] | None = None
+
+
+def _termination_error(ev: events.ConnectionTerminated | None) -> UnifiedQError:
+    if ev is None:
+        return BackendConnectionError("the QUIC connection closed")
+    code, reason = ev.error_code, ev.reason_phrase or ""
+    if 0x100 <= code <= 0x1FF:
+        return AuthenticationError(
+            f"the TLS handshake was refused (TLS alert {code - 0x100}{': ' if reason else ''}"
+            f"{reason}); check ca=, cert= and key= against the server's CAs")
+    if code == ERR_AUTH:
+        return AuthenticationError(f"the server refused this client: {reason}")
+    if code == ERR_SHUTDOWN:
+        return BackendConnectionError("the server shut down")
+    return BackendConnectionError(f"the QUIC connection closed: {reason or 'no reason'} "
+                                  f"(code {code:#x})")
+
+
+class _ClientProtocol(QuicConnectionProtocol):
+    def __init__(self, quic: QuicConnection, *, max_frame: int, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self.max_frame = max_frame
+        self.pending: dict[int, _Pending] = {}
+        self.error: UnifiedQError | None = None
+        self.keepalive: asyncio.Task[None] | None = None
+
+    def request(self, frame: bytes) -> tuple[int, _Pending]:
+        if self.error is not None:
+            raise self.error
+        sid = self._quic.get_next_available_stream_id()
+        p = _Pending(FrameReader(self.max_frame), self._loop.create_future())
+        self.pending[sid] = p
+        self._quic.send_stream_data(sid, frame, end_stream=True)
+        self._transmit_soon()  # coalesce the requests of one loop turn into few packets
+        return sid, p
+
+    def abandon(self, sid: int, on_late: Callable[[int, dict[str, Any]], None] | None) -> None:
+        """Stop waiting for a response; ``on_late`` still sees it if it arrives anyway."""
+        p = self.pending.get(sid)
+        if p is None:
+            return
+        if on_late is None:
+            del self.pending[sid]
+        else:
+            p.on_late = on_late
+        with contextlib.suppress(Exception):
+            self._quic.stop_stream(sid, ERR_CANCELLED)
+            self._transmit_soon()
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            p = self.pending.get(event.stream_id)
+            if p is None:
+                return
+            try:
+                p.reader.feed(event.data)
+                if not event.end_stream:
+                    return
+                del self.pending[event.stream_id]
+                result = p.reader.finish()
+            except WireError as exc:
+                self.pending.pop(event.stream_id, None)
+                if not p.fut.done():
+                    p.fut.set_exception(ProtocolError(f"the server sent a bad frame: {exc}"))
+                return
+            if not p.fut.done():
+                p.fut.set_result(result)
+            elif p.on_late is not None:
+                p.on_late(*result)
+        elif isinstance(event, events.StreamReset):
+            p = self.pending.pop(event.stream_id, None)
+            if p is not None and not p.fut.done():
+                p.fut.set_exception(BackendConnectionError("the server reset the request"))
+        elif isinstance(event, events.ConnectionTerminated):
+            self.error = _termination_error(event)
+            for p in self.pending.values():
+                if not p.fut.done():
+                    p.fut.set_exception(self.error)
+            self.pending.clear()
+            if self.keepalive is not None:
+                self.keepalive.cancel()
+
+    async def run_keepalive(self) -> None:
+        while self.error is None:
+            # Ping at a third of the idle timeout both peers agreed on, so a long blocking
+            # dequeue or a quiet handle keeps its connection (and its leases).
+            await asyncio.sleep(self._quic._idle_timeout() / 3)
+            self._quic.send_ping(0)
+            self.transmit()
+
+
+class QuicQueue(AsyncQueueBase):
+    """An asyncio handle on a queue served by ``unifiedq serve``."""
+
+    driver = "quic"
+
+    def __init__(self, name: str, host: str, port: int, options: QuicOptions,
+                 url: URL | None = None) -> None:
+        super().__init__(name, url)
+        self.options = options
+        self.capabilities = declared_capabilities(options.capabilities)
+        self.max_body = options.max_body
+        self._host, self._port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._proto: _ClientProtocol | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        #: What the server said in its hello (after the first request).
+        self.server_info: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
+        """Build a handle from ``quic://[:token@]host:port/<queue>?...`` (no I/O)."""
+        if not url.host:
+            raise InvalidURL("quic:// URLs name the server: quic://host:port/<queue>")
+        if url.username:
+            raise InvalidURL("quic:// URLs take no user name; put a token as "
+                             "quic://:TOKEN@host:port/queue or token=")
+        name = url.path
+        if not QUEUE_NAME.fullmatch(name):
+            raise InvalidURL("quic:// URLs end with a queue name of 1..200 characters of "
+                             "A-Z a-z 0-9 . _ : @ -, e.g. quic://127.0.0.1:4433/jobs")
+        opts = parse_options(QuicOptions, url.query, options, driver="quic")
+        if url.password is not None:
+            if opts.token is not None:
+                raise InvalidURL("give the token once: in the URL's password or as token=")
+            opts = dataclasses.replace(opts, token=url.password)
+        return cls(name, url.host, url.port or _DEFAULT_PORT, opts, _redact(url))
+
+    # -- connection ---------------------------------------------------------------------------
+    async def _connection(self) -> _ClientProtocol:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or used from a new event loop
+            self._forget_connection()
+            self._loop, self._lock = loop, asyncio.Lock()
+        proto = self._proto
+        if proto is not None and proto.error is None:
+            return proto
+        assert self._lock is not None
+        async with self._lock:
+            self._check_open()
+            if self._proto is not None and self._proto.error is None:
+                return self._proto
+            self._forget_connection()
+            self._proto = await self._open(loop)
+            return self._proto
+
+    def _forget_connection(self) -> None:
+        proto, transport = self._proto, self._transport
+        self._proto = self._transport = None
+        if proto is not None and proto.keepalive is not None:
+            proto.keepalive.cancel()
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+
+    def _configuration(self) -> QuicConfiguration:
+        o = self.options
+        cfg = QuicConfiguration(
+            is_client=True, alpn_protocols=[ALPN], server_name=o.server_name or self._host,
+            idle_timeout=o.idle_timeout, max_data=max(4 * o.max_frame, 16 << 20),
+            max_stream_data=o.max_frame + 1024,
+        )
+        try:
+            if o.ca:
+                cfg.load_verify_locations(cafile=o.ca)
+            if o.cert:
+                cfg.load_cert_chain(o.cert, o.key)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"cannot load the quic:// client certificates: {exc}") \
+                from exc
+        return cfg
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _ClientProtocol:
+        o = self.options
+        cfg = self._configuration()
+        try:
+            infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise BackendConnectionError(f"cannot resolve {self._host!r}: {exc}") from exc
+        family, addr = infos[0][0], infos[0][4]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+            sock.setblocking(False)
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: _ClientProtocol(QuicConnection(configuration=cfg),
+                                        max_frame=o.max_frame),
+                sock=sock)
+        except OSError as exc:
+            sock.close()
+            raise BackendConnectionError(f"cannot open a UDP socket: {exc}") from exc
+        try:
+            proto.connect(addr)
+            try:
+                async with asyncio.timeout(o.connect_timeout):
+                    await proto.wait_connected()
+            except TimeoutError:
+                raise BackendConnectionError(
+                    f"no QUIC handshake with {self._host}:{self._port} within "
+                    f"{o.connect_timeout} s (is `unifiedq serve` running there?)") from None
+            except ConnectionError as exc:
+                raise (proto.error or _termination_error(None)) from exc
+            hello = await self._roundtrip(proto, {
+                "op": "hello", "version": 1, "token": o.token,
+                "client": f"unifiedq/{__version__}",
+            }, o.timeout)
+            self._check_hello(hello)
+        except BaseException:
+            transport.close()
+            raise
+        proto.keepalive = loop.create_task(proto.run_keepalive())
+        self._transport = transport
+        return proto
+
+    def _check_hello(self, hello: dict[str, Any]) -> None:
+        offered = caps_from_names(hello.get("capabilities"))
+        missing = self.capabilities & CARRIED & ~offered
+        if missing:
+            backend = hello.get("backend")
+            raise ConfigurationError(
+                f"this quic:// handle declares capabilities={self.options.capabilities!r} but "
+                f"the server's backend ({backend!r}) lacks {'|'.join(missing.names())}; declare "
+                f"capabilities={backend} or a list of flags it has "
+                f"({'|'.join((offered & CARRIED).names()) or 'core'})")
+        self.server_info = dict(hello)
+
+    async def _roundtrip(self, proto: _ClientProtocol, payload: dict[str, Any],
+                         timeout: float | None, *,
+                         on_late: Callable[[int, dict[str, Any]], None] | None = None,
+                         ) -> dict[str, Any]:
+        frame = encode_frame(KIND_REQUEST, payload, limit=self.options.max_frame)
+        sid, p = proto.request(frame)
+        try:
+            async with asyncio.timeout(timeout):
+                kind, resp = await p.fut
+        except TimeoutError:
+            proto.abandon(sid, on_late)
+            raise QueueTimeout(f"the server did not answer {payload['op']} within "
+                               f"{timeout} s") from None
+        except asyncio.CancelledError:
+            proto.abandon(sid, on_late)
+            raise
+        if kind == KIND_OK:
+            return resp
+        if kind == KIND_ERROR:
+            err = error_from_wire(resp)
+            if isinstance(err, AuthenticationError):
+                proto.error = err
+            raise err
+        raise ProtocolError(f"the server answered with frame kind {kind}")
+
+    async def _call(self, op: str, fields: dict[str, Any], *, wait: float | None = 0.0,
+                    take: bool = False) -> dict[str, Any]:
+        self._check_open()
+        proto = await self._connection()
+        payload = {"op": op, "queue": self.name, "options": self.options.backend_options,
+                   **fields}
+        timeout = None if wait is None else self.options.timeout + wait
+        return await self._roundtrip(proto, payload, timeout,
+                                     on_late=self._late_jobs if take else None)
+
+    def _late_jobs(self, kind: int, resp: dict[str, Any]) -> None:
+        """Jobs that arrive for a cancelled dequeue go straight back to the queue."""
+        if kind != KIND_OK or not isinstance(resp.get("jobs"), list):
+            return
+        for raw in resp["jobs"]:
+            with contextlib.suppress(UnifiedQError):
+                job = job_from_wire(raw, self.name)
+                if job.receipt is not None and self._loop is not None:
+                    self._loop.create_task(self._quiet_nack(job))
+
+    async def _quiet_nack(self, job: Job) -> None:
+        with contextlib.suppress(UnifiedQError):
+            await self._call("nack", {"lease": job.receipt, "requeue": True})
+
+    # -- verbs --------------------------------------------------------------------------------
+    @staticmethod
+    def _options(req: EnqueueRequest) -> dict[str, Any]:
+        return {"delay": req.delay or None, "priority": req.priority,
+                "headers": dict(req.headers) or None}
+
+    @staticmethod
+    def _ids(resp: dict[str, Any], n: int) -> list[str]:
+        ids = resp.get("ids")
+        if not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, str) for i in ids):
+            raise ProtocolError("the server answered enqueue without the job ids")
+        return ids
+
+    async def _enqueue(self, req: EnqueueRequest) -> str:
+        resp = await self._call("enqueue", {
+            "body": req.body, "job_id": req.job_id if req.custom_id else None,
+            **self._options(req)})
+        return self._ids(resp, 1)[0]
+
+    async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        # Every request of one call has the same options; only bodies differ. Split the batch
+        # so that no frame exceeds the limit.
+        opts, out = self._options(reqs[0]), []
+        budget = self.options.max_frame - 4096
+        chunk: list[bytes] = []
+        size = 0
+        for r in reqs:
+            cost = len(r.body) + 5
+            if chunk and size + cost > budget:
+                out += self._ids(await self._call("enqueue_many", {"bodies": chunk, **opts}),
+                                 len(chunk))
+                chunk, size = [], 0
+            chunk.append(r.body)
+            size += cost
+        out += self._ids(await self._call("enqueue_many", {"bodies": chunk, **opts}), len(chunk))
+        return out
+
+    async def _take(self, n: int, timeout: float | None) -> list[Job]:
+        resp = await self._call(
+            "dequeue", {"timeout": timeout, "max": n,
+                        "lease": Capability.ACK in self.capabilities},
+            wait=timeout, take=True)
+        jobs = resp.get("jobs")
+        if not isinstance(jobs, list):
+            raise ProtocolError("the server answered dequeue without a job list")
+        return [job_from_wire(j, self.name) for j in jobs]
+
+    async def _dequeue(self, timeout: float | None) -> Job | None:
+        jobs = await self._take(1, timeout)
+        return jobs[0] if jobs else None
+
+    async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        return await self._take(max_jobs, timeout)
+
+    async def _peek(self) -> Job | None:
+        raw = (await self._call("peek", {})).get("job")
+        return None if raw is None else job_from_wire(raw, self.name)
+
+    async def _ack(self, job: Job) -> None:
+        await self._call("ack", {"lease": job.receipt})
+
+    async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        await self._call("nack", {"lease": job.receipt, "requeue": requeue,
+                                  "delay": delay or None})
+
+    async def _extend_lease(self, job: Job, seconds: float) -> None:
+        await self._call("extend_lease", {"lease": job.receipt, "seconds": seconds})
+
+    async def _count(self, op: str) -> int:
+        n = (await self._call(op, {})).get("n")
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise ProtocolError(f"the server answered {op} without a count")
+        return n
+
+    async def _size(self) -> int:
+        return await self._count("size")
+
+    async def _purge(self) -> int:
+        return await self._count("purge")
+
+    async def _close(self) -> None:
+        proto, transport, loop = self._proto, self._transport, self._loop
+        self._proto = self._transport = None
+        if proto is None or transport is None:
+            return
+        if proto.keepalive is not None:
+            proto.keepalive.cancel()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - _close is always awaited
+            running = None
+        if running is loop:
+            proto.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await proto.wait_closed()
+            transport.close()
+        elif loop is not None and not loop.is_closed():
+            # Opened on another (still running) loop: close it there.
+            def close_there() -> None:
+                proto.close()
+                transport.close()
+
+            loop.call_soon_threadsafe(close_there)
+
+
+def _redact(url: URL) -> URL:
+    """Hide the token from reprs and logs (``URL.redacted`` only knows passwords)."""
+    if "token" not in url.query:
+        return url
+    parts = urllib.parse.urlsplit(url.raw)
+    query = urllib.parse.urlencode(
+        [(k, "***" if k == "token" else v) for k, v in url.query.items()], safe="*/")
+    return dataclasses.replace(url, raw=urllib.parse.urlunsplit(parts._replace(query=query)))

@@ -1,0 +1,768 @@
+r"""``unifiedq serve``: expose any unifiedq backend to remote clients over QUIC.
+
+Features: TLS 1.3 (QUIC has no other), client certificates required and verified against
+``--client-ca`` by default, an optional bearer token on top, one request per bidirectional
+stream with many in flight, leases of a client that disconnects returned to the queue, and a
+graceful shutdown (SIGTERM/SIGINT) that drains requests in flight.
+
+Run it::
+
+    unifiedq serve --listen 127.0.0.1:4433 --backend memory:// \
+        --cert pki/server.pem --key pki/server.key --client-ca pki/ca.pem [--token T]
+    python -m unifiedq.drivers.quic.server ...   # the same, without the CLI
+
+The backend URL names the queue with ``{queue}`` (``redis://host:6379/0?queue={queue}``); a URL
+without it gets the queue as its authority when that is empty (``memory://`` ->
+``memory://<queue>``) and as a ``queue=`` option otherwise. Wire format and security model:
+docs/drivers/quic.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import hmac
+import logging
+import os
+import secrets
+import signal
+import sys
+import urllib.parse
+from typing import Any
+
+from aioquic import tls
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import serve
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ... import __version__
+from ..._base import AsyncQueueBase
+from ..._capabilities import Capability
+from ..._connect import connect_async
+from ..._errors import (
+    AuthenticationError,
+    BackendConnectionError,
+    ConfigurationError,
+    InvalidArgument,
+    InvalidURL,
+    JobNotLeased,
+    ProtocolError,
+    UnifiedQError,
+    WrongQueue,
+)
+from ..._job import Job, check_timeout
+from ..._url import parse_url
+from ._common import (
+    ALPN,
+    ERR_AUTH,
+    ERR_PROTOCOL,
+    ERR_SHUTDOWN,
+    OPS,
+    QUEUE_NAME,
+    error_to_wire,
+    exposed,
+    job_to_wire,
+)
+from .wire import (
+    DEFAULT_MAX_FRAME,
+    KIND_ERROR,
+    KIND_OK,
+    KIND_REQUEST,
+    FrameReader,
+    FrameTooLarge,
+    WireError,
+    encode_frame,
+)
+
+__all__ = ["JobServer", "ServeConfig", "backend_url", "serve_main"]
+
+log = logging.getLogger("unifiedq.quic.server")
+
+_MAX_BATCH = 100_000
+# Job overhead on the wire besides body and headers (field names, numbers, lease token).
+_JOB_OVERHEAD = 160
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Settings of a :class:`JobServer`.
+
+    Attributes:
+        host: Address to bind.
+        port: UDP port (0 = any free port; see :attr:`JobServer.address`).
+        backend: Backend URL template (see the module docstring).
+        cert: PEM file with the server's certificate (chain).
+        key: PEM file with its private key.
+        client_ca: PEM file of the CA(s) that sign client certificates; None only together
+            with ``require_client_cert=False``.
+        require_client_cert: Refuse clients without a valid certificate (the default).
+        token: Bearer token every client must present in its hello, or None.
+        max_frame: Largest frame payload accepted or sent, in bytes.
+        allow_client_options: Backend options clients may set per handle
+            (``backend_options=``), e.g. ``{"visibility_timeout"}``; others are refused.
+        drain_timeout: Seconds a graceful shutdown waits for requests in flight.
+        idle_timeout: QUIC idle timeout in seconds.
+        max_connection_buffer: Bytes of unfinished requests one connection may have buffered.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 4433
+    backend: str = "memory://"
+    cert: str = ""
+    key: str = ""
+    client_ca: str | None = None
+    require_client_cert: bool = True
+    token: str | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+    allow_client_options: frozenset[str] = frozenset()
+    drain_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connection_buffer: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.require_client_cert and not self.client_ca:
+            raise ConfigurationError(
+                "client certificates are required: give --client-ca (or, for local development "
+                "only, --insecure-no-client-cert-i-know-what-i-am-doing)")
+        if not self.cert or not self.key:
+            raise ConfigurationError("the server needs --cert and --key")
+        if not 1024 <= self.max_frame <= 1 << 30:
+            raise ConfigurationError("max_frame must be between 1 KiB and 1 GiB")
+
+
+def backend_url(template: str, queue: str, options: str = "") -> str:
+    """Build the backend URL of ``queue`` from the server's template.
+
+    Args:
+        template: The ``--backend`` URL, optionally with a ``{queue}`` placeholder.
+        queue: A validated queue name.
+        options: Extra query options (already validated), ``k=v&k2=v2``.
+    """
+    quoted = urllib.parse.quote(queue, safe="")
+    if "{queue}" in template:
+        url = template.replace("{queue}", quoted)
+    else:
+        parts = urllib.parse.urlsplit(template)
+        if not parts.netloc:
+            url = urllib.parse.urlunsplit(parts._replace(netloc=quoted))
+            if "://" not in url:  # urlunsplit drops '//' for an empty netloc
+                url = f"{parts.scheme}://{quoted}{url.partition(':')[2]}"
+        else:
+            q = f"{parts.query}&queue={quoted}" if parts.query else f"queue={quoted}"
+            url = urllib.parse.urlunsplit(parts._replace(query=q))
+    if options:
+        url += ("&" if "?" in url else "?") + options
+    return url
+
+
+class _CertificateRequired(tls.Alert):
+    description = tls.AlertDescription.certificate_required
+
+
+class _MutualTLS(tls.Context):
+    """aioquic's TLS context, made to verify client certificates.
+
+    aioquic 1.x can request a client certificate but never checks one; the server swaps this
+    subclass in right after a connection creates its context, so a missing, expired, foreign
+    or non-client certificate aborts the handshake with a TLS alert before any stream opens.
+    """
+
+    client_ca: str
+
+    def _server_handle_certificate(self, input_buf: Any) -> None:
+        super()._server_handle_certificate(input_buf)
+        if self._peer_certificate is None:
+            raise _CertificateRequired("a client certificate is required")
+        tls.verify_certificate(
+            certificate=self._peer_certificate, chain=self._peer_certificate_chain,
+            cafile=self.client_ca,
+        )
+        try:
+            eku = self._peer_certificate.extensions.get_extension_for_class(
+                x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            raise tls.AlertBadCertificate("the certificate is not for client authentication")
+
+
+@dataclasses.dataclass(slots=True)
+class _Backend:
+    handle: AsyncQueueBase
+    caps: Capability
+
+
+@dataclasses.dataclass(slots=True)
+class _Lease:
+    job: Job
+    backend: _Backend
+    conn: _ServerProtocol
+
+
+class _ServerProtocol(QuicConnectionProtocol):
+    """One client connection: reads request frames, runs them, writes responses."""
+
+    def __init__(self, quic: QuicConnection, *, server: JobServer, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self.server = server
+        self.authenticated = False
+        self.closed = False
+        self.peer = "?"
+        self.leases: set[str] = set()
+        self._readers: dict[int, FrameReader] = {}
+        self._aborted: set[int] = set()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._waiting: set[int] = set()
+        self._buffered = 0
+        cfg = server.config
+        if cfg.require_client_cert:
+            original = quic._initialize
+
+            def initialize(peer_cid: bytes) -> None:
+                original(peer_cid)
+                ctx = quic.tls
+                ctx.__class__ = _MutualTLS  # same state, stricter certificate handling
+                setattr(ctx, "client_ca", cfg.client_ca)  # noqa: B010 - not a Context field
+                ctx._request_client_certificate = True
+
+            quic._initialize = initialize  # type: ignore[method-assign]
+
+    # -- events -------------------------------------------------------------------------------
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self._on_data(event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, events.StreamReset | events.StopSendingReceived):
+            self._drop_stream(event.stream_id)
+        elif isinstance(event, events.HandshakeCompleted):
+            cert = self._quic.tls._peer_certificate
+            if cert is not None:
+                names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+                self.peer = str(names[0].value) if names else "?"
+            log.info("client %s connected", self.peer)
+        elif isinstance(event, events.ConnectionTerminated):
+            self._on_terminated(event)
+
+    def _on_data(self, sid: int, data: bytes, end: bool) -> None:
+        if sid % 4 != 0:
+            return  # only client-initiated bidirectional streams carry requests
+        if sid in self._aborted:
+            if end:
+                self._aborted.discard(sid)
+            return
+        reader = self._readers.get(sid)
+        if reader is None:
+            if sid in self._tasks:
+                return  # data after FIN would be a QUIC error; aioquic rejects it first
+            reader = self._readers[sid] = FrameReader(self.server.config.max_frame)
+        self._buffered += len(data)
+        if self._buffered > self.server.config.max_connection_buffer:
+            log.warning("client %s buffered too much; closing its connection", self.peer)
+            self.close(ERR_PROTOCOL, "too much unfinished request data")
+            return
+        try:
+            reader.feed(data)
+        except WireError as exc:
+            self._forget_reader(sid)
+            self._aborted.add(sid)
+            self._reply(sid, KIND_ERROR, error_to_wire(ProtocolError(f"bad frame: {exc}")))
+            with contextlib.suppress(Exception):
+                self._quic.stop_stream(sid, ERR_PROTOCOL)
+            if end:
+                self._aborted.discard(sid)
+            return
+        if not end:
+            return
+        self._forget_reader(sid)
+        try:
+            kind, payload = reader.finish()
+        except WireError as exc:
+            self._reply(sid, KIND_ERROR, error_to_wire(ProtocolError(f"bad frame: {exc}")))
+            return
+        self._tasks[sid] = asyncio.get_running_loop().create_task(
+            self._serve(sid, kind, payload))
+
+    def _forget_reader(self, sid: int) -> None:
+        reader = self._readers.pop(sid, None)
+        if reader is not None:
+            self._buffered -= reader.buffered
+
+    def _drop_stream(self, sid: int) -> None:
+        self._forget_reader(sid)
+        self._aborted.discard(sid)
+        task = self._tasks.get(sid)
+        if task is not None:
+            task.cancel()
+
+    def _on_terminated(self, event: events.ConnectionTerminated) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sid in list(self._readers):
+            self._forget_reader(sid)
+        for task in self._tasks.values():
+            task.cancel()
+        if self.authenticated or self.peer != "?":
+            log.info("client %s disconnected (%s)", self.peer, event.reason_phrase or
+                     f"code {event.error_code:#x}")
+        elif event.error_code:
+            log.info("refused a connection: %s (code %#x)", event.reason_phrase,
+                     event.error_code)
+        self.server._release_soon(self)
+
+    # -- requests -----------------------------------------------------------------------------
+    async def _serve(self, sid: int, kind: int, payload: dict[str, Any]) -> None:
+        refuse = False
+        try:
+            if kind != KIND_REQUEST:
+                raise ProtocolError("expected a request frame")
+            op = payload.get("op")
+            if op not in OPS:
+                raise ProtocolError(f"unknown verb {str(op)[:40]!r}")
+            if op == "dequeue" and payload.get("timeout", 0) != 0:
+                self._waiting.add(sid)
+            result = await self.server._dispatch(self, str(op), payload)
+            reply: tuple[int, dict[str, Any]] = (KIND_OK, result)
+        except asyncio.CancelledError:
+            if not (self.server.closing and not self.closed):
+                raise
+            reply = (KIND_ERROR, error_to_wire(
+                BackendConnectionError("the server is shutting down")))
+        except Exception as exc:
+            if not isinstance(exc, UnifiedQError):
+                log.exception("request from %s failed", self.peer)
+            refuse = isinstance(exc, AuthenticationError)
+            reply = (KIND_ERROR, error_to_wire(exc))
+        finally:
+            self._tasks.pop(sid, None)
+            self._waiting.discard(sid)
+        self._reply(sid, *reply)
+        if refuse:
+            # Let the error frame leave before the connection closes.
+            asyncio.get_running_loop().call_later(
+                0.2, functools.partial(self.close, ERR_AUTH, "authentication failed"))
+
+    def _reply(self, sid: int, kind: int, payload: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            frame = encode_frame(kind, payload, limit=self.server.config.max_frame)
+        except FrameTooLarge:
+            frame = encode_frame(KIND_ERROR, error_to_wire(
+                ProtocolError("the response exceeds the frame limit")))
+        with contextlib.suppress(Exception):  # the peer may have reset the stream meanwhile
+            self._quic.send_stream_data(sid, frame, end_stream=True)
+        self._transmit_soon()
+
+    def interrupt_waits(self) -> None:
+        """Cancel requests that wait for jobs (used by a graceful shutdown)."""
+        for sid in list(self._waiting):
+            task = self._tasks.get(sid)
+            if task is not None:
+                task.cancel()
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Requests in flight."""
+        return list(self._tasks.values())
+
+
+def _field(p: dict[str, Any], key: str, types: tuple[type, ...], default: Any = ...) -> Any:
+    if key not in p:
+        if default is ...:
+            raise ProtocolError(f"the request lacks the {key!r} field")
+        return default
+    v = p[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        raise ProtocolError(f"the request's {key!r} field has a bad type {type(v).__name__}")
+    return v
+
+
+class JobServer:
+    """A QUIC job server over one backend; start with :meth:`start`, stop with :meth:`shutdown`.
+
+    Args:
+        config: The server's settings.
+    """
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.closing = False
+        self.capabilities = Capability(0)
+        self.backend_scheme = parse_url(config.backend).scheme
+        self._backends: dict[tuple[str, str], _Backend] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._protocols: set[_ServerProtocol] = set()
+        self._releases: set[asyncio.Task[None]] = set()
+        self._quic_server: Any = None
+        self._address: tuple[str, int] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        if self._address is None:
+            raise RuntimeError("the server is not started")
+        return self._address
+
+    async def start(self) -> tuple[str, int]:
+        """Probe the backend's capabilities and start listening; return the bound address."""
+        cfg = self.config
+        probe = connect_async(backend_url(cfg.backend, "unifiedq-probe"))
+        self.capabilities = exposed(probe.capabilities)
+        await probe.aclose()
+        qc = QuicConfiguration(
+            is_client=False, alpn_protocols=[ALPN], idle_timeout=cfg.idle_timeout,
+            max_data=max(4 * cfg.max_frame, 16 << 20), max_stream_data=cfg.max_frame + 1024,
+        )
+        qc.load_cert_chain(cfg.cert, cfg.key)
+
+        def make(quic: QuicConnection, **kwargs: Any) -> _ServerProtocol:
+            proto = _ServerProtocol(quic, server=self, **kwargs)
+            self._protocols.add(proto)
+            return proto
+
+        # No session tickets: a resumed (PSK) handshake would skip the client certificate.
+        self._quic_server = await serve(cfg.host, cfg.port, configuration=qc,
+                                        create_protocol=make)
+        sock = self._quic_server._transport.get_extra_info("sockname")
+        self._address = (str(sock[0]), int(sock[1]))
+        return self._address
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def _backend(self, p: dict[str, Any]) -> _Backend:
+        queue = _field(p, "queue", (str,))
+        if not QUEUE_NAME.fullmatch(queue):
+            raise InvalidArgument("queue names are 1..200 characters of A-Z a-z 0-9 . _ : @ -")
+        options = _field(p, "options", (str,), "")
+        if options:
+            try:
+                pairs = urllib.parse.parse_qsl(options, keep_blank_values=True,
+                                               strict_parsing=True, max_num_fields=32)
+            except ValueError as exc:
+                raise InvalidURL(f"backend_options is not a query string: {exc}") from None
+            allowed = self.config.allow_client_options
+            for k, _ in pairs:
+                if k not in allowed:
+                    raise InvalidURL(
+                        f"this server does not let clients set the backend option {k[:40]!r} "
+                        f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
+            options = urllib.parse.urlencode(sorted(pairs))
+        key = (queue, options)
+        b = self._backends.get(key)
+        if b is None:
+            handle = connect_async(backend_url(self.config.backend, queue, options))
+            b = self._backends[key] = _Backend(handle, handle.capabilities)
+        return b
+
+    async def _dispatch(self, conn: _ServerProtocol, op: str, p: dict[str, Any]) -> dict[str, Any]:
+        if op == "hello":
+            return self._hello(conn, p)
+        if not conn.authenticated:
+            raise AuthenticationError("the first request on a connection must be hello")
+        if self.closing:
+            raise BackendConnectionError("the server is shutting down")
+        b = self._backend(p)
+        h = b.handle
+        if op == "enqueue":
+            kwargs = self._enqueue_options(p)
+            job_id = _field(p, "job_id", (str, type(None)), None)
+            if job_id is not None:
+                kwargs["job_id"] = job_id
+            return {"ids": [await h.enqueue(_field(p, "body", (bytes,)), **kwargs)]}
+        if op == "enqueue_many":
+            bodies = _field(p, "bodies", (list,))
+            kwargs = self._enqueue_options(p)
+            if Capability.BATCH in b.caps:
+                return {"ids": await h.enqueue_many(bodies, **kwargs)}
+            for body in bodies:  # validate all before the first enqueue, as enqueue_many does
+                if not isinstance(body, bytes):
+                    raise InvalidArgument("enqueue_many() bodies must be bytes")
+            return {"ids": [await h.enqueue(body, **kwargs) for body in bodies]}
+        if op == "dequeue":
+            return await self._dequeue(conn, b, p)
+        if op == "peek":
+            job = await h.peek()
+            return {"job": None if job is None else job_to_wire(job, None)}
+        if op in ("ack", "nack", "extend_lease"):
+            return await self._settle(op, b, p)
+        if op == "size":
+            return {"n": await h.size()}
+        return {"n": await h.purge()}
+
+    def _hello(self, conn: _ServerProtocol, p: dict[str, Any]) -> dict[str, Any]:
+        if p.get("version") != 1:
+            raise ProtocolError("this server speaks wire version 1")
+        expected = self.config.token
+        if expected is not None:
+            given = p.get("token")
+            if not isinstance(given, str) or not hmac.compare_digest(
+                    given.encode(), expected.encode()):
+                log.warning("client %s presented a wrong or missing token", conn.peer)
+                raise AuthenticationError("the server refused the token")
+        if self.closing:
+            raise BackendConnectionError("the server is shutting down")
+        conn.authenticated = True
+        return {
+            "server": f"unifiedq/{__version__}", "backend": self.backend_scheme,
+            "capabilities": self.capabilities.names(), "max_frame": self.config.max_frame,
+        }
+
+    @staticmethod
+    def _enqueue_options(p: dict[str, Any]) -> dict[str, Any]:
+        # Only options actually given are passed on: the backend's own verbs gate them by
+        # capability and validate them again (the client is not trusted).
+        kwargs: dict[str, Any] = {}
+        for key in ("delay", "priority", "headers"):
+            if p.get(key) is not None:
+                kwargs[key] = p[key]
+        return kwargs
+
+    async def _take(self, b: _Backend, n: int, timeout: float | None) -> list[Job]:
+        h = b.handle
+        if timeout != 0.0 and Capability.BLOCKING_DEQUEUE not in b.caps:
+            # The backend cannot wait: poll with a backoff capped at 100 ms.
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            pause = 0.005
+            while True:
+                jobs = await self._take(b, n, 0.0)
+                left = None if deadline is None else deadline - loop.time()
+                if jobs or (left is not None and left <= 0):
+                    return jobs
+                await asyncio.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, 0.1)
+        if n == 1:
+            job = await h.dequeue(timeout=timeout)
+            return [] if job is None else [job]
+        if Capability.BATCH in b.caps:
+            return await h.dequeue_many(n, timeout=timeout)
+        first = await h.dequeue(timeout=timeout)
+        out = [] if first is None else [first]
+        while out and len(out) < n and (job := await h.dequeue()) is not None:
+            out.append(job)
+        return out
+
+    async def _dequeue(self, conn: _ServerProtocol, b: _Backend,
+                       p: dict[str, Any]) -> dict[str, Any]:
+        timeout = check_timeout(_field(p, "timeout", (int, float, type(None))))
+        n = _field(p, "max", (int,), 1)
+        if not 1 <= n <= _MAX_BATCH:
+            raise InvalidArgument(f"max must be between 1 and {_MAX_BATCH}")
+        want_lease = _field(p, "lease", (bool,), True)
+        jobs = await self._take(b, n, timeout)
+        # Keep the response under the frame limit; jobs that do not fit go back.
+        budget, keep = self.config.max_frame - 1024, 0
+        for job in jobs:
+            cost = len(job.body) + _JOB_OVERHEAD + sum(
+                len(k) + len(v) + 10 for k, v in job.headers.items()) * 4
+            if cost > budget and keep:
+                break
+            budget -= cost
+            keep += 1
+        spare, jobs = jobs[keep:], jobs[:keep]
+        if conn.closed:  # the client left while we waited: nothing may stay leased to it
+            spare, jobs = spare + jobs, []
+        for job in spare:
+            await self._give_back(b, job)
+        out = []
+        for job in jobs:
+            token = None
+            if Capability.ACK in b.caps:
+                if want_lease:
+                    token = secrets.token_urlsafe(18)
+                    self._leases[token] = _Lease(job, b, conn)
+                    conn.leases.add(token)
+                else:  # the client declared no ACK: it gets at-most-once delivery
+                    await b.handle.ack(job)
+            out.append(job_to_wire(job, token))
+        return {"jobs": out}
+
+    async def _give_back(self, b: _Backend, job: Job) -> None:
+        with contextlib.suppress(UnifiedQError):
+            if Capability.ACK in b.caps:
+                await b.handle.nack(job)
+            else:  # already removed by the backend: put an equal job back
+                await b.handle.enqueue(job.body, priority=job.priority,
+                                       headers=dict(job.headers) or None)
+
+    async def _settle(self, op: str, b: _Backend, p: dict[str, Any]) -> dict[str, Any]:
+        token = _field(p, "lease", (str,))
+        lease = self._leases.get(token)
+        if lease is None:
+            raise JobNotLeased("the job is not leased: it was settled already, its holder "
+                               "disconnected, or the server restarted")
+        if lease.job.queue != b.handle.name:
+            raise WrongQueue(f"the job came from queue {lease.job.queue!r}")
+        h, job = lease.backend.handle, lease.job
+        try:
+            if op == "extend_lease":
+                await h.extend_lease(job, _field(p, "seconds", (int, float)))
+                return {}
+            if op == "ack":
+                await h.ack(job)
+            else:
+                requeue = _field(p, "requeue", (bool,), True)
+                delay = _field(p, "delay", (int, float, type(None)), None)
+                await h.nack(job, requeue=requeue, delay=delay if delay else None)
+        except JobNotLeased:
+            self._forget(token)
+            raise
+        self._forget(token)
+        return {}
+
+    def _forget(self, token: str) -> None:
+        lease = self._leases.pop(token, None)
+        if lease is not None:
+            lease.conn.leases.discard(token)
+
+    # -- leases of departed clients -----------------------------------------------------------
+    def _release_soon(self, conn: _ServerProtocol) -> None:
+        self._protocols.discard(conn)
+        if conn.leases:
+            task = asyncio.get_running_loop().create_task(self._release(conn))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, conn: _ServerProtocol) -> None:
+        tokens = list(conn.leases)
+        for token in tokens:
+            lease = self._leases.pop(token, None)
+            conn.leases.discard(token)
+            if lease is None:
+                continue
+            try:
+                await lease.backend.handle.nack(lease.job)
+            except JobNotLeased:
+                pass  # expired and redelivered meanwhile: nothing to return
+            except UnifiedQError as exc:
+                log.warning("could not return job %s of %s: %s", lease.job.id, conn.peer, exc)
+        if tokens:
+            log.info("returned %d leased job(s) of %s to their queues", len(tokens), conn.peer)
+
+    # -- shutdown -----------------------------------------------------------------------------
+    async def shutdown(self, drain_timeout: float | None = None) -> None:
+        """Stop gracefully: refuse new requests, drain those in flight, return leases, close.
+
+        Args:
+            drain_timeout: Seconds to wait for requests in flight (default: the config's).
+        """
+        if self.closing:
+            return
+        self.closing = True
+        wait = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        protos = list(self._protocols)
+        for conn in protos:
+            conn.interrupt_waits()  # a wait for jobs may be endless: end it with an error
+        tasks = [t for conn in protos for t in conn.tasks()]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=wait)
+            for t in pending:
+                t.cancel()
+            log.info("drained %d request(s) in flight, cancelled %d", len(done), len(pending))
+        await asyncio.sleep(0.05)  # let the last responses leave
+        for conn in protos:
+            conn.close(ERR_SHUTDOWN, "server shutting down")
+            self._release_soon(conn)
+            conn.closed = True
+        if self._releases:
+            await asyncio.wait(list(self._releases), timeout=max(wait, 1.0))
+        await asyncio.sleep(0.05)
+        if self._quic_server is not None:
+            self._quic_server.close()
+        for b in list(self._backends.values()):
+            with contextlib.suppress(Exception):
+                await b.handle.aclose()
+        self._backends.clear()
+
+
+# -- command line -------------------------------------------------------------------------------
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"--listen takes HOST:PORT, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unifiedq serve",
+        description="Serve a unifiedq backend over QUIC (TLS 1.3, client certificates).",
+    )
+    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 4433), metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:4433; port 0 = any)")
+    p.add_argument("--backend", default="memory://",
+                   help="backend URL; {queue} marks where the queue name goes")
+    p.add_argument("--cert", required=True, help="server certificate (PEM)")
+    p.add_argument("--key", required=True, help="server private key (PEM)")
+    p.add_argument("--client-ca", help="CA certificate(s) that sign client certificates (PEM)")
+    p.add_argument("--token", help="bearer token clients must present (or UNIFIEDQ_TOKEN env)")
+    p.add_argument("--insecure-no-client-cert-i-know-what-i-am-doing", action="store_true",
+                   dest="no_client_cert",
+                   help="accept clients without a certificate (local development only)")
+    p.add_argument("--allow-client-option", action="append", default=[], metavar="NAME",
+                   help="backend option clients may set with backend_options= (repeatable)")
+    p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
+                   help="largest frame payload in bytes (default 16 MiB)")
+    p.add_argument("--drain-timeout", type=float, default=10.0,
+                   help="seconds to drain requests in flight on shutdown (default 10)")
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="seconds of silence before a client counts as gone (default 60)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return p
+
+
+async def _amain(cfg: ServeConfig) -> int:
+    server = JobServer(cfg)
+    try:
+        host, port = await server.start()
+    except (UnifiedQError, OSError) as exc:
+        print(f"unifiedq serve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    mode = ("client certificates REQUIRED" if cfg.require_client_cert
+            else "WARNING: client certificates NOT required")
+    # Tests and scripts read this first line to learn the port.
+    print(f"unifiedq serve: listening on quic://{host}:{port} backend={server.backend_scheme} "
+          f"capabilities={'|'.join(server.capabilities.names())} ({mode})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (draining for up to %.1f s)", cfg.drain_timeout)
+    await server.shutdown()
+    print("unifiedq serve: stopped", flush=True)
+    return 0
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``unifiedq serve``; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake
+    if args.no_client_cert:
+        print("*" * 78 + "\nWARNING: --insecure-no-client-cert-i-know-what-i-am-doing: ANY client "
+              "that can reach\nthis port may use the queues (only the token, if any, stands "
+              "in the way).\n" + "*" * 78, file=sys.stderr, flush=True)
+    try:
+        cfg = ServeConfig(
+            host=args.listen[0], port=args.listen[1], backend=args.backend, cert=args.cert,
+            key=args.key, client_ca=args.client_ca, require_client_cert=not args.no_client_cert,
+            token=args.token or os.environ.get("UNIFIEDQ_TOKEN") or None,
+            max_frame=args.max_frame, allow_client_options=frozenset(args.allow_client_option),
+            drain_timeout=args.drain_timeout, idle_timeout=args.idle_timeout,
+        )
+        parse_url(cfg.backend)
+    except UnifiedQError as exc:
+        print(f"unifiedq serve: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_amain(cfg))
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve_main(sys.argv[1:]))
