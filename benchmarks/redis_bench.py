@@ -24,10 +24,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
-from unifiedq import connect
+from unifiedq import QueueBase, connect
 from unifiedq.drivers.redis import _proto, _scripts
 from unifiedq.testing.servers import RedisServer
 
@@ -73,6 +74,7 @@ def main() -> None:
 
 def run(url: str, n: int, pickups: int) -> None:
     client = redis.Redis.from_url(url)
+    execute: Callable[..., Any] = client.execute_command
     for s in _scripts.ALL:
         client.script_load(s.source)
     name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -99,7 +101,7 @@ def run(url: str, n: int, pickups: int) -> None:
         batch = [raw_args(str(uuid.uuid4())) for _ in range(n)]
         t0 = time.perf_counter()
         for args in batch:
-            client.execute_command(*args)
+            execute(*args)
         raw_enqueue.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
 
     # What a hand-written asynq producer does per task: a UUID, the message bytes (one
@@ -111,7 +113,7 @@ def run(url: str, n: int, pickups: int) -> None:
         for _ in range(n):
             jid = str(uuid.uuid4())
             msg = head + b"\x1a\x24" + jid.encode() + tail
-            client.execute_command("EVALSHA", _scripts.ENQUEUE.sha, 4, p + "t:" + jid,
+            execute("EVALSHA", _scripts.ENQUEUE.sha, 4, p + "t:" + jid,
                                    p + "pending", p + "scheduled", wake, msg, jid,
                                    time.time_ns(), "0", 0, 64)
 
@@ -138,7 +140,7 @@ def run(url: str, n: int, pickups: int) -> None:
         t0 = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for args in batch:
-            pipe.execute_command(*args)
+            pipe.execute_command(*args)  # type: ignore[no-untyped-call]
         pipe.execute()
         raw_many.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
 
@@ -147,9 +149,9 @@ def run(url: str, n: int, pickups: int) -> None:
         for _ in range(batch_n):
             jid = str(uuid.uuid4())
             msg = head + b"\x1a\x24" + jid.encode() + tail
-            pipe.execute_command("EVALSHA", _scripts.ENQUEUE.sha, 4, p + "t:" + jid,
-                                 p + "pending", p + "scheduled", wake, msg, jid,
-                                 time.time_ns(), "0", 0, 64)
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", _scripts.ENQUEUE.sha, 4, p + "t:" + jid, p + "pending",
+                p + "scheduled", wake, msg, jid, time.time_ns(), "0", 0, 64)
         pipe.execute()
 
     t_ours, t_raw, t_inline = [], [], []
@@ -173,12 +175,12 @@ def run(url: str, n: int, pickups: int) -> None:
     def raw_deq_ack() -> None:
         for _ in range(m):
             now = time.time()
-            res = client.execute_command(
+            res = execute(
                 "EVALSHA", _scripts.DEQUEUE.sha, 1, p + "uq:levels", rawq, repr(now),
                 time.time_ns(), repr(now + 30), "tok", 1, repr(now), "2024-01-01",
                 int(now) + 86400, 0)
             jid = res[3]
-            client.execute_command(
+            execute(
                 "EVALSHA", _scripts.ACK.sha, 1, p + "t:" + jid.decode(), p, jid, "tok",
                 "2024-01-01", int(now) + 86400, 0, 0, b"", "")
 
@@ -190,7 +192,7 @@ def run(url: str, n: int, pickups: int) -> None:
 
     def raw_peek() -> None:
         for _ in range(m):
-            client.execute_command("EVALSHA", _scripts.PEEK.sha, 1, p + "uq:levels", rawq,
+            execute("EVALSHA", _scripts.PEEK.sha, 1, p + "uq:levels", rawq,
                                    repr(time.time()))
 
     compare("peek", ours_peek, raw_peek, m)
@@ -212,46 +214,51 @@ def _report(label: str, t_ours: list[float], t_raw: list[float], ops: int,
 
 def pickup(url: str, name: str, count: int) -> None:
     for face in ("sync", "async"):
-        lat: list[float] = []
-        if face == "sync":
-            consumer = connect(f"{url}?queue={name}-{face}")
-            producer = connect(f"{url}?queue={name}-{face}")
-        else:
-            from unifiedq import connect_async
-            from unifiedq._bridge import AsyncToSync
+        _pickup(url, name, count, face)
 
-            consumer = AsyncToSync(connect_async(f"{url}?queue={name}-{face}"))
-            producer = connect(f"{url}?queue={name}-{face}")
-        got = threading.Event()
-        stamp: list[float] = [0.0]
-        stop = threading.Event()
 
-        def consume() -> None:
-            while not stop.is_set():
-                job = consumer.dequeue(timeout=2)
-                if job is not None:
-                    stamp[0] = time.perf_counter()
-                    consumer.ack(job)
-                    got.set()
+def _pickup(url: str, name: str, count: int, face: str) -> None:
+    lat: list[float] = []
+    consumer: QueueBase
+    if face == "sync":
+        consumer = connect(f"{url}?queue={name}-{face}")
+        producer = connect(f"{url}?queue={name}-{face}")
+    else:
+        from unifiedq import connect_async
+        from unifiedq._bridge import AsyncToSync
 
-        t = threading.Thread(target=consume, daemon=True)
-        t.start()
-        time.sleep(0.3)
-        for _ in range(count):
-            got.clear()
-            time.sleep(0.01)  # the consumer is idle, blocked in BLPOP
-            t0 = time.perf_counter()
-            producer.enqueue(b"ping")
-            assert got.wait(5)
-            lat.append(stamp[0] - t0)
-        stop.set()
-        t.join(5)
-        lat.sort()
-        q = statistics.quantiles(lat, n=100)
-        print(f"pickup ({face:5}) p50 {q[49] * 1e3:6.3f} ms   p90 {q[89] * 1e3:6.3f} ms   "
-              f"p99 {q[98] * 1e3:6.3f} ms   (n={count}; includes the enqueue call)")
-        consumer.close()
-        producer.close()
+        consumer = AsyncToSync(connect_async(f"{url}?queue={name}-{face}"))
+        producer = connect(f"{url}?queue={name}-{face}")
+    got = threading.Event()
+    stamp: list[float] = [0.0]
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            job = consumer.dequeue(timeout=2)
+            if job is not None:
+                stamp[0] = time.perf_counter()
+                consumer.ack(job)
+                got.set()
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    for _ in range(count):
+        got.clear()
+        time.sleep(0.01)  # the consumer is idle, blocked in BLPOP
+        t0 = time.perf_counter()
+        producer.enqueue(b"ping")
+        assert got.wait(5)
+        lat.append(stamp[0] - t0)
+    stop.set()
+    t.join(5)
+    lat.sort()
+    q = statistics.quantiles(lat, n=100)
+    print(f"pickup ({face:5}) p50 {q[49] * 1e3:6.3f} ms   p90 {q[89] * 1e3:6.3f} ms   "
+          f"p99 {q[98] * 1e3:6.3f} ms   (n={count}; includes the enqueue call)")
+    consumer.close()
+    producer.close()
 
 
 def _has_hiredis() -> bool:
