@@ -666,7 +666,18 @@ class FaktoryQueue(QueueBase):
 
     def _settle(self, what: str, job: Job, r: _Receipt, fn: Callable[[_Conn], None]) -> None:
         try:
-            self._p(what, fn)
+            cconn = self._cconn
+            # Settle on the consumer connection when it is idle (one connection, as a plain
+            # worker does); when another thread is blocked in FETCH on it, use the producer
+            # connection, so a settle never waits behind a FETCH.
+            if cconn is not None and cconn.rlock.acquire(blocking=False):
+                try:
+                    with _translate(what, lambda: self._drop(True)):
+                        fn(cconn)
+                finally:
+                    cconn.rlock.release()
+            else:
+                self._p(what, fn)
         except BackendConnectionError:
             self._unclaim(job, r)
             raise
