@@ -231,7 +231,9 @@ def run_bench(
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr)
+    # One write per line: servers start on several threads at once.
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def bench_main(argv: Sequence[str] | None = None, *, prog: str = "unifiedq bench") -> int:

@@ -370,12 +370,34 @@ def _networked_one(
             t = Target(driver, driver, None, "unreachable",
                        f"could not start a local server: {type(exc).__name__}: {exc}")
             return t
+    if url is None and driver == "quic":
+        # A quic:// URL needs certificate paths; there is no useful local default.
+        return Target(driver, driver, None, "unreachable",
+                      f"no server given: pass --quic-url or set {env_var(driver)} "
+                      f"(quic://host:port/<queue>?ca=...&cert=...&key=...), "
+                      f"or use --start-servers")
     if url is None:
         url = default_url(driver)
     t = target_for_url(url, label=driver)
     if version and not t.server_version:
         t.server_version = version
     return t
+
+
+def _start_quic(
+    stack: contextlib.ExitStack, log: Callable[[str], None]
+) -> tuple[str, str | None]:
+    import tempfile
+    from pathlib import Path
+
+    from ..drivers.quic._testing import Pki, ServerProcess
+
+    log("starting a local quic server (unifiedq serve --backend memory://) ...")
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unifiedq-bench-quic-")))
+    server = ServerProcess(Pki(root / "pki"), backend="memory://").start()
+    stack.callback(server.stop)
+    # capabilities=memory: the client may use every verb of the memory backend (PEEK, ACK...).
+    return server.url(BENCH_QUEUE, capabilities="memory"), "unifiedq serve (memory backend)"
 
 
 def _start_server(
@@ -390,11 +412,10 @@ def _start_server(
         server = servers.RabbitMQServer()
     elif driver == "faktory":
         server = servers.FaktoryServer()
+    elif driver == "quic":
+        return _start_quic(stack, log)
     else:
-        raise RuntimeError(
-            f"--start-servers does not start a {driver} server; start one and pass "
-            f"--{driver}-url or set {env_var(driver)}"
-        )
+        raise RuntimeError(f"--start-servers does not know how to start a {driver} server")
     log(f"starting a local {driver} server ({type(server).__name__}) ...")
     server.start()
     stack.callback(server.stop)
