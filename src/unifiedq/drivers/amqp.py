@@ -23,7 +23,8 @@ Topology for ``queue=Q`` and ``exchange=X`` (default ``unifiedq``):
 * exchange ``X``: direct, durable;
 * queue ``Q``: durable, ``x-max-priority=9``, dead-letters to ``X`` with key ``Q.dead``,
   bound to ``X`` with key ``Q``;
-* queue ``Q.dead``: durable, bound to ``X`` with key ``Q.dead``;
+* queue ``Q.dead``: declared like a main queue (so ``?queue=Q.dead`` opens it), bound to
+  ``X`` with key ``Q.dead``;
 * queues ``Q.delay.<ms>``: durable, ``x-message-ttl=<ms>``, dead-letter to ``X`` with key
   ``Q``, ``x-expires=2*ms+60s`` (they vanish when unused).
 
@@ -302,6 +303,7 @@ class AmqpQueue(QueueBase):
         self._pub_seq = 0
         self._returned: set[str] = set()
         self._lease_thread: threading.Thread | None = None
+        self._last_take = 0.0  # monotonic time the application last asked for jobs
 
     @classmethod
     def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
@@ -365,16 +367,22 @@ class AmqpQueue(QueueBase):
         self._pub_seq = 0
         self._ever_connected = True
 
-    def _declare_main(self, ch: Any) -> None:
-        args = {
+    def _queue_args(self, name: str) -> dict[str, Any]:
+        return {
             "x-max-priority": MAX_PRIORITY,
             "x-dead-letter-exchange": self._x,
-            "x-dead-letter-routing-key": self._dead,
+            "x-dead-letter-routing-key": f"{name}.dead",
         }
+
+    def _declare_main(self, ch: Any) -> None:
         if self._x:
             ch.exchange_declare(self._x, "direct", durable=True, auto_delete=False)
-        ch.queue_declare(self._q, durable=True, auto_delete=False, arguments=args)
-        ch.queue_declare(self._dead, durable=True, auto_delete=False)
+        ch.queue_declare(self._q, durable=True, auto_delete=False,
+                         arguments=self._queue_args(self._q))
+        # The dead-letter queue gets the arguments of a main queue, so that a handle opened
+        # on it (?queue=Q.dead, to inspect or replay dead jobs) declares it identically.
+        ch.queue_declare(self._dead, durable=True, auto_delete=False,
+                         arguments=self._queue_args(self._dead))
         if self._x:
             ch.queue_bind(self._q, self._x, routing_key=self._q)
             ch.queue_bind(self._dead, self._x, routing_key=self._dead)
@@ -678,6 +686,7 @@ class AmqpQueue(QueueBase):
     def _take(self, n: int, timeout: float | None) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         out: list[Job] = []
+        self._last_take = time.monotonic()
         while True:
             # One slice per lock acquisition, so other threads using this handle get a turn.
             def step() -> bool:
@@ -738,6 +747,9 @@ class AmqpQueue(QueueBase):
                 fn()  # no connection: _held_for raises JobNotLeased
                 return
             try:
+                # Read what the broker already sent first: a connection.close it sent us means
+                # the lease is gone, and an ack written now would vanish without an error.
+                self._pump()
                 self._expire()
                 fn()
             except _SETTLE_ERRORS as exc:
@@ -809,13 +821,34 @@ class AmqpQueue(QueueBase):
         self._settle("extend_lease", do)
 
     def _expire(self) -> None:
-        """Return held jobs whose visibility timeout ran out (under the lock)."""
-        if self.options.visibility_timeout is None or not self._held or self._conn is None:
+        """Return held jobs whose visibility timeout ran out (under the lock).
+
+        The consumer is paused first: otherwise the broker would push the returned copies
+        straight back into this handle's prefetch buffer, where they would wait for this
+        (possibly stuck) handle instead of going to another consumer.
+        """
+        vt = self.options.visibility_timeout
+        if vt is None or self._conn is None:
             return
         now = time.monotonic()
         due = [(tag, h) for tag, h in self._held.items() if h.deadline <= now]
+        if due or (self._buffer and now - self._last_take >= vt):
+            self._pause_consumer()
         if due:
             self._return_held(due, 0.0)
+
+    def _pause_consumer(self) -> None:
+        """Cancel the consumer and give back the prefetched jobs nobody took yet.
+
+        A blocking dequeue starts it again. The returned jobs carry RabbitMQ's redelivered
+        flag, so their next attempt counts one more (see the docs).
+        """
+        if self._consumer_tag is not None:
+            self._cch.basic_cancel(self._consumer_tag)
+            self._consumer_tag = None
+        while self._buffer:
+            msg = self._buffer.popleft()
+            self._cch.basic_reject(msg.delivery_info["delivery_tag"], requeue=True)
 
     def _start_lease_thread(self) -> None:
         if self._lease_thread is None:
@@ -825,10 +858,17 @@ class AmqpQueue(QueueBase):
             self._lease_thread.start()
 
     def _lease_loop(self) -> None:
-        """Expire leases while the application is busy elsewhere (it may never call us)."""
+        """Expire leases while the application is busy elsewhere (it may never call us).
+
+        It also returns the prefetch buffer of a handle whose application has not asked for a
+        job for ``visibility_timeout`` seconds, so a stuck worker does not hoard jobs.
+        """
+        vt = self.options.visibility_timeout or 0.0
         with self._cond:
             while not self._closed:
                 deadlines = [h.deadline for h in self._held.values()]
+                if self._buffer:
+                    deadlines.append(self._last_take + vt)
                 wait = min(deadlines) - time.monotonic() if deadlines else 5.0
                 if wait > 0:
                     self._cond.wait(min(wait, 5.0))
