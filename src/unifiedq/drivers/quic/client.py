@@ -187,6 +187,7 @@ class _ClientProtocol(QuicConnectionProtocol):
         self.pending: dict[int, _Pending] = {}
         self.error: UnifiedQError | None = None
         self.keepalive: asyncio.Task[None] | None = None
+        self.disposed = False
 
     def request(self, frame: bytes) -> tuple[int, _Pending]:
         if self.error is not None:
@@ -243,6 +244,21 @@ class _ClientProtocol(QuicConnectionProtocol):
             self.pending.clear()
             if self.keepalive is not None:
                 self.keepalive.cancel()
+
+    def transmit(self) -> None:
+        if not self.disposed:
+            super().transmit()
+
+    def dispose(self, transport: asyncio.BaseTransport | None) -> None:
+        """Stop every timer and close the socket (the connection is given up)."""
+        self.disposed = True
+        for handle in (self.keepalive, self._timer, self._transmit_task):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._transmit_task = None
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
 
     async def run_keepalive(self) -> None:
         while self.error is None:
@@ -312,11 +328,10 @@ class QuicQueue(AsyncQueueBase):
     def _forget_connection(self) -> None:
         proto, transport = self._proto, self._transport
         self._proto = self._transport = None
-        if proto is not None and proto.keepalive is not None:
-            proto.keepalive.cancel()
-        if transport is not None:
-            with contextlib.suppress(Exception):
-                transport.close()
+        if proto is not None:
+            proto.dispose(transport)
+        elif transport is not None:
+            transport.close()
 
     def _configuration(self) -> QuicConfiguration:
         o = self.options
@@ -371,7 +386,7 @@ class QuicQueue(AsyncQueueBase):
             }, o.timeout)
             self._check_hello(hello)
         except BaseException:
-            transport.close()
+            proto.dispose(transport)
             raise
         proto.keepalive = loop.create_task(proto.run_keepalive())
         self._transport = transport
@@ -523,8 +538,6 @@ class QuicQueue(AsyncQueueBase):
         self._proto = self._transport = None
         if proto is None or transport is None:
             return
-        if proto.keepalive is not None:
-            proto.keepalive.cancel()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - _close is always awaited
@@ -534,12 +547,12 @@ class QuicQueue(AsyncQueueBase):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await proto.wait_closed()
-            transport.close()
+            proto.dispose(transport)
         elif loop is not None and not loop.is_closed():
             # Opened on another (still running) loop: close it there.
             def close_there() -> None:
                 proto.close()
-                transport.close()
+                proto.dispose(transport)
 
             loop.call_soon_threadsafe(close_there)
 
