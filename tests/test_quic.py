@@ -7,7 +7,6 @@ import asyncio
 import multiprocessing
 import os
 import struct
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,12 +18,10 @@ import unifiedq
 from unifiedq import (
     AuthenticationError,
     BackendConnectionError,
-    Capability,
     ConfigurationError,
     InvalidArgument,
     InvalidURL,
     JobNotLeased,
-    ProtocolError,
     UnsupportedOperation,
 )
 from unifiedq.drivers.quic._testing import Pki, ServerProcess
@@ -39,7 +36,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _server(pki: Pki, backend: str, *extra: str, name: str = "server") -> Iterator[ServerProcess]:
-    srv = ServerProcess(pki, backend, list(extra), log=pki.root / f"{name}-{uuid.uuid4().hex[:6]}.log")
+    log = pki.root / f"{name}-{uuid.uuid4().hex[:6]}.log"
+    srv = ServerProcess(pki, backend, list(extra), log=log)
     srv.start()
     try:
         yield srv
@@ -190,7 +188,8 @@ class RawClient:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.wait_for(self._cm.__aexit__(None, None, None), 10)
 
-    async def send(self, data: bytes, *, end: bool = True, timeout: float = 10) -> tuple[str, bytes]:
+    async def send(self, data: bytes, *, end: bool = True,
+                   timeout: float = 10) -> tuple[str, bytes]:
         proto = self.proto
         assert proto is not None
         sid = proto._quic.get_next_available_stream_id()
@@ -270,7 +269,8 @@ class TestSecurity:
         with unifiedq.connect(memory_server.url("sec-nohello")) as good:
             assert good.size() == 0
 
-    def test_unknown_option_over_the_wire_and_declared_caps(self, memory_server: ServerProcess) -> None:
+    def test_unknown_option_over_the_wire_and_declared_caps(
+            self, memory_server: ServerProcess) -> None:
         with unifiedq.connect(memory_server.url("sec-opt", backend_options="maxsize=1")) as q, \
                 pytest.raises(InvalidURL, match="maxsize"):
             q.size()
@@ -424,7 +424,8 @@ class TestRobustness:
                 await asyncio.gather(*(raw.send(big) for _ in range(50)))
 
         async def work() -> int:
-            async with unifiedq.connect_async(small_server.url("rob-w", capabilities="memory")) as q:
+            url = small_server.url("rob-w", capabilities="memory")
+            async with unifiedq.connect_async(url) as q:
                 ids = await asyncio.gather(*(q.enqueue(b"%d" % i) for i in range(100)))
                 n = await q.size()
                 await q.purge()
