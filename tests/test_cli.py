@@ -125,3 +125,14 @@ def test_no_command_prints_help() -> None:
     assert "drivers" in p.stdout and "bench" in p.stdout and "inspect" in p.stdout
     p = run("-m", "unifiedq", "--version")
     assert p.returncode == 0 and "unifiedq" in p.stdout
+
+
+def test_benchmarks_page_matches_committed_result() -> None:
+    root = Path(__file__).resolve().parent.parent
+    script = root / "benchmarks" / "render_results.py"
+    result = root / "benchmarks" / "results" / "latest.json"
+    data = json.loads(result.read_text())
+    assert validate_report(data) == []
+    assert data["ok"] is True
+    p = run(str(script), "--check")
+    assert p.returncode == 0, p.stderr

@@ -53,6 +53,9 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
             status = "not available"
         caps = " ".join(_ABBREV.get(c, c) for c in i.capabilities
                         if c not in ("NATIVE_SYNC", "NATIVE_ASYNC"))
+        if i.installed and not i.capabilities:
+            # e.g. quic://: the flags depend on the server's backend, declared in the URL.
+            caps = "(declared per URL)"
         rows.append([i.scheme, i.extra or "-", status, faces, caps or "-", i.summary])
     print_table(f"unifiedq {__version__} drivers",
                 ["scheme", "extra", "status", "native", "capabilities", "summary"], rows)

@@ -82,8 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "answers; URLs from --<driver>-url, UNIFIEDQ_BENCH_<DRIVER>_URL or the "
                         "usual local port")
     p.add_argument("--start-servers", action="store_true",
-                   help="with --all: start private redis/rabbitmq/faktory servers with the test "
-                        "rig for drivers that have no URL (implies --all)")
+                   help="start private Redis, RabbitMQ, Faktory and QUIC (memory backend) "
+                        "servers for the drivers that have no URL, stop them afterwards "
+                        "(implies --all)")
     for d in NETWORKED:
         p.add_argument(f"--{d}-url", metavar="URL", default=None,
                        help=f"{d} URL for --all (else ${env_var(d)})")
