@@ -74,6 +74,7 @@ T = TypeVar("T")
 MAGIC = int.from_bytes(b"UQSHMRNG", "little")
 LAYOUT_VERSION = 1
 _W_MAGIC, _W_VERSION, _W_CAPACITY, _W_SLOT_SIZE, _W_STRIDE, _W_OWNERS = 0, 1, 2, 3, 4, 5
+_W_INIT = 6  # identity of the process initialising the segment (see _open_segment)
 _W_HEAD = 8  # offset 64: producer ticket hint, alone on its cache line
 _W_TAIL = 16  # offset 128: consumer ticket hint, alone on its cache line
 _OWNERS = 1024  # owner table entries (one per open handle)
@@ -273,14 +274,11 @@ class _Ring:
 
     def __init__(self, name: str, opts: ShmOptions) -> None:
         self.name = name
-        self.mm, created = _open_segment(name, opts)
+        self.mm = _open_segment(name, opts)
         self.w = _shm_atomics.bind(self.mm)
         self.plain = self.w.plain
         try:
-            if created:
-                self._initialise(opts)
-            else:
-                self._check_layout(opts)
+            self._check_layout(opts)
             self.cap = opts.capacity
             self.stride_w = opts.stride // 8
             self.slot_size = opts.slot_size
@@ -297,27 +295,8 @@ class _Ring:
         _rings.add(self)
 
     # -- setup ----------------------------------------------------------------------------------
-    def _initialise(self, opts: ShmOptions) -> None:
-        p = self.plain
-        p[_W_VERSION] = LAYOUT_VERSION
-        p[_W_CAPACITY] = opts.capacity
-        p[_W_SLOT_SIZE] = opts.slot_size
-        p[_W_STRIDE] = opts.stride
-        p[_W_OWNERS] = _OWNERS
-        sw, first = opts.stride // 8, _SLOTS_OFF // 8
-        for i in range(opts.capacity):
-            p[first + i * sw] = i  # slot i is free for ticket i
-        self.w.store(_W_MAGIC, MAGIC)  # last, with release: attachers wait for it
-
     def _check_layout(self, opts: ShmOptions) -> None:
-        deadline = time.monotonic() + _INIT_TIMEOUT
-        while (magic := self.w.load(_W_MAGIC)) == 0:
-            if time.monotonic() > deadline:
-                raise BackendError(
-                    f"shm segment {self.name!r} exists but was never initialised (its creator "
-                    f"died while creating it?); remove it with unifiedq.drivers.shm.unlink()"
-                )
-            time.sleep(0.001)
+        magic = self.w.load(_W_MAGIC)
         p = self.plain
         if magic != MAGIC:
             raise InvalidURL(f"shared-memory object {self.name!r} is not a unifiedq shm queue")
@@ -592,49 +571,87 @@ class _Ring:
         return n
 
 
-def _open_segment(name: str, opts: ShmOptions) -> tuple[mmap.mmap, bool]:
-    """Create the segment, or attach to an existing one; return (mapping, created)."""
+def _grow(fd: int, size: int) -> None:
+    """Make the segment at least ``size`` bytes; never shrink it (others may map more)."""
+    if os.fstat(fd).st_size >= size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)  # grow-only, unlike ftruncate
+    except (AttributeError, OSError):  # pragma: no cover - no fallocate (macOS) or no support
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+
+
+def _initialise(mm: mmap.mmap, opts: ShmOptions) -> None:
+    """Write a fresh header and empty slots; the magic number goes last, with release."""
+    w = _shm_atomics.bind(mm)
+    try:
+        p = w.plain
+        for i in range(1, _SLOTS_OFF // 8):
+            if i != _W_INIT:
+                p[i] = 0  # also wipes whatever a dead initialiser left
+        p[_W_VERSION] = LAYOUT_VERSION
+        p[_W_CAPACITY] = opts.capacity
+        p[_W_SLOT_SIZE] = opts.slot_size
+        p[_W_STRIDE] = opts.stride
+        p[_W_OWNERS] = _OWNERS
+        sw, first = opts.stride // 8, _SLOTS_OFF // 8
+        for i in range(opts.capacity):
+            p[first + i * sw] = i  # slot i is free for ticket i
+        w.store(_W_MAGIC, MAGIC)
+    finally:
+        w.release()
+
+
+def _open_segment(name: str, opts: ShmOptions) -> mmap.mmap:
+    """Create-or-attach: map the segment, initialising it if nobody (alive) did.
+
+    There is no creator/attacher asymmetry, so that a process killed while creating the
+    segment cannot leave it unusable: every opener maps the header, and whoever wins a CAS on
+    the initialiser word (free, or held by a dead process) initialises the ring; the others
+    wait for the magic number.
+    """
     if _posixshmem is None:  # pragma: no cover
         raise BackendError("shm:// needs POSIX shared memory, which this platform lacks")
-    path = "/" + name
     try:
-        fd = _posixshmem.shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        created = True
-    except FileExistsError:
-        try:
-            fd = _posixshmem.shm_open(path, os.O_RDWR, 0o600)
-        except FileNotFoundError:  # unlinked in between: try again from the top
-            return _open_segment(name, opts)
-        except PermissionError as exc:
-            raise BackendError(f"cannot open shm queue {name!r}: {exc}") from exc
-        created = False
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise BackendError(f"cannot create shm queue {name!r}: {exc}") from exc
+        raise BackendError(f"cannot open shm queue {name!r}: {exc}") from exc
     try:
-        if created:
-            try:
-                os.ftruncate(fd, opts.segment_size)
-            except OSError as exc:
-                os.close(fd)
-                fd = -1
-                _posixshmem.shm_unlink(path)
-                raise BackendError(
-                    f"cannot size shm queue {name!r} to {opts.segment_size} bytes: {exc}"
-                ) from exc
-            size = opts.segment_size
-        else:
+        _grow(fd, _SLOTS_OFF)
+        hdr = mmap.mmap(fd, _SLOTS_OFF)
+        hw = _shm_atomics.bind(hdr)
+        try:
             deadline = time.monotonic() + _INIT_TIMEOUT
-            while (size := os.fstat(fd).st_size) < _SLOTS_OFF:  # creator has not sized it yet
+            while True:
+                magic = hw.load(_W_MAGIC)
+                if magic == MAGIC:
+                    need = _SLOTS_OFF + hw.plain[_W_CAPACITY] * hw.plain[_W_STRIDE]
+                    size = os.fstat(fd).st_size
+                    if size < need:
+                        raise InvalidURL(f"shm segment {name!r} is truncated")
+                    return mmap.mmap(fd, need)
+                if magic:
+                    raise InvalidURL(f"shared-memory object {name!r} is not a unifiedq shm queue")
+                holder = hw.load(_W_INIT)
+                if (holder == 0 or not _alive(holder)) and hw.cas(_W_INIT, holder, _ident()):
+                    _grow(fd, opts.segment_size)
+                    mm = mmap.mmap(fd, opts.segment_size)
+                    _initialise(mm, opts)
+                    return mm
                 if time.monotonic() > deadline:
                     raise BackendError(
-                        f"shm segment {name!r} exists but was never initialised; remove it "
-                        f"with unifiedq.drivers.shm.unlink()"
+                        f"shm queue {name!r} is still being initialised by process "
+                        f"{holder >> 32} after {_INIT_TIMEOUT}s"
                     )
                 time.sleep(0.001)
-        return mmap.mmap(fd, size), created
+        finally:
+            hw.release()
+            hdr.close()
+    except OSError as exc:
+        raise BackendError(f"cannot map shm queue {name!r}: {exc}") from exc
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
 
 
 # -- the faces ----------------------------------------------------------------------------------
