@@ -33,9 +33,10 @@ not know, nor across consumers running at different speeds within a round. The n
 benchmark measures the multi-process case (``benchmarks/noisy_neighbour.py --procs 2``).
 
 Each ``dequeue`` polls the sub-queues with non-blocking dequeues: one round trip per tenant
-visited (an empty tenant costs one). When every tenant is empty it waits, woken at once by a
-local ``enqueue`` and otherwise re-polling with a backoff up to ``max_poll`` seconds, so jobs
-from other processes are picked up within ``max_poll``.
+visited. A tenant found empty is skipped without a round trip for ``empty_recheck`` seconds
+(5 ms) unless a job is enqueued for it through this object. When every tenant is empty it
+waits, woken at once by a local ``enqueue`` and otherwise re-polling with a backoff up to
+``max_poll`` seconds, so jobs from other processes are picked up within ``max_poll``.
 """
 
 from __future__ import annotations
@@ -177,6 +178,11 @@ class _Tenant(Generic[Q]):
     queue: Q
     configured: bool
     empty_since: float | None = None
+    polled: float = 0.0  # monotonic time of the last poll that found it empty
+
+    def skip_poll(self, now: float, recheck: float) -> bool:
+        """True if it was found empty very recently and nothing local was enqueued since."""
+        return self.empty_since is not None and now - self.polled < recheck
 
 
 class _FairCore(Generic[Q]):
@@ -197,6 +203,7 @@ class _FairCore(Generic[Q]):
         max_poll: float,
         rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None,
         name: str | None,
+        empty_recheck: float = 0.0,
     ) -> None:
         if isinstance(template, str):
             if "{tenant}" not in template:
@@ -214,6 +221,7 @@ class _FairCore(Generic[Q]):
         self.discover_interval = float(discover_interval)
         self.idle_ttl = idle_ttl
         self.max_poll = float(max_poll)
+        self.empty_recheck = float(empty_recheck)
         self.rate_limit = rate_limit
         self.drr = _DRR()
         self.tenants: dict[str, _Tenant[Q]] = {}
@@ -320,6 +328,10 @@ class FairQueue:
         discover_interval: Seconds between ``discover`` calls.
         idle_ttl: Forget unconfigured tenants empty for this long (None = never).
         max_poll: Longest wait between polls of empty sub-queues while blocking.
+        empty_recheck: A tenant found empty is not polled again for this many seconds
+            unless a job is enqueued for it through this object (saves one round trip per
+            empty tenant per dequeue; delays pickup of jobs enqueued by *other* processes
+            by at most this much).
         rate_limit: Per-tenant consumer limits: a :class:`~unifiedq.limits.KeyedLimiter`
             or a mapping of tenant to bucket. A tenant out of tokens is skipped this turn.
         maxsize_per_tenant: Bound each tenant's sub-queue with a
@@ -344,6 +356,7 @@ class FairQueue:
         discover_interval: float = 5.0,
         idle_ttl: float | None = 300.0,
         max_poll: float = 0.05,
+        empty_recheck: float = 0.005,
         rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None = None,
         maxsize_per_tenant: int | None = None,
         overflow: Literal["block", "reject", "drop_oldest", "spill"] = "reject",
@@ -363,7 +376,7 @@ class FairQueue:
             template, weights=weights, tenants=tenants, default_weight=default_weight,
             default_tenant=default_tenant, tenant_header=tenant_header, discover=discover,
             discover_interval=discover_interval, idle_ttl=idle_ttl, max_poll=max_poll,
-            rate_limit=rate_limit, name=name)
+            rate_limit=rate_limit, name=name, empty_recheck=empty_recheck)
         self._opts = dict(connect_options or {})
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -542,6 +555,9 @@ class FairQueue:
         drr.begin()
         while (name := drr.candidate()) is not None:
             t = c.tenants[name]
+            if t.skip_poll(now, c.empty_recheck):
+                drr.empty(name)
+                continue
             if c.limited(name):
                 drr.skip(name)
                 continue
@@ -549,6 +565,7 @@ class FairQueue:
             if job is None:
                 if t.empty_since is None:
                     t.empty_since = now
+                t.polled = now
                 drr.empty(name)
                 continue
             t.empty_since = None
@@ -612,6 +629,7 @@ class FairQueue:
         q.nack(job, requeue=requeue, delay=delay)
         if requeue:
             with self._cond:
+                self._core.by_queue[job.queue].empty_since = None  # it has a job again
                 self._cond.notify()
 
     def extend_lease(self, job: Job, seconds: float) -> None:
@@ -681,6 +699,7 @@ class AsyncFairQueue:
         discover_interval: float = 5.0,
         idle_ttl: float | None = 300.0,
         max_poll: float = 0.05,
+        empty_recheck: float = 0.005,
         rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None = None,
         connect_options: Mapping[str, Any] | None = None,
         name: str | None = None,
@@ -689,7 +708,7 @@ class AsyncFairQueue:
             template, weights=weights, tenants=tenants, default_weight=default_weight,
             default_tenant=default_tenant, tenant_header=tenant_header, discover=discover,
             discover_interval=discover_interval, idle_ttl=idle_ttl, max_poll=max_poll,
-            rate_limit=rate_limit, name=name)
+            rate_limit=rate_limit, name=name, empty_recheck=empty_recheck)
         self._opts = dict(connect_options or {})
         self._lock: asyncio.Lock | None = None
         self._wake: asyncio.Event | None = None
@@ -832,6 +851,9 @@ class AsyncFairQueue:
         drr.begin()
         while (name := drr.candidate()) is not None:
             t = c.tenants[name]
+            if t.skip_poll(now, c.empty_recheck):
+                drr.empty(name)
+                continue
             if c.limited(name):
                 drr.skip(name)
                 continue
@@ -839,6 +861,7 @@ class AsyncFairQueue:
             if job is None:
                 if t.empty_since is None:
                     t.empty_since = now
+                t.polled = now
                 drr.empty(name)
                 continue
             t.empty_since = None
@@ -896,6 +919,7 @@ class AsyncFairQueue:
         """Nack on the job's sub-queue."""
         await self._core.sub_for(job).nack(job, requeue=requeue, delay=delay)
         if requeue:
+            self._core.by_queue[job.queue].empty_since = None
             self._sync()[1].set()
 
     async def extend_lease(self, job: Job, seconds: float) -> None:
