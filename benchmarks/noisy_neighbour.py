@@ -8,14 +8,15 @@ A. Share while backlogged. Every tenant has a backlog (the heavy tenant 10x the 
    Jain's fairness index of share/weight (1.0 = exactly proportional to the weights). Run
    twice for fair: equal weights, and tenant t1 at weight 3.
 
-B. Waiting time under overload. Open-loop Poisson producers (seeded): 9 light tenants at ``r``
-   jobs/s each and a heavy one at ``10 r``; ``C`` consumer threads each spend ``S`` seconds per
-   job. Offered load is ``19 r`` against a capacity of ``C / S``: the light tenants alone fit
-   (about 56%), all together do not (about 119%). Reports wait p50/p99 per tenant
-   (enqueue -> dequeue), for an unloaded run (light tenants only), FIFO and fair; and the light tenants' p99 relative to
-   unloaded (target: <= 2x under fair). The harness runs producers and consumers as threads of
-   one process, so it lowers the GIL switch interval to 0.5 ms: otherwise the interpreter's
-   5 ms hand-offs between 15 threads, not the queue, dominate the tail.
+B. Waiting time under overload. Open-loop Poisson producers (seeded): 9 light tenants at
+   ``r`` jobs/s each and a heavy one at ``10 r``; ``C`` consumer threads each spend ``S``
+   seconds per job. Offered load is ``19 r`` against a capacity of ``C / S``: the light
+   tenants alone fit (about 56%), all together do not (about 119%). Reports wait p50/p99 per
+   tenant (enqueue -> dequeue) for an unloaded run (light tenants only), FIFO and fair, and
+   the light tenants' p99 relative to unloaded (target: <= 2x under fair). Producers and
+   consumers are threads of one process, so the harness lowers the GIL switch interval to
+   0.5 ms: otherwise the interpreter's 5 ms hand-offs between 15 threads, not the queue,
+   dominate the tail.
 
 Usage::
 
