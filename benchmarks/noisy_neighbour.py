@@ -277,7 +277,9 @@ def bench(b: Backend, args: argparse.Namespace) -> dict[str, Any]:
         cols = [f"{pct(x, 50) * 1e3:8.1f}/{pct(x, 99) * 1e3:8.1f}" if x else f"{'-':>17}"
                 for x in (u, lf[t], lq[t])]
         print(f"{t:8} {cols[0]:>20} {cols[1]:>20} {cols[2]:>20}")
-    light = lambda d: [w for t in LIGHT for w in d.get(t, [])]  # noqa: E731
+    def light(d: dict[str, list[float]]) -> list[float]:
+        return [w for t in LIGHT for w in d.get(t, [])]
+
     u99, f99, q99 = pct(light(unloaded), 99), pct(light(lf), 99), pct(light(lq), 99)
     print(f"light tenants p99: unloaded {u99 * 1e3:.1f} ms, FIFO {f99 * 1e3:.1f} ms "
           f"({f99 / u99:.1f}x), fair {q99 * 1e3:.1f} ms ({q99 / u99:.2f}x; target <= 2x)")
