@@ -61,6 +61,10 @@ def render(rep: BenchReport, chart_rel: str = "assets/benchmarks.png") -> str:
     ops: list[str] = list(rep.config.get("ops") or ["enqueue", "peek", "dequeue"])
     drivers = list(dict.fromkeys(r.driver for r in rep.runs))
     by = {(r.driver, r.load): r for r in rep.runs}
+    bridged = {r.driver for r in rep.runs if r.bridged}
+
+    def label(d: str) -> str:
+        return f"`{d}` (bridged)" if d in bridged else f"`{d}`"
     top = max(loads) if loads else 0
     lines: list[str] = [BEGIN, "", *_env_lines(rep), ""]
     not_run = [t for t in rep.targets if t["status"] != "ok"]
@@ -68,6 +72,10 @@ def render(rep: BenchReport, chart_rel: str = "assets/benchmarks.png") -> str:
         lines += ["Not run in this result:", ""]
         lines += [f"- `{t['driver']}`: {t['status']}: {t.get('reason')}" for t in not_run]
         lines.append("")
+    if bridged:
+        lines += [f"*(bridged)*: the driver has no native {rep.config.get('face')} face; the "
+                  f"run went through unifiedq's bridge (e.g. an asyncio driver driven from a "
+                  f"private event-loop thread), whose cost is included.", ""]
     lines += [f"![latency vs load]({chart_rel})", ""]
     for op in ops:
         lines += [f"### {op}: median latency per call (µs)", ""]
@@ -77,7 +85,7 @@ def render(rep: BenchReport, chart_rel: str = "assets/benchmarks.png") -> str:
             headers += [f"raw client @ {top:,}", "ours / raw"]
         rows = []
         for d in drivers:
-            cells = [f"`{d}`"]
+            cells = [label(d)]
             for n in loads:
                 r = by.get((d, n))
                 st = r.ops.get(op) if r is not None else None
@@ -114,9 +122,9 @@ def render(rep: BenchReport, chart_rel: str = "assets/benchmarks.png") -> str:
             if st is None:
                 continue
             if st.status != "ok":
-                rows.append([f"`{d}`", op, st.status, "", "", "", "", "", ""])
+                rows.append([label(d), op, st.status, "", "", "", "", "", ""])
                 continue
-            rows.append([f"`{d}`", op, format_us(st.p50_us), format_us(st.p95_us),
+            rows.append([label(d), op, format_us(st.p50_us), format_us(st.p95_us),
                          format_us(st.p99_us), format_us(st.max_us),
                          f"{st.total_s:.3f}" if st.total_s else "-",
                          f"{st.throughput:,.0f}" if st.throughput else "-", str(st.errors)])

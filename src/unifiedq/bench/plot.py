@@ -48,6 +48,7 @@ def plot_report(rep: BenchReport, path: str | Path, *, ops: Sequence[str] | None
     drivers = list(dict.fromkeys(r.driver for r in rep.runs))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
     cmap = plt.get_cmap("tab10")
+    has_base = False
     for ax, op in zip(axes[0], panels, strict=True):
         unsupported: list[str] = []
         for i, drv in enumerate(drivers):
@@ -64,14 +65,15 @@ def plot_report(rep: BenchReport, path: str | Path, *, ops: Sequence[str] | None
             color = cmap(i % 10)
             ax.plot(xs, [st.p50_us for _, st in ok], marker="o", color=color, label=drv)
             ax.fill_between(xs, [st.p50_us for _, st in ok],
-                            [st.p99_us or st.p50_us for _, st in ok], color=color, alpha=0.12)
+                            [st.p99_us or st.p50_us for _, st in ok], color=color, alpha=0.07)
             base = sorted(
                 (load, b.ops[op].p50_us) for (d, load), b in rep.baselines.items()
                 if d == drv and b.status == "ok" and op in b.ops and b.ops[op].p50_us
             )
             if base:
                 ax.plot([x for x, _ in base], [y for _, y in base], linestyle="--",
-                        color=color, alpha=0.6, linewidth=1, label=f"{drv} (raw client)")
+                        color=color, alpha=0.6, linewidth=1)
+                has_base = True
         ax.set_xscale("log")
         ax.set_yscale("log")
         plain = ticker.FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}")
@@ -84,18 +86,26 @@ def plot_report(rep: BenchReport, path: str | Path, *, ops: Sequence[str] | None
         if unsupported:
             ax.text(0.02, 0.02, "unsupported: " + ", ".join(unsupported),
                     transform=ax.transAxes, fontsize=8, color="dimgray")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
     machine = rep.env.get("machine", {}) if rep.env else {}
     fig.suptitle(
         f"unifiedq bench ({rep.config.get('face')} face, {rep.config.get('size')} B bodies, "
         f"{machine.get('cpu_count', '?')} CPUs) — {rep.created}", fontsize=10,
     )
+    # One legend for the figure, outside the panels, so it never hides a line.
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=cmap(i % 10), marker="o", label=d)
+               for i, d in enumerate(drivers)]
+    if has_base:
+        handles.append(Line2D([], [], color="gray", linestyle="--",
+                              label="raw client (same colour)"))
+    if handles:
+        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     not_run = [f"{t['driver']} ({t['status']})" for t in rep.targets
                if t.get("status") != "ok" and t["driver"] not in drivers]
     if not_run:
         fig.text(0.01, 0.005, "not run: " + ", ".join(not_run), fontsize=8, color="dimgray")
-    fig.tight_layout(rect=(0, 0.03 if not_run else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.03 if not_run else 0, 0.87 if handles else 1, 1))
     out = Path(path)
     fig.savefig(out, dpi=110)
     plt.close(fig)

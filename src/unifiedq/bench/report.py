@@ -333,7 +333,8 @@ def table_rows(rep: BenchReport, *, baseline: bool = False) -> list[list[str]]:
                 cells = [format_us(st.p50_us), format_us(st.p95_us), format_us(st.p99_us),
                          format_us(st.max_us), f"{st.total_s:.3f}" if st.total_s else "-",
                          _fmt_rate(st.throughput), str(st.errors)]
-            row = [r.driver, f"{r.load:,}", op, *cells, check]
+            name = f"{r.driver} (bridged)" if r.bridged else r.driver
+            row = [name, f"{r.load:,}", op, *cells, check]
             if baseline:
                 if b is None or b.status != "ok":
                     row += [b.status if b else "-", "-"]
