@@ -1,0 +1,48 @@
+"""The worker and peak-load examples run as real scripts and report what they should."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> str:
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_worker_app_example() -> None:
+    out = run("examples/worker_app.py")
+    assert "sent email to ada@example.com (attempt 1)" in out
+    assert "sent email to bob@example.com (attempt 2)" in out  # retried once
+    assert "processed=3 retried=1 dead=2" in out
+    assert "NoHandler" in out and "SkipRetry: bad address" in out
+
+
+def _check_peak_table(out: str) -> None:
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in {"bulk", "acme", "globex", "initech",
+                                                     "umbrella"}}
+    assert set(rows) == {"bulk", "acme", "globex", "initech", "umbrella"}
+    for name, r in rows.items():
+        sent, accepted, shed, done = map(int, r[1:5])
+        assert accepted + shed == sent and done == accepted, name
+    assert int(rows["bulk"][3]) > 0  # the burster was shed, at its own bound
+    assert all(int(rows[t][3]) == 0 for t in ("acme", "globex", "initech", "umbrella"))
+    assert "lost 0" in out
+
+
+def test_peak_load_example_memory() -> None:
+    _check_peak_table(run("examples/peak_load.py"))
+
+
+def test_peak_load_example_redis(redis_url: str) -> None:
+    pytest.importorskip("redis")
+    _check_peak_table(run("examples/peak_load.py", redis_url))
