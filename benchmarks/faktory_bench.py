@@ -8,8 +8,8 @@ Measures, on the same server and queue shape:
   ``client._fetch([queue])`` + ``client._ack(jid)`` (pyfaktory's own FETCH/ACK; its Consumer
   class runs handlers in a process pool and cannot be timed per job)
 
-Rounds alternate between the two sides (the machine is shared and noisy) and the median
-round is reported. Run: ``python benchmarks/faktory_bench.py [--n 2000] [--rounds 5]``.
+The two sides alternate every chunk of n/10 jobs (the machine is shared and noisy) and the
+median chunk is reported. Run: ``python benchmarks/faktory_bench.py [--n 2000] [--rounds 5]``.
 Set ``UNIFIEDQ_TEST_FAKTORY_URL`` to use an existing server instead of starting one.
 """
 
@@ -40,66 +40,76 @@ def _raw_client(url: str, role: str) -> Any:
 def bench(url: str, n: int, rounds: int, size: int) -> None:
     body = os.urandom(size)
     b64 = base64.b64encode(body).decode()
-    results: dict[str, dict[str, list[float]]] = {}
+    k = max(1, n // 10)  # jobs per timed chunk: the sides alternate every chunk
+    samples: dict[str, dict[str, list[float]]] = {}
 
-    def record(op: str, side: str, seconds: float) -> None:
-        results.setdefault(op, {}).setdefault(side, []).append(seconds / n * 1e6)
+    def timed(op: str, side: str, fn: Callable[[], None]) -> None:
+        t = time.perf_counter()
+        fn()
+        samples.setdefault(op, {}).setdefault(side, []).append(
+            (time.perf_counter() - t) / k * 1e6)
 
     raw_p = _raw_client(url, "producer")
     raw_c = _raw_client(url, "both")
     producer = Producer(raw_p)
-
-    def ours_round(q: Any) -> None:
-        t = time.perf_counter()
-        for _ in range(n):
-            q.enqueue(body)
-        record("enqueue", "unifiedq", time.perf_counter() - t)
-        t = time.perf_counter()
-        for _ in range(n):
-            job = q.dequeue(timeout=5)
-            q.ack(job)
-        record("dequeue+ack", "unifiedq", time.perf_counter() - t)
-        t = time.perf_counter()
-        q.enqueue_many([body] * n)
-        record("enqueue_many", "unifiedq", time.perf_counter() - t)
-        q.purge()
-
-    def raw_round(name: str) -> None:
-        t = time.perf_counter()
-        for _ in range(n):
-            producer.push(Job(jobtype="unifiedq", args=[b64], queue=name))
-        record("enqueue", "pyfaktory", time.perf_counter() - t)
-        t = time.perf_counter()
-        for _ in range(n):
-            job = raw_c._fetch([name])
-            raw_c._ack(job["jid"])
-            base64.b64decode(job["args"][0])  # the raw side gets its bytes back too
-        record("dequeue+ack", "pyfaktory", time.perf_counter() - t)
-        t = time.perf_counter()
-        producer.push_bulk([Job(jobtype="unifiedq", args=[b64], queue=name) for _ in range(n)])
-        record("enqueue_many", "pyfaktory", time.perf_counter() - t)
-        raw_p.queue_remove([name])
-
     name = f"bench-{uuid.uuid4().hex[:8]}"
+    raw_name = name + "-raw"
+
     # priorities=false: raw pyfaktory FETCHes one queue, so we do the same here.
     with unifiedq.connect(f"{url}?queue={name}&priorities=false") as q:
-        sides: list[Callable[[], None]] = [lambda: ours_round(q), lambda: raw_round(name)]
-        ours_round(q)  # warm up both (connections, code paths)
-        raw_round(name)
-        results.clear()
-        for r in range(rounds):
-            for side in sides if r % 2 == 0 else sides[::-1]:
-                side()
+
+        def ours_enqueue() -> None:
+            for _ in range(k):
+                q.enqueue(body)
+
+        def ours_take() -> None:
+            for _ in range(k):
+                job = q.dequeue(timeout=5)
+                assert job is not None
+                q.ack(job)
+
+        def ours_many() -> None:
+            q.enqueue_many([body] * k)
+
+        def raw_enqueue() -> None:
+            for _ in range(k):
+                producer.push(Job(jobtype="unifiedq", args=[b64], queue=raw_name))
+
+        def raw_take() -> None:
+            for _ in range(k):
+                job = raw_c._fetch([raw_name])
+                raw_c._ack(job["jid"])
+                base64.b64decode(job["args"][0])  # the raw side gets its bytes back too
+
+        def raw_many() -> None:
+            producer.push_bulk(
+                [Job(jobtype="unifiedq", args=[b64], queue=raw_name) for _ in range(k)])
+
+        ops: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
+            ("enqueue", ours_enqueue, raw_enqueue),
+            ("dequeue+ack", ours_take, raw_take),
+            ("enqueue_many", ours_many, raw_many),
+        ]
+        chunks = rounds * (n // k)
+        for c in range(chunks + 1):  # chunk 0 warms both sides up and is dropped
+            for op, ours, raw in ops:
+                pairs = [("unifiedq", ours), ("pyfaktory", raw)]
+                for side, fn in pairs if c % 2 == 0 else pairs[::-1]:
+                    timed(op, side, fn)
+            q.purge()
+            raw_p.queue_remove([raw_name])
+            if c == 0:
+                samples.clear()
     raw_p.disconnect()
     raw_c.disconnect()
 
-    print(f"\nfaktory:// vs raw pyfaktory: {n} jobs x {rounds} rounds, body {size} B "
-          f"(median µs per job)")
+    print(f"\nfaktory:// vs raw pyfaktory: {rounds} x {n} jobs in chunks of {k}, sides "
+          f"alternating every chunk, body {size} B (median µs per job)")
     print(f"{'operation':<14}{'unifiedq':>12}{'pyfaktory':>12}{'ratio':>9}")
-    for op, sides_ in results.items():
-        ours = statistics.median(sides_["unifiedq"])
-        raw = statistics.median(sides_["pyfaktory"])
-        print(f"{op:<14}{ours:>12.1f}{raw:>12.1f}{ours / raw:>8.2f}x")
+    for op, sides in samples.items():
+        ours_us = statistics.median(sides["unifiedq"])
+        raw_us = statistics.median(sides["pyfaktory"])
+        print(f"{op:<14}{ours_us:>12.1f}{raw_us:>12.1f}{ours_us / raw_us:>8.2f}x")
 
 
 def main() -> None:

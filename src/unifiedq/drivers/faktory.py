@@ -62,7 +62,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Self, TypeVar
 
 from pyfaktory import Client
@@ -201,6 +201,8 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
         self._tls = tls
         self._server_name = server_name or host
         self._buf = bytearray()
+        self._chunk = bytearray(1 << 16)
+        self._chunk_view = memoryview(self._chunk)
         self._period = beat_period
         self._stop_beat = threading.Event()
 
@@ -250,10 +252,11 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
         self.sock.sendall(command.encode("utf-8"))
 
     def _fill(self) -> None:
-        chunk = self.sock.recv(1 << 16)
-        if not chunk:
+        # recv_into a reusable buffer: recv(65536) would allocate 64 KiB for every reply.
+        n = self.sock.recv_into(self._chunk)
+        if not n:
             raise ConnectionResetError("the Faktory server closed the connection")
-        self._buf += chunk
+        self._buf += self._chunk_view[:n]
 
     def _receive(self) -> str:
         """Read one RESP reply in linear time; return it in pyfaktory's string form."""
@@ -296,6 +299,14 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
         reply = self._send_and_receive(f"{verb} {json.dumps(payload)}\r\n")
         self._raise_error(reply)
 
+    def ack_jid(self, jid: str) -> None:
+        """``ACK {"jid": ...}``, formatted without a json.dumps of a dict (the hot path)."""
+        with self.rlock:
+            self._send(f'ACK {{"jid":{_json_str(jid)}}}\r\n')
+            reply = self._receive()
+        if reply != "+OK":
+            self._raise_error(reply)
+
     def queue_latency(self, queues: list[str]) -> dict[str, float]:
         """``QUEUE LATENCY q...`` (pyfaktory has no method for it)."""
         reply = self._send_and_receive(f"QUEUE LATENCY {' '.join(queues)}\r\n")
@@ -313,6 +324,10 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
         with contextlib.suppress(Exception):
             self.sock.close()
         self.state = State.DISCONNECTED
+
+
+#: JSON string literal of a str (the C encoder json.dumps uses for strings).
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _rss_kb() -> int | None:
@@ -335,37 +350,55 @@ def _netloc(host: str, port: int) -> str:
 # -------------------------------------------------------------------------------- error mapping
 
 
-_CONNECTION_ERRORS = (OSError, EOFError)
-
-
-@contextlib.contextmanager
-def _translate(what: str, on_broken: Callable[[], None]) -> Iterator[None]:
-    """Map pyfaktory, socket and TLS errors onto the unifiedq error tree (the one place)."""
-    try:
-        yield
-    except ssl.SSLCertVerificationError as exc:
-        on_broken()
-        raise AuthenticationError(
+def _map_error(what: str, exc: BaseException) -> tuple[BackendError, bool] | None:
+    """The unifiedq error for a pyfaktory/socket/TLS error, and whether the link is broken."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return AuthenticationError(
             f"{what}: the Faktory server's TLS certificate was refused: {exc.verify_message}"
-        ) from exc
-    except _PasswordNeeded as exc:
-        on_broken()
-        raise AuthenticationError(f"{what}: {exc}") from exc
-    except FaktroyWorkProtocolError as exc:
+        ), True
+    if isinstance(exc, _PasswordNeeded):
+        return AuthenticationError(f"{what}: {exc}"), True
+    if isinstance(exc, FaktroyWorkProtocolError):
         msg = str(exc).replace("Error received from Faktory server: ", "")
         if "Invalid password" in msg:
-            on_broken()
-            raise AuthenticationError(f"{what}: the Faktory server refused the password") from exc
+            return AuthenticationError(f"{what}: the Faktory server refused the password"), True
         if "Empty response" in msg or "Client state is" in msg:
-            on_broken()
-            raise BackendConnectionError(f"{what}: {msg}") from exc
-        raise BackendError(f"{what}: Faktory replied {msg}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        on_broken()
-        raise ProtocolError(f"{what}: unexpected reply from the Faktory server: {exc}") from exc
-    except _CONNECTION_ERRORS as exc:  # includes socket timeouts and ssl.SSLError
-        on_broken()
-        raise BackendConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            return BackendConnectionError(f"{what}: {msg}"), True
+        return BackendError(f"{what}: Faktory replied {msg}"), False
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | KeyError | TypeError):
+        return ProtocolError(f"{what}: unexpected reply from the Faktory server: {exc}"), True
+    if isinstance(exc, OSError | EOFError):  # includes socket timeouts and ssl.SSLError
+        return BackendConnectionError(f"{what}: {type(exc).__name__}: {exc}"), True
+    return None
+
+
+class _translate:  # noqa: N801 - used like a function: ``with _translate(...):``
+    """Map pyfaktory, socket and TLS errors onto the unifiedq error tree (the one place).
+
+    A class rather than ``@contextmanager``: it wraps every command, and this is cheaper.
+    """
+
+    __slots__ = ("on_broken", "what")
+
+    def __init__(self, what: str, on_broken: Callable[[], None]) -> None:
+        self.what = what
+        self.on_broken = on_broken
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            return
+        mapped = _map_error(self.what, exc)
+        if mapped is None:
+            return
+        err, broken = mapped
+        if broken:
+            self.on_broken()
+        raise err from exc
 
 
 # -------------------------------------------------------------------------------- leases
@@ -612,7 +645,7 @@ class FaktoryQueue(QueueBase):
         if (raw.get("jobtype") == self.options.jobtype and isinstance(args, list)
                 and len(args) == 1 and isinstance(args[0], str)):
             with contextlib.suppress(binascii.Error, ValueError):
-                body = base64.b64decode(args[0], validate=True)
+                body = binascii.a2b_base64(args[0], strict_mode=True)
         if body is None:  # a job pushed by another Faktory client: deliver its args as JSON
             body = json.dumps(args, separators=(",", ":"), ensure_ascii=False).encode()
             headers["faktory.jobtype"] = str(raw.get("jobtype"))
@@ -690,7 +723,7 @@ class FaktoryQueue(QueueBase):
 
     def _ack(self, job: Job) -> None:
         r = self._claim(job)
-        self._settle("ack", job, r, lambda c: c.settle("ACK", {"jid": r.fjid}))
+        self._settle("ack", job, r, lambda c: c.ack_jid(r.fjid))
 
     def _copy(self, job: Job, r: _Receipt, delay: float) -> dict[str, Any]:
         """The job as it should be pushed again: new Faktory jid, same id, next attempt."""
@@ -727,7 +760,7 @@ class FaktoryQueue(QueueBase):
         except BackendError:
             self._unclaim(job, r)
             raise
-        self._settle("nack", job, r, lambda c: c.settle("ACK", {"jid": r.fjid}))
+        self._settle("nack", job, r, lambda c: c.ack_jid(r.fjid))
 
     # -- inspection ---------------------------------------------------------------------
     def _size(self) -> int:
