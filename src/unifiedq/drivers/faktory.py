@@ -37,8 +37,9 @@ a verifying ``ssl`` context ourselves); its reply reader re-decodes the whole bu
 1 KiB (we read RESP replies with a buffered reader); its heartbeat thread is not a daemon and
 sleeps 15 s before noticing a disconnect (we run our own daemon heartbeat thread); its HELLO
 sends the server's host name as the worker's; it only lets consumer clients ACK (the server
-accepts ACK/FAIL on any connection, so we settle on the producer connection and a settle
-never waits behind a blocking FETCH); it has no asyncio face (``connect_async`` bridges this
+accepts ACK/FAIL on any connection: we settle on the consumer connection when it is idle and
+on the producer connection when another thread is in FETCH, so a settle never waits behind a
+blocking FETCH); it has no asyncio face (``connect_async`` bridges this
 driver through a thread pool); and it does not enforce ``reserve_for`` client-side (we track
 each lease's deadline and refuse to settle a job whose reservation has run out).
 """
@@ -441,10 +442,10 @@ def _parse_time(value: object) -> float | None:
 class FaktoryQueue(QueueBase):
     """A queue on a Faktory server (blocking face; ``connect_async`` bridges it).
 
-    Thread-safe: each handle has one producer connection (PUSH, INFO, ACK, FAIL, ...) and,
-    from its first dequeue, one consumer connection (FETCH, BEAT). Calls on one connection
-    take turns, so a dequeue may wait for another thread's FETCH (up to 2 s); give each
-    concurrent consumer its own handle.
+    Thread-safe: each handle has one producer connection (PUSH, INFO, MUTATE, ...) and, from
+    its first dequeue, one consumer connection (FETCH, BEAT; ACK/FAIL when it is idle).
+    Calls on one connection take turns, so a dequeue may wait for another thread's FETCH
+    (up to 2 s); give each concurrent consumer its own handle.
     """
 
     driver = "faktory"
