@@ -244,11 +244,11 @@ class MemoryQueue(QueueBase):
     def _peek(self) -> Job | None:
         with self._s.cond:
             self._promote()
-            for _, _, jid in sorted(self._s.ready):
-                e = self._s.entries.get(jid)
-                if e is not None and not e.token:
-                    return self._job(e, receipt=None)
-        return None
+            ready, entries = self._s.ready, self._s.entries
+            # Drop stale tops (purged or acked) so the heap's head is the next job: O(log n).
+            while ready and (ready[0][2] not in entries or entries[ready[0][2]].token):
+                heapq.heappop(ready)
+            return self._job(entries[ready[0][2]], receipt=None) if ready else None
 
     def _leased(self, job: Job) -> _Entry:
         e = self._s.entries.get(job.id)
