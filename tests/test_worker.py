@@ -445,6 +445,44 @@ def test_no_ack_driver_retries_by_reenqueue_with_attempt_header() -> None:
     assert q.size() == 0
 
 
+@pytest.mark.skipif(not _landed("shm"), reason="shm driver not landed yet")
+def test_accounting_on_shm_without_ack_or_headers() -> None:
+    """shm:// has no ACK, DELAY or HEADERS: retries are re-enqueued copies whose attempt
+    numbers the worker tracks by the new job id; the dead set must still be exact."""
+    name = _name()
+    q = unifiedq.connect(f"shm://{name}?capacity=2048&slot_size=64")
+    try:
+        n = 1000
+        bodies = [f"s{i}".encode() for i in range(n)]
+        for b in bodies:
+            q.enqueue(b)
+        dl = unifiedq.connect(f"memory://{name}-dead")
+        done: collections.Counter[bytes] = collections.Counter()
+        lock = threading.Lock()
+
+        def h(job: Job) -> None:
+            if _fails(job.body, job.attempt):
+                raise RuntimeError("random failure")
+            with lock:
+                done[job.body] += 1
+
+        w = Worker(q, h, concurrency=4, retry=FAST, dead_letter=dl, poll_interval=0.05)
+        w.start()
+        try:
+            wait_for(lambda: w.stats().processed + w.stats().dead >= n, 60)
+        finally:
+            w.stop(grace=10)
+        dead = {j.body for j in drain(dl)}
+        assert max(done.values()) == 1 and not dead & set(done)
+        assert set(done) | dead == set(bodies)
+        assert dead == {b for b in bodies if all(_fails(b, a) for a in (1, 2, 3))}
+    finally:
+        unlink = getattr(q, "unlink", None)
+        if unlink is not None:
+            unlink()
+        q.close()
+
+
 def test_ack_without_delay_holds_the_retry_locally() -> None:
     q = Restricted(_name(), Capability.DELAY)
     q.enqueue(b"x")
