@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ... import __version__
-from ..._base import AsyncQueueBase
+from ..._base import AsyncQueueBase, QueueBase
 from ..._capabilities import Capability
 from ..._connect import connect_async
 from ..._errors import (
@@ -193,10 +193,33 @@ class _MutualTLS(tls.Context):
             raise tls.AlertBadCertificate("the certificate is not for client authentication")
 
 
+#: In-process drivers whose verbs (other than a waiting dequeue) never wait on I/O: the server
+#: calls their blocking face inline instead of hopping to the bridge's thread pool per request.
+_INLINE_DRIVERS = frozenset({"memory", "shm"})
+
+
+class _Inline:
+    """The async verbs of an in-process blocking driver, run inline on the event loop."""
+
+    def __init__(self, q: QueueBase) -> None:
+        self._q = q
+        self.name = q.name
+
+    def __getattr__(self, verb: str) -> Any:
+        fn = getattr(self._q, verb)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return call
+
+
 @dataclasses.dataclass(slots=True)
 class _Backend:
     handle: AsyncQueueBase
     caps: Capability
+    #: What runs the verbs that do not wait: ``handle`` or an :class:`_Inline` over its driver.
+    fast: Any
 
 
 @dataclasses.dataclass(slots=True)
@@ -456,7 +479,10 @@ class JobServer:
         b = self._backends.get(key)
         if b is None:
             handle = connect_async(backend_url(self.config.backend, queue, options))
-            b = self._backends[key] = _Backend(handle, handle.capabilities)
+            inner = getattr(handle, "inner", None)
+            fast = (_Inline(inner) if isinstance(inner, QueueBase)
+                    and handle.driver in _INLINE_DRIVERS else handle)
+            b = self._backends[key] = _Backend(handle, handle.capabilities, fast)
         return b
 
     async def _dispatch(self, conn: _ServerProtocol, op: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -467,7 +493,7 @@ class JobServer:
         if self.closing:
             raise BackendConnectionError("the server is shutting down")
         b = self._backend(p)
-        h = b.handle
+        h = b.fast
         if op == "enqueue":
             kwargs = self._enqueue_options(p)
             job_id = _field(p, "job_id", (str, type(None)), None)
@@ -523,7 +549,7 @@ class JobServer:
         return kwargs
 
     async def _take(self, b: _Backend, n: int, timeout: float | None) -> list[Job]:
-        h = b.handle
+        h = b.fast if timeout == 0.0 else b.handle
         if timeout != 0.0 and Capability.BLOCKING_DEQUEUE not in b.caps:
             # The backend cannot wait: poll with a backoff capped at 100 ms.
             loop = asyncio.get_running_loop()
@@ -578,7 +604,7 @@ class JobServer:
                     self._leases[token] = _Lease(job, b, conn)
                     conn.leases.add(token)
                 else:  # the client declared no ACK: it gets at-most-once delivery
-                    await b.handle.ack(job)
+                    await b.fast.ack(job)
             out.append(job_to_wire(job, token))
         return {"jobs": out}
 
@@ -598,7 +624,7 @@ class JobServer:
                                "disconnected, or the server restarted")
         if lease.job.queue != b.handle.name:
             raise WrongQueue(f"the job came from queue {lease.job.queue!r}")
-        h, job = lease.backend.handle, lease.job
+        h, job = lease.backend.fast, lease.job
         try:
             if op == "extend_lease":
                 await h.extend_lease(job, _field(p, "seconds", (int, float)))

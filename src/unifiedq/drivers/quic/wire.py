@@ -94,49 +94,66 @@ def encode_value(value: object) -> bytes:
 
 
 def _enc(v: object, out: bytearray, depth: int) -> None:
-    if v is None:
+    # Exact-type checks first (the common case, and bool before int); subclasses and other
+    # bytes-like or mapping types take the slower isinstance path below.
+    t = type(v)
+    if t is str:
+        data = v.encode("utf-8")  # type: ignore[attr-defined]
+        out += _TAG_LEN_STR(len(data))
+        out += data
+    elif t is bytes:
+        out += _TAG_LEN_BYTES(len(v))  # type: ignore[arg-type]
+        out += v  # type: ignore[arg-type]
+    elif v is None:
         out.append(_T_NONE)
-    elif v is True:
-        out.append(_T_TRUE)
-    elif v is False:
-        out.append(_T_FALSE)
-    elif isinstance(v, int):
-        if not _I64_MIN <= v <= _I64_MAX:
+    elif t is bool:
+        out.append(_T_TRUE if v else _T_FALSE)
+    elif t is int:
+        if not _I64_MIN <= v <= _I64_MAX:  # type: ignore[operator]
             raise WireError(f"integer {v} does not fit in 64 bits")
-        out.append(_T_INT)
-        out += _I64.pack(v)
-    elif isinstance(v, float):
-        out.append(_T_FLOAT)
-        out += _F64.pack(v)
-    elif isinstance(v, str):
-        data = v.encode("utf-8")
-        out.append(_T_STR)
-        out += _U32.pack(len(data))
-        out += data
-    elif isinstance(v, bytes | bytearray | memoryview):
-        data = bytes(v)
-        out.append(_T_BYTES)
-        out += _U32.pack(len(data))
-        out += data
-    elif isinstance(v, list | tuple):
-        if depth >= MAX_DEPTH:
-            raise WireError(f"values nest deeper than {MAX_DEPTH}")
-        out.append(_T_LIST)
-        out += _U32.pack(len(v))
-        for item in v:
-            _enc(item, out, depth + 1)
+        out += _TAG_I64(_T_INT, v)
+    elif t is float:
+        out += _TAG_F64(_T_FLOAT, v)
     elif isinstance(v, Mapping):
         if depth >= MAX_DEPTH:
             raise WireError(f"values nest deeper than {MAX_DEPTH}")
-        out.append(_T_MAP)
-        out += _U32.pack(len(v))
+        out += _TAG_LEN(_T_MAP, len(v))
         for key, item in v.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise WireError(f"map keys must be str, not {type(key).__name__}")
             _enc(key, out, depth + 1)
             _enc(item, out, depth + 1)
+    elif isinstance(v, list | tuple):
+        if depth >= MAX_DEPTH:
+            raise WireError(f"values nest deeper than {MAX_DEPTH}")
+        out += _TAG_LEN(_T_LIST, len(v))
+        for item in v:
+            _enc(item, out, depth + 1)
+    elif isinstance(v, bool):  # pragma: no cover - bool cannot be subclassed
+        out.append(_T_TRUE if v else _T_FALSE)
+    elif isinstance(v, int):
+        _enc(int(v), out, depth)
+    elif isinstance(v, float):
+        _enc(float(v), out, depth)
+    elif isinstance(v, str):
+        _enc(str(v), out, depth)
+    elif isinstance(v, bytes | bytearray | memoryview):
+        _enc(bytes(v), out, depth)
     else:
         raise WireError(f"cannot encode a {type(v).__name__}")
+
+
+_TAG_LEN = struct.Struct(">BI").pack
+_TAG_I64 = struct.Struct(">Bq").pack
+_TAG_F64 = struct.Struct(">Bd").pack
+
+
+def _TAG_LEN_STR(n: int) -> bytes:  # noqa: N802 - reads like the constants above
+    return _TAG_LEN(_T_STR, n)
+
+
+def _TAG_LEN_BYTES(n: int) -> bytes:  # noqa: N802
+    return _TAG_LEN(_T_BYTES, n)
 
 
 def decode_value(data: bytes) -> Any:
@@ -152,33 +169,23 @@ def decode_value(data: bytes) -> Any:
     return value
 
 
-def _need(view: memoryview, pos: int, n: int) -> None:
-    if n > len(view) - pos:
-        raise WireError(f"truncated value: need {n} bytes at offset {pos}, "
-                        f"have {len(view) - pos}")
+def _short(pos: int, n: int, have: int) -> WireError:
+    return WireError(f"truncated value: need {n} bytes at offset {pos}, have {have}")
 
 
 def _dec(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
-    _need(view, pos, 1)
+    end = len(view)
+    if pos >= end:
+        raise _short(pos, 1, 0)
     tag = view[pos]
     pos += 1
-    if tag == _T_NONE:
-        return None, pos
-    if tag == _T_FALSE:
-        return False, pos
-    if tag == _T_TRUE:
-        return True, pos
-    if tag == _T_INT:
-        _need(view, pos, 8)
-        return _I64.unpack_from(view, pos)[0], pos + 8
-    if tag == _T_FLOAT:
-        _need(view, pos, 8)
-        return _F64.unpack_from(view, pos)[0], pos + 8
     if tag in (_T_STR, _T_BYTES):
-        _need(view, pos, 4)
+        if pos + 4 > end:
+            raise _short(pos, 4, end - pos)
         (n,) = _U32.unpack_from(view, pos)
         pos += 4
-        _need(view, pos, n)
+        if pos + n > end:
+            raise _short(pos, n, end - pos)
         raw = bytes(view[pos:pos + n])
         if tag == _T_BYTES:
             return raw, pos + n
@@ -186,15 +193,26 @@ def _dec(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
             return raw.decode("utf-8"), pos + n
         except UnicodeDecodeError as exc:
             raise WireError(f"invalid UTF-8 in a string at offset {pos}") from exc
+    if tag == _T_NONE:
+        return None, pos
+    if tag == _T_FALSE:
+        return False, pos
+    if tag == _T_TRUE:
+        return True, pos
+    if tag in (_T_INT, _T_FLOAT):
+        if pos + 8 > end:
+            raise _short(pos, 8, end - pos)
+        return (_I64 if tag == _T_INT else _F64).unpack_from(view, pos)[0], pos + 8
     if tag in (_T_LIST, _T_MAP):
         if depth >= MAX_DEPTH:
             raise WireError(f"values nest deeper than {MAX_DEPTH}")
-        _need(view, pos, 4)
+        if pos + 4 > end:
+            raise _short(pos, 4, end - pos)
         (count,) = _U32.unpack_from(view, pos)
         pos += 4
         # Every element takes at least one byte (two for a map entry): a count larger than
         # the bytes left is a lie, refused before any allocation.
-        if count * (2 if tag == _T_MAP else 1) > len(view) - pos:
+        if count * (2 if tag == _T_MAP else 1) > end - pos:
             raise WireError(f"count {count} at offset {pos - 4} exceeds the bytes left")
         if tag == _T_LIST:
             items = []
@@ -205,7 +223,7 @@ def _dec(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
         mapping: dict[str, Any] = {}
         for _ in range(count):
             key, pos = _dec(view, pos, depth + 1)
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise WireError("map keys must be strings")
             if key in mapping:
                 raise WireError(f"duplicate map key {key!r}")
