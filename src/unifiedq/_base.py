@@ -70,7 +70,9 @@ class _Core:
             raise QueueClosed(f"{self!r} is closed; open a new one with connect()")
 
     def _need(self, cap: Capability, what: str) -> None:
-        require(self.capabilities, cap, driver=self.driver, what=what)
+        # Plain int test first: enum.Flag operators cost microseconds on every verb.
+        if cap._value_ & self.capabilities._value_ != cap._value_:
+            require(self.capabilities, cap, driver=self.driver, what=what)
 
     def _prepare(
         self,

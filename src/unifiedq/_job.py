@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
-import uuid
+import random
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -24,8 +24,19 @@ _MAX_ID_LEN = 200
 
 
 def new_job_id() -> str:
-    """Return a fresh job id (a UUID4 string, as asynq uses)."""
-    return str(uuid.uuid4())
+    """Return a fresh job id: a random (version 4) UUID string, as asynq uses.
+
+    Ids must be unique, not secret, so they come from the ``random`` module (reseeded after
+    fork by CPython) formatted by hand: about 4x cheaper than ``str(uuid.uuid4())``, which
+    reads ``os.urandom`` and builds a UUID object on every enqueue.
+    """
+    h = "%032x" % _getrandbits(128)
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# RFC 4122 variant: the top two bits of the 17th hex digit are 10.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+_getrandbits = random.getrandbits
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,6 +117,9 @@ class EnqueueRequest:
             BodyTooLarge: ``body`` exceeds ``max_body``.
             InvalidArgument: any other argument is invalid.
         """
+        if (type(body) is bytes and delay is None and priority is None and job_id is None
+                and headers is None and (max_body is None or len(body) <= max_body)):
+            return cls(body, 0.0, None, new_job_id(), False, _EMPTY)  # the common case, fast
         data = _as_bytes(body)
         if max_body is not None and len(data) > max_body:
             raise BodyTooLarge(
@@ -159,6 +173,8 @@ def check_timeout(timeout: object, *, name: str = "timeout") -> float | None:
     """Return ``timeout`` as seconds >= 0, or None for "wait forever"."""
     if timeout is None:
         return None
+    if type(timeout) is float and 0.0 <= timeout < math.inf:
+        return timeout
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise InvalidArgument(f"{name} must be seconds (int/float) or None, not {timeout!r}")
     if math.isnan(timeout) or timeout < 0:
