@@ -30,7 +30,7 @@ def new_job_id() -> str:
     fork by CPython) formatted by hand: about 4x cheaper than ``str(uuid.uuid4())``, which
     reads ``os.urandom`` and builds a UUID object on every enqueue.
     """
-    h = "%032x" % _getrandbits(128)
+    h = f"{_getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
