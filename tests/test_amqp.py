@@ -467,10 +467,10 @@ def test_amqps_verifies_the_broker_certificate(
         assert job is not None and job.body == b"secret"
         q.ack(job)
     with connect(base, ca_file=str(certs["other_ca"])) as q, \
-            pytest.raises(BackendConnectionError, match="verif"):
+            pytest.raises(AuthenticationError, match="verif"):
         q.size()
     with connect(base, ca_file=str(certs["ca"]), tls_hostname="not-the-broker") as q, \
-            pytest.raises(BackendConnectionError, match="verif"):
+            pytest.raises(AuthenticationError, match="verif"):
         q.size()
-    with connect(base) as q, pytest.raises(BackendConnectionError):
+    with connect(base) as q, pytest.raises(AuthenticationError):
         q.size()  # the system trust store does not know our test CA

@@ -217,7 +217,8 @@ def _translate(exc: BaseException, what: str) -> BaseException:
         return AuthenticationError(f"{what}: the broker does not allow this ({exc}); "
                                    "check the virtual host and the user's permissions")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return BackendConnectionError(
+        # The broker failed to authenticate itself (as the faktory driver reports it too).
+        return AuthenticationError(
             f"{what}: TLS certificate verification failed ({exc.verify_message}); "
             "set ca_file to the CA that signed the broker's certificate"
         )
