@@ -74,7 +74,7 @@ def _landed(module: str) -> bool:
     return True
 
 
-@pytest.fixture(params=["memory", "redis", "faktory"])
+@pytest.fixture(params=["memory", "redis", "faktory", "amqp"])
 def url_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Queue URLs on every landed driver with ACK (memory always; others via the rig)."""
     kind = request.param
@@ -82,7 +82,7 @@ def url_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return lambda name: f"memory://{name}"
     if not _landed(kind):
         pytest.skip(f"{kind} driver not landed yet")
-    base = request.getfixturevalue(f"{kind}_url")
+    base = request.getfixturevalue(f"{kind}_url").split("?")[0]
     return lambda name: f"{base}?queue={name}"
 
 

@@ -487,6 +487,10 @@ class _Core:
             return _Decision(True, max(0.0, exc.delay), err)
         with self._stats_lock:
             delay = policy.delay(e.attempt, self._rng)
+        if self.driver.startswith("amqp") and delay > 0:
+            # RabbitMQ delays go through one TTL queue per distinct delay (in ms): rounding
+            # to 2 significant digits keeps jittered backoffs to ~90 queues per decade.
+            delay = float(f"{delay:.2g}")
         return _Decision(True, delay, err)
 
     def _timeout_for(self, route: Route) -> float | None:
