@@ -327,6 +327,16 @@ def _run_and_kill(url: str, hold: int, ack: int) -> tuple[set[str], set[str]]:
     return acked, held
 
 
+def test_blocking_dequeue_beyond_prefetch(opened: Callable[..., QueueBase], qurl: str) -> None:
+    q = opened(qurl, prefetch=2)
+    q.enqueue_many([b"1", b"2", b"3"])
+    held = [q.dequeue(timeout=5) for _ in range(3)]  # the third comes by basic.get
+    assert [j.body for j in held if j is not None] == [b"1", b"2", b"3"]
+    for j in held:
+        assert j is not None
+        q.ack(j)
+
+
 def test_sigkilled_consumer_jobs_are_redelivered(
     opened: Callable[..., QueueBase], qurl: str
 ) -> None:
@@ -350,7 +360,7 @@ def test_sigkill_soak(opened: Callable[..., QueueBase], qurl: str) -> None:
     ids = set(q.enqueue_many([b"%d" % i for i in range(5000)]))
     acked_all: set[str] = set()
     for round_ in range(30):
-        acked, _ = _run_and_kill(qurl, hold=20 + round_, ack=100)
+        acked, _ = _run_and_kill(qurl, hold=20 + round_ % 25, ack=100)
         acked_all |= acked
     got = {j.id for j in _drain(q, idle=2.0)}
     assert got | acked_all == ids and not (got & acked_all)

@@ -718,6 +718,11 @@ class AmqpQueue(QueueBase):
                     self._get()  # polling: one round trip, and no prefetch buffer
                     self._fill(out, n)
                     return True
+                if not out and len(self._held) >= self.options.prefetch:
+                    # The consumer is saturated (the broker pushes nothing while we hold
+                    # `prefetch` un-acked jobs): poll with basic.get, once per slice.
+                    self._get()
+                    self._fill(out, n)
                 if not out:
                     self._start_consumer()
                     with contextlib.suppress(TimeoutError):
