@@ -197,7 +197,7 @@ class _MutualTLS(tls.Context):
 
 #: In-process drivers whose verbs (other than a waiting dequeue) never wait on I/O: the server
 #: calls their blocking face inline instead of hopping to the bridge's thread pool per request.
-_INLINE_DRIVERS = frozenset({"memory", "shm"})
+_INLINE_DRIVERS = frozenset({"memory"})
 
 
 def _start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
