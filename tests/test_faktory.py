@@ -535,3 +535,26 @@ def test_sigkilled_consumer_job_is_redelivered_after_reservation(
     sets = q.server_info()["faktory"]["sets"]
     assert (sets["working"], sets["retries"], sets["dead"]) == (0, 0, 0)
     q.close()
+
+
+def test_importing_the_driver_keeps_sigterm_handler_and_works_off_main_thread() -> None:
+    """pyfaktory's import installs a SIGTERM handler (pebble); ours must not let it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import signal, threading\n"
+        "def h(*a): pass\n"
+        "signal.signal(signal.SIGTERM, h)\n"
+        "errs = []\n"
+        "def imp():\n"
+        "    try:\n"
+        "        import unifiedq.drivers.faktory\n"
+        "    except Exception as e:\n"
+        "        errs.append(repr(e))\n"
+        "t = threading.Thread(target=imp); t.start(); t.join()\n"
+        "assert not errs, errs\n"
+        "assert signal.getsignal(signal.SIGTERM) is h\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -66,10 +66,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Self, TypeVar
 
-from pyfaktory import Client
-from pyfaktory.util.enums import State
-from pyfaktory.util.exceptions import FaktroyWorkProtocolError
-
 from .._base import QueueBase
 from .._capabilities import Capability
 from .._errors import (
@@ -83,6 +79,7 @@ from .._errors import (
 )
 from .._job import EnqueueRequest, Job
 from .._url import URL, parse_options
+from ._pyfaktory_import import Client, FaktroyWorkProtocolError, State
 
 __all__ = ["FaktoryOptions", "FaktoryQueue"]
 
