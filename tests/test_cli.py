@@ -136,3 +136,13 @@ def test_benchmarks_page_matches_committed_result() -> None:
     assert data["ok"] is True
     p = run(str(script), "--check")
     assert p.returncode == 0, p.stderr
+
+
+def test_worker_subcommand_is_wired() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "unifiedq", "worker", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--url" in out.stdout and "--concurrency" in out.stdout

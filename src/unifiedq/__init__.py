@@ -9,8 +9,12 @@ Open a queue with a URL and use the same verbs everywhere::
         job = q.dequeue(timeout=1)
         q.ack(job)
 
-Importing this package imports no driver; drivers load on first use of their scheme.
+Importing this package imports no driver; drivers load on first use of their scheme. The
+peak-load toolkit (``Worker``, ``FairQueue``, ``BoundedQueue``, ``TokenBucket``, ...) is
+imported lazily too, on first access.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._base import AsyncQueueBase, QueueBase
 from ._capabilities import Capability
@@ -43,9 +47,37 @@ from ._protocol import AsyncQueue, Queue
 from ._registry import DriverSpec, available_drivers, register_driver
 from ._url import URL, parse_options, parse_url
 
+if TYPE_CHECKING:
+    from .bounded import BoundedQueue, ShedEvent
+    from .codecs import JsonCodec, MsgpackCodec, TypedQueue
+    from .fair import AsyncFairQueue, FairQueue
+    from .limits import KeyedLimiter, TokenBucket
+    from .worker import AsyncWorker, Middleware, Retry, RetryLater, Router, SkipRetry, Worker
+
 __version__ = "0.1.0"
 
-__all__ = [
+# Public names that live in submodules with heavier imports: loaded on first access.
+_LAZY = {
+    "Worker": "worker", "AsyncWorker": "worker", "Router": "worker", "Retry": "worker",
+    "SkipRetry": "worker", "RetryLater": "worker", "Middleware": "worker",
+    "FairQueue": "fair", "AsyncFairQueue": "fair",
+    "BoundedQueue": "bounded", "ShedEvent": "bounded",
+    "TokenBucket": "limits", "KeyedLimiter": "limits",
+    "TypedQueue": "codecs", "JsonCodec": "codecs", "MsgpackCodec": "codecs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'unifiedq' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"unifiedq.{module}"), name)
+    globals()[name] = value
+    return value
+
+__all__ = [  # noqa: RUF022 - grouped: core names, then the lazily imported toolkit
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "URL",
@@ -85,4 +117,20 @@ __all__ = [
     "parse_options",
     "parse_url",
     "register_driver",
+    "AsyncFairQueue",
+    "AsyncWorker",
+    "BoundedQueue",
+    "FairQueue",
+    "JsonCodec",
+    "KeyedLimiter",
+    "Middleware",
+    "MsgpackCodec",
+    "Retry",
+    "RetryLater",
+    "Router",
+    "ShedEvent",
+    "SkipRetry",
+    "TokenBucket",
+    "TypedQueue",
+    "Worker",
 ]

@@ -8,6 +8,7 @@ Subcommands:
 * ``unifiedq inspect URL [--json]``: depth, oldest job age and per-state counts of a queue.
 * ``unifiedq serve ...``: expose any backend over QUIC (from the ``quic`` extra).
 * ``unifiedq certs ...``: make a CA and server/client certificates for ``serve``.
+* ``unifiedq worker package.module:app --url URL ...``: run a worker (see :mod:`unifiedq.worker`).
 
 Every subcommand returns an exit status: 0 success, 1 failure, 2 bad usage.
 """
@@ -124,15 +125,16 @@ def _delegate(module: str, func: str, what: str) -> Callable[[Sequence[str]], in
 
 _serve = _delegate("unifiedq.drivers.quic.server", "serve_main", "serve")
 _certs = _delegate("unifiedq.drivers.quic.certs", "certs_main", "certs")
+_worker = _delegate("unifiedq.worker", "worker_main", "worker")
 
 # Subcommands whose own parser takes every argument after the name.
 _PASSTHROUGH: dict[str, Callable[[Sequence[str]], int]] = {
-    "bench": _cmd_bench, "serve": _serve, "certs": _certs,
+    "bench": _cmd_bench, "serve": _serve, "certs": _certs, "worker": _worker,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser (``bench``, ``serve`` and ``certs`` parse their own args)."""
+    """Return the top-level parser (passthrough subcommands parse their own arguments)."""
     p = argparse.ArgumentParser(
         prog="unifiedq",
         description="One typed queue API over memory, shared memory, Redis, RabbitMQ, "
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("certs", help="make a CA and certificates for serve (see 'unifiedq certs "
                                  "--help')", add_help=False)
+    sub.add_parser("worker", help="run handlers over a queue (see 'unifiedq worker --help')",
+                   add_help=False)
     return p
 
 
