@@ -243,6 +243,29 @@ def test_async_waits_do_not_block_the_loop(name: str) -> None:
     assert ticks >= 10  # the loop kept running while dequeue and enqueue waited
 
 
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_idle_blocking_dequeue_does_not_burn_a_core(name: str, face: str) -> None:
+    """A waiter polls and spins only briefly, then sleeps: an idle wait costs little CPU."""
+
+    async def wait_async() -> object:
+        q = unifiedq.connect_async(_url(name))
+        try:
+            await q.size()  # attach outside the measured window
+            return await q.dequeue(timeout=1.0)
+        finally:
+            await q.aclose()
+
+    with unifiedq.connect(_url(name)) as q:
+        q.size()
+        c0, t0 = time.process_time(), time.monotonic()
+        got = q.dequeue(timeout=1.0) if face == "sync" else asyncio.run(wait_async())
+        cpu, wall = time.process_time() - c0, time.monotonic() - t0
+    assert got is None
+    assert wall >= 0.9
+    # Busy-waiting would use about 1 s of CPU; backing off to sleeps uses a few percent.
+    assert cpu < 0.3 * wall, f"idle dequeue used {cpu:.3f}s CPU in {wall:.3f}s"
+
+
 async def _later(coro: Any, delay: float) -> Any:
     await asyncio.sleep(delay)
     return await coro

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._errors import BodyTooLarge, InvalidArgument, InvalidBody
 
-__all__ = ["PRIORITY_MAX", "PRIORITY_MIN", "EnqueueRequest", "Job", "new_job_id"]
+__all__ = ["PRIORITY_MAX", "PRIORITY_MIN", "EnqueueRequest", "Job", "make_job", "new_job_id"]
 
 #: Lowest and highest priority accepted by ``enqueue(priority=...)``; higher runs first.
 PRIORITY_MIN = 0
@@ -118,8 +118,9 @@ class EnqueueRequest:
             InvalidArgument: any other argument is invalid.
         """
         if (type(body) is bytes and delay is None and priority is None and job_id is None
-                and headers is None and (max_body is None or len(body) <= max_body)):
-            return cls(body, 0.0, None, new_job_id(), False, _EMPTY)  # the common case, fast
+                and headers is None and (max_body is None or len(body) <= max_body)
+                and cls is EnqueueRequest):
+            return _plain_request(body, new_job_id())  # the common case, fast
         data = _as_bytes(body)
         if max_body is not None and len(data) > max_body:
             raise BodyTooLarge(
@@ -131,6 +132,55 @@ class EnqueueRequest:
         if job_id is None:
             return cls(data, d, p, new_job_id(), False, hdrs)
         return cls(data, d, p, _check_id(job_id), True, hdrs)
+
+
+# -- fast constructors ---------------------------------------------------------------------
+# A frozen dataclass's generated __init__ sets every field through object.__setattr__, which
+# costs about twice as much as calling the slot descriptors directly. The hot paths (a plain
+# enqueue, a driver building a Job) use these instead; the result is identical.
+_JOB_FIELDS = ("id", "queue", "body", "attempt", "enqueued_at", "headers", "priority", "receipt")
+_REQ_FIELDS = ("body", "delay", "priority", "job_id", "custom_id", "headers")
+if (tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS
+        or tuple(f.name for f in dataclasses.fields(EnqueueRequest)) != _REQ_FIELDS):
+    raise RuntimeError("update the fast constructors in unifiedq._job")  # pragma: no cover
+_new = object.__new__
+_j_id, _j_queue, _j_body, _j_attempt, _j_at, _j_headers, _j_prio, _j_receipt = (
+    getattr(Job, f).__set__ for f in _JOB_FIELDS
+)
+_r_body, _r_delay, _r_prio, _r_id, _r_custom, _r_headers = (
+    getattr(EnqueueRequest, f).__set__ for f in _REQ_FIELDS
+)
+
+
+def make_job(id: str, queue: str, body: bytes, attempt: int = 1, enqueued_at: float = 0.0
+             ) -> Job:
+    """Return ``Job(id, queue, body, attempt, enqueued_at)`` (no headers, priority or receipt).
+
+    For drivers' dequeue paths: about twice as fast as calling :class:`Job`. Arguments are
+    trusted, as with the constructor.
+    """
+    j = _new(Job)
+    _j_id(j, id)
+    _j_queue(j, queue)
+    _j_body(j, body)
+    _j_attempt(j, attempt)
+    _j_at(j, enqueued_at)
+    _j_headers(j, _EMPTY)
+    _j_prio(j, None)
+    _j_receipt(j, None)
+    return j
+
+
+def _plain_request(body: bytes, job_id: str) -> EnqueueRequest:
+    """``EnqueueRequest(body, 0.0, None, job_id, False, _EMPTY)``, built faster."""
+    r = _new(EnqueueRequest)
+    _r_body(r, body)
+    _r_delay(r, 0.0)
+    _r_prio(r, None)
+    _r_id(r, job_id)
+    _r_custom(r, False)
+    _r_headers(r, _EMPTY)
+    return r
 
 
 def _as_bytes(body: object) -> bytes:

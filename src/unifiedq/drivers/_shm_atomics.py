@@ -104,15 +104,9 @@ class Words:
 
 
 def _plain_ops(w: Words) -> tuple[Callable[[int], int], Callable[[int, int], None]]:
-    plain = w.plain
-
-    def load(i: int) -> int:
-        return int(plain[i])
-
-    def store(i: int, value: int) -> None:
-        plain[i] = value
-
-    return load, store
+    # The view's own bound methods: no Python frame per access (about 3x cheaper than a
+    # wrapper function), and a 'Q' view already returns int.
+    return w.plain.__getitem__, w.plain.__setitem__
 
 
 def _bind_cffi(w: Words, buf: mmap.mmap, ptrs: dict[str, int]) -> bool:
@@ -136,16 +130,21 @@ def _bind_cffi(w: Words, buf: mmap.mmap, ptrs: dict[str, int]) -> bool:
         s = getattr(tls, "s", None)
         if s is None:
             s = tls.s = ffi.new("uint64_t[2]")
+            tls.pair = (s, s + 1)  # ``s + 1`` builds a cdata: do it once, not per call
         return s
+
+    def new_pair() -> tuple[Any, Any]:
+        scratch()
+        return tls.pair  # type: ignore[no-any-return]
 
     def cas(i: int, expected: int, desired: int) -> bool:
         try:
-            s = tls.s
+            s, s1 = tls.pair
         except AttributeError:
-            s = scratch()
+            s, s1 = new_pair()
         s[0] = expected
         s[1] = desired
-        return bool(fcas(base + 8 * i, s, s + 1, _SEQ_CST, _SEQ_CST))
+        return fcas(base + 8 * i, s, s1, _SEQ_CST, _SEQ_CST) != 0  # type: ignore[no-any-return]
 
     w.cas = cas
     if TSO:
