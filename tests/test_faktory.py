@@ -31,6 +31,7 @@ from unifiedq import (
     JobNotLeased,
     UnsupportedOperation,
 )
+from unifiedq.bench.inspection import inspect_queue
 from unifiedq.drivers.faktory import FaktoryQueue
 from unifiedq.testing.fixtures import RigServer, ServerFactory, require_binary
 from unifiedq.testing.servers import FaktoryServer, ManagedServer
@@ -381,6 +382,44 @@ def test_interop_with_raw_pyfaktory(faktory_url: str) -> None:
         assert again is not None and again.id == job.id and again.attempt == 2
         assert json.loads(again.body) == [1, "ü"]
         q.ack(again)
+
+
+def test_stats_per_queue_counts_and_server_wide_sets(server_factory: ServerFactory) -> None:
+    # A private server: the server-wide set sizes then count only this test's jobs.
+    server = server_factory.faktory()
+    url = f"{server.url}?queue=st"
+    with unifiedq.connect(url) as q:
+        assert isinstance(q, FaktoryQueue)
+        assert (q.stats()["depth"], q.stats()["oldest_age"]) == (0, 0.0)
+        q.enqueue(b"a")
+        top = q.enqueue(b"b", priority=4)
+        q.enqueue(b"c", priority=4)
+        q.enqueue(b"later", delay=120)
+        time.sleep(0.5)
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.id == top
+        st = q.stats()
+        assert {k: st[k] for k in ("depth", "pending", "active", "scheduled", "retry", "dead",
+                                   "server_working", "server_scheduled", "server_retries",
+                                   "server_dead")} == {
+            "depth": 2, "pending": 2, "active": None, "scheduled": None, "retry": None,
+            "dead": None, "server_working": 1, "server_scheduled": 1, "server_retries": 0,
+            "server_dead": 0}
+        age = st["oldest_age"]
+        assert isinstance(age, float) and 0.4 <= age < 120
+        assert str(st["server"]).startswith("Faktory 1.")
+        assert q.size() == 2  # stats() took nothing
+
+        q.nack(job, requeue=False)
+        st = q.stats()
+        assert (st["pending"], st["server_working"], st["server_dead"]) == (2, 0, 1)
+
+        info = inspect_queue(url)  # unifiedq inspect: per-queue numbers from stats()
+        assert info["stats_hook"] is True
+        assert info["fields"]["pending"] == 2 and info["source"]["pending"] == "stats()"
+        assert set(info["unknown"]) == {"active", "scheduled", "retry", "dead"}
+        q.purge()
+        assert (q.stats()["pending"], q.stats()["oldest_age"]) == (0, 0.0)
 
 
 # ----------------------------------------------------------------------------- nack, close, retry

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
@@ -19,8 +22,8 @@ from typing import Any
 import pytest
 import redis
 
-from unifiedq import connect
-from unifiedq.drivers.redis import _proto
+from unifiedq import connect, connect_async
+from unifiedq.drivers.redis import AsyncRedisQueue, RedisQueue, _proto
 from unifiedq.testing.fixtures import in_ci, require_binary
 from unifiedq.testing.servers import RedisServer, find_free_port
 from unifiedq.testing.suite import QueueConformance
@@ -356,6 +359,94 @@ def test_sigkill_consumer_jobs_come_back(redis_url: str, raw: redis.Redis, qname
         assert q.size() == 0 and q.dequeue() is None
         p = f"asynq:{{{qname}}}:"
         assert raw.llen(p + "active") == 0 and raw.zcard(p + "lease") == 0
+
+
+# --------------------------------------------------------------------------- stats() / inspect
+
+
+def test_stats_counts_every_state_over_priority_levels(
+    redis_url: str, raw: redis.Redis, qname: str
+) -> None:
+    with connect(_url(redis_url, qname)) as q:
+        assert isinstance(q, RedisQueue)
+        assert q.stats()["depth"] == 0 and q.stats()["oldest_age"] == 0.0
+        q.enqueue(b"a")
+        q.enqueue(b"b", priority=5)
+        top = q.enqueue(b"c", priority=7)
+        q.enqueue(b"d", priority=3, delay=60)
+        time.sleep(0.5)
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.id == top
+        head = q.peek()
+        st = q.stats()
+        assert {k: st[k] for k in ("depth", "pending", "active", "scheduled", "retry", "dead",
+                                   "completed", "paused")} == {
+            "depth": 3, "pending": 2, "active": 1, "scheduled": 1, "retry": 0, "dead": 0,
+            "completed": 0, "paused": False}
+        age = st["oldest_age"]
+        assert isinstance(age, float) and 0.4 <= age < 120
+        # Read-only: nothing moved.
+        assert q.size() == 3 and q.peek() == head
+
+        q.nack(job, delay=60)  # asynq's retry set
+        st = q.stats()
+        assert (st["active"], st["retry"], st["depth"]) == (0, 1, 4)
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.priority == 5
+        q.nack(job, requeue=False)  # asynq's archived set
+        st = q.stats()
+        assert (st["pending"], st["active"], st["dead"], st["depth"]) == (1, 0, 1, 3)
+
+        raw.set(f"asynq:{{{qname}:p3}}:paused", int(time.time()))
+        assert q.stats()["paused"] is True
+        q.purge()
+        st = q.stats()
+        assert (st["depth"], st["pending"], st["scheduled"], st["retry"], st["oldest_age"]) == (
+            0, 0, 0, 0, 0.0)
+        assert st["dead"] == 1  # purge leaves dead jobs alone
+
+
+def test_stats_async_face(redis_url: str, qname: str) -> None:
+    async def scenario() -> dict[str, object]:
+        async with connect_async(_url(redis_url, qname, retention=60)) as q:
+            assert isinstance(q, AsyncRedisQueue)
+            for body in (b"1", b"2", b"3"):
+                await q.enqueue(body)
+            await q.enqueue(b"later", delay=60)
+            job = await q.dequeue(timeout=5)
+            assert job is not None
+            st = dict(await q.stats())
+            await q.ack(job)  # retention: asynq's completed set
+            st["completed_after_ack"] = (await q.stats())["completed"]
+            return st
+
+    st = asyncio.run(scenario())
+    assert {k: st[k] for k in ("depth", "pending", "active", "scheduled", "retry", "dead")} == {
+        "depth": 3, "pending": 2, "active": 1, "scheduled": 1, "retry": 0, "dead": 0}
+    assert st["completed_after_ack"] == 1
+
+
+def test_cli_inspect_prints_per_state_counts(redis_url: str, qname: str) -> None:
+    url = _url(redis_url, qname)
+    with connect(url) as q:
+        for body in (b"1", b"2", b"3"):
+            q.enqueue(body)
+        q.enqueue(b"later", delay=60)
+        held = q.dequeue(timeout=5)
+        assert held is not None
+        env = {**os.environ, "COLUMNS": "200"}
+        p = subprocess.run([sys.executable, "-m", "unifiedq", "inspect", url],
+                           capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert p.returncode == 0, p.stderr
+        rows = {m[1]: (m[2], m[3]) for m in
+                re.finditer(r"^\W*(\w+)\W+(\S+(?: s)?)\W+(stats\(\))", p.stdout, re.M)}
+        assert {k: rows[k][0] for k in ("depth", "pending", "active", "scheduled", "retry",
+                                        "dead")} == {
+            "depth": "3", "pending": "2", "active": "1", "scheduled": "1", "retry": "0",
+            "dead": "0"}, p.stdout
+        assert rows["oldest_age"][0].endswith(" s")
+        assert "no stats() hook" not in p.stdout
+        q.ack(held)
 
 
 # --------------------------------------------------------------------------- Go asynq interop

@@ -4,7 +4,8 @@ Features: leases (Faktory reservations, ``reserve_for``) with ack/nack and redel
 (at-least-once), delays (the job's ``at``), priorities 0..9 (mapped onto sub-queues fetched in
 order, because Faktory removed per-job priority), batch enqueue (``PUSHB``), blocking dequeue
 (``FETCH``), headers, a heartbeat (``BEAT``) while a consumer connection is open, server-side
-retries and the dead set, sizes from ``INFO`` and queue latency from ``QUEUE LATENCY``.
+retries and the dead set, sizes from ``INFO`` and queue latency from ``QUEUE LATENCY``
+(``stats()``, for ``unifiedq inspect``).
 Durable, cross-process and distributed. Not supported: peek (Faktory has no command that shows
 a job without taking it), extending a lease (no such command in Faktory OSS), caller-chosen job
 ids (Faktory OSS does not detect duplicate ids) and bounded queues.
@@ -794,6 +795,42 @@ class FaktoryQueue(QueueBase):
         self._check_open()
         lat = self._p("latency", lambda c: c.queue_latency(self._queues))
         return max((float(v) for v in lat.values()), default=0.0)
+
+    def stats(self) -> Mapping[str, object]:
+        """What Faktory can tell about this queue (``INFO`` and ``QUEUE LATENCY``).
+
+        Per queue (summed over the priority sub-queues): ``depth`` = ``pending`` = ready jobs
+        (as ``size()``) and ``oldest_age`` (as :meth:`latency`). Faktory keeps scheduled,
+        retrying, dead and in-progress jobs in server-wide sets with no per-queue count, so
+        ``active``, ``scheduled``, ``retry`` and ``dead`` are None (unknown) and the server's
+        totals come as ``server_working``, ``server_scheduled``, ``server_retries`` and
+        ``server_dead`` (every queue of the server), with ``server`` = its version.
+
+        Raises:
+            QueueClosed: The handle is closed.
+            BackendConnectionError: Faktory did not answer.
+        """
+        self._check_open()
+
+        def read(c: _Conn) -> tuple[dict[str, Any], dict[str, float]]:
+            with c.rlock:
+                return c.info(), c.queue_latency(self._queues)
+
+        info, lat = self._p("stats", read)
+        fk = info["faktory"]
+        ready = sum(int(fk["queues"].get(q, 0)) for q in self._queues)
+        sets = fk.get("sets", {})
+        out: dict[str, object] = {
+            "depth": ready, "pending": ready,
+            "oldest_age": max((float(v) for v in lat.values()), default=0.0),
+            "active": None, "scheduled": None, "retry": None, "dead": None,
+        }  # fmt: skip
+        for key, name in (("working", "server_working"), ("scheduled", "server_scheduled"),
+                          ("retries", "server_retries"), ("dead", "server_dead")):
+            out[name] = int(sets[key]) if key in sets else None
+        version = info.get("server", {}).get("faktory_version")
+        out["server"] = f"Faktory {version}" if version else None
+        return out
 
     def server_info(self) -> dict[str, Any]:
         """Return Faktory's ``INFO`` reply (server stats, queue sizes, set sizes)."""

@@ -4,9 +4,10 @@ Features: leases with a background heartbeat and crash recovery, ack/nack with a
 retry and archive semantics, delays (asynq's scheduled set), priorities 0..9 (as asynq
 priority queues ``<queue>:p<N>``), pipelined batches, blocking dequeue with a wake-up list
 (pickup well under a millisecond instead of asynq's ~1 s poll), caller-chosen task ids,
-headers (asynq >= 0.26), uniqueness locks and retention. Native sync (redis-py) and asyncio
-(redis.asyncio) faces over one shared core. Tasks written here run on Go asynq servers, Go
-asynq clients feed Python consumers, and asynq's CLI and Web UI see consistent states.
+headers (asynq >= 0.26), uniqueness locks, retention and per-state counts (``stats()``,
+as asynq's inspector counts them). Native sync (redis-py) and asyncio (redis.asyncio) faces
+over one shared core. Tasks written here run on Go asynq servers, Go asynq clients feed Python
+consumers, and asynq's CLI and Web UI see consistent states.
 
 Connection string::
 

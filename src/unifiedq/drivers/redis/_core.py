@@ -352,6 +352,25 @@ class Core:
         """The size script call."""
         return _scripts.SIZE, [self.levels_key], [self.qname]
 
+    def stats_call(self) -> Call:
+        """The read-only stats script call (per-state counts over every priority level)."""
+        return _scripts.STATS, [self.levels_key], [self.qname]
+
+    def stats_result(self, reply: Sequence[Any]) -> dict[str, object]:
+        """Turn the stats reply into ``stats()``'s mapping (see ``unifiedq inspect``).
+
+        ``oldest_age`` is asynq's queue latency: seconds since the task that ``dequeue()``
+        takes next became pending (0.0 when nothing is ready); ``dead`` is asynq's archived set.
+        """
+        pending, active, scheduled, retry, archived, completed, paused = map(int, reply[:7])
+        since = reply[7]
+        age = max(0.0, time.time() - int(since) / 1e9) if since else 0.0
+        return {
+            "depth": pending + scheduled + retry, "oldest_age": age, "pending": pending,
+            "active": active, "scheduled": scheduled, "retry": retry, "dead": archived,
+            "completed": completed, "paused": paused > 0,
+        }  # fmt: skip
+
     def purge_call(self) -> Call:
         """The purge script call."""
         return _scripts.PURGE, [self.levels_key], [self.qname]

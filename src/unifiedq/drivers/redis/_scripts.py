@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["ACK", "ALL", "DEQUEUE", "ENQUEUE", "EXTEND", "NACK", "PEEK", "PURGE", "SIZE", "Script"]
+__all__ = [
+    "ACK", "ALL", "DEQUEUE", "ENQUEUE", "EXTEND", "NACK", "PEEK", "PURGE", "SIZE", "STATS",
+    "Script",
+]
 
 
 class Script:
@@ -386,4 +389,32 @@ end
 return false
 """)
 
-ALL = (ENQUEUE, DEQUEUE, ACK, NACK, EXTEND, SIZE, PURGE, PEEK)
+STATS = Script("stats", _LEVELS + r"""
+-- KEYS: 1 levels set; ARGV: 1 queue name. Read-only; what asynq's inspector (currentStats)
+-- reads, summed over the priority levels.
+-- Returns {pending, active, scheduled, retry, archived, completed, paused levels,
+--          oldest pending_since (ns, as stored) | false}.
+local c = {0, 0, 0, 0, 0, 0, 0, false}
+local best = nil
+for _, lv in ipairs(uq_levels(KEYS[1], ARGV[1])) do
+  local P = lv[1]
+  c[1] = c[1] + redis.call("LLEN", P .. "pending")
+  c[2] = c[2] + redis.call("LLEN", P .. "active")
+  c[3] = c[3] + redis.call("ZCARD", P .. "scheduled")
+  c[4] = c[4] + redis.call("ZCARD", P .. "retry")
+  c[5] = c[5] + redis.call("ZCARD", P .. "archived")
+  c[6] = c[6] + redis.call("ZCARD", P .. "completed")
+  c[7] = c[7] + redis.call("EXISTS", P .. "paused")
+  -- asynq's latency: pending_since of the task dequeue takes next (the list's tail).
+  local id = redis.call("LINDEX", P .. "pending", -1)
+  if id then
+    local v = redis.call("HMGET", P .. "t:" .. id, "pending_since", "uq_enqueued")
+    local s = v[1] or v[2]
+    local n = s and tonumber(s)
+    if n and (best == nil or n < best) then best, c[8] = n, s end
+  end
+end
+return c
+""")
+
+ALL = (ENQUEUE, DEQUEUE, ACK, NACK, EXTEND, SIZE, PURGE, PEEK, STATS)

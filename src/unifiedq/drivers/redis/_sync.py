@@ -188,6 +188,21 @@ class RedisQueue(QueueBase):
         with translating():
             return int(self._eval(self._core.size_call()))
 
+    def stats(self) -> Mapping[str, object]:
+        """Per-state counts of this queue over all its priority levels, as asynq counts them.
+
+        Read-only, one script call. Keys: ``depth`` (= ``size()``), ``oldest_age`` (asynq's
+        latency, seconds), ``pending``, ``active``, ``scheduled``, ``retry``, ``dead`` (asynq's
+        archived set), plus ``completed`` (kept by ``retention``) and ``paused``.
+
+        Raises:
+            QueueClosed: The handle is closed.
+            BackendConnectionError: Redis did not answer.
+        """
+        self._check_open()
+        with translating():
+            return self._core.stats_result(self._eval(self._core.stats_call()))
+
     def _purge(self) -> int:
         with translating():
             return int(self._eval(self._core.purge_call()))
