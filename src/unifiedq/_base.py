@@ -82,6 +82,10 @@ class _Core:
         job_id: object,
         headers: object,
     ) -> EnqueueRequest:
+        if (type(body) is bytes and delay is None and priority is None and job_id is None
+                and headers is None and not self._closed
+                and (self.max_body is None or len(body) <= self.max_body)):
+            return _plain_request(body, new_job_id())  # the common call: nothing to check
         self._check_open()
         req = EnqueueRequest.build(
             body, delay=delay, priority=priority, job_id=job_id, headers=headers,
@@ -107,17 +111,7 @@ class _Core:
         if not isinstance(bodies, Iterable):
             raise InvalidArgument(f"enqueue_many() takes an iterable of bytes, not {bodies!r}")
         # Validate everything before anything is sent: a bad item must not half-enqueue a batch.
-        if delay is None and priority is None and headers is None:
-            # Plain bodies take _prepare()'s fast path inline (same checks, no call per body).
-            mb = self.max_body
-            reqs = [
-                _plain_request(b, new_job_id())
-                if type(b) is bytes and (mb is None or len(b) <= mb)
-                else self._prepare(b, None, None, None, None)
-                for b in bodies
-            ]
-        else:
-            reqs = [self._prepare(b, delay, priority, None, headers) for b in bodies]
+        reqs = [self._prepare(b, delay, priority, None, headers) for b in bodies]
         if len(reqs) > _MAX_BATCH:
             raise InvalidArgument(f"enqueue_many() takes at most {_MAX_BATCH} bodies per call")
         return reqs
@@ -207,10 +201,6 @@ class QueueBase(_Core):
         Returns:
             The job id.
         """
-        if (type(body) is bytes and delay is None and priority is None and job_id is None
-                and headers is None and not self._closed
-                and (self.max_body is None or len(body) <= self.max_body)):
-            return self._enqueue(_plain_request(body, new_job_id()))  # = _prepare(), faster
         return self._enqueue(self._prepare(body, delay, priority, job_id, headers))
 
     def enqueue_many(
@@ -340,10 +330,6 @@ class AsyncQueueBase(_Core):
         headers: Mapping[str, str] | None = None,
     ) -> str:
         """Add a job and return its id (see :meth:`QueueBase.enqueue`)."""
-        if (type(body) is bytes and delay is None and priority is None and job_id is None
-                and headers is None and not self._closed
-                and (self.max_body is None or len(body) <= self.max_body)):
-            return await self._enqueue(_plain_request(body, new_job_id()))  # = _prepare()
         return await self._enqueue(self._prepare(body, delay, priority, job_id, headers))
 
     async def enqueue_many(

@@ -117,10 +117,6 @@ class EnqueueRequest:
             BodyTooLarge: ``body`` exceeds ``max_body``.
             InvalidArgument: any other argument is invalid.
         """
-        if (type(body) is bytes and delay is None and priority is None and job_id is None
-                and headers is None and (max_body is None or len(body) <= max_body)
-                and cls is EnqueueRequest):
-            return _plain_request(body, new_job_id())  # the common case, fast
         data = _as_bytes(body)
         if max_body is not None and len(data) > max_body:
             raise BodyTooLarge(
