@@ -343,14 +343,19 @@ def test_processes_exact_ledger(name: str, tmp_path: Any, jobs: int, batch: int)
     cons = [_FORK.Process(target=_consume, args=(url, paths[c], stop, batch))
             for c in range(ncons)]
     prods = [_FORK.Process(target=_produce, args=(url, p, per, batch)) for p in range(nprod)]
-    for proc in cons + prods:
-        proc.start()
-    for proc in prods:
-        proc.join(240)
-        assert proc.exitcode == 0
-    stop.set()
+    try:
+        for proc in cons + prods:
+            proc.start()
+        for proc in prods:
+            proc.join(240)
+            assert proc.exitcode == 0
+    finally:
+        stop.set()  # a failed producer must not leave consumers running after the test
+        for proc in cons + prods:
+            proc.join(240)
+            if proc.is_alive():
+                proc.kill()
     for proc in cons:
-        proc.join(240)
         assert proc.exitcode == 0
     seqs = [_read_ledger(p) for p in paths]
     everything = sorted(x for s in seqs for x in s)
