@@ -29,6 +29,11 @@ def render() -> str:
             continue
         cls = drv.sync_class or drv.async_class
         have = getattr(cls, "capabilities", Capability(0))
+        if not have:
+            # quic:// declares its flags per URL (capabilities=core|<backend>), see its page.
+            rows.append(f"| `{spec.scheme}://` | declared per URL with `capabilities=`; see the "
+                        "driver's page |" + " |" * (len(caps) - 1))
+            continue
         cells = ["✓" if c in have else "·" for c in caps]
         rows.append(f"| `{spec.scheme}://` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
