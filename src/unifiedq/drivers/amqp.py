@@ -45,6 +45,7 @@ import dataclasses
 import math
 import select
 import ssl
+import struct
 import threading
 import time
 import urllib.parse
@@ -54,6 +55,7 @@ from typing import Any, Self, TypeVar
 
 import amqp
 import amqp.exceptions as amqp_exc
+import amqp.serialization
 import amqp.spec
 import kombu.connection
 
@@ -90,6 +92,14 @@ MAX_PRIORITY = 9
 _PUBLISH = amqp.spec.Basic.Publish
 _SLICE = 0.2  # longest a blocking read holds the handle's lock
 _PUMP_EVERY = 1000  # read pending confirms every this many publishes in a big batch
+_FLUSH_BYTES = 128 * 1024  # write a batch's frames to the socket in pieces of about this size
+
+# AMQP 0-9-1 framing (spec section 4.2.3): type, channel, payload size, payload, frame-end.
+_FRAME_HEAD = struct.Struct(">BHI")
+_FRAME_END = b"\xce"
+_METHOD, _HEADER, _BODY = 1, 2, 3
+# Content header payload: class id (60 = basic), weight (0), body size; the properties follow.
+_CONTENT_HEAD = struct.Struct(">HHQ")
 _DELAY_REDECLARE = 30.0  # seconds a delay-queue declaration is trusted (x-expires >= 60 s)
 
 # Errors after which the connection is unusable and a new one may succeed.
@@ -510,16 +520,7 @@ class AmqpQueue(QueueBase):
         self._cbase, self._cstatus, self._clow = self._pub_seq, bytearray(len(outs)), 0
         self._returned.clear()
         try:
-            send = ch.send_method
-            for k, o in enumerate(outs):
-                # basic.publish without py-amqp's per-call non-blocking read (its check for
-                # connection.blocked, which cost half of a publish); _pump() reads instead.
-                # mandatory=True: an unroutable message comes back (basic.return) instead of
-                # being confirmed and silently dropped.
-                send(_PUBLISH, "Bssbb", (0, o.exchange, o.routing_key, True, False), o.msg)
-                self._pub_seq += 1
-                if k % _PUMP_EVERY == _PUMP_EVERY - 1:
-                    self._pump()
+            self._write_publishes(outs)
             self._wait_confirms()
         except _CONN_ERRORS as exc:
             st = self._cstatus
@@ -527,6 +528,56 @@ class AmqpQueue(QueueBase):
         st = self._cstatus
         return [o for k, o in enumerate(outs)
                 if st[k] == 2 or o.msg.properties.get("message_id") in self._returned]
+
+    def _write_publishes(self, outs: list[_Out]) -> None:
+        """Write the basic.publish frames of ``outs`` to the socket, many per write.
+
+        Each message is three frames (method, content header, body; more body frames past
+        ``frame_max``). py-amqp's ``send_method`` would encode the constant method frame
+        again and make one socket write per message, about half of the client's CPU time
+        per message in a batch; here the method frame is encoded once per destination and
+        the frames of many messages go out in one write. The properties are still
+        serialised by py-amqp, so the bytes on the wire are the ones it would send. No
+        per-publish read either (py-amqp's check for ``connection.blocked``): ``_pump``
+        reads pending confirms between writes.
+        """
+        ch, raw = self._pch, self._raw
+        if ch.connection is None:  # as send_method: the channel was closed under us
+            raise amqp_exc.RecoverableConnectionError("connection already closed")
+        cid, write = ch.channel_id, raw.transport.write
+        max_payload = raw.frame_max - 8  # frame header (7) and frame-end (1) excluded
+        methods: dict[tuple[str, str], bytes] = {}
+        parts: list[bytes | memoryview] = []
+        size = 0
+        for k, o in enumerate(outs):
+            method = methods.get((o.exchange, o.routing_key))
+            if method is None:
+                # mandatory=True: an unroutable message comes back (basic.return) instead
+                # of being confirmed and silently dropped.
+                payload = struct.pack(">HH", *_PUBLISH) + amqp.serialization.dumps(
+                    "Bssbb", (0, o.exchange, o.routing_key, True, False))
+                method = _FRAME_HEAD.pack(_METHOD, cid, len(payload)) + payload + _FRAME_END
+                methods[(o.exchange, o.routing_key)] = method
+            msg = o.msg
+            body = msg.body
+            if isinstance(body, str):  # as py-amqp: encode, and say how
+                body = body.encode(msg.properties.setdefault("content_encoding", "utf-8"))
+            head = _CONTENT_HEAD.pack(60, 0, len(body)) + msg._serialize_properties()
+            parts += (method, _FRAME_HEAD.pack(_HEADER, cid, len(head)), head, _FRAME_END)
+            size += len(method) + len(head) + 8
+            view = memoryview(body)
+            for i in range(0, len(body), max_payload):  # an empty body has no body frame
+                piece = view[i:i + max_payload]
+                parts += (_FRAME_HEAD.pack(_BODY, cid, len(piece)), piece, _FRAME_END)
+                size += len(piece) + 8
+            self._pub_seq += 1
+            if size >= _FLUSH_BYTES or k % _PUMP_EVERY == _PUMP_EVERY - 1 or k == len(outs) - 1:
+                write(b"".join(parts))
+                raw.bytes_sent += 1  # py-amqp's heartbeat bookkeeping counts writes
+                parts.clear()
+                size = 0
+                if k != len(outs) - 1:
+                    self._pump()  # confirms so far; a connection.close the broker sent
 
     def _wait_confirms(self) -> None:
         deadline = time.monotonic() + self.options.confirm_timeout
