@@ -6,7 +6,9 @@ Without ``--url`` a private redis-server is started (the test rig's RedisServer)
 
 * enqueue:       ``q.enqueue(body)``      vs raw ``EVALSHA`` of the same enqueue script with a
                                              pre-encoded message (the floor our call sits on)
-* enqueue_many:  ``q.enqueue_many(1000)`` vs raw pipelined ``EVALSHA`` of the same script
+* enqueue_many:  ``q.enqueue_many(1000)`` vs raw pipelined ``EVALSHA`` of the same script, and
+                 vs the same commands packed once (``hiredis.pack_command``) and written with
+                 ``Connection.send_packed_command`` (how our driver sends; the true floor)
 * dequeue+ack:   ``q.dequeue(); q.ack()`` vs raw ``EVALSHA`` dequeue + ``EVALSHA`` ack
 * peek:          ``q.peek()``             vs raw ``EVALSHA`` of the peek script
 * pickup latency: an idle consumer blocked in ``dequeue(timeout=...)``; time from just before
@@ -154,14 +156,35 @@ def run(url: str, n: int, pickups: int) -> None:
                 p + "scheduled", wake, msg, jid, time.time_ns(), "0", 0, 64)
         pipe.execute()
 
-    t_ours, t_raw, t_inline = [], [], []
+    def raw_many_packed() -> None:
+        import hiredis
+
+        batch = [tuple(raw_args(str(uuid.uuid4()))) for _ in range(batch_n)]
+        t0 = time.perf_counter()
+        pack: Callable[[tuple[object, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
+        data = b"".join([pack(args) for args in batch])
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([data])  # type: ignore[no-untyped-call]
+            for _ in batch:
+                conn.read_response()
+        finally:
+            pool.release(conn)
+        raw_many_packed.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
+
+    t_ours, t_raw, t_inline, t_packed = [], [], [], []
     for _ in range(ROUNDS):
         t_ours.append(timed(ours_many))
         raw_many()
         t_raw.append(raw_many.elapsed)  # type: ignore[attr-defined]
         t_inline.append(timed(raw_many_inline))
+        raw_many_packed()
+        t_packed.append(raw_many_packed.elapsed)  # type: ignore[attr-defined]
     _report("enqueue_many", t_ours, t_raw, batch_n, "raw pipelined EVALSHA, args prebuilt")
     _report("enqueue_many", t_ours, t_inline, batch_n, "raw pipelined EVALSHA + uuid4 + msg")
+    _report("enqueue_many", t_ours, t_packed, batch_n,
+            "raw packed write, args prebuilt (our method)")
 
     # dequeue + ack: both queues hold ROUNDS * batch_n jobs now.
     m = 1000

@@ -15,7 +15,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from redis import exceptions as rexc
@@ -37,7 +37,13 @@ from ..._url import URL, parse_options
 from . import _proto, _scripts
 from ._proto import TaskMessage
 
-__all__ = ["CAPABILITIES", "Call", "Core", "Receipt", "RedisOptions", "translating"]
+_hpack: Callable[[tuple[Any, ...]], Any] | None
+try:
+    from hiredis import pack_command as _hpack
+except ImportError:  # pragma: no cover - hiredis is an optional speed-up
+    _hpack = None
+
+__all__ = ["CAPABILITIES", "Call", "Core", "Receipt", "RedisOptions", "pack", "translating"]
 
 #: What both faces support. Not BOUNDED: asynq has no queue bound to honour.
 CAPABILITIES = (
@@ -161,6 +167,44 @@ def _len_field(tag: int, data: bytes) -> bytes:
     return bytes((tag,)) + _proto._varint(len(data)) + data
 
 
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def pack(args: Sequence[Any]) -> bytes:
+    """Encode one command in RESP, byte for byte as redis-py sends ``execute_command(*args)``.
+
+    Args are bytes, str (UTF-8) or int (Core formats floats itself, with ``repr``). hiredis
+    packs in C when installed; the pure-Python packer writes the same bytes.
+    """
+    if _hpack is not None:
+        out: bytes = _hpack(tuple(args))
+        return out
+    return _pack_py(args)
+
+
+def _pack_py(args: Sequence[Any]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, bytes):
+            b = a
+        elif isinstance(a, str):
+            b = a.encode()
+        elif isinstance(a, int) and not isinstance(a, bool):
+            b = b"%d" % a
+        elif isinstance(a, float):
+            b = repr(a).encode()
+        else:  # never built by Core; a loud failure beats a silently wrong command
+            raise TypeError(f"cannot send {a!r} to Redis")
+        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+# Varints of 0..127 are one byte: a lookup beats a call per field on the enqueue path.
+_SMALL = tuple(bytes((i,)) for i in range(128))
+_ZERO = _bulk(b"0")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Level:
     """One asynq queue backing a priority level, with its precomputed key names."""
@@ -172,6 +216,9 @@ class _Level:
     scheduled: str
     lease: str
     tail: bytes  # encoded queue, retry and timeout fields (4, 5, 8)
+    head: bytes  # RESP of a plain enqueue up to KEYS[1]: EVALSHA, sha, numkeys (4)
+    tkey: bytes  # task key prefix "asynq:{q}:t:", encoded
+    keys: bytes  # RESP of KEYS[2..4]: pending, scheduled, wake
 
 
 def _translate(exc: rexc.RedisError) -> UnifiedQError:
@@ -210,6 +257,9 @@ class Core:
         self.wake_key = base + "uq:wake"
         o = options
         self._levels: list[_Level] = []
+        # A plain enqueue is 13 RESP bulks: EVALSHA sha 4 KEYS[1..4] ARGV[1..6].
+        head = b"*13\r\n" + _bulk(b"EVALSHA") + _bulk(_scripts.ENQUEUE.sha.encode()) + _bulk(b"4")
+        wake = self.wake_key
         for n in range(10):
             q = o.queue if n == 0 else f"{o.queue}:p{n}"
             p = prefix(q)
@@ -217,11 +267,14 @@ class Core:
             if o.max_retry:
                 tail += b"\x28" + _proto._varint(o.max_retry)
             tail += b"\x40" + _proto._varint(o.timeout)
+            keys = b"".join(_bulk(k.encode()) for k in (p + "pending", p + "scheduled", wake))
             self._levels.append(
-                _Level(n, q, p, p + "pending", p + "scheduled", p + "lease", tail)
+                _Level(n, q, p, p + "pending", p + "scheduled", p + "lease", tail, head,
+                       (p + "t:").encode(), keys)
             )
         self._type_field = _len_field(0x0A, o.task_type.encode())
         self._retention_field = b"\x60" + _proto._varint(o.retention) if o.retention else b""
+        self._argv_end = _ZERO + _bulk(b"%d" % _WAKE_CAP)  # ARGV[5..6] of a plain enqueue
         self.published: set[int] = set()  # levels already registered in asynq:queues
         self._held: dict[tuple[str, str], tuple[str, float]] = {}  # (prefix, id) -> token, end
         self._held_lock = threading.Lock()
@@ -273,9 +326,54 @@ class Core:
         ]  # fmt: skip
         return lv.level, args
 
-    def enqueue_result(self, code: object, jid: str) -> str:
-        """Check an enqueue script's reply and return the job id."""
-        if code == 1:
+    def enqueue_commands(
+        self, reqs: Sequence[EnqueueRequest], now_ns: int
+    ) -> tuple[set[int], bytes]:
+        """Return the levels touched and the RESP of every enqueue's EVALSHA, in order.
+
+        The bytes equal ``pack()`` of :meth:`enqueue_call`'s arguments. Plain requests (no
+        headers, no uniqueness lock) take a fast path: for a given level only the id, body
+        and delay vary, so the TaskMessage and the command are cached fragments around them
+        (fields stay in number order, so the message is still canonical protobuf).
+        """
+        levels: set[int] = set()
+        parts: list[bytes] = []
+        add = parts.append
+        plain = not self.options.unique_ttl
+        lvls, small, varint = self._levels, _SMALL, _proto._varint
+        type_field, retention, end = self._type_field, self._retention_field, self._argv_end
+        now = _bulk(b"%d" % now_ns)
+        for req in reqs:
+            if req.headers or not plain:
+                level, args = self.enqueue_call(req, now_ns)
+                levels.add(level)
+                add(pack(args))
+                continue
+            lv = lvls[req.priority or 0]
+            levels.add(lv.level)
+            jid = req.job_id.encode()
+            body = req.body
+            n, k = len(body), len(jid)
+            msg = b"%b\x12%b%b\x1a%b%b%b%b" % (
+                type_field, small[n] if n < 128 else varint(n), body,
+                small[k] if k < 128 else varint(k), jid, lv.tail, retention,
+            ) if body else b"%b\x1a%b%b%b%b" % (
+                type_field, small[k] if k < 128 else varint(k), jid, lv.tail, retention,
+            )  # fmt: skip
+            at = _ZERO if not req.delay else _bulk(repr(now_ns / 1e9 + req.delay).encode())
+            add(b"%b$%d\r\n%b%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b%b" % (
+                lv.head, len(lv.tkey) + k, lv.tkey, jid, lv.keys, len(msg), msg, k, jid,
+                now, at, end,
+            ))  # fmt: skip
+        return levels, b"".join(parts)
+
+    def enqueue_result(self, code: object, jid: str, *, resent: bool = False) -> str:
+        """Check an enqueue script's reply and return the job id.
+
+        ``resent``: the command went out again after a connection failure, so an "id exists"
+        reply for an id we generated means our first attempt landed (not a duplicate).
+        """
+        if code == 1 or (code == 0 and resent):
             return jid
         if code == 0:
             raise DuplicateJob(f"job id {jid!r} already exists in queue {self.qname!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import threading
 import time
@@ -17,11 +18,23 @@ from ..._errors import JobNotLeased
 from ..._job import EnqueueRequest, Job
 from ..._url import URL
 from . import _scripts
-from ._core import CAPABILITIES, Call, Core, RedisOptions, parse, translating
+from ._core import CAPABILITIES, Call, Core, RedisOptions, pack, parse, translating
 
 __all__ = ["RedisQueue"]
 
 log = logging.getLogger("unifiedq.drivers.redis")
+
+
+def _pool_args() -> tuple[str, ...]:
+    # redis-py < 5.3 requires a command name here; later versions deprecate passing one.
+    try:
+        param = inspect.signature(redis.ConnectionPool.get_connection).parameters["command_name"]
+    except (KeyError, TypeError, ValueError):
+        return ()
+    return ("EVALSHA",) if param.default is inspect.Parameter.empty else ()
+
+
+_POOL_ARGS = _pool_args()
 
 
 class RedisQueue(QueueBase):
@@ -57,12 +70,49 @@ class RedisQueue(QueueBase):
 
     def _eval(self, call: Call) -> Any:
         script, keys, args = call
-        c = self._redis()
+        data = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        reply = self._send(data, 1)[0][0]
+        if isinstance(reply, rexc.NoScriptError):  # first use, or the server lost its cache
+            self._redis().script_load(script.source)
+            reply = self._send(data, 1)[0][0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _roundtrip(self, data: bytes, n: int) -> list[Any]:
+        """Write pre-packed commands at once and read their ``n`` replies (errors as values).
+
+        This is what a redis-py pipeline does, minus its per-command bookkeeping (argument
+        re-encoding, response callbacks), which cost more than the rest of an enqueue.
+        """
+        pool = self._redis().connection_pool
+        conn = pool.get_connection(*_POOL_ARGS)
         try:
-            return c.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-        except rexc.NoScriptError:  # first use, or the server restarted and lost its cache
-            c.script_load(script.source)
-            return c.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            conn.send_packed_command([data])  # type: ignore[no-untyped-call]
+            out: list[Any] = []
+            for _ in range(n):
+                try:
+                    out.append(conn.read_response())
+                except rexc.ResponseError as exc:  # the reply was read; the stream is in step
+                    out.append(exc)
+            return out
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # never pool a desynced socket
+            raise
+        finally:
+            pool.release(conn)
+
+    def _send(self, data: bytes, n: int) -> tuple[list[Any], bool]:
+        """:meth:`_roundtrip` retried once on a broken connection (as redis-py retries).
+
+        Returns the replies and whether the commands went out twice.
+        """
+        try:
+            return self._roundtrip(data, n), False
+        except rexc.AuthenticationError:
+            raise
+        except (rexc.ConnectionError, rexc.TimeoutError):
+            return self._roundtrip(data, n), True
 
     def _start_heartbeat(self) -> None:
         if not self.options.heartbeat or self._hb is not None:
@@ -92,46 +142,32 @@ class RedisQueue(QueueBase):
             self._core.published.add(level)
 
     def _enqueue(self, req: EnqueueRequest) -> str:
-        if req.headers:
-            self._core.check_headers(req.headers)
-        level, args = self._core.enqueue_call(req, time.time_ns())
-        with translating():
-            if level not in self._core.published:
-                self._publish(level)
-            try:
-                code = self._redis().execute_command(*args)  # type: ignore[no-untyped-call]
-            except rexc.NoScriptError:
-                self._redis().script_load(_scripts.ENQUEUE.source)
-                code = self._redis().execute_command(*args)  # type: ignore[no-untyped-call]
-        return self._core.enqueue_result(code, req.job_id)
+        return self._enqueue_many([req])[0]
 
     def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
-        self._core.check_headers(reqs[0].headers)
+        core = self._core
+        if reqs[0].headers:
+            core.check_headers(reqs[0].headers)  # one batch shares its headers
         now = time.time_ns()
-        calls = [self._core.enqueue_call(r, now) for r in reqs]
+        levels, data = core.enqueue_commands(reqs, now)
         with translating():
-            for level in {lv for lv, _ in calls}:
-                self._publish(level)
-            todo = list(range(len(calls)))
-            codes: list[Any] = [None] * len(calls)
-            for _ in range(2):  # a second pass only after NOSCRIPT
-                pipe = self._redis().pipeline(transaction=False)
-                for i in todo:
-                    pipe.execute_command(*calls[i][1])  # type: ignore[no-untyped-call]
-                res = pipe.execute(raise_on_error=False)
-                retry = []
-                for i, r in zip(todo, res, strict=True):
-                    if isinstance(r, rexc.NoScriptError):
-                        retry.append(i)
-                    elif isinstance(r, Exception):
-                        raise r
-                    else:
-                        codes[i] = r
-                if not retry:
-                    break
+            for level in levels:
+                if level not in core.published:
+                    self._publish(level)
+            replies, resent = self._send(data, len(reqs))
+            missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
+            if missing:  # first use, or the server restarted and lost its script cache
                 self._redis().script_load(_scripts.ENQUEUE.source)
-                todo = retry
-        return [self._core.enqueue_result(c, r.job_id) for c, r in zip(codes, reqs, strict=True)]
+                _, data = core.enqueue_commands([reqs[i] for i in missing], now)
+                again, twice = self._send(data, len(missing))
+                for i, r in zip(missing, again, strict=True):
+                    replies[i] = r
+                resent = resent or twice
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+        return [core.enqueue_result(c, r.job_id, resent=resent and not r.custom_id)
+                for c, r in zip(replies, reqs, strict=True)]
 
     def _take(self, max_jobs: int, timeout: float | None) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
