@@ -155,6 +155,7 @@ def test_task_message_rejects_garbage() -> None:
 def test_enqueue_fast_path_sends_what_the_generic_path_sends(query: str) -> None:
     """The cached-fragment enqueue is byte-identical to packing enqueue_call's arguments,
     and both to what redis-py itself would put on the wire for them."""
+    from redis._parsers.encoders import Encoder
     from redis.connection import PythonRespSerializer
 
     from unifiedq._job import EnqueueRequest
@@ -162,7 +163,8 @@ def test_enqueue_fast_path_sends_what_the_generic_path_sends(query: str) -> None
     from unifiedq.drivers.redis import _core
 
     core = _core.Core(*_core.parse(parse_url("redis://h/0?queue=q" + query), {}))
-    py = PythonRespSerializer(6000, redis.connection.Encoder("utf-8", "strict", False).encode)
+    encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
+    py = PythonRespSerializer(6000, encoder.encode)
     now = time.time_ns()
     seen = 0
     for size in (0, 1, 127, 128, 20_000):
@@ -174,7 +176,8 @@ def test_enqueue_fast_path_sends_what_the_generic_path_sends(query: str) -> None
                                                    job_id=jid, headers=hdr)
                         level, args = core.enqueue_call(req, now)
                         assert core.enqueue_commands([req], now) == ({level}, _core.pack(args))
-                        assert _core._pack_py(args) == b"".join(py.pack(*args))
+                        redis_py = b"".join(py.pack(*args))  # type: ignore[no-untyped-call]
+                        assert _core._pack_py(args) == redis_py
                         seen += 1
     assert seen == 80
 
