@@ -129,6 +129,16 @@ def test_lying_counts_and_lengths_allocate_nothing() -> None:
             decode_value(body)
 
 
+def test_map_running_out_of_bytes_midway() -> None:
+    # The count passes the up-front check, but the first entry eats every byte.
+    entry = b"\x05\x00\x00\x00\x01a" + b"\x06\x00\x00\x00\x01z"
+    with pytest.raises(WireError):
+        decode_value(b"\x08\x00\x00\x00\x02" + entry)
+    for cut in range(len(entry)):
+        with pytest.raises(WireError):
+            decode_value(b"\x08\x00\x00\x00\x01" + entry[:cut])
+
+
 def test_depth_and_types() -> None:
     deep: Any = []
     for _ in range(MAX_DEPTH + 1):
@@ -145,6 +155,14 @@ def test_depth_and_types() -> None:
         decode_value(b"\x08\x00\x00\x00\x02" + (b"\x05\x00\x00\x00\x01a\x00") * 2)
     with pytest.raises(WireError):  # bad UTF-8
         decode_value(b"\x05\x00\x00\x00\x01\xff")
+    with pytest.raises(WireError):  # bad UTF-8 in a key, and in a map's string value
+        decode_value(b"\x08\x00\x00\x00\x01\x05\x00\x00\x00\x01\xff\x00")
+    with pytest.raises(WireError):
+        decode_value(b"\x08\x00\x00\x00\x01\x05\x00\x00\x00\x01a\x05\x00\x00\x00\x01\xff")
+    with pytest.raises(WireError):  # a key that is not a string
+        decode_value(b"\x08\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00")
+    with pytest.raises(WireError):  # lone surrogates have no UTF-8 form
+        encode_value({"a": "\ud800"})
     with pytest.raises(WireError):  # payload must be a map
         decode_frame(struct.pack(">2sBBI", b"UQ", 1, 1, 1) + b"\x00")
     assert HEADER == 8

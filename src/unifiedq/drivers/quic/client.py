@@ -72,12 +72,15 @@ from .wire import (
     KIND_REQUEST,
     FrameReader,
     WireError,
+    decode_frame,
     encode_frame,
 )
 
 __all__ = ["QuicOptions", "QuicQueue", "declared_capabilities"]
 
 _DEFAULT_PORT = 4433
+# Datagrams read in one go before answering (ACKs, new requests) is sent: see datagram_received.
+_DRAIN = 32
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,9 +162,19 @@ def declared_capabilities(spec: str) -> Capability:
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
-    reader: FrameReader
     fut: asyncio.Future[tuple[int, dict[str, Any]]]
+    #: Created only when a response arrives in pieces (most arrive whole).
+    reader: FrameReader | None = None
     on_late: Callable[[int, dict[str, Any]], None] | None = None
+
+
+class _Expired(Exception):
+    """Set on a request's future when its timeout passes (never escapes the driver)."""
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
 
 
 def _termination_error(ev: events.ConnectionTerminated | None) -> UnifiedQError:
@@ -181,9 +194,11 @@ def _termination_error(ev: events.ConnectionTerminated | None) -> UnifiedQError:
 
 
 class _ClientProtocol(QuicConnectionProtocol):
-    def __init__(self, quic: QuicConnection, *, max_frame: int, **kwargs: Any) -> None:
+    def __init__(self, quic: QuicConnection, *, max_frame: int, sock: socket.socket,
+                 **kwargs: Any) -> None:
         super().__init__(quic, **kwargs)
         self.max_frame = max_frame
+        self.sock = sock
         self.pending: dict[int, _Pending] = {}
         self.error: UnifiedQError | None = None
         self.keepalive: asyncio.Task[None] | None = None
@@ -193,7 +208,7 @@ class _ClientProtocol(QuicConnectionProtocol):
         if self.error is not None:
             raise self.error
         sid = self._quic.get_next_available_stream_id()
-        p = _Pending(FrameReader(self.max_frame), self._loop.create_future())
+        p = _Pending(self._loop.create_future())
         self.pending[sid] = p
         self._quic.send_stream_data(sid, frame, end_stream=True)
         self._transmit_soon()  # coalesce the requests of one loop turn into few packets
@@ -212,17 +227,38 @@ class _ClientProtocol(QuicConnectionProtocol):
             self._quic.stop_stream(sid, ERR_CANCELLED)
             self._transmit_soon()
 
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        # asyncio delivers one datagram per loop turn and aioquic answers each at once; with
+        # many requests in flight, reading whatever else is queued first lets one transmit
+        # carry the ACKs (and the requests the woken callers send next) for all of them.
+        quic, loop = self._quic, self._loop
+        quic.receive_datagram(data, addr, now=loop.time())  # type: ignore[arg-type]
+        for _ in range(_DRAIN):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except OSError:  # nothing more queued (or an error the transport will see)
+                break
+            quic.receive_datagram(data, addr, now=loop.time())
+        self._process_events()
+        self.transmit()
+
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             p = self.pending.get(event.stream_id)
             if p is None:
                 return
             try:
-                p.reader.feed(event.data)
-                if not event.end_stream:
-                    return
-                del self.pending[event.stream_id]
-                result = p.reader.finish()
+                if p.reader is None and event.end_stream:  # the whole response at once
+                    del self.pending[event.stream_id]
+                    result = decode_frame(event.data, limit=self.max_frame)
+                else:
+                    if p.reader is None:
+                        p.reader = FrameReader(self.max_frame)
+                    p.reader.feed(event.data)
+                    if not event.end_stream:
+                        return
+                    del self.pending[event.stream_id]
+                    result = p.reader.finish()
             except WireError as exc:
                 self.pending.pop(event.stream_id, None)
                 if not p.fut.done():
@@ -364,7 +400,7 @@ class QuicQueue(AsyncQueueBase):
             sock.setblocking(False)
             transport, proto = await loop.create_datagram_endpoint(
                 lambda: _ClientProtocol(QuicConnection(configuration=cfg),
-                                        max_frame=o.max_frame),
+                                        max_frame=o.max_frame, sock=sock),
                 sock=sock)
         except OSError as exc:
             sock.close()
@@ -410,16 +446,21 @@ class QuicQueue(AsyncQueueBase):
                          ) -> dict[str, Any]:
         frame = encode_frame(KIND_REQUEST, payload, limit=self.options.max_frame)
         sid, p = proto.request(frame)
+        # A timer that fails the future, rather than asyncio.timeout(): the wait is for this
+        # one future only, and this costs one timer handle instead of a Timeout per request.
+        timer = None if timeout is None else proto._loop.call_later(timeout, _expire, p.fut)
         try:
-            async with asyncio.timeout(timeout):
-                kind, resp = await p.fut
-        except TimeoutError:
+            kind, resp = await p.fut
+        except _Expired:
             proto.abandon(sid, on_late)
             raise QueueTimeout(f"the server did not answer {payload['op']} within "
                                f"{timeout} s") from None
         except asyncio.CancelledError:
             proto.abandon(sid, on_late)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if kind == KIND_OK:
             return resp
         if kind == KIND_ERROR:

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import types
 import urllib.parse
@@ -37,7 +38,7 @@ from typing import Any
 
 from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import serve
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -80,6 +81,7 @@ from .wire import (
     FrameReader,
     FrameTooLarge,
     WireError,
+    decode_frame,
     encode_frame,
 )
 
@@ -88,6 +90,10 @@ __all__ = ["JobServer", "ServeConfig", "backend_url", "serve_main"]
 log = logging.getLogger("unifiedq.quic.server")
 
 _MAX_BATCH = 100_000
+# Distinct raw (queue, options) pairs remembered as validated; more are checked every time.
+_MAX_VALIDATED = 10_000
+# Datagrams read in one go before the replies to all of them are sent (see _Listener).
+_DRAIN = 32
 # Job overhead on the wire besides body and headers (field names, numbers, lease token).
 _JOB_OVERHEAD = 160
 
@@ -112,6 +118,10 @@ class ServeConfig:
         drain_timeout: Seconds a graceful shutdown waits for requests in flight.
         idle_timeout: QUIC idle timeout in seconds.
         max_connection_buffer: Bytes of unfinished requests one connection may have buffered.
+        max_streams: Request streams one client may have open at once (QUIC MAX_STREAMS).
+            aioquic's fixed 128 throttles a client with 64 requests in flight: a stream
+            counts until the client acknowledges its response, so the client stalls on
+            stream credit about half of the time.
     """
 
     host: str = "127.0.0.1"
@@ -127,6 +137,7 @@ class ServeConfig:
     drain_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connection_buffer: int = 64 * 1024 * 1024
+    max_streams: int = 1024
 
     def __post_init__(self) -> None:
         if self.require_client_cert and not self.client_ca:
@@ -137,6 +148,8 @@ class ServeConfig:
             raise ConfigurationError("the server needs --cert and --key")
         if not 1024 <= self.max_frame <= 1 << 30:
             raise ConfigurationError("max_frame must be between 1 KiB and 1 GiB")
+        if not 1 <= self.max_streams <= 1 << 16:
+            raise ConfigurationError("max_streams must be between 1 and 65536")
 
 
 def backend_url(template: str, queue: str, options: str = "") -> str:
@@ -249,6 +262,7 @@ class _Inline:
         async def call(*args: Any, **kwargs: Any) -> Any:
             return fn(*args, **kwargs)
 
+        setattr(self, verb, call)  # found directly from now on (__getattr__ is the miss path)
         return call
 
 
@@ -267,6 +281,37 @@ class _Lease:
     conn: _ServerProtocol
 
 
+class _Listener(QuicServer):
+    """aioquic's server, reading every queued datagram before anything is sent.
+
+    asyncio hands a datagram protocol one datagram per loop turn, and aioquic answers each at
+    once: with many requests in flight that is a packet (and a pass over every open stream)
+    per datagram, carrying two or three responses. Reading what else is queued first (up to
+    :data:`_DRAIN`) and then sending once per connection puts all their responses and ACKs in
+    as few packets as possible; the busier the server, the larger the batches.
+    """
+
+    def __init__(self, *, sock: socket.socket, server: JobServer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sock = sock
+        self._server = server
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        dirty = self._server._dirty = {}
+        try:
+            super().datagram_received(data, addr)
+            for _ in range(_DRAIN):
+                try:
+                    data, addr = self._sock.recvfrom(65536)
+                except OSError:  # nothing more queued (or an error the transport will see)
+                    break
+                super().datagram_received(data, addr)
+        finally:
+            self._server._dirty = None
+            for proto in dirty:
+                proto.transmit()
+
+
 class _ServerProtocol(QuicConnectionProtocol):
     """One client connection: reads request frames, runs them, writes responses."""
 
@@ -283,6 +328,10 @@ class _ServerProtocol(QuicConnectionProtocol):
         self._waiting: set[int] = set()
         self._buffered = 0
         cfg = server.config
+        # Before the handshake, so the transport parameters announce it (aioquic has no
+        # setting for it). Buffered bytes stay capped by max_connection_buffer.
+        limit = quic._local_max_streams_bidi
+        limit.value = limit.sent = cfg.max_streams
         if cfg.require_client_cert:
             original = quic._initialize
 
@@ -296,6 +345,16 @@ class _ServerProtocol(QuicConnectionProtocol):
             quic._initialize = initialize  # type: ignore[method-assign]
 
     # -- events -------------------------------------------------------------------------------
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        """Handle a datagram; send now, or after the listener's batch (see _Listener)."""
+        self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
+        self._process_events()
+        dirty = self.server._dirty
+        if dirty is None:
+            self.transmit()
+        else:
+            dirty[self] = None
+
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             self._on_data(event.stream_id, event.data, event.end_stream)
@@ -321,6 +380,15 @@ class _ServerProtocol(QuicConnectionProtocol):
         if reader is None:
             if sid in self._tasks:
                 return  # data after FIN would be a QUIC error; aioquic rejects it first
+            if end:  # the whole request in one piece: no buffering, no reader
+                try:
+                    kind, payload = decode_frame(data, limit=self.server.config.max_frame)
+                except WireError as exc:
+                    self._reply(sid, KIND_ERROR,
+                                error_to_wire(ProtocolError(f"bad frame: {exc}")))
+                    return
+                self._start(sid, kind, payload)
+                return
             reader = self._readers[sid] = FrameReader(self.server.config.max_frame)
         self._buffered += len(data)
         if self._buffered > self.server.config.max_connection_buffer:
@@ -346,6 +414,9 @@ class _ServerProtocol(QuicConnectionProtocol):
         except WireError as exc:
             self._reply(sid, KIND_ERROR, error_to_wire(ProtocolError(f"bad frame: {exc}")))
             return
+        self._start(sid, kind, payload)
+
+    def _start(self, sid: int, kind: int, payload: dict[str, Any]) -> None:
         coro = self._serve(sid, kind, payload)
         # Only for in-process backends: other drivers' code may need to run inside a task
         # (asyncio.timeout() does), which the eager first step is not.
@@ -422,8 +493,11 @@ class _ServerProtocol(QuicConnectionProtocol):
         except FrameTooLarge:
             frame = encode_frame(KIND_ERROR, error_to_wire(
                 ProtocolError("the response exceeds the frame limit")))
-        with contextlib.suppress(Exception):  # the peer may have reset the stream meanwhile
+        # The peer may have reset the stream meanwhile (try/except: no suppress() per reply).
+        try:  # noqa: SIM105
             self._quic.send_stream_data(sid, frame, end_stream=True)
+        except Exception:
+            pass
         self._transmit_soon()
 
     def interrupt_waits(self) -> None:
@@ -463,10 +537,14 @@ class JobServer:
         self.backend_scheme = parse_url(config.backend).scheme
         self.eager = self.backend_scheme in _INLINE_DRIVERS
         self._backends: dict[tuple[str, str], _Backend] = {}
+        #: Raw (queue, options) strings of requests already checked, and their backend.
+        self._validated: dict[tuple[str, str], _Backend] = {}
         self._leases: dict[str, _Lease] = {}
         self._protocols: set[_ServerProtocol] = set()
         self._releases: set[asyncio.Task[None]] = set()
-        self._quic_server: Any = None
+        self._quic_server: _Listener | None = None
+        #: Connections with something to send once the listener's current batch is read.
+        self._dirty: dict[_ServerProtocol, None] | None = None
         self._address: tuple[str, int] | None = None
 
     @property
@@ -493,15 +571,43 @@ class JobServer:
             self._protocols.add(proto)
             return proto
 
-        # No session tickets: a resumed (PSK) handshake would skip the client certificate.
-        self._quic_server = await serve(cfg.host, cfg.port, configuration=qc,
-                                        create_protocol=make)
-        sock = self._quic_server._transport.get_extra_info("sockname")
-        self._address = (str(sock[0]), int(sock[1]))
+        # aioquic's serve(), with our listener on a socket we keep (it reads ahead). No
+        # session tickets: a resumed (PSK) handshake would skip the client certificate.
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_DGRAM,
+                                       flags=socket.AI_PASSIVE)
+        if not infos:
+            raise OSError(f"cannot resolve {cfg.host!r}")
+        family, _, proto, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+        try:
+            sock.setblocking(False)
+            sock.bind(addr)
+            _, listener = await loop.create_datagram_endpoint(
+                lambda: _Listener(sock=sock, server=self, configuration=qc,
+                                  create_protocol=make),
+                sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._quic_server = listener
+        name = sock.getsockname()
+        self._address = (str(name[0]), int(name[1]))
         return self._address
 
     # -- dispatch -----------------------------------------------------------------------------
     def _backend(self, p: dict[str, Any]) -> _Backend:
+        queue, options = p.get("queue"), p.get("options", "")
+        if type(queue) is str and type(options) is str:
+            b = self._validated.get((queue, options))
+            if b is not None:
+                return b
+        b = self._new_backend(p)
+        if len(self._validated) < _MAX_VALIDATED:
+            self._validated[(queue, options)] = b  # type: ignore[index]
+        return b
+
+    def _new_backend(self, p: dict[str, Any]) -> _Backend:
         queue = _field(p, "queue", (str,))
         if not QUEUE_NAME.fullmatch(queue):
             raise InvalidArgument("queue names are 1..200 characters of A-Z a-z 0-9 . _ : @ -")
@@ -748,6 +854,7 @@ class JobServer:
             with contextlib.suppress(Exception):
                 await b.handle.aclose()
         self._backends.clear()
+        self._validated.clear()
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -778,6 +885,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="backend option clients may set with backend_options= (repeatable)")
     p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
                    help="largest frame payload in bytes (default 16 MiB)")
+    p.add_argument("--max-streams", type=int, default=1024,
+                   help="requests one client may have open at once (default 1024)")
     p.add_argument("--drain-timeout", type=float, default=10.0,
                    help="seconds to drain requests in flight on shutdown (default 10)")
     p.add_argument("--idle-timeout", type=float, default=60.0,
@@ -824,7 +933,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             host=args.listen[0], port=args.listen[1], backend=args.backend, cert=args.cert,
             key=args.key, client_ca=args.client_ca, require_client_cert=not args.no_client_cert,
             token=args.token or os.environ.get("UNIFIEDQ_TOKEN") or None,
-            max_frame=args.max_frame, allow_client_options=frozenset(args.allow_client_option),
+            max_frame=args.max_frame, max_streams=args.max_streams,
+            allow_client_options=frozenset(args.allow_client_option),
             drain_timeout=args.drain_timeout, idle_timeout=args.idle_timeout,
         )
         parse_url(cfg.backend)

@@ -82,6 +82,23 @@ class FrameTooLarge(WireError):
 
 
 # -- values -------------------------------------------------------------------------------------
+# The codec runs twice per request on each side, so its hot paths are written flat: scalars
+# inside maps and lists are handled in the container's loop instead of a call per value, map
+# keys (a handful of field names) are encoded once and cached, and decoding slices ``bytes``
+# directly (no memoryview hops, no copy of the payload out of the frame).
+
+_pack_len = struct.Struct(">BI").pack
+_pack_i64 = struct.Struct(">Bq").pack
+_pack_f64 = struct.Struct(">Bd").pack
+_unpack_u32 = _U32.unpack_from
+_unpack_i64 = _I64.unpack_from
+_unpack_f64 = _F64.unpack_from
+
+#: Encoded map keys (tag, length, UTF-8); bounded so that peers' keys cannot grow it forever.
+_KEYS: dict[str, bytes] = {}
+_KEYS_MAX = 256
+
+
 def encode_value(value: object) -> bytes:
     """Encode ``value`` (None, bool, int, float, str, bytes, list/tuple, str-keyed mapping).
 
@@ -89,8 +106,52 @@ def encode_value(value: object) -> bytes:
         WireError: The value (or something inside it) cannot be encoded.
     """
     out = bytearray()
-    _enc(value, out, 0)
+    _enc_into(value, out)
     return bytes(out)
+
+
+def _enc_into(value: object, out: bytearray) -> None:
+    try:
+        if type(value) is dict:
+            _enc_map(value, out, 0)
+        else:
+            _enc(value, out, 0)
+    except UnicodeEncodeError as exc:  # a str with lone surrogates has no UTF-8 form
+        raise WireError(f"a string cannot be encoded as UTF-8: {exc.reason}") from None
+
+
+def _key(key: str) -> bytes:
+    data = key.encode("utf-8")
+    enc = _pack_len(_T_STR, len(data)) + data
+    if len(_KEYS) < _KEYS_MAX and len(data) <= 64:
+        _KEYS[key] = enc
+    return enc
+
+
+def _enc_map(m: Mapping[str, Any], out: bytearray, depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise WireError(f"values nest deeper than {MAX_DEPTH}")
+    out += _pack_len(_T_MAP, len(m))
+    keys = _KEYS
+    for key, v in m.items():
+        if type(key) is not str:
+            raise WireError(f"map keys must be str, not {type(key).__name__}")
+        out += keys.get(key) or _key(key)
+        # The common scalars inline (exact types; bool before int); the rest via _enc.
+        t = type(v)
+        if t is str:
+            data = v.encode("utf-8")
+            out += _pack_len(_T_STR, len(data))
+            out += data
+        elif t is bytes:
+            out += _pack_len(_T_BYTES, len(v))
+            out += v
+        elif v is None:
+            out.append(_T_NONE)
+        elif t is int and _I64_MIN <= v <= _I64_MAX:
+            out += _pack_i64(_T_INT, v)
+        else:
+            _enc(v, out, depth + 1)
 
 
 def _enc(v: object, out: bytearray, depth: int) -> None:
@@ -99,10 +160,10 @@ def _enc(v: object, out: bytearray, depth: int) -> None:
     t = type(v)
     if t is str:
         data = v.encode("utf-8")  # type: ignore[attr-defined]
-        out += _TAG_LEN_STR(len(data))
+        out += _pack_len(_T_STR, len(data))
         out += data
     elif t is bytes:
-        out += _TAG_LEN_BYTES(len(v))  # type: ignore[arg-type]
+        out += _pack_len(_T_BYTES, len(v))  # type: ignore[arg-type]
         out += v  # type: ignore[arg-type]
     elif v is None:
         out.append(_T_NONE)
@@ -111,24 +172,25 @@ def _enc(v: object, out: bytearray, depth: int) -> None:
     elif t is int:
         if not _I64_MIN <= v <= _I64_MAX:  # type: ignore[operator]
             raise WireError(f"integer {v} does not fit in 64 bits")
-        out += _TAG_I64(_T_INT, v)
+        out += _pack_i64(_T_INT, v)
     elif t is float:
-        out += _TAG_F64(_T_FLOAT, v)
-    elif isinstance(v, Mapping):
+        out += _pack_f64(_T_FLOAT, v)
+    elif t is dict or isinstance(v, Mapping):
+        _enc_map(v, out, depth)  # type: ignore[arg-type]
+    elif t is list or isinstance(v, list | tuple):
         if depth >= MAX_DEPTH:
             raise WireError(f"values nest deeper than {MAX_DEPTH}")
-        out += _TAG_LEN(_T_MAP, len(v))
-        for key, item in v.items():
-            if type(key) is not str:
-                raise WireError(f"map keys must be str, not {type(key).__name__}")
-            _enc(key, out, depth + 1)
-            _enc(item, out, depth + 1)
-    elif isinstance(v, list | tuple):
-        if depth >= MAX_DEPTH:
-            raise WireError(f"values nest deeper than {MAX_DEPTH}")
-        out += _TAG_LEN(_T_LIST, len(v))
-        for item in v:
-            _enc(item, out, depth + 1)
+        out += _pack_len(_T_LIST, len(v))  # type: ignore[arg-type]
+        for item in v:  # type: ignore[attr-defined]
+            if type(item) is str:
+                data = item.encode("utf-8")
+                out += _pack_len(_T_STR, len(data))
+                out += data
+            elif type(item) is bytes:
+                out += _pack_len(_T_BYTES, len(item))
+                out += item
+            else:
+                _enc(item, out, depth + 1)
     elif isinstance(v, bool):  # pragma: no cover - bool cannot be subclassed
         out.append(_T_TRUE if v else _T_FALSE)
     elif isinstance(v, int):
@@ -143,29 +205,18 @@ def _enc(v: object, out: bytearray, depth: int) -> None:
         raise WireError(f"cannot encode a {type(v).__name__}")
 
 
-_TAG_LEN = struct.Struct(">BI").pack
-_TAG_I64 = struct.Struct(">Bq").pack
-_TAG_F64 = struct.Struct(">Bd").pack
-
-
-def _TAG_LEN_STR(n: int) -> bytes:  # noqa: N802 - reads like the constants above
-    return _TAG_LEN(_T_STR, n)
-
-
-def _TAG_LEN_BYTES(n: int) -> bytes:  # noqa: N802
-    return _TAG_LEN(_T_BYTES, n)
-
-
-def decode_value(data: bytes) -> Any:
+def decode_value(data: bytes | bytearray | memoryview) -> Any:
     """Decode one value that spans all of ``data``.
 
     Raises:
         WireError: The bytes are not exactly one well-formed value.
     """
-    view = memoryview(data)
-    value, pos = _dec(view, 0, 0)
-    if pos != len(view):
-        raise WireError(f"{len(view) - pos} trailing bytes after the value")
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = len(data)
+    value, pos = _dec(data, 0, end, 0)
+    if pos != end:
+        raise WireError(f"{end - pos} trailing bytes after the value")
     return value
 
 
@@ -173,63 +224,90 @@ def _short(pos: int, n: int, have: int) -> WireError:
     return WireError(f"truncated value: need {n} bytes at offset {pos}, have {have}")
 
 
-def _dec(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
-    end = len(view)
+_CONSTANTS = (None, False, True)
+
+
+def _dec(data: bytes, pos: int, end: int, depth: int) -> tuple[Any, int]:
+    """Decode the value at ``pos`` of ``data[:end]``; return it and the offset after it."""
     if pos >= end:
         raise _short(pos, 1, 0)
-    tag = view[pos]
+    tag = data[pos]
     pos += 1
     if tag in (_T_STR, _T_BYTES):
         if pos + 4 > end:
             raise _short(pos, 4, end - pos)
-        (n,) = _U32.unpack_from(view, pos)
-        pos += 4
-        if pos + n > end:
-            raise _short(pos, n, end - pos)
-        raw = bytes(view[pos:pos + n])
+        stop = pos + 4 + _unpack_u32(data, pos)[0]
+        if stop > end:
+            raise _short(pos + 4, stop - pos - 4, end - pos - 4)
         if tag == _T_BYTES:
-            return raw, pos + n
+            return data[pos + 4:stop], stop
         try:
-            return raw.decode("utf-8"), pos + n
-        except UnicodeDecodeError as exc:
-            raise WireError(f"invalid UTF-8 in a string at offset {pos}") from exc
-    if tag == _T_NONE:
-        return None, pos
-    if tag == _T_FALSE:
-        return False, pos
-    if tag == _T_TRUE:
-        return True, pos
+            return data[pos + 4:stop].decode("utf-8"), stop
+        except UnicodeDecodeError:
+            raise WireError(f"invalid UTF-8 in a string at offset {pos + 4}") from None
+    if tag <= _T_TRUE:
+        return _CONSTANTS[tag], pos
     if tag in (_T_INT, _T_FLOAT):
         if pos + 8 > end:
             raise _short(pos, 8, end - pos)
-        return (_I64 if tag == _T_INT else _F64).unpack_from(view, pos)[0], pos + 8
-    if tag in (_T_LIST, _T_MAP):
-        if depth >= MAX_DEPTH:
-            raise WireError(f"values nest deeper than {MAX_DEPTH}")
-        if pos + 4 > end:
-            raise _short(pos, 4, end - pos)
-        (count,) = _U32.unpack_from(view, pos)
-        pos += 4
-        # Every element takes at least one byte (two for a map entry): a count larger than
-        # the bytes left is a lie, refused before any allocation.
-        if count * (2 if tag == _T_MAP else 1) > end - pos:
-            raise WireError(f"count {count} at offset {pos - 4} exceeds the bytes left")
-        if tag == _T_LIST:
-            items = []
-            for _ in range(count):
-                item, pos = _dec(view, pos, depth + 1)
-                items.append(item)
-            return items, pos
-        mapping: dict[str, Any] = {}
+        return (_unpack_i64 if tag == _T_INT else _unpack_f64)(data, pos)[0], pos + 8
+    if tag != _T_LIST and tag != _T_MAP:
+        raise WireError(f"unknown value tag 0x{tag:02x} at offset {pos - 1}")
+    if depth >= MAX_DEPTH:
+        raise WireError(f"values nest deeper than {MAX_DEPTH}")
+    if pos + 4 > end:
+        raise _short(pos, 4, end - pos)
+    count = _unpack_u32(data, pos)[0]
+    pos += 4
+    # Every element takes at least one byte (six for a map entry: a key's tag and length):
+    # a count larger than the bytes left is a lie, refused before any allocation.
+    if count * (6 if tag == _T_MAP else 1) > end - pos:
+        raise WireError(f"count {count} at offset {pos - 4} exceeds the bytes left")
+    depth += 1
+    if tag == _T_LIST:
+        items = []
         for _ in range(count):
-            key, pos = _dec(view, pos, depth + 1)
-            if type(key) is not str:
-                raise WireError("map keys must be strings")
-            if key in mapping:
-                raise WireError(f"duplicate map key {key!r}")
-            mapping[key], pos = _dec(view, pos, depth + 1)
-        return mapping, pos
-    raise WireError(f"unknown value tag 0x{tag:02x} at offset {pos - 1}")
+            item, pos = _dec(data, pos, end, depth)
+            items.append(item)
+        return items, pos
+    mapping: dict[str, Any] = {}
+    for _ in range(count):
+        # The key, inline: always a string.
+        if pos + 5 > end:
+            raise _short(pos, 5, end - pos)
+        if data[pos] != _T_STR:
+            raise WireError(f"map keys must be strings (offset {pos})")
+        stop = pos + 5 + _unpack_u32(data, pos + 1)[0]
+        if stop > end:
+            raise _short(pos + 5, stop - pos - 5, end - pos - 5)
+        try:
+            key = data[pos + 5:stop].decode("utf-8")
+        except UnicodeDecodeError:
+            raise WireError(f"invalid UTF-8 in a map key at offset {pos + 5}") from None
+        if key in mapping:
+            raise WireError(f"duplicate map key {key!r}")
+        # The value: strings, bytes and None inline, the rest by recursion.
+        if stop < end and ((vt := data[stop]) == _T_BYTES or vt == _T_STR):
+            pos = stop + 5
+            if pos > end:
+                raise _short(stop + 1, 4, end - stop - 1)
+            vstop = pos + _unpack_u32(data, stop + 1)[0]
+            if vstop > end:
+                raise _short(pos, vstop - pos, end - pos)
+            if vt == _T_BYTES:
+                mapping[key] = data[pos:vstop]
+            else:
+                try:
+                    mapping[key] = data[pos:vstop].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise WireError(f"invalid UTF-8 in a string at offset {pos}") from None
+            pos = vstop
+        elif stop < end and data[stop] == _T_NONE:
+            mapping[key] = None
+            pos = stop + 1
+        else:
+            mapping[key], pos = _dec(data, stop, end, depth)
+    return mapping, pos
 
 
 # -- frames -------------------------------------------------------------------------------------
@@ -247,10 +325,17 @@ def encode_frame(kind: int, payload: Mapping[str, Any], *, limit: int = DEFAULT_
     """
     if kind not in _KINDS:
         raise WireError(f"unknown frame kind {kind}")
-    body = encode_value(payload)
-    if len(body) > limit:
-        raise FrameTooLarge(f"frame payload is {len(body)} bytes; the limit is {limit}")
-    return _HDR.pack(MAGIC, VERSION, kind, len(body)) + body
+    # Encode after a placeholder header and patch the length in: one buffer, one copy out.
+    out = bytearray(_HDR_PREFIX[kind])
+    _enc_into(payload, out)
+    n = len(out) - HEADER
+    if n > limit:
+        raise FrameTooLarge(f"frame payload is {n} bytes; the limit is {limit}")
+    _U32.pack_into(out, 4, n)
+    return bytes(out)
+
+
+_HDR_PREFIX = {k: _HDR.pack(MAGIC, VERSION, k, 0) for k in _KINDS}
 
 
 def _parse_header(data: bytes | bytearray | memoryview, limit: int) -> tuple[int, int]:
@@ -266,7 +351,8 @@ def _parse_header(data: bytes | bytearray | memoryview, limit: int) -> tuple[int
     return kind, length
 
 
-def decode_frame(data: bytes, *, limit: int = DEFAULT_MAX_FRAME) -> tuple[int, dict[str, Any]]:
+def decode_frame(data: bytes | bytearray | memoryview, *,
+                 limit: int = DEFAULT_MAX_FRAME) -> tuple[int, dict[str, Any]]:
     """Decode one complete frame (header and payload, nothing more).
 
     Returns:
@@ -276,15 +362,19 @@ def decode_frame(data: bytes, *, limit: int = DEFAULT_MAX_FRAME) -> tuple[int, d
         FrameTooLarge: The announced length exceeds ``limit``.
         WireError: Anything else is malformed (truncated, trailing bytes, bad value).
     """
-    if len(data) < HEADER:
-        raise WireError(f"truncated frame: {len(data)} bytes, the header alone is {HEADER}")
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = len(data)
+    if end < HEADER:
+        raise WireError(f"truncated frame: {end} bytes, the header alone is {HEADER}")
     kind, length = _parse_header(data, limit)
-    if len(data) - HEADER != length:
-        raise WireError(f"frame announces {length} payload bytes but carries "
-                        f"{len(data) - HEADER}")
-    payload = decode_value(bytes(memoryview(data)[HEADER:]))
-    if not isinstance(payload, dict):
+    if end - HEADER != length:
+        raise WireError(f"frame announces {length} payload bytes but carries {end - HEADER}")
+    if end == HEADER or data[HEADER] != _T_MAP:
         raise WireError("a frame's payload must be a map")
+    payload, pos = _dec(data, HEADER, end, 0)
+    if pos != end:
+        raise WireError(f"{end - pos} trailing bytes after the payload")
     return kind, payload
 
 
@@ -300,7 +390,9 @@ class FrameReader:
 
     def __init__(self, limit: int = DEFAULT_MAX_FRAME) -> None:
         self.limit = limit
-        self._buf = bytearray()
+        # The first chunk is kept as it came (usually it is the whole frame: no copy); a
+        # second one turns the buffer into a bytearray.
+        self._buf: bytes | bytearray = b""
         self._length: int | None = None
 
     def feed(self, data: bytes) -> None:
@@ -309,10 +401,16 @@ class FrameReader:
         Raises:
             WireError: The header is malformed or more bytes came than it announced.
         """
-        self._buf += data
-        if self._length is None and len(self._buf) >= HEADER:
-            self._length = _parse_header(self._buf, self.limit)[1]
-        if self._length is not None and len(self._buf) > HEADER + self._length:
+        buf = self._buf
+        if not buf:
+            self._buf = buf = bytes(data)
+        else:
+            if type(buf) is bytes:
+                self._buf = buf = bytearray(buf)
+            buf += data
+        if self._length is None and len(buf) >= HEADER:
+            self._length = _parse_header(buf, self.limit)[1]
+        if self._length is not None and len(buf) > HEADER + self._length:
             raise WireError("more bytes on the stream than the frame announced")
 
     @property
@@ -331,4 +429,4 @@ class FrameReader:
         Raises:
             WireError: The stream ended before the frame was complete, or it is malformed.
         """
-        return decode_frame(bytes(self._buf), limit=self.limit)
+        return decode_frame(self._buf, limit=self.limit)
