@@ -94,6 +94,8 @@ _MAX_BATCH = 100_000
 _MAX_VALIDATED = 10_000
 # Datagrams read in one go before the replies to all of them are sent (see _Listener).
 _DRAIN = 32
+# Most responses one connection holds back while its batch is read (see _ServerProtocol._reply).
+_FLUSH_MAX = 16
 # Job overhead on the wire besides body and headers (field names, numbers, lease token).
 _JOB_OVERHEAD = 160
 
@@ -282,13 +284,17 @@ class _Lease:
 
 
 class _Listener(QuicServer):
-    """aioquic's server, reading every queued datagram before anything is sent.
+    """aioquic's server, reading the datagrams queued on its socket before it answers.
 
     asyncio hands a datagram protocol one datagram per loop turn, and aioquic answers each at
     once: with many requests in flight that is a packet (and a pass over every open stream)
     per datagram, carrying two or three responses. Reading what else is queued first (up to
-    :data:`_DRAIN`) and then sending once per connection puts all their responses and ACKs in
-    as few packets as possible; the busier the server, the larger the batches.
+    :data:`_DRAIN`) and sending after it puts many responses and ACKs in each packet; the
+    busier the server, the larger the batches. Sending only at the end would make client and
+    server take turns, though (all requests in flight become one batch, and each side idles
+    while the other works), so a connection sends as soon as it holds half as many responses
+    as its previous batch had (at least 2, at most :data:`_FLUSH_MAX`): the client gets to work
+    on the first half while the server answers the second.
     """
 
     def __init__(self, *, sock: socket.socket, server: JobServer, **kwargs: Any) -> None:
@@ -309,6 +315,8 @@ class _Listener(QuicServer):
         finally:
             self._server._dirty = None
             for proto in dirty:
+                proto._flush_at = max(2, min(_FLUSH_MAX, proto._batch // 2))
+                proto._batch = 0
                 proto.transmit()
 
 
@@ -327,6 +335,9 @@ class _ServerProtocol(QuicConnectionProtocol):
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._waiting: set[int] = set()
         self._buffered = 0
+        #: Responses written since the last transmit, and in the listener's current batch.
+        self._unsent = self._batch = 0
+        self._flush_at = _FLUSH_MAX
         cfg = server.config
         # Before the handshake, so the transport parameters announce it (aioquic has no
         # setting for it). Buffered bytes stay capped by max_connection_buffer.
@@ -498,7 +509,17 @@ class _ServerProtocol(QuicConnectionProtocol):
             self._quic.send_stream_data(sid, frame, end_stream=True)
         except Exception:
             pass
-        self._transmit_soon()
+        self._unsent += 1
+        self._batch += 1
+        if self._unsent >= self._flush_at and self.server._dirty is not None:
+            self.transmit()  # enough for the client to work on (see _Listener)
+        else:
+            self._transmit_soon()
+
+    def transmit(self) -> None:
+        """Send what is pending (aioquic's transmit) and restart the count of held responses."""
+        self._unsent = 0
+        super().transmit()
 
     def interrupt_waits(self) -> None:
         """Cancel requests that wait for jobs (used by a graceful shutdown)."""
