@@ -505,6 +505,27 @@ class TestLeases:
 
         asyncio.run(main())
 
+    def test_many_requests_in_flight(self, memory_server: ServerProcess) -> None:
+        # 600 at once: past aioquic's default of 128 streams (the server grants 1024), and
+        # enough for the server's read-ahead batches and early sends to interleave.
+        url = memory_server.url(f"many-{uuid.uuid4().hex[:8]}", capabilities="memory")
+
+        async def main() -> None:
+            async with unifiedq.connect_async(url) as q:
+                bodies = [b"%d" % i for i in range(600)]
+                ids = await asyncio.gather(*(q.enqueue(b) for b in bodies))
+                assert len(set(ids)) == 600
+                from unifiedq.drivers.quic.client import QuicQueue
+
+                assert isinstance(q, QuicQueue) and q._proto is not None
+                assert q._proto._quic._remote_max_streams_bidi >= 1024  # what the server grants
+                jobs = await asyncio.gather(*(q.dequeue(timeout=10) for _ in range(600)))
+                assert sorted(j.body for j in jobs if j is not None) == sorted(bodies)
+                await asyncio.gather(*(q.ack(j) for j in jobs if j is not None))
+                assert await q.size() == 0
+
+        asyncio.run(main())
+
     def test_typed_errors_cross_the_wire(self, memory_server: ServerProcess) -> None:
         with unifiedq.connect(memory_server.url("typed-e", capabilities="memory")) as q:
             q.enqueue(b"a")
@@ -521,6 +542,14 @@ class TestLeases:
         with unifiedq.connect("quic://127.0.0.1:9/none", connect_timeout=1) as gone, \
                 pytest.raises(BackendConnectionError):
             gone.size()
+
+    def test_bad_server_limits(self, pki: Pki) -> None:
+        from unifiedq.drivers.quic.server import ServeConfig
+
+        for bad in (0, 1 << 17):
+            with pytest.raises(ConfigurationError):
+                ServeConfig(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca,
+                            max_streams=bad)
 
     def test_bad_urls(self, pki: Pki) -> None:
         for url in ("quic:///q", "quic://h:1/", "quic://h:1/a b", "quic://u@h:1/q",
