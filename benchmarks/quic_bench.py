@@ -9,7 +9,8 @@ pattern, no codec, no backend). Measures:
 * round trip: sequential requests, one in flight (echo of a request-sized frame vs ``size()``
   and ``enqueue()`` through the driver);
 * throughput: ``enqueue`` with 1, 8 and 64 requests in flight on one connection, next to the
-  echo at the same concurrency.
+  echo at the same concurrency, with the CPU time per request of the client (this process)
+  and of the server process (Linux; it says how much of the rate is CPU, how much waiting).
 
 Targets (issue 6): round trip <= 1.5x the raw echo; >= 10k ops/s at 64 in flight.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import statistics
 import subprocess
 import sys
@@ -99,10 +102,23 @@ async def rtt(call: Any, n: int) -> float:
     return statistics.median(samples)
 
 
-async def throughput(call: Any, in_flight: int, seconds: float) -> float:
-    """Completed calls per second with ``in_flight`` concurrent callers."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(call: Any, in_flight: int, seconds: float,
+                     server_pid: int) -> tuple[float, float, float]:
+    """Calls per second with ``in_flight`` concurrent callers, and the CPU microseconds per
+    call spent by this (client) process and by the server process."""
     done = 0
     stop = time.perf_counter() + seconds
+    cpu, server_cpu = time.process_time(), cpu_seconds(server_pid)
 
     async def worker() -> None:
         nonlocal done
@@ -112,10 +128,14 @@ async def throughput(call: Any, in_flight: int, seconds: float) -> float:
 
     t = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return done / (time.perf_counter() - t)
+    rate = done / (time.perf_counter() - t)
+    per_call = 1e6 / max(done, 1)
+    return (rate, (time.process_time() - cpu) * per_call,
+            (cpu_seconds(server_pid) - server_cpu) * per_call)
 
 
-async def bench(args: argparse.Namespace, pki: Pki, quic_port: int, echo_port: int) -> None:
+async def bench(args: argparse.Namespace, pki: Pki, quic_port: int, echo_port: int,
+                quic_pid: int, echo_pid: int) -> None:
     cfg = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], server_name="127.0.0.1")
     cfg.load_verify_locations(cafile=pki.ca)
     url = (f"quic://127.0.0.1:{quic_port}/bench?{pki.query(capabilities='memory')}")
@@ -142,13 +162,18 @@ async def bench(args: argparse.Namespace, pki: Pki, quic_port: int, echo_port: i
             for label, a, b in rows:
                 print(f"  {label:36} {a * 1e6:8.0f}us {b * 1e6:8.0f}us {a / b:6.2f}x")
 
-            print(f"\nthroughput, enqueue(64B) on one connection ({args.seconds:.0f} s each):")
-            print(f"  {'in flight':>9} {'quic:// ops/s':>14} {'echo ops/s':>11} {'ratio':>7}")
+            print(f"\nthroughput, enqueue(64B) on one connection ({args.seconds:.0f} s each);"
+                  f" CPU us per request, client/server:")
+            print(f"  {'in flight':>9} {'quic:// ops/s':>14} {'echo ops/s':>11} {'ratio':>7}"
+                  f" {'quic:// cpu':>12} {'echo cpu':>10}")
             for n in (1, 8, 64):
-                e = await throughput(lambda: echo.echo(enq_frame), n, args.seconds)
-                a = await throughput(lambda: q.enqueue(body), n, args.seconds)
+                e, ec, es = await throughput(lambda: echo.echo(enq_frame), n, args.seconds,
+                                             echo_pid)
+                a, ac, as_ = await throughput(lambda: q.enqueue(body), n, args.seconds,
+                                              quic_pid)
                 await q.purge()
-                print(f"  {n:9d} {a:14.0f} {e:11.0f} {a / e:6.2f}x")
+                print(f"  {n:9d} {a:14.0f} {e:11.0f} {a / e:6.2f}x {ac:5.0f}/{as_:<6.0f}"
+                      f" {ec:4.0f}/{es:<5.0f}")
             await q.enqueue_many([body] * 20000)
             t = time.perf_counter()
             got = 0
@@ -184,7 +209,8 @@ def main() -> None:
             assert echo.stdout is not None
             echo_port = int(echo.stdout.readline().rsplit(":", 1)[1])
             print(f"python {sys.version.split()[0]}, server: {srv.banner.strip()}")
-            asyncio.run(bench(args, pki, srv.port, echo_port))
+            assert srv.proc is not None
+            asyncio.run(bench(args, pki, srv.port, echo_port, srv.proc.pid, echo.pid))
         finally:
             echo.terminate()
             echo.wait()
