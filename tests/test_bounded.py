@@ -24,14 +24,6 @@ def _name() -> str:
     return f"bq-{uuid.uuid4().hex[:8]}"
 
 
-def _landed(module: str) -> bool:
-    try:
-        __import__(f"unifiedq.drivers.{module}")
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(autouse=True)
 def _reset() -> Iterator[None]:
     yield
@@ -184,7 +176,6 @@ _PRODUCER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not _landed("redis"), reason="redis driver not landed yet")
 def test_cross_process_producers_on_redis_are_best_effort_and_fully_counted(
         redis_url: str) -> None:
     """Client-side bounds race across processes: the overshoot is at most producers - 1.

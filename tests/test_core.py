@@ -29,6 +29,8 @@ from unifiedq import (
 from unifiedq._bridge import AsyncToSync, SyncToAsync
 from unifiedq.codecs import JsonCodec, MsgpackCodec, TypedQueue, get_codec
 
+pytest_plugins = ["pytester"]
+
 
 def test_public_names_are_exported_and_documented() -> None:
     for name in unifiedq.__all__:
@@ -243,3 +245,23 @@ def test_memory_url_rejects_paths_and_credentials() -> None:
         connect("memory://q/sub")
     with pytest.raises(InvalidURL, match="maxsize"):
         connect("memory://q?maxsize=0")
+
+
+def test_ci_turns_stray_skips_into_failures(pytester: pytest.Pytester,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under CI=true only the suite's capability-pairing skips may pass; others fail."""
+    conftest = Path(__file__).with_name("conftest.py").read_text()
+    pytester.makeconftest(conftest.replace(
+        'pytest_plugins = ["unifiedq.testing.fixtures"]', "pytest_plugins: list[str] = []"))
+    pytester.makepyfile(test_s=(
+        "import pytest\n"
+        "def test_stray():\n    pytest.skip('redis-server not found')\n"
+        "def test_pairing():\n"
+        "    pytest.skip('driver has PEEK; the requires(PEEK) tests cover it')\n"
+    ))
+    monkeypatch.setenv("CI", "true")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, skipped=1)
+    monkeypatch.setenv("CI", "false")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=2)

@@ -23,22 +23,12 @@ def _base() -> str:
     return f"fq-{uuid.uuid4().hex[:8]}"
 
 
-def _landed(module: str) -> bool:
-    try:
-        __import__(f"unifiedq.drivers.{module}")
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(params=["memory", "redis"])
 def template(request: pytest.FixtureRequest) -> str:
     """A sub-queue URL template on each landed driver."""
     b = _base()
     if request.param == "memory":
         return f"memory://{b}.{{tenant}}"
-    if not _landed("redis"):
-        pytest.skip("redis driver not landed yet")
     return f"{request.getfixturevalue('redis_url')}?queue={b}.{{tenant}}"
 
 
@@ -248,7 +238,6 @@ def test_async_fair_queue_shares_and_settles() -> None:
     assert got == {"x": 40, "y": 20}
 
 
-@pytest.mark.skipif(not _landed("redis"), reason="redis driver not landed yet")
 def test_two_processes_share_fairly_on_redis(redis_url: str) -> None:
     """Local DRR in each of two consumer processes still shares fairly overall."""
     import subprocess

@@ -62,26 +62,12 @@ def _fails(body: bytes, attempt: int, p: float = 0.3) -> bool:
     return random.Random(f"{body!r}/{attempt}").random() < p
 
 
-def _redis_ready() -> bool:
-    return _landed("redis")
-
-
-def _landed(module: str) -> bool:
-    try:
-        __import__(f"unifiedq.drivers.{module}")
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(params=["memory", "redis", "faktory", "amqp"])
 def url_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Queue URLs on every landed driver with ACK (memory always; others via the rig)."""
     kind = request.param
     if kind == "memory":
         return lambda name: f"memory://{name}"
-    if not _landed(kind):
-        pytest.skip(f"{kind} driver not landed yet")
     base = request.getfixturevalue(f"{kind}_url").split("?")[0]
     return lambda name: f"{base}?queue={name}"
 
@@ -446,7 +432,6 @@ def test_no_ack_driver_retries_by_reenqueue_with_attempt_header() -> None:
     assert q.size() == 0
 
 
-@pytest.mark.skipif(not _landed("shm"), reason="shm driver not landed yet")
 def test_accounting_on_shm_without_ack_or_headers() -> None:
     """shm:// has no ACK, DELAY or HEADERS: retries are re-enqueued copies whose attempt
     numbers the worker tracks by the new job id; the dead set must still be exact."""
@@ -617,7 +602,6 @@ _CRASH_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not _redis_ready(), reason="redis driver not landed yet")
 def test_sigkill_worker_jobs_come_back_within_the_lease(redis_url: str) -> None:
     name = _name()
     # A short lease and the driver's own heartbeat off: only the worker keeps leases alive.
