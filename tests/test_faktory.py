@@ -60,6 +60,8 @@ class TestFaktoryConformance(QueueConformance):
     # after its backoff (15..44 s on the first retry): redelivery takes 75..125 s.
     LEASE_OPTIONS = {"reserve_for": 60}
     LEASE_SECONDS = 60.0
+    # Scheduled jobs live in Faktory's one server-wide set; size() counts ready jobs only.
+    SIZE_COUNTS_DELAYED = False
 
     @pytest.fixture
     def url_template(self, faktory_url: str) -> str:
@@ -75,27 +77,6 @@ class TestFaktoryConformance(QueueConformance):
     @requires(Capability.ACK)
     def test_lease_expiry_redelivers(self, harness: Harness) -> None:
         super().test_lease_expiry_redelivers(harness)
-
-    @requires(Capability.DELAY)
-    def test_delay(self, harness: Harness) -> None:
-        """The suite's test_delay, except that size() does not count delayed jobs.
-
-        Faktory keeps scheduled jobs in one global sorted set and has no per-queue count of
-        it, so the driver's size() counts ready jobs only (documented).
-        """
-        q = harness.open()
-        q.enqueue(b"later", delay=1.0)
-        q.enqueue(b"now")
-        first = q.dequeue(timeout=5)
-        assert first is not None and first.body == b"now"
-        q.ack(first)
-        assert q.dequeue(timeout=0.3) is None
-        assert q.size() == 0  # the delayed job is in Faktory's scheduled set, not the queue
-        start = time.monotonic()
-        job = q.dequeue(timeout=3 + self.DELAY_SLACK)
-        assert job is not None and job.body == b"later"
-        assert time.monotonic() - start < 2 + self.DELAY_SLACK
-        q.ack(job)
 
 
 # ----------------------------------------------------------------------------- URLs and errors
