@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -18,23 +17,23 @@ from ..._errors import JobNotLeased
 from ..._job import EnqueueRequest, Job
 from ..._url import URL
 from . import _scripts
-from ._core import CAPABILITIES, Call, Core, RedisOptions, pack, parse, translating
+from ._core import (
+    CAPABILITIES,
+    Call,
+    Core,
+    RedisOptions,
+    pack,
+    parse,
+    pool_args,
+    translating,
+)
 
 __all__ = ["AsyncRedisQueue"]
 
 log = logging.getLogger("unifiedq.drivers.redis")
 
 
-def _pool_args() -> tuple[str, ...]:
-    # redis-py < 5.3 requires a command name here; later versions deprecate passing one.
-    try:
-        param = inspect.signature(aredis.ConnectionPool.get_connection).parameters["command_name"]
-    except (KeyError, TypeError, ValueError):
-        return ()
-    return ("EVALSHA",) if param.default is inspect.Parameter.empty else ()
-
-
-_POOL_ARGS = _pool_args()
+_POOL_ARGS = pool_args(aredis.ConnectionPool)
 
 
 class AsyncRedisQueue(AsyncQueueBase):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import os
 import random
 import threading
@@ -622,3 +623,15 @@ def parse(url: URL, options: Mapping[str, object]) -> tuple[URL, RedisOptions]:
     if url.scheme not in ("redis", "rediss"):
         raise InvalidURL(f"the redis driver takes redis:// or rediss:// URLs, not {url.scheme!r}")
     return url, parse_options(RedisOptions, url.query, options, driver="redis")
+
+
+def pool_args(pool_cls: Any) -> tuple[str, ...]:
+    """Extra positional args for ``pool_cls.get_connection`` on this redis-py version.
+
+    redis-py < 5.3 requires a command name there; later versions deprecate passing one.
+    """
+    try:
+        param = inspect.signature(pool_cls.get_connection).parameters["command_name"]
+    except (KeyError, TypeError, ValueError):
+        return ()
+    return ("EVALSHA",) if param.default is inspect.Parameter.empty else ()
