@@ -76,6 +76,90 @@ class TestShm(QueueConformance):
         return restart
 
 
+class TestShmPurePython(TestShm):
+    """The same suite on the pure-Python ring (patomic through cffi), without ``_shmring``."""
+
+    @pytest.fixture(autouse=True)
+    def _pure_python(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("UNIFIEDQ_SHM_ATOMICS", "cffi")
+
+    def test_runs_without_the_compiled_module(self, harness: Harness) -> None:
+        with unifiedq.connect(harness.url) as q:
+            ring = q._ring or q._attach()  # type: ignore[attr-defined]
+            assert ring.c is None and ring.w.impl == "patomic-cffi"
+
+
+# -- the compiled fast path ----------------------------------------------------------------------
+def test_compiled_path_is_the_default_and_required_in_ci(name: str) -> None:
+    from unifiedq.drivers import _shm_atomics
+
+    if _shm_atomics.IMPL != "c-ext":
+        assert os.environ.get("CI") != "true", (
+            "unifiedq.drivers._shmring was not built (or is stale): CI must test the path "
+            "users get; run 'pip install -e .' with a C compiler"
+        )
+        pytest.skip("unifiedq.drivers._shmring is not built here (pip install -e . builds it)")
+    with unifiedq.connect(_url(name)) as q:
+        ring = q._ring or q._attach()  # type: ignore[attr-defined]
+        assert ring.c is not None and ring.w.impl == "c-ext"
+
+
+def test_compiled_segment_refuses_bad_calls(name: str) -> None:
+    import mmap
+
+    _shmring = pytest.importorskip("unifiedq.drivers._shmring")
+    from unifiedq.drivers.shm import _SLOTS_OFF, _W_HEAD, _W_TAIL
+
+    m = mmap.mmap(-1, mmap.PAGESIZE * 4)
+    seg = _shmring.Segment(m)
+    with pytest.raises(IndexError):
+        seg.load(mmap.PAGESIZE * 4 // 8)
+    with pytest.raises(IndexError):
+        seg.cas(1 << 40, 0, 1)
+    with pytest.raises(ValueError, match="configure"):
+        seg.put(b"x", "id", 0.0)
+    with pytest.raises(ValueError, match="does not fit"):  # more slots than the mapping holds
+        seg.configure(1000, 128, 64, _SLOTS_OFF // 8, _W_HEAD, _W_TAIL)
+    seg.configure(8, 128, 64, _SLOTS_OFF // 8, _W_HEAD, _W_TAIL)
+    seg.set_marks(1 << 63, (1 << 63) | (1 << 62))
+    for i in range(8):
+        seg.store(_SLOTS_OFF // 8 + i * 16, i)  # slot i free for ticket i
+    with pytest.raises(ValueError, match="slot_size"):  # never writes past a slot
+        seg.put(b"x" * 65, "id", 0.0)
+    with pytest.raises(ValueError, match="exceeds 40"):
+        seg.put(b"x", "i" * 41, 0.0)
+    with pytest.raises(TypeError):
+        seg.put("text", "id", 0.0)
+    with pytest.raises(ValueError, match="configure_jobs"):
+        seg.take()
+    with pytest.raises(TypeError, match="plain object slot"):
+        seg.configure_jobs(int, name, {})
+    assert seg.put(b"hello", "job-1", 12.5) == 0
+    assert seg.get() == (b"hello", "job-1", 12.5)
+    assert seg.get() == 1  # empty
+    seg.release()
+    with pytest.raises(ValueError, match="released"):
+        seg.get()
+    m.close()  # no export left: closing works
+
+
+def test_compiled_jobs_equal_make_job(name: str) -> None:
+    from unifiedq._job import make_job
+
+    with unifiedq.connect(_url(name)) as q:
+        q.enqueue(b"abc")
+        q.enqueue_many([b"d", b"e"])
+        jobs = [q.dequeue(), *q.dequeue_many(5)]
+    assert all(j is not None for j in jobs)
+    for j in jobs:
+        assert j is not None
+        assert type(j) is unifiedq.Job
+        assert j == make_job(j.id, name, j.body, 1, j.enqueued_at)
+        assert j.headers == {} and j.priority is None and j.receipt is None
+        assert repr(j).startswith("Job(id=")
+    assert [j.body for j in jobs if j] == [b"abc", b"d", b"e"]
+
+
 # -- settings, layout and lifetime ---------------------------------------------------------------
 def _url(name: str, **opts: Any) -> str:
     q = "&".join(f"{k}={v}" for k, v in opts.items())
@@ -272,13 +356,15 @@ async def _later(coro: Any, delay: float) -> Any:
 
 
 def test_fallback_atomics_paths(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for impl in ("ctypes", "public"):
+    for impl in ("cffi", "ctypes", "public"):
         monkeypatch.setenv("UNIFIEDQ_SHM_ATOMICS", impl)
         n = f"{name}-{impl}"
         try:
             with unifiedq.connect(_url(n, capacity=4)) as q:
                 ring = q._ring or q._attach()  # type: ignore[attr-defined]
-                assert ring.w.impl == ("patomic-ctypes" if impl == "ctypes" else "public")
+                assert ring.w.impl == {"cffi": "patomic-cffi", "ctypes": "patomic-ctypes",
+                                       "public": "public"}[impl]
+                assert ring.c is None
                 for rnd in range(3):  # wrap the ring a few times
                     q.enqueue_many([b"%d-%d" % (rnd, i) for i in range(4)])
                     assert [j.body for j in q.dequeue_many(4)] == [
@@ -291,7 +377,8 @@ def test_fallback_atomics_paths(name: str, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 # -- many processes ------------------------------------------------------------------------------
-def _produce(url: str, p: int, n: int, batch: int) -> None:
+def _produce(url: str, p: int, n: int, batch: int, impl: str = "") -> None:
+    os.environ["UNIFIEDQ_SHM_ATOMICS"] = impl  # "" = the best path; "cffi" = pure Python
     with unifiedq.connect(url) as q:
         i = 0
         while i < n:
@@ -304,7 +391,8 @@ def _produce(url: str, p: int, n: int, batch: int) -> None:
                 i += 1
 
 
-def _consume(url: str, path: str, stop: Any, batch: int) -> None:
+def _consume(url: str, path: str, stop: Any, batch: int, impl: str = "") -> None:
+    os.environ["UNIFIEDQ_SHM_ATOMICS"] = impl
     got: list[bytes] = []
     with unifiedq.connect(url) as q:
         while True:
@@ -332,17 +420,26 @@ def _check_fifo_per_producer(seq: list[tuple[int, int]]) -> None:
         last[p] = i
 
 
-@pytest.mark.parametrize(("jobs", "batch"), [(100_000, 1), (20_000, 16)])
-def test_processes_exact_ledger(name: str, tmp_path: Any, jobs: int, batch: int) -> None:
-    """4 producer and 4 consumer processes: no loss, no duplicate, FIFO per producer."""
+@pytest.mark.parametrize(("jobs", "batch", "mixed"),
+                         [(100_000, 1, False), (20_000, 16, False), (40_000, 1, True),
+                          (20_000, 16, True)])
+def test_processes_exact_ledger(name: str, tmp_path: Any, jobs: int, batch: int,
+                                mixed: bool) -> None:
+    """4 producer and 4 consumer processes: no loss, no duplicate, FIFO per producer.
+
+    ``mixed``: half of each side runs the pure-Python ring, half the compiled one, on the
+    same segment (both implement one algorithm and one layout).
+    """
     url = _url(name, capacity=256, slot_size=32, enqueue_timeout=60)
     nprod, ncons = 4, 4
     per = jobs // nprod
     stop = _FORK.Event()
     paths = [str(tmp_path / f"c{c}") for c in range(ncons)]
-    cons = [_FORK.Process(target=_consume, args=(url, paths[c], stop, batch))
+    impl = ["cffi" if mixed and k % 2 else "" for k in range(max(nprod, ncons))]
+    cons = [_FORK.Process(target=_consume, args=(url, paths[c], stop, batch, impl[c]))
             for c in range(ncons)]
-    prods = [_FORK.Process(target=_produce, args=(url, p, per, batch)) for p in range(nprod)]
+    prods = [_FORK.Process(target=_produce, args=(url, p, per, batch, impl[p]))
+             for p in range(nprod)]
     try:
         for proc in cons + prods:
             proc.start()

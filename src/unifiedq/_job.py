@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import itertools
 import math
-import random
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -24,19 +25,38 @@ _MAX_ID_LEN = 200
 
 
 def new_job_id() -> str:
-    """Return a fresh job id: a random (version 4) UUID string, as asynq uses.
+    """Return a fresh job id, shaped like a version-4 UUID string (as asynq's ids are).
 
-    Ids must be unique, not secret, so they come from the ``random`` module (reseeded after
-    fork by CPython) formatted by hand: about 4x cheaper than ``str(uuid.uuid4())``, which
-    reads ``os.urandom`` and builds a UUID object on every enqueue.
+    Ids are unique, not secret and not unpredictable: the first 74 bits are random per
+    process (drawn again after ``fork``), the last 48 count up from a random start. That makes
+    an id about 3x cheaper than formatting 122 random bits per call (which cost 0.7 µs, a
+    quarter of an ``shm://`` enqueue) while two processes still collide with probability
+    2**-74. Do not use job ids as capabilities or secrets.
     """
-    h = f"{_getrandbits(128):032x}"
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    n = next(_id_counter)
+    if n > _ID_COUNTER_MAX:  # 2**47 ids from one process: start a fresh prefix
+        _reseed_ids()
+        n = next(_id_counter)
+    return f"{_id_prefix}{n:012x}"
 
 
-# RFC 4122 variant: the top two bits of the 17th hex digit are 10.
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
-_getrandbits = random.getrandbits
+_ID_COUNTER_MAX = (1 << 48) - 1
+_id_prefix = ""
+_id_counter = itertools.count()
+
+
+def _reseed_ids() -> None:
+    """Draw a new random id prefix and counter start (at import and in every forked child)."""
+    global _id_prefix, _id_counter
+    h = os.urandom(10).hex()  # 80 bits; 74 are used (version and variant bits are fixed)
+    variant = "89ab"[int(h[15], 16) & 3]  # RFC 4122 variant: the top two bits are 10
+    _id_prefix = f"{h[:8]}-{h[8:12]}-4{h[12:15]}-{variant}{h[16:19]}-"
+    _id_counter = itertools.count(int.from_bytes(os.urandom(6)) >> 1)  # room for 2**47 ids
+
+
+_reseed_ids()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_ids)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ from .._errors import (
     QueueFull,
     QueueTimeout,
 )
-from .._job import EnqueueRequest, Job, make_job
+from .._job import _EMPTY, EnqueueRequest, Job, make_job
 from .._url import URL, parse_options
 from . import _shm_atomics
 
@@ -286,8 +286,14 @@ class _Ring:
         self.mm = _open_segment(name, opts)
         self.w = _shm_atomics.bind(self.mm)
         self.plain = self.w.plain
+        #: The compiled fast path (``_shmring.Segment``), or None on the pure-Python path.
+        self.c = self.w.seg
         try:
             self._check_layout(opts)
+            if self.c is not None:
+                self.c.configure(opts.capacity, opts.stride, opts.slot_size, _SLOTS_OFF // 8,
+                                 _W_HEAD, _W_TAIL)
+                self.c.configure_jobs(Job, name, _EMPTY)
             self.cap = opts.capacity
             self.stride_w = opts.stride // 8
             self.slot_size = opts.slot_size
@@ -329,6 +335,8 @@ class _Ring:
         self.owner = idx
         self.pmark = _MARK | (idx << _OWNER_SHIFT)
         self.cmark = self.pmark | _CONSUMER
+        if self.c is not None:
+            self.c.set_marks(self.pmark, self.cmark)
 
     def _register(self) -> None:
         """Take an owner-table entry so that our slot claims can be attributed to us."""
@@ -425,9 +433,98 @@ class _Ring:
             return True
         return False
 
+    def _repair(self, s: int, hint: int) -> bool:
+        """The compiled path is stuck on claim ``s``: free the slot if its owner died.
+
+        Returns True when the slot was repaired (retry), False when the claim is live (the
+        ring is full or empty for now). ``hint`` is the head or tail word the caller used.
+        """
+        if not self._stale(s):
+            return False
+        t = _ticket(s, self.plain[hint])
+        self.w.cas(_SLOTS_OFF // 8 + (t % self.cap) * self.stride_w, s, t + self.cap)
+        return True
+
     # -- operations -----------------------------------------------------------------------------
-    def put(self, body: bytes, jid: bytes, now: float) -> bool:
+    # Each verb runs the compiled fast path when it is there (``self.c``), else the same
+    # algorithm in Python below; both may work on one ring at the same time.
+    def put(self, body: bytes, jid: str, now: float) -> bool:
         """Append one job; False when the ring is full."""
+        c = self.c
+        if c is None:
+            return self._put_py(body, jid.encode(), now)
+        while r := c.put(body, jid, now):
+            if r == 1 or not self._repair(r, _W_HEAD):
+                return False
+        return True
+
+    def put_many(self, bodies: list[bytes], ids: list[str], now: float) -> int:
+        """Append jobs in order; return how many fit."""
+        c = self.c
+        if c is None:
+            items = [(b, j.encode()) for b, j in zip(bodies, ids, strict=True)]
+            return self._put_many_py(items, now)
+        n, done = len(bodies), c.put_many(bodies, ids, now)
+        # Stopped short: full, or stuck on a claim that put() may repair (or an error to raise).
+        while done < n and self.put(bodies[done], ids[done], now):
+            done += 1
+            done += c.put_many(bodies[done:], ids[done:], now)
+        return done
+
+    def take(self) -> Job | None:
+        """Take the oldest job as a :class:`~unifiedq.Job`; None when there is none now."""
+        c = self.c
+        if c is None:
+            item = self._get_py()
+            return None if item is None else make_job(item[1], self.name, item[0], 1, item[2])
+        while True:
+            r = c.take()
+            if type(r) is Job:
+                return r
+            if r == 1 or not self._repair(r, _W_TAIL):  # type: ignore[arg-type]
+                return None
+
+    def take_many(self, limit: int) -> list[Job]:
+        """Take up to ``limit`` jobs in order."""
+        c = self.c
+        if c is None:
+            name = self.name
+            return [make_job(j, name, b, 1, at) for b, j, at in self._get_many_py(limit)]
+        out = c.take_many(limit)
+        # Stopped short: empty, or stuck on a claim that take() may repair.
+        while len(out) < limit and (job := self.take()) is not None:
+            out.append(job)
+            out += c.take_many(limit - len(out))
+        return out
+
+    def get(self) -> tuple[bytes, str, float] | None:
+        """Take the oldest job; None when there is nothing to take now."""
+        c = self.c
+        if c is None:
+            return self._get_py()
+        while True:
+            r = c.get()
+            if type(r) is tuple:
+                return r
+            if r == 1 or not self._repair(r, _W_TAIL):  # type: ignore[arg-type]
+                return None
+
+    def get_many(self, limit: int) -> list[tuple[bytes, str, float]]:
+        """Take up to ``limit`` jobs in order."""
+        c = self.c
+        if c is None:
+            return self._get_many_py(limit)
+        get = c.get
+        out: list[tuple[bytes, str, float]] = []
+        while len(out) < limit:
+            r = get()
+            if type(r) is tuple:
+                out.append(r)
+            elif r == 1 or not self._repair(r, _W_TAIL):  # type: ignore[arg-type]
+                break
+        return out
+
+    def _put_py(self, body: bytes, jid: bytes, now: float) -> bool:
         p, w, cap = self.plain, self.w, self.cap
         first, sw = _SLOTS_OFF // 8, self.stride_w
         while True:
@@ -448,7 +545,7 @@ class _Ring:
             if not self._blocked_put(pos, si, s):
                 return False
 
-    def put_many(self, items: list[tuple[bytes, bytes]], now: float) -> int:
+    def _put_many_py(self, items: list[tuple[bytes, bytes]], now: float) -> int:
         """Append jobs in order, claiming runs of consecutive slots; return how many fit."""
         p, load, cas, cap, mm = self.plain, self.w.load, self.w.cas, self.cap, self.mm
         first, sw, pmark, store = _SLOTS_OFF // 8, self.stride_w, self.pmark, self.w.store
@@ -482,13 +579,12 @@ class _Ring:
                 break
         return done
 
-    def _read(self, off: int) -> tuple[bytes, bytes, float]:
+    def _read(self, off: int) -> tuple[bytes, str, float]:
         n, idn, _flags, at, jid = _META.unpack_from(self.mm, off + 8)
         start = off + _SLOT_HDR
-        return self.mm[start : start + n], jid[:idn], at
+        return self.mm[start : start + n], jid[:idn].decode("utf-8", "replace"), at
 
-    def get(self) -> tuple[bytes, bytes, float] | None:
-        """Take the oldest job; None when there is nothing to take now."""
+    def _get_py(self) -> tuple[bytes, str, float] | None:
         p, w, cap = self.plain, self.w, self.cap
         first, sw = _SLOTS_OFF // 8, self.stride_w
         while True:
@@ -500,19 +596,17 @@ class _Ring:
                     continue
                 if p[_W_TAIL] == pos:
                     p[_W_TAIL] = pos + 1
-                mm, off = self.mm, si * 8
-                n, idn, _flags, at, jid = _META.unpack_from(mm, off + 8)
-                item = (mm[off + _SLOT_HDR : off + _SLOT_HDR + n], jid[:idn], at)
+                item = self._read(si * 8)
                 w.store(si, pos + cap)  # free for the next lap (release)
                 return item
             if not self._blocked_get(pos, si, s):
                 return None
 
-    def get_many(self, limit: int) -> list[tuple[bytes, bytes, float]]:
+    def _get_many_py(self, limit: int) -> list[tuple[bytes, str, float]]:
         """Take up to ``limit`` jobs in order, claiming runs of consecutive slots."""
         p, load, cas, cap = self.plain, self.w.load, self.w.cas, self.cap
         first, sw, cmark, store = _SLOTS_OFF // 8, self.stride_w, self.cmark, self.w.store
-        out: list[tuple[bytes, bytes, float]] = []
+        out: list[tuple[bytes, str, float]] = []
         while len(out) < limit:
             pos = p[_W_TAIL]
             si = first + (pos % cap) * sw
@@ -538,7 +632,7 @@ class _Ring:
                 break
         return out
 
-    def peek(self) -> tuple[bytes, bytes, float] | None:
+    def peek(self) -> tuple[bytes, str, float] | None:
         """Copy the oldest job without taking it (seqlock: re-check the slot after copying)."""
         p, load, cap = self.plain, self.w.load, self.cap
         first, sw = _SLOTS_OFF // 8, self.stride_w
@@ -706,21 +800,20 @@ class _ShmCommon:
                 self._ring = _Ring(self._name, self.options)
             return self._ring
 
-    def _encode(self, req: EnqueueRequest) -> tuple[bytes, bytes]:
-        jid = req.job_id.encode()
-        if len(jid) > _ID_MAX:  # pragma: no cover - ids are generated uuid4 strings
+    def _encode(self, req: EnqueueRequest) -> tuple[bytes, str]:
+        if len(req.job_id.encode()) > _ID_MAX:  # pragma: no cover - ids are generated
             raise InvalidArgument(f"shm job ids are at most {_ID_MAX} bytes")
-        return req.body, jid
+        return req.body, req.job_id
 
-    def _encode_all(self, reqs: list[EnqueueRequest]) -> list[tuple[bytes, bytes]]:
-        items = [(r.body, r.job_id.encode()) for r in reqs]
-        if any(len(jid) > _ID_MAX for _, jid in items):  # pragma: no cover - generated ids
+    def _encode_all(self, reqs: list[EnqueueRequest]) -> tuple[list[bytes], list[str]]:
+        ids = [r.job_id for r in reqs]
+        if any(len(jid.encode()) > _ID_MAX for jid in ids):  # pragma: no cover
             raise InvalidArgument(f"shm job ids are at most {_ID_MAX} bytes")
-        return items
+        return [r.body for r in reqs], ids
 
-    def _job(self, item: tuple[bytes, bytes, float]) -> Job:
+    def _job(self, item: tuple[bytes, str, float]) -> Job:
         body, jid, at = item
-        return make_job(jid.decode(), self._name, body, 1, at)
+        return make_job(jid, self._name, body, 1, at)
 
     def _full(self, ring: _Ring) -> QueueFull:
         return QueueFull(
@@ -822,8 +915,8 @@ def _ok(flag: bool) -> bool | None:
     return True if flag else None
 
 
-def _put_some(ring: _Ring, items: list[tuple[bytes, bytes]], now: float) -> int | None:
-    return ring.put_many(items, now) or None
+def _put_some(ring: _Ring, bodies: list[bytes], ids: list[str], now: float) -> int | None:
+    return ring.put_many(bodies, ids, now) or None
 
 
 class ShmQueue(_ShmCommon, QueueBase):
@@ -850,9 +943,12 @@ class ShmQueue(_ShmCommon, QueueBase):
 
     def _enqueue(self, req: EnqueueRequest) -> str:
         ring = self._ring or self._attach()
-        jid = req.job_id.encode()
-        if len(jid) <= _ID_MAX and ring.put(req.body, jid, time.time()):
-            return req.job_id  # the common case: room in the ring
+        c = ring.c
+        # The common case, one compiled call: room in the ring (the id and body sizes are
+        # checked there too; any trouble takes the slow path, which explains it).
+        if c is not None and len(req.job_id) <= _ID_MAX and not c.put(req.body, req.job_id,
+                                                                        time.time()):
+            return req.job_id
         return self._enqueue_slow(ring, req)
 
     def _enqueue_slow(self, ring: _Ring, req: EnqueueRequest) -> str:
@@ -876,56 +972,50 @@ class ShmQueue(_ShmCommon, QueueBase):
 
     def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
         ring = self._ring or self._attach()
-        items = self._encode_all(reqs)
-        now = time.time()
+        bodies, ids = self._encode_all(reqs)
+        n, now = len(ids), time.time()
         mode = self.options.overflow
-        if mode == "reject" and len(items) > ring.cap - ring.size():
+        if mode == "reject" and n > ring.cap - ring.size():
             raise QueueFull(
                 f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
-                f"not {len(items)}; nothing was enqueued"
+                f"not {n}; nothing was enqueued"
             )
-        done = ring.put_many(items, now)
+        done = ring.put_many(bodies, ids, now)
         deadline = time.monotonic() + self.options.enqueue_timeout
-        while done < len(items):
+        while done < n:
             if mode == "reject":  # a concurrent producer took the room we saw
                 raise QueueFull(f"shm queue {self._name!r} filled up: enqueued only the "
-                                f"first {done} of {len(items)} jobs")
+                                f"first {done} of {n} jobs")
             if mode == "drop_oldest":
                 if not self._drop_one(ring):
                     time.sleep(0.0001)
             else:
                 left = deadline - time.monotonic()
-                got = _retry_sync(functools.partial(_put_some, ring, items[done:], now),
-                                  max(0.0, left), self.options, self._closed_now)
+                put_rest = functools.partial(_put_some, ring, bodies[done:], ids[done:], now)
+                got = _retry_sync(put_rest, max(0.0, left), self.options, self._closed_now)
                 if got is None:
                     raise self._timeout(ring, f"; enqueued only the first {done} of "
-                                              f"{len(items)} jobs")
+                                              f"{n} jobs")
                 done += got
                 continue
             self._check_open()
-            done += ring.put_many(items[done:], now)
-        return [r.job_id for r in reqs]
+            done += ring.put_many(bodies[done:], ids[done:], now)
+        return ids
 
     def _dequeue(self, timeout: float | None) -> Job | None:
         ring = self._ring or self._attach()
-        item = ring.get()
-        if item is None:
-            if timeout == 0.0:
-                return None
-            item = _retry_sync(ring.get, timeout, self.options, self._closed_now)
-            if item is None:
-                return None
-        body, jid, at = item
-        return make_job(jid.decode(), self._name, body, 1, at)
+        job = ring.take()
+        if job is None and timeout != 0.0:
+            job = _retry_sync(ring.take, timeout, self.options, self._closed_now)
+        return job
 
     def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
         ring = self._ring or self._attach()
-        items = ring.get_many(max_jobs)
-        if not items and timeout != 0.0:
-            items = _retry_sync(lambda: ring.get_many(max_jobs) or None, timeout,
-                                self.options, self._closed_now) or []
-        name = self._name
-        return [make_job(jid.decode(), name, body, 1, at) for body, jid, at in items]
+        jobs = ring.take_many(max_jobs)
+        if not jobs and timeout != 0.0:
+            jobs = _retry_sync(lambda: ring.take_many(max_jobs) or None, timeout,
+                               self.options, self._closed_now) or []
+        return jobs
 
     def _peek(self) -> Job | None:
         item = (self._ring or self._attach()).peek()
@@ -965,9 +1055,12 @@ class AsyncShmQueue(_ShmCommon, AsyncQueueBase):
 
     async def _enqueue(self, req: EnqueueRequest) -> str:
         ring = self._ring or self._attach()
-        jid = req.job_id.encode()
-        if len(jid) <= _ID_MAX and ring.put(req.body, jid, time.time()):
-            return req.job_id  # the common case: room in the ring
+        c = ring.c
+        # The common case, one compiled call: room in the ring (the id and body sizes are
+        # checked there too; any trouble takes the slow path, which explains it).
+        if c is not None and len(req.job_id) <= _ID_MAX and not c.put(req.body, req.job_id,
+                                                                        time.time()):
+            return req.job_id
         return await self._enqueue_slow(ring, req)
 
     async def _enqueue_slow(self, ring: _Ring, req: EnqueueRequest) -> str:
@@ -992,57 +1085,52 @@ class AsyncShmQueue(_ShmCommon, AsyncQueueBase):
 
     async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
         ring = self._ring or self._attach()
-        items = self._encode_all(reqs)
-        now = time.time()
+        bodies, ids = self._encode_all(reqs)
+        n, now = len(ids), time.time()
         mode = self.options.overflow
-        if mode == "reject" and len(items) > ring.cap - ring.size():
+        if mode == "reject" and n > ring.cap - ring.size():
             raise QueueFull(
                 f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
-                f"not {len(items)}; nothing was enqueued"
+                f"not {n}; nothing was enqueued"
             )
-        done = ring.put_many(items, now)
+        done = ring.put_many(bodies, ids, now)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.enqueue_timeout
-        while done < len(items):
+        while done < n:
             if mode == "reject":
                 raise QueueFull(f"shm queue {self._name!r} filled up: enqueued only the "
-                                f"first {done} of {len(items)} jobs")
+                                f"first {done} of {n} jobs")
             if mode == "drop_oldest":
                 if not self._drop_one(ring):
                     await asyncio.sleep(0.0001)
             else:
                 left = deadline - loop.time()
-                got = await _retry_async(functools.partial(_put_some, ring, items[done:], now),
-                                         max(0.0, left), self.options, self._closed_now)
+                put_rest = functools.partial(_put_some, ring, bodies[done:], ids[done:], now)
+                got = await _retry_async(put_rest, max(0.0, left), self.options,
+                                         self._closed_now)
                 if got is None:
                     raise self._timeout(ring, f"; enqueued only the first {done} of "
-                                              f"{len(items)} jobs")
+                                              f"{n} jobs")
                 done += got
                 continue
             self._check_open()
-            done += ring.put_many(items[done:], now)
-        return [r.job_id for r in reqs]
+            done += ring.put_many(bodies[done:], ids[done:], now)
+        return ids
 
     async def _dequeue(self, timeout: float | None) -> Job | None:
         ring = self._ring or self._attach()
-        item = ring.get()
-        if item is None:
-            if timeout == 0.0:
-                return None
-            item = await _retry_async(ring.get, timeout, self.options, self._closed_now)
-            if item is None:
-                return None
-        body, jid, at = item
-        return make_job(jid.decode(), self._name, body, 1, at)
+        job = ring.take()
+        if job is None and timeout != 0.0:
+            job = await _retry_async(ring.take, timeout, self.options, self._closed_now)
+        return job
 
     async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
         ring = self._ring or self._attach()
-        items = ring.get_many(max_jobs)
-        if not items and timeout != 0.0:
-            items = await _retry_async(lambda: ring.get_many(max_jobs) or None, timeout,
-                                       self.options, self._closed_now) or []
-        name = self._name
-        return [make_job(jid.decode(), name, body, 1, at) for body, jid, at in items]
+        jobs = ring.take_many(max_jobs)
+        if not jobs and timeout != 0.0:
+            jobs = await _retry_async(lambda: ring.take_many(max_jobs) or None, timeout,
+                                      self.options, self._closed_now) or []
+        return jobs
 
     async def _peek(self) -> Job | None:
         item = (self._ring or self._attach()).peek()

@@ -1,0 +1,20 @@
+"""Build hook for the one compiled module; everything else is declared in pyproject.toml.
+
+``unifiedq.drivers._shmring`` is the compiled fast path of the ``shm://`` ring. It is
+optional: where it cannot be compiled (no C compiler, non-GCC/Clang toolchain) the install
+still succeeds and the driver runs its pure-Python path (see docs/drivers/shm.md).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "unifiedq.drivers._shmring",
+            ["src/unifiedq/drivers/_shmring.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers"],
+            optional=True,
+        )
+    ]
+)
