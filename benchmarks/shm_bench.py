@@ -12,11 +12,13 @@ Measures, for each system:
 * ping-pong: two queues between two processes, mean round trip;
 * pair: one process, enqueue then dequeue, mean per pair.
 
-``shm`` goes through the public unifiedq verbs (which validate the call, generate a uuid4 job
-id per enqueue and build a Job per dequeue): ``stream 1:1`` uses ``enqueue``/``dequeue`` per
+``shm`` goes through the public unifiedq verbs (which validate the call, generate a job id per
+enqueue and build a Job per dequeue): ``stream 1:1`` uses ``enqueue``/``dequeue`` per
 message, ``stream 1:1 batched`` uses ``enqueue_many``/``dequeue_many`` (256 per call, as
 faster-fifo's ``put_many``/``get_many``). ``shm-ring`` is the bare ring underneath, without the
 public layer, to show that layer's cost. The last lines compare with the targets of issue 3.
+The first line says which atomics path ran (``c-ext`` is the compiled one users get; set
+``UNIFIEDQ_SHM_ATOMICS=cffi`` to measure the pure-Python fallback).
 """
 
 from __future__ import annotations

@@ -58,8 +58,10 @@ install_debian_packages() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+  # The shm:// driver's compiled fast path (src/unifiedq/drivers/_shmring.c) is built by pip.
+  command -v gcc >/dev/null 2>&1 || missing+=(gcc)
   if [ "${#missing[@]}" -eq 0 ]; then
-    log "redis-server and rabbitmq-server already installed; skipping apt-get"
+    log "redis-server, rabbitmq-server and gcc already installed; skipping apt-get"
     return 0
   fi
   log "installing: ${missing[*]}"

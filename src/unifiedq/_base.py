@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeGuard
 
 from ._capabilities import Capability, require
 from ._errors import InvalidArgument, QueueClosed, UnsupportedOperation, WrongQueue
@@ -74,6 +74,17 @@ class _Core:
         if cap._value_ & self.capabilities._value_ != cap._value_:
             require(self.capabilities, cap, driver=self.driver, what=what)
 
+    def _plain(
+        self, body: object, delay: object, priority: object, job_id: object, headers: object
+    ) -> TypeGuard[bytes]:
+        """Whether an enqueue call is the common one: bytes within the limit and no options.
+
+        Such a call needs no other check, and goes to the driver's ``_enqueue_plain`` hook.
+        """
+        return (type(body) is bytes and delay is None and priority is None and job_id is None
+                and headers is None and not self._closed
+                and (self.max_body is None or len(body) <= self.max_body))
+
     def _prepare(
         self,
         body: object,
@@ -82,10 +93,6 @@ class _Core:
         job_id: object,
         headers: object,
     ) -> EnqueueRequest:
-        if (type(body) is bytes and delay is None and priority is None and job_id is None
-                and headers is None and not self._closed
-                and (self.max_body is None or len(body) <= self.max_body)):
-            return _plain_request(body, new_job_id())  # the common call: nothing to check
         self._check_open()
         req = EnqueueRequest.build(
             body, delay=delay, priority=priority, job_id=job_id, headers=headers,
@@ -101,20 +108,32 @@ class _Core:
             self._need(Capability.HEADERS, "enqueue(headers=...)")
         return req
 
-    def _prepare_many(
-        self, bodies: object, delay: object, priority: object, headers: object
-    ) -> list[EnqueueRequest]:
+    def _batch(self, bodies: object, delay: object, priority: object,
+               headers: object) -> tuple[list[Any], bool]:
+        """Check an ``enqueue_many`` call's container; return its items and whether plain.
+
+        Plain: all bytes within the limit and no options (the ``_enqueue_plain_many`` hook).
+        """
         self._check_open()
         self._need(Capability.BATCH, "enqueue_many()")
         if isinstance(bodies, bytes | bytearray | memoryview | str):
             raise InvalidArgument("enqueue_many() takes an iterable of bodies, not one body")
         if not isinstance(bodies, Iterable):
             raise InvalidArgument(f"enqueue_many() takes an iterable of bytes, not {bodies!r}")
-        # Validate everything before anything is sent: a bad item must not half-enqueue a batch.
-        reqs = [self._prepare(b, delay, priority, None, headers) for b in bodies]
-        if len(reqs) > _MAX_BATCH:
+        items = list(bodies)
+        if len(items) > _MAX_BATCH:
             raise InvalidArgument(f"enqueue_many() takes at most {_MAX_BATCH} bodies per call")
-        return reqs
+        mb = self.max_body
+        plain = (delay is None and priority is None and headers is None
+                 and all(type(b) is bytes for b in items)
+                 and (mb is None or max(map(len, items), default=0) <= mb))
+        return items, plain
+
+    def _prepare_many(
+        self, items: list[Any], delay: object, priority: object, headers: object
+    ) -> list[EnqueueRequest]:
+        # Validate everything before anything is sent: a bad item must not half-enqueue a batch.
+        return [self._prepare(b, delay, priority, None, headers) for b in items]
 
     def _prepare_dequeue(self, timeout: object) -> float | None:
         self._check_open()
@@ -201,6 +220,8 @@ class QueueBase(_Core):
         Returns:
             The job id.
         """
+        if self._plain(body, delay, priority, job_id, headers):
+            return self._enqueue_plain(body, new_job_id())
         return self._enqueue(self._prepare(body, delay, priority, job_id, headers))
 
     def enqueue_many(
@@ -212,8 +233,12 @@ class QueueBase(_Core):
         headers: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Add several jobs, in order, with the same options; return their ids (BATCH)."""
-        reqs = self._prepare_many(bodies, delay, priority, headers)
-        return self._enqueue_many(reqs) if reqs else []
+        items, plain = self._batch(bodies, delay, priority, headers)
+        if not items:
+            return []
+        if plain:
+            return self._enqueue_plain_many(items, [new_job_id() for _ in items])
+        return self._enqueue_many(self._prepare_many(items, delay, priority, headers))
 
     def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
         """Take the next job, waiting up to ``timeout`` seconds (None = forever)."""
@@ -283,6 +308,14 @@ class QueueBase(_Core):
     def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
         return [self._enqueue(r) for r in reqs]
 
+    # Optional hooks for plain calls (bytes within max_body, no options, a generated id):
+    # a driver whose hot path gains from skipping the EnqueueRequest objects overrides them.
+    def _enqueue_plain(self, body: bytes, job_id: str) -> str:
+        return self._enqueue(_plain_request(body, job_id))
+
+    def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
+        return self._enqueue_many([_plain_request(b, i) for b, i in zip(bodies, ids, strict=True)])
+
     def _dequeue(self, timeout: float | None) -> Job | None:
         raise NotImplementedError
 
@@ -330,6 +363,8 @@ class AsyncQueueBase(_Core):
         headers: Mapping[str, str] | None = None,
     ) -> str:
         """Add a job and return its id (see :meth:`QueueBase.enqueue`)."""
+        if self._plain(body, delay, priority, job_id, headers):
+            return await self._enqueue_plain(body, new_job_id())
         return await self._enqueue(self._prepare(body, delay, priority, job_id, headers))
 
     async def enqueue_many(
@@ -341,8 +376,12 @@ class AsyncQueueBase(_Core):
         headers: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Add several jobs, in order, with the same options; return their ids (BATCH)."""
-        reqs = self._prepare_many(bodies, delay, priority, headers)
-        return await self._enqueue_many(reqs) if reqs else []
+        items, plain = self._batch(bodies, delay, priority, headers)
+        if not items:
+            return []
+        if plain:
+            return await self._enqueue_plain_many(items, [new_job_id() for _ in items])
+        return await self._enqueue_many(self._prepare_many(items, delay, priority, headers))
 
     async def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
         """Take the next job, waiting up to ``timeout`` seconds (None = forever)."""
@@ -411,6 +450,13 @@ class AsyncQueueBase(_Core):
 
     async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
         return [await self._enqueue(r) for r in reqs]
+
+    async def _enqueue_plain(self, body: bytes, job_id: str) -> str:
+        return await self._enqueue(_plain_request(body, job_id))
+
+    async def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
+        return await self._enqueue_many(
+            [_plain_request(b, i) for b, i in zip(bodies, ids, strict=True)])
 
     async def _dequeue(self, timeout: float | None) -> Job | None:
         raise NotImplementedError

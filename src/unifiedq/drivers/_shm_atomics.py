@@ -117,7 +117,7 @@ class Words:
 
 
 #: The ``_shmring`` interface this module is written for (its ``API`` constant).
-C_API = 2
+C_API = 3
 
 
 def _bind_c(w: Words, buf: mmap.mmap) -> bool:

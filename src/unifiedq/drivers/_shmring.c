@@ -413,11 +413,16 @@ static PyObject *Segment_take(Segment *self, PyObject *unused) {
     return new_job(self, body, jid, at);
 }
 
-/* take_many(limit) -> list[Job]: stops at the first slot that is not ready (the caller
- * retries through the Python path, which repairs dead claims). */
-static PyObject *Segment_take_many(Segment *self, PyObject *arg) {
+/* take_many(limit, errors) -> list[Job]: stops at the first slot that is not ready (the
+ * caller retries through the Python path, which repairs dead claims), or at a corrupt one: its
+ * job is dropped, the error goes into the list `errors`, and the jobs taken are returned. */
+static PyObject *Segment_take_many(Segment *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "take_many(limit, errors: list)");
+        return NULL;
+    }
     if (!jobs_ready(self)) return NULL;
-    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[0]);
     if (limit == -1 && PyErr_Occurred()) return NULL;
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
@@ -434,14 +439,22 @@ static PyObject *Segment_take_many(Segment *self, PyObject *arg) {
     }
     return out;
 fail:
-    /* Never drop jobs already taken: hand them over; the failing slot's job (a corrupt slot,
-     * or no memory for its copy) is lost either way. */
-    if (PyList_GET_SIZE(out) > 0) {
-        PyErr_Clear();
-        return out;
+    /* Never drop jobs already taken: hand them over, and the error as a value. The failing
+     * slot's job (a corrupt slot, or no memory for its copy) is lost either way. */
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        int bad = value == NULL || PyList_Append(args[1], value) < 0;
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (bad) {
+            Py_DECREF(out);
+            return NULL;
+        }
     }
-    Py_DECREF(out);
-    return NULL;
+    return out;
 }
 
 static uint64_t take_one(Segment *self, PyObject **pbody, PyObject **pjid, PyObject **pat) {
@@ -518,8 +531,8 @@ static PyMethodDef Segment_methods[] = {
      "configure_jobs(job_type, queue, headers): what take() builds."},
     {"take", (PyCFunction)Segment_take, METH_NOARGS,
      "take() -> Job, 1 when empty, or a blocking claim marker."},
-    {"take_many", (PyCFunction)Segment_take_many, METH_O,
-     "take_many(limit) -> list of Jobs taken before the first slot that is not ready."},
+    {"take_many", (PyCFunction)(void (*)(void))Segment_take_many, METH_FASTCALL,
+     "take_many(limit, errors) -> Jobs taken before the first slot that is not ready."},
     {"get", (PyCFunction)Segment_get, METH_NOARGS,
      "get() -> (body, job_id, enqueued_at), 1 when empty, or a blocking claim marker."},
     {"release", (PyCFunction)Segment_release, METH_NOARGS,
@@ -555,7 +568,7 @@ PyMODINIT_FUNC PyInit__shmring(void) {
     }
     /* shm.py's slot layout version, and this module's interface version: _shm_atomics.py
      * refuses a stale build whose API differs from the one it was written for. */
-    if (PyModule_AddIntConstant(m, "LAYOUT", 1) < 0 || PyModule_AddIntConstant(m, "API", 2) < 0) {
+    if (PyModule_AddIntConstant(m, "LAYOUT", 1) < 0 || PyModule_AddIntConstant(m, "API", 3) < 0) {
         Py_DECREF(m);
         return NULL;
     }

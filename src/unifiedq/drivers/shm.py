@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import mmap
 import os
 import re
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("unifiedq.drivers.shm")
 
 # -- segment layout (all offsets in bytes; every shared field is an aligned 64-bit word) -------
 MAGIC = int.from_bytes(b"UQSHMRNG", "little")
@@ -109,6 +111,11 @@ _THALF = 1 << (_TBITS - 1)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _INIT_TIMEOUT = 2.0  # how long an attacher waits for a concurrent creator to initialise
+
+
+def _corrupt(n: int, idn: int) -> BackendError:
+    return BackendError(f"corrupt shm slot (body length {n}, id length {idn}): job dropped; "
+                        f"is another program writing to the segment?")
 
 
 def _ticket(s: int, ref: int) -> int:
@@ -478,7 +485,10 @@ class _Ring:
             item = self._get_py()
             return None if item is None else make_job(item[1], self.name, item[0], 1, item[2])
         while True:
-            r = c.take()
+            try:
+                r = c.take()
+            except ValueError as exc:  # a corrupt slot (freed, its job dropped)
+                raise BackendError(f"shm queue {self.name!r}: {exc}") from exc
             if type(r) is Job:
                 return r
             if r == 1 or not self._repair(r, _W_TAIL):  # type: ignore[arg-type]
@@ -490,11 +500,29 @@ class _Ring:
         if c is None:
             name = self.name
             return [make_job(j, name, b, 1, at) for b, j, at in self._get_many_py(limit)]
-        out = c.take_many(limit)
-        # Stopped short: empty, or stuck on a claim that take() may repair.
-        while len(out) < limit and (job := self.take()) is not None:
+        out: list[Job] = []
+        errors: list[Exception] = []
+        while True:
+            out += c.take_many(limit - len(out), errors)
+            if errors:  # a corrupt slot (freed, its job dropped): stop there
+                return self._batch_error(out, BackendError(f"shm queue {self.name!r}: "
+                                                           f"{errors[0]}"))
+            if len(out) >= limit:
+                return out
+            # Stopped short: empty, or stuck on a claim that take() may repair.
+            try:
+                job = self.take()
+            except BackendError as exc:
+                return self._batch_error(out, exc)
+            if job is None:
+                return out
             out.append(job)
-            out += c.take_many(limit - len(out))
+
+    def _batch_error(self, out: list[T], exc: BackendError) -> list[T]:
+        """A batch met a corrupt slot: hand over the jobs taken before it, or raise."""
+        if not out:
+            raise exc
+        log.error("%s (after %d good jobs of this batch)", exc, len(out))
         return out
 
     def get(self) -> tuple[bytes, str, float] | None:
@@ -503,7 +531,10 @@ class _Ring:
         if c is None:
             return self._get_py()
         while True:
-            r = c.get()
+            try:
+                r = c.get()
+            except ValueError as exc:
+                raise BackendError(f"shm queue {self.name!r}: {exc}") from exc
             if type(r) is tuple:
                 return r
             if r == 1 or not self._repair(r, _W_TAIL):  # type: ignore[arg-type]
@@ -517,7 +548,10 @@ class _Ring:
         get = c.get
         out: list[tuple[bytes, str, float]] = []
         while len(out) < limit:
-            r = get()
+            try:
+                r = get()
+            except ValueError as exc:
+                return self._batch_error(out, BackendError(f"shm queue {self.name!r}: {exc}"))
             if type(r) is tuple:
                 out.append(r)
             elif r == 1 or not self._repair(r, _W_TAIL):  # type: ignore[arg-type]
@@ -581,6 +615,8 @@ class _Ring:
 
     def _read(self, off: int) -> tuple[bytes, str, float]:
         n, idn, _flags, at, jid = _META.unpack_from(self.mm, off + 8)
+        if n > self.slot_size or idn > _ID_MAX:
+            raise _corrupt(n, idn)
         start = off + _SLOT_HDR
         return self.mm[start : start + n], jid[:idn].decode("utf-8", "replace"), at
 
@@ -596,9 +632,10 @@ class _Ring:
                     continue
                 if p[_W_TAIL] == pos:
                     p[_W_TAIL] = pos + 1
-                item = self._read(si * 8)
-                w.store(si, pos + cap)  # free for the next lap (release)
-                return item
+                try:
+                    return self._read(si * 8)
+                finally:
+                    w.store(si, pos + cap)  # free for the next lap (release), even if corrupt
             if not self._blocked_get(pos, si, s):
                 return None
 
@@ -624,9 +661,17 @@ class _Ring:
                     nxt += 1
                 if p[_W_TAIL] < nxt:
                     p[_W_TAIL] = nxt
+                bad = None
                 for k, sj in enumerate(run):
-                    out.append(self._read(sj * 8))
+                    # Every claimed slot is read and freed: the tail hint is already past the
+                    # run, so a slot given back unread would never be reached again.
+                    try:
+                        out.append(self._read(sj * 8))
+                    except BackendError as exc:
+                        bad = exc
                     store(sj, pos + k + cap)
+                if bad is not None:
+                    return self._batch_error(out, bad)
                 continue
             if not self._blocked_get(pos, si, s):
                 break
@@ -800,16 +845,10 @@ class _ShmCommon:
                 self._ring = _Ring(self._name, self.options)
             return self._ring
 
-    def _encode(self, req: EnqueueRequest) -> tuple[bytes, str]:
-        if len(req.job_id.encode()) > _ID_MAX:  # pragma: no cover - ids are generated
+    @staticmethod
+    def _check_ids(ids: list[str]) -> None:
+        if any(len(jid.encode()) > _ID_MAX for jid in ids):  # pragma: no cover - generated
             raise InvalidArgument(f"shm job ids are at most {_ID_MAX} bytes")
-        return req.body, req.job_id
-
-    def _encode_all(self, reqs: list[EnqueueRequest]) -> tuple[list[bytes], list[str]]:
-        ids = [r.job_id for r in reqs]
-        if any(len(jid.encode()) > _ID_MAX for jid in ids):  # pragma: no cover
-            raise InvalidArgument(f"shm job ids are at most {_ID_MAX} bytes")
-        return [r.body for r in reqs], ids
 
     def _job(self, item: tuple[bytes, str, float]) -> Job:
         body, jid, at = item
@@ -941,21 +980,28 @@ class ShmQueue(_ShmCommon, QueueBase):
     def _closed_now(self) -> bool:
         return self._closed
 
+    # shm has no enqueue options (no DELAY, PRIORITY, CUSTOM_ID, HEADERS), so every request
+    # is plain: the request objects' verbs forward to the plain hooks.
     def _enqueue(self, req: EnqueueRequest) -> str:
+        return self._enqueue_plain(req.body, req.job_id)
+
+    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        return self._enqueue_plain_many([r.body for r in reqs], [r.job_id for r in reqs])
+
+    def _enqueue_plain(self, body: bytes, job_id: str) -> str:
         ring = self._ring or self._attach()
         c = ring.c
         # The common case, one compiled call: room in the ring (the id and body sizes are
         # checked there too; any trouble takes the slow path, which explains it).
-        if c is not None and len(req.job_id) <= _ID_MAX and not c.put(req.body, req.job_id,
-                                                                        time.time()):
-            return req.job_id
-        return self._enqueue_slow(ring, req)
+        if c is not None and len(job_id) <= _ID_MAX and not c.put(body, job_id, time.time()):
+            return job_id
+        return self._enqueue_slow(ring, body, job_id)
 
-    def _enqueue_slow(self, ring: _Ring, req: EnqueueRequest) -> str:
-        body, jid = self._encode(req)
+    def _enqueue_slow(self, ring: _Ring, body: bytes, jid: str) -> str:
+        self._check_ids([jid])
         now = time.time()
         if ring.put(body, jid, now):
-            return req.job_id
+            return jid
         mode = self.options.overflow
         if mode == "reject":
             raise self._full(ring)
@@ -964,15 +1010,15 @@ class ShmQueue(_ShmCommon, QueueBase):
                 if not self._drop_one(ring):
                     time.sleep(0.0001)  # the oldest slot is mid-operation; let it finish
                 self._check_open()
-            return req.job_id
+            return jid
         if _retry_sync(lambda: _ok(ring.put(body, jid, now)), self.options.enqueue_timeout,
                        self.options, self._closed_now) is None:
             raise self._timeout(ring)
-        return req.job_id
+        return jid
 
-    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+    def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
         ring = self._ring or self._attach()
-        bodies, ids = self._encode_all(reqs)
+        self._check_ids(ids)
         n, now = len(ids), time.time()
         mode = self.options.overflow
         if mode == "reject" and n > ring.cap - ring.size():
@@ -1053,21 +1099,28 @@ class AsyncShmQueue(_ShmCommon, AsyncQueueBase):
     def _closed_now(self) -> bool:
         return self._closed
 
+    # shm has no enqueue options (no DELAY, PRIORITY, CUSTOM_ID, HEADERS), so every request
+    # is plain: the request objects' verbs forward to the plain hooks.
     async def _enqueue(self, req: EnqueueRequest) -> str:
+        return await self._enqueue_plain(req.body, req.job_id)
+
+    async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        return await self._enqueue_plain_many([r.body for r in reqs], [r.job_id for r in reqs])
+
+    async def _enqueue_plain(self, body: bytes, job_id: str) -> str:
         ring = self._ring or self._attach()
         c = ring.c
         # The common case, one compiled call: room in the ring (the id and body sizes are
         # checked there too; any trouble takes the slow path, which explains it).
-        if c is not None and len(req.job_id) <= _ID_MAX and not c.put(req.body, req.job_id,
-                                                                        time.time()):
-            return req.job_id
-        return await self._enqueue_slow(ring, req)
+        if c is not None and len(job_id) <= _ID_MAX and not c.put(body, job_id, time.time()):
+            return job_id
+        return await self._enqueue_slow(ring, body, job_id)
 
-    async def _enqueue_slow(self, ring: _Ring, req: EnqueueRequest) -> str:
-        body, jid = self._encode(req)
+    async def _enqueue_slow(self, ring: _Ring, body: bytes, jid: str) -> str:
+        self._check_ids([jid])
         now = time.time()
         if ring.put(body, jid, now):
-            return req.job_id
+            return jid
         mode = self.options.overflow
         if mode == "reject":
             raise self._full(ring)
@@ -1076,16 +1129,16 @@ class AsyncShmQueue(_ShmCommon, AsyncQueueBase):
                 if not self._drop_one(ring):
                     await asyncio.sleep(0.0001)
                 self._check_open()
-            return req.job_id
+            return jid
         if await _retry_async(lambda: _ok(ring.put(body, jid, now)),
                               self.options.enqueue_timeout, self.options,
                               self._closed_now) is None:
             raise self._timeout(ring)
-        return req.job_id
+        return jid
 
-    async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+    async def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
         ring = self._ring or self._attach()
-        bodies, ids = self._encode_all(reqs)
+        self._check_ids(ids)
         n, now = len(ids), time.time()
         mode = self.options.overflow
         if mode == "reject" and n > ring.cap - ring.size():
