@@ -94,7 +94,7 @@ class ShmRing(Shm):
         super().__init__(qname, cap)
         self.name = "shm-ring"
         self.batch = False
-        self.jid = str(uuid.uuid4()).encode()
+        self.jid = str(uuid.uuid4())
 
     def reopen(self) -> None:
         super().reopen()
@@ -181,10 +181,11 @@ def stream(sys_: System, n: int, size: int, producers: int, consumers: int,
     try:
         go = CTX.Barrier(producers + consumers + 1)
         out = CTX.Queue()
-        procs = [CTX.Process(target=_consumer, args=(sys_, n // consumers, batched, go, out))
-                 for _ in range(consumers)]
-        procs += [CTX.Process(target=_producer, args=(sys_, n // producers, size, batched, go))
-                  for _ in range(producers)]
+        # daemon: a failed run must not leave the parent waiting on a child at exit
+        procs = [CTX.Process(target=_consumer, args=(sys_, n // consumers, batched, go, out),
+                             daemon=True) for _ in range(consumers)]
+        procs += [CTX.Process(target=_producer, args=(sys_, n // producers, size, batched, go),
+                              daemon=True) for _ in range(producers)]
         for p in procs:
             p.start()
         go.wait()
@@ -210,7 +211,7 @@ def pingpong(make: Callable[[str], System], n: int, size: int) -> float:
     a.setup()
     b.setup()
     try:
-        child = CTX.Process(target=_ponger, args=(a, b, n + 200))
+        child = CTX.Process(target=_ponger, args=(a, b, n + 200), daemon=True)
         child.start()
         a.reopen()
         b.reopen()
