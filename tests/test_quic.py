@@ -303,6 +303,55 @@ class TestToken:
             q.purge()
 
 
+# -- bounded backend handles -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def few_queues_server(pki: Pki) -> Iterator[ServerProcess]:
+    yield from _server(pki, "memory://", "--max-queues", "3", name="fewq")
+
+
+class TestQueueHandleBound:
+    def test_idle_handles_are_recycled_without_losing_jobs(
+        self, few_queues_server: ServerProcess
+    ) -> None:
+        srv = few_queues_server
+        with unifiedq.connect(srv.url("bound-keep", capabilities="memory")) as q:
+            q.enqueue(b"kept")
+        for i in range(10):  # many more queues than the bound: idle handles get closed
+            with unifiedq.connect(srv.url(f"bound-{i}", capabilities="memory")) as q:
+                q.enqueue(b"x")
+                job = q.dequeue(timeout=5)
+                assert job is not None
+                q.ack(job)
+        with unifiedq.connect(srv.url("bound-keep", capabilities="memory")) as q:
+            job = q.dequeue(timeout=5)  # its handle was closed and reopened; the job stayed
+            assert job is not None and job.body == b"kept"
+            q.ack(job)
+
+    def test_busy_handles_stay_open_and_the_excess_is_refused(
+        self, few_queues_server: ServerProcess
+    ) -> None:
+        srv = few_queues_server
+        qs = [unifiedq.connect(srv.url(f"busy-{i}", capabilities="memory")) for i in range(3)]
+        try:
+            held = []
+            for q in qs:  # a leased job keeps its queue's handle busy
+                q.enqueue(b"held")
+                job = q.dequeue(timeout=5)
+                assert job is not None
+                held.append(job)
+            with unifiedq.connect(srv.url("busy-extra", capabilities="memory")) as extra:
+                with pytest.raises(unifiedq.BackendError, match="--max-queues"):
+                    extra.enqueue(b"no room")
+                for q, job in zip(qs, held, strict=True):
+                    q.ack(job)  # the busy handles were never closed under their leases
+                extra.enqueue(b"now it fits")
+                assert extra.size() == 1
+                extra.purge()
+        finally:
+            for q in qs:
+                q.close()
+
+
 # -- robustness ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_server(pki: Pki) -> Iterator[ServerProcess]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -52,6 +53,7 @@ from ..._connect import connect_async
 from ..._errors import (
     AuthenticationError,
     BackendConnectionError,
+    BackendError,
     ConfigurationError,
     InvalidArgument,
     InvalidURL,
@@ -124,6 +126,12 @@ class ServeConfig:
             aioquic's fixed 128 throttles a client with 64 requests in flight: a stream
             counts until the client acknowledges its response, so the client stalls on
             stream credit about half of the time.
+        max_queues: Backend handles (one per queue and option set) kept open at once. The
+            least recently used idle one is closed to make room (its jobs stay in the
+            backend); when every one is busy (a request in flight or a job leased through
+            it), a request for another queue is refused with ``BackendError``. Without a
+            bound, clients naming ever new queues would open handles (and, for networked
+            backends, connections) until the server runs out.
     """
 
     host: str = "127.0.0.1"
@@ -140,6 +148,7 @@ class ServeConfig:
     idle_timeout: float = 60.0
     max_connection_buffer: int = 64 * 1024 * 1024
     max_streams: int = 1024
+    max_queues: int = 1024
 
     def __post_init__(self) -> None:
         if self.require_client_cert and not self.client_ca:
@@ -152,6 +161,8 @@ class ServeConfig:
             raise ConfigurationError("max_frame must be between 1 KiB and 1 GiB")
         if not 1 <= self.max_streams <= 1 << 16:
             raise ConfigurationError("max_streams must be between 1 and 65536")
+        if self.max_queues < 1:
+            raise ConfigurationError("max_queues must be at least 1")
 
 
 def backend_url(template: str, queue: str, options: str = "") -> str:
@@ -268,12 +279,17 @@ class _Inline:
         return call
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class _Backend:
+    key: tuple[str, str]
     handle: AsyncQueueBase
     caps: Capability
     #: What runs the verbs that do not wait: ``handle`` or an :class:`_Inline` over its driver.
     fast: Any
+    #: Requests in flight plus jobs leased through this handle: it may be closed only at 0.
+    users: int = 0
+    #: Raw (queue, options) strings of the validation cache that point here.
+    raw_keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(slots=True)
@@ -557,7 +573,10 @@ class JobServer:
         self.capabilities = Capability(0)
         self.backend_scheme = parse_url(config.backend).scheme
         self.eager = self.backend_scheme in _INLINE_DRIVERS
-        self._backends: dict[tuple[str, str], _Backend] = {}
+        #: Open backend handles, least recently used first (bounded by config.max_queues).
+        self._backends: collections.OrderedDict[tuple[str, str], _Backend] = (
+            collections.OrderedDict())
+        self._closing: set[asyncio.Task[None]] = set()
         #: Raw (queue, options) strings of requests already checked, and their backend.
         self._validated: dict[tuple[str, str], _Backend] = {}
         self._leases: dict[str, _Lease] = {}
@@ -622,10 +641,12 @@ class JobServer:
         if type(queue) is str and type(options) is str:
             b = self._validated.get((queue, options))
             if b is not None:
+                self._backends.move_to_end(b.key)
                 return b
         b = self._new_backend(p)
         if len(self._validated) < _MAX_VALIDATED:
             self._validated[(queue, options)] = b  # type: ignore[index]
+            b.raw_keys.append((queue, options))  # type: ignore[arg-type]
         return b
 
     def _new_backend(self, p: dict[str, Any]) -> _Backend:
@@ -649,12 +670,39 @@ class JobServer:
         key = (queue, options)
         b = self._backends.get(key)
         if b is None:
+            self._make_room()
             handle = connect_async(backend_url(self.config.backend, queue, options))
             inner = getattr(handle, "inner", None)
             fast = (_Inline(inner) if isinstance(inner, QueueBase)
                     and handle.driver in _INLINE_DRIVERS else handle)
-            b = self._backends[key] = _Backend(handle, handle.capabilities, fast)
+            b = self._backends[key] = _Backend(key, handle, handle.capabilities, fast)
+        else:
+            self._backends.move_to_end(key)
         return b
+
+    def _make_room(self) -> None:
+        """Close the least recently used idle handles until one more fits."""
+        limit = self.config.max_queues
+        while len(self._backends) >= limit:
+            victim = next((b for b in self._backends.values() if b.users == 0), None)
+            if victim is None:
+                raise BackendError(
+                    f"this server has {limit} queues open and every one is in use (requests "
+                    f"in flight or jobs leased); try again later, or start it with a larger "
+                    f"--max-queues")
+            del self._backends[victim.key]
+            for raw in victim.raw_keys:
+                self._validated.pop(raw, None)
+            task = asyncio.get_running_loop().create_task(self._close_backend(victim))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_backend(b: _Backend) -> None:
+        try:
+            await b.handle.aclose()
+        except Exception as exc:  # a backend that fails to close must not hurt the server
+            log.warning("closing the idle handle of queue %r failed: %s", b.key[0], exc)
 
     async def _dispatch(self, conn: _ServerProtocol, op: str, p: dict[str, Any]) -> dict[str, Any]:
         if op == "hello":
@@ -664,6 +712,14 @@ class JobServer:
         if self.closing:
             raise BackendConnectionError("the server is shutting down")
         b = self._backend(p)
+        b.users += 1  # keeps the handle open while the request runs
+        try:
+            return await self._run(conn, op, b, p)
+        finally:
+            b.users -= 1
+
+    async def _run(self, conn: _ServerProtocol, op: str, b: _Backend,
+                   p: dict[str, Any]) -> dict[str, Any]:
         h = b.fast
         if op == "enqueue":
             kwargs = self._enqueue_options(p)
@@ -774,6 +830,7 @@ class JobServer:
                     token = secrets.token_urlsafe(18)
                     self._leases[token] = _Lease(job, b, conn)
                     conn.leases.add(token)
+                    b.users += 1  # until the lease is settled or returned
                 else:  # the client declared no ACK: it gets at-most-once delivery
                     await b.fast.ack(job)
             out.append(job_to_wire(job, token))
@@ -812,10 +869,12 @@ class JobServer:
         self._forget(token)
         return {}
 
-    def _forget(self, token: str) -> None:
+    def _forget(self, token: str) -> _Lease | None:
         lease = self._leases.pop(token, None)
         if lease is not None:
             lease.conn.leases.discard(token)
+            lease.backend.users -= 1
+        return lease
 
     # -- leases of departed clients -----------------------------------------------------------
     def _release_soon(self, conn: _ServerProtocol) -> None:
@@ -828,9 +887,9 @@ class JobServer:
     async def _release(self, conn: _ServerProtocol) -> None:
         tokens = list(conn.leases)
         for token in tokens:
-            lease = self._leases.pop(token, None)
-            conn.leases.discard(token)
+            lease = self._leases.get(token)
             if lease is None:
+                conn.leases.discard(token)
                 continue
             try:
                 await lease.backend.handle.nack(lease.job)
@@ -838,6 +897,8 @@ class JobServer:
                 pass  # expired and redelivered meanwhile: nothing to return
             except UnifiedQError as exc:
                 log.warning("could not return job %s of %s: %s", lease.job.id, conn.peer, exc)
+            finally:
+                self._forget(token)  # only now may its handle be closed
         if tokens:
             log.info("returned %d leased job(s) of %s to their queues", len(tokens), conn.peer)
 
@@ -876,6 +937,8 @@ class JobServer:
                 await b.handle.aclose()
         self._backends.clear()
         self._validated.clear()
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=max(wait, 1.0))
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -908,6 +971,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest frame payload in bytes (default 16 MiB)")
     p.add_argument("--max-streams", type=int, default=1024,
                    help="requests one client may have open at once (default 1024)")
+    p.add_argument("--max-queues", type=int, default=1024,
+                   help="backend handles kept open at once; the least recently used idle one "
+                        "is closed to make room (default 1024)")
     p.add_argument("--drain-timeout", type=float, default=10.0,
                    help="seconds to drain requests in flight on shutdown (default 10)")
     p.add_argument("--idle-timeout", type=float, default=60.0,
@@ -954,7 +1020,7 @@ def serve_main(argv: list[str] | None = None) -> int:
             host=args.listen[0], port=args.listen[1], backend=args.backend, cert=args.cert,
             key=args.key, client_ca=args.client_ca, require_client_cert=not args.no_client_cert,
             token=args.token or os.environ.get("UNIFIEDQ_TOKEN") or None,
-            max_frame=args.max_frame, max_streams=args.max_streams,
+            max_frame=args.max_frame, max_streams=args.max_streams, max_queues=args.max_queues,
             allow_client_options=frozenset(args.allow_client_option),
             drain_timeout=args.drain_timeout, idle_timeout=args.idle_timeout,
         )
