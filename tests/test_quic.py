@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import socket
 import struct
 import uuid
 from collections.abc import Callable, Iterator
@@ -350,6 +351,32 @@ class TestQueueHandleBound:
         finally:
             for q in qs:
                 q.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_listen_without_host_serves_ipv4_and_ipv6(pki: Pki) -> None:
+    """``--listen :PORT`` binds every interface of both families on one port."""
+    srv = ServerProcess(pki, "memory://", ["--listen", ":0"],
+                        log=pki.root / f"dual-{uuid.uuid4().hex[:6]}.log")
+    srv.start()
+    try:
+        hosts = ["127.0.0.1"] + (["[::1]"] if _ipv6_loopback() else [])
+        for host in hosts:
+            url = f"quic://{host}:{srv.port}/dual?{pki.query(capabilities='memory')}"
+            with unifiedq.connect(url) as q:
+                q.enqueue(host.encode())
+        with unifiedq.connect(srv.url("dual", capabilities="memory")) as q:
+            assert sorted(j.body for j in q.dequeue_many(5)) == sorted(h.encode() for h in hosts)
+    finally:
+        srv.stop()
 
 
 # -- robustness ------------------------------------------------------------------------------------

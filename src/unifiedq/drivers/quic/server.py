@@ -582,14 +582,14 @@ class JobServer:
         self._leases: dict[str, _Lease] = {}
         self._protocols: set[_ServerProtocol] = set()
         self._releases: set[asyncio.Task[None]] = set()
-        self._quic_server: _Listener | None = None
+        self._listeners: list[_Listener] = []
         #: Connections with something to send once the listener's current batch is read.
         self._dirty: dict[_ServerProtocol, None] | None = None
         self._address: tuple[str, int] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``."""
+        """The bound ``(host, port)`` (the first, when the host resolved to several)."""
         if self._address is None:
             raise RuntimeError("the server is not started")
         return self._address
@@ -613,27 +613,46 @@ class JobServer:
 
         # aioquic's serve(), with our listener on a socket we keep (it reads ahead). No
         # session tickets: a resumed (PSK) handshake would skip the client certificate.
+        # Every address the host resolves to (``localhost`` is often ::1 and 127.0.0.1), on
+        # one port: with port 0, the one the first bind got.
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_DGRAM,
+        infos = await loop.getaddrinfo(cfg.host or None, cfg.port, type=socket.SOCK_DGRAM,
                                        flags=socket.AI_PASSIVE)
         if not infos:
             raise OSError(f"cannot resolve {cfg.host!r}")
-        family, _, proto, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+        port, seen = cfg.port, set()
+        # Both families on one port: the IPv6 socket must not also take IPv4's (Linux would).
+        dual = {info[0] for info in infos} >= {socket.AF_INET, socket.AF_INET6}
         try:
-            sock.setblocking(False)
-            sock.bind(addr)
-            _, listener = await loop.create_datagram_endpoint(
-                lambda: _Listener(sock=sock, server=self, configuration=qc,
-                                  create_protocol=make),
-                sock=sock)
+            for family, _, proto, _, addr in infos:
+                if (family, addr[0]) in seen:
+                    continue
+                seen.add((family, addr[0]))
+                sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+                try:
+                    if dual and family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.setblocking(False)
+                    sock.bind((addr[0], port, *addr[2:]))
+                    _, listener = await loop.create_datagram_endpoint(
+                        functools.partial(_Listener, sock=sock, server=self,
+                                          configuration=qc, create_protocol=make),
+                        sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                self._listeners.append(listener)
+                if self._address is None:
+                    name = sock.getsockname()
+                    self._address = (str(name[0]), int(name[1]))
+                    port = self._address[1]
         except BaseException:
-            sock.close()
+            for listener in self._listeners:
+                listener.close()
+            self._listeners.clear()
+            self._address = None
             raise
-        self._quic_server = listener
-        name = sock.getsockname()
-        self._address = (str(name[0]), int(name[1]))
-        return self._address
+        return self.address
 
     # -- dispatch -----------------------------------------------------------------------------
     def _backend(self, p: dict[str, Any]) -> _Backend:
@@ -930,8 +949,8 @@ class JobServer:
         if self._releases:
             await asyncio.wait(list(self._releases), timeout=max(wait, 1.0))
         await asyncio.sleep(0.05)
-        if self._quic_server is not None:
-            self._quic_server.close()
+        for listener in self._listeners:
+            listener.close()
         for b in list(self._backends.values()):
             with contextlib.suppress(Exception):
                 await b.handle.aclose()
@@ -946,7 +965,7 @@ def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"--listen takes HOST:PORT, not {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]"), int(port)  # no host: every interface, IPv4 and IPv6
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -955,7 +974,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a unifiedq backend over QUIC (TLS 1.3, client certificates).",
     )
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 4433), metavar="HOST:PORT",
-                   help="address to listen on (default 127.0.0.1:4433; port 0 = any)")
+                   help="address to listen on (default 127.0.0.1:4433; port 0 = any; ':PORT' = "
+                        "every interface; a name is bound on every address it resolves to)")
     p.add_argument("--backend", default="memory://",
                    help="backend URL; {queue} marks where the queue name goes")
     p.add_argument("--cert", required=True, help="server certificate (PEM)")
