@@ -27,6 +27,7 @@ from unifiedq import Capability, Job
 from unifiedq._base import QueueBase
 from unifiedq._job import EnqueueRequest
 from unifiedq.drivers import memory
+from unifiedq.drivers.quic._testing import Pki, ServerProcess
 from unifiedq.worker import (
     ATTEMPT_HEADER,
     ERROR_HEADER,
@@ -62,12 +63,25 @@ def _fails(body: bytes, attempt: int, p: float = 0.3) -> bool:
     return random.Random(f"{body!r}/{attempt}").random() < p
 
 
-@pytest.fixture(params=["memory", "redis", "faktory", "amqp"])
+@pytest.fixture(scope="module")
+def quic_memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real ``unifiedq serve`` process over ``memory://`` (client certificates and all)."""
+    srv = ServerProcess(Pki(tmp_path_factory.mktemp("pki"))).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "faktory", "amqp", "quic"])
 def url_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Queue URLs on every landed driver with ACK (memory always; others via the rig)."""
     kind = request.param
     if kind == "memory":
         return lambda name: f"memory://{name}"
+    if kind == "quic":
+        srv: ServerProcess = request.getfixturevalue("quic_memory_server")
+        return lambda name: srv.url(name, capabilities="memory")
     base = request.getfixturevalue(f"{kind}_url").split("?")[0]
     return lambda name: f"{base}?queue={name}"
 
