@@ -37,8 +37,8 @@ from aioquic.quic.configuration import QuicConfiguration
 
 import unifiedq
 from unifiedq.drivers.quic._common import ALPN
-from unifiedq.drivers.quic._testing import Pki, ServerProcess
 from unifiedq.drivers.quic.wire import KIND_REQUEST, encode_frame
+from unifiedq.testing.quic import Pki, ServerProcess
 
 
 # -- the raw echo -------------------------------------------------------------------------------

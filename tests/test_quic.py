@@ -25,7 +25,7 @@ from unifiedq import (
     JobNotLeased,
     UnsupportedOperation,
 )
-from unifiedq.drivers.quic._testing import Pki, ServerProcess
+from unifiedq.testing.quic import Pki, ServerProcess
 from unifiedq.testing.suite import QueueConformance
 
 pytest.importorskip("aioquic")

@@ -27,7 +27,7 @@ from unifiedq import Capability, Job
 from unifiedq._base import QueueBase
 from unifiedq._job import EnqueueRequest
 from unifiedq.drivers import memory
-from unifiedq.drivers.quic._testing import Pki, ServerProcess
+from unifiedq.testing.quic import Pki, ServerProcess
 from unifiedq.worker import (
     ATTEMPT_HEADER,
     ERROR_HEADER,

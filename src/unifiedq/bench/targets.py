@@ -390,7 +390,7 @@ def _start_quic(
     import tempfile
     from pathlib import Path
 
-    from ..drivers.quic._testing import Pki, ServerProcess
+    from ..testing.quic import Pki, ServerProcess
 
     log("starting a local quic server (unifiedq serve --backend memory://) ...")
     root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unifiedq-bench-quic-")))

@@ -5,6 +5,8 @@
 * :mod:`unifiedq.testing.servers` — real Redis, RabbitMQ and Faktory servers on free loopback
   ports, started from installed binaries.
 * :mod:`unifiedq.testing.fixtures` — pytest fixtures over those servers.
+* :mod:`unifiedq.testing.quic` — a real ``unifiedq serve`` process and a throwaway PKI (needs
+  the ``quic`` extra).
 
 Importing this package does not import pytest; the suite module does.
 """

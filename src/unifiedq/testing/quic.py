@@ -1,4 +1,14 @@
-"""Helpers for tests and benchmarks: a development PKI and a real server process."""
+"""A real ``unifiedq serve`` process and a throwaway PKI, for tests and benchmarks.
+
+Needs the ``quic`` extra. Example::
+
+    srv = ServerProcess(Pki(tmp_path), "memory://").start()
+    try:
+        with unifiedq.connect(srv.url("jobs", capabilities="memory")) as q:
+            q.enqueue(b"hello")
+    finally:
+        srv.stop()
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ import threading
 import urllib.parse
 from pathlib import Path
 
-from .certs import issue, make_ca, write_pair
+from ..drivers.quic.certs import issue, make_ca, write_pair
 
 __all__ = ["Pki", "ServerProcess"]
 
