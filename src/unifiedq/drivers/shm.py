@@ -38,8 +38,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Literal, Self, TypeVar
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Literal, Self, TypeVar
 
 from .._base import AsyncQueueBase, QueueBase
 from .._capabilities import Capability
@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: An enqueue path that may wait: yields (fn, timeout) or (None, seconds); see _ShmCommon.
+_Plan = Generator[tuple[Callable[[], Any] | None, float], Any, T]
 log = logging.getLogger("unifiedq.drivers.shm")
 
 # -- segment layout (all offsets in bytes; every shared field is an aligned 64-bit word) -------
@@ -813,11 +815,12 @@ _CAPS = (
 
 
 class _ShmCommon:
-    """State and non-blocking steps shared by both faces."""
+    """State, non-blocking steps and the enqueue paths that may wait, shared by both faces."""
 
     driver = "shm"
     _name: str
     _closed: bool
+    _check_open: Callable[[], None]  # from the face's base class
 
     def _setup(self, name: str, options: ShmOptions) -> None:
         self.options = options
@@ -871,6 +874,60 @@ class _ShmCommon:
             return False
         self.dropped += 1
         return True
+
+    # -- enqueue paths that may wait, written once for both faces -----------------------------
+    # A plan is a generator that yields what it wants to wait for: ``(fn, timeout)`` = retry
+    # ``fn`` until it returns non-None (sent back, or None on timeout), ``(None, seconds)`` =
+    # sleep. The blocking face runs it with _retry_sync/time.sleep, the asyncio face awaits.
+    def _put_plan(self, ring: _Ring, body: bytes, jid: str) -> _Plan[str]:
+        """Enqueue one job when the fast path found the ring full (or no compiled module)."""
+        self._check_ids([jid])
+        now = time.time()
+        if ring.put(body, jid, now):
+            return jid
+        mode = self.options.overflow
+        if mode == "reject":
+            raise self._full(ring)
+        if mode == "drop_oldest":
+            while not ring.put(body, jid, now):
+                if not self._drop_one(ring):
+                    yield None, 0.0001  # the oldest slot is mid-operation; let it finish
+                self._check_open()
+            return jid
+        if (yield lambda: _ok(ring.put(body, jid, now)), self.options.enqueue_timeout) is None:
+            raise self._timeout(ring)
+        return jid
+
+    def _put_many_plan(self, bodies: list[bytes], ids: list[str]) -> _Plan[list[str]]:
+        """Enqueue a batch in order, following the overflow policy."""
+        ring = self._ring or self._attach()
+        self._check_ids(ids)
+        n, now = len(ids), time.time()
+        mode = self.options.overflow
+        if mode == "reject" and n > ring.cap - ring.size():
+            raise QueueFull(
+                f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
+                f"not {n}; nothing was enqueued"
+            )
+        done = ring.put_many(bodies, ids, now)
+        deadline = time.monotonic() + self.options.enqueue_timeout
+        while done < n:
+            if mode == "reject":  # a concurrent producer took the room we saw
+                raise QueueFull(f"shm queue {self._name!r} filled up: enqueued only the "
+                                f"first {done} of {n} jobs")
+            if mode == "drop_oldest":
+                if not self._drop_one(ring):
+                    yield None, 0.0001
+            else:
+                left = max(0.0, deadline - time.monotonic())
+                got = yield functools.partial(_put_some, ring, bodies[done:], ids[done:], now), left
+                if got is None:
+                    raise self._timeout(ring, f"; enqueued only the first {done} of {n} jobs")
+                done += got
+                continue
+            self._check_open()
+            done += ring.put_many(bodies[done:], ids[done:], now)
+        return ids
 
     def _unlink(self) -> bool:
         return unlink(self._name)
@@ -995,58 +1052,22 @@ class ShmQueue(_ShmCommon, QueueBase):
         # checked there too; any trouble takes the slow path, which explains it).
         if c is not None and len(job_id) <= _ID_MAX and not c.put(body, job_id, time.time()):
             return job_id
-        return self._enqueue_slow(ring, body, job_id)
-
-    def _enqueue_slow(self, ring: _Ring, body: bytes, jid: str) -> str:
-        self._check_ids([jid])
-        now = time.time()
-        if ring.put(body, jid, now):
-            return jid
-        mode = self.options.overflow
-        if mode == "reject":
-            raise self._full(ring)
-        if mode == "drop_oldest":
-            while not ring.put(body, jid, now):
-                if not self._drop_one(ring):
-                    time.sleep(0.0001)  # the oldest slot is mid-operation; let it finish
-                self._check_open()
-            return jid
-        if _retry_sync(lambda: _ok(ring.put(body, jid, now)), self.options.enqueue_timeout,
-                       self.options, self._closed_now) is None:
-            raise self._timeout(ring)
-        return jid
+        return self._wait_sync(self._put_plan(ring, body, job_id))
 
     def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
-        ring = self._ring or self._attach()
-        self._check_ids(ids)
-        n, now = len(ids), time.time()
-        mode = self.options.overflow
-        if mode == "reject" and n > ring.cap - ring.size():
-            raise QueueFull(
-                f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
-                f"not {n}; nothing was enqueued"
-            )
-        done = ring.put_many(bodies, ids, now)
-        deadline = time.monotonic() + self.options.enqueue_timeout
-        while done < n:
-            if mode == "reject":  # a concurrent producer took the room we saw
-                raise QueueFull(f"shm queue {self._name!r} filled up: enqueued only the "
-                                f"first {done} of {n} jobs")
-            if mode == "drop_oldest":
-                if not self._drop_one(ring):
-                    time.sleep(0.0001)
-            else:
-                left = deadline - time.monotonic()
-                put_rest = functools.partial(_put_some, ring, bodies[done:], ids[done:], now)
-                got = _retry_sync(put_rest, max(0.0, left), self.options, self._closed_now)
-                if got is None:
-                    raise self._timeout(ring, f"; enqueued only the first {done} of "
-                                              f"{n} jobs")
-                done += got
-                continue
-            self._check_open()
-            done += ring.put_many(bodies[done:], ids[done:], now)
-        return ids
+        return self._wait_sync(self._put_many_plan(bodies, ids))
+
+    def _wait_sync(self, plan: _Plan[T]) -> T:
+        """Run a plan (see :class:`_ShmCommon`), blocking for each wait it asks for."""
+        try:
+            fn, t = next(plan)
+            while True:
+                if fn is None:
+                    time.sleep(t)
+                fn, t = plan.send(None if fn is None else _retry_sync(
+                    fn, t, self.options, self._closed_now))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     def _dequeue(self, timeout: float | None) -> Job | None:
         ring = self._ring or self._attach()
@@ -1114,61 +1135,21 @@ class AsyncShmQueue(_ShmCommon, AsyncQueueBase):
         # checked there too; any trouble takes the slow path, which explains it).
         if c is not None and len(job_id) <= _ID_MAX and not c.put(body, job_id, time.time()):
             return job_id
-        return await self._enqueue_slow(ring, body, job_id)
-
-    async def _enqueue_slow(self, ring: _Ring, body: bytes, jid: str) -> str:
-        self._check_ids([jid])
-        now = time.time()
-        if ring.put(body, jid, now):
-            return jid
-        mode = self.options.overflow
-        if mode == "reject":
-            raise self._full(ring)
-        if mode == "drop_oldest":
-            while not ring.put(body, jid, now):
-                if not self._drop_one(ring):
-                    await asyncio.sleep(0.0001)
-                self._check_open()
-            return jid
-        if await _retry_async(lambda: _ok(ring.put(body, jid, now)),
-                              self.options.enqueue_timeout, self.options,
-                              self._closed_now) is None:
-            raise self._timeout(ring)
-        return jid
+        return await self._wait_async(self._put_plan(ring, body, job_id))
 
     async def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
-        ring = self._ring or self._attach()
-        self._check_ids(ids)
-        n, now = len(ids), time.time()
-        mode = self.options.overflow
-        if mode == "reject" and n > ring.cap - ring.size():
-            raise QueueFull(
-                f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
-                f"not {n}; nothing was enqueued"
-            )
-        done = ring.put_many(bodies, ids, now)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.enqueue_timeout
-        while done < n:
-            if mode == "reject":
-                raise QueueFull(f"shm queue {self._name!r} filled up: enqueued only the "
-                                f"first {done} of {n} jobs")
-            if mode == "drop_oldest":
-                if not self._drop_one(ring):
-                    await asyncio.sleep(0.0001)
-            else:
-                left = deadline - loop.time()
-                put_rest = functools.partial(_put_some, ring, bodies[done:], ids[done:], now)
-                got = await _retry_async(put_rest, max(0.0, left), self.options,
-                                         self._closed_now)
-                if got is None:
-                    raise self._timeout(ring, f"; enqueued only the first {done} of "
-                                              f"{n} jobs")
-                done += got
-                continue
-            self._check_open()
-            done += ring.put_many(bodies[done:], ids[done:], now)
-        return ids
+        return await self._wait_async(self._put_many_plan(bodies, ids))
+
+    async def _wait_async(self, plan: _Plan[T]) -> T:
+        """Run a plan (see :class:`_ShmCommon`), awaiting each wait it asks for."""
+        try:
+            fn, t = next(plan)
+            while True:
+                got = await (asyncio.sleep(t) if fn is None else _retry_async(
+                    fn, t, self.options, self._closed_now))
+                fn, t = plan.send(got)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     async def _dequeue(self, timeout: float | None) -> Job | None:
         ring = self._ring or self._attach()
