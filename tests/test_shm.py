@@ -54,17 +54,11 @@ class TestShm(QueueConformance):
     BOUNDED_OPTIONS = {"capacity": 4, "overflow": "reject"}
     BOUNDED_SIZE = 4
 
-    @pytest.fixture
-    def harness(self, url_template: str, face: str) -> Iterator[Harness]:
-        # The suite's harness, plus removal of the segments: a shm queue outlives its handles.
-        name = f"uq-{uuid.uuid4().hex[:12]}"
-        h = Harness(url_template.format(name=name), face, dict(self.OPTIONS))
-        try:
-            yield h
-        finally:
-            h.cleanup()
-            shm.unlink(name)
-            shm.unlink(name + "-other")
+    def remove_queue(self, url: str) -> None:
+        # A shm queue outlives its handles: remove the test's segments after it.
+        name = unifiedq.parse_url(url).authority
+        shm.unlink(name)
+        shm.unlink(name + "-other")
 
     @pytest.fixture
     def restart_backend(self, harness: Harness) -> Callable[[], None]:

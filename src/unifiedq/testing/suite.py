@@ -170,6 +170,14 @@ class QueueConformance:
             yield h
         finally:
             h.cleanup()
+            self.remove_queue(h.url)
+
+    def remove_queue(self, url: str) -> None:
+        """Hook: delete what a test's queue (``url``) left behind once its handles are closed.
+
+        The default does nothing. Override it for a backend whose queues outlive their handles
+        and the test run (``shm://`` segments); tests also use ``<name>-other``.
+        """
 
     @pytest.fixture(autouse=True)
     def _gate(self, request: pytest.FixtureRequest, harness: Harness) -> None:
