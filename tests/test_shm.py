@@ -82,6 +82,7 @@ class TestShmPurePython(TestShm):
         with unifiedq.connect(harness.url) as q:
             ring = q._ring or q._attach()  # type: ignore[attr-defined]
             assert ring.c is None and ring.w.impl == "patomic-cffi"
+            assert q.atomics_impl == "patomic-cffi"  # type: ignore[attr-defined]
 
 
 # -- the compiled fast path ----------------------------------------------------------------------
@@ -97,6 +98,7 @@ def test_compiled_path_is_the_default_and_required_in_ci(name: str) -> None:
     with unifiedq.connect(_url(name)) as q:
         ring = q._ring or q._attach()  # type: ignore[attr-defined]
         assert ring.c is not None and ring.w.impl == "c-ext"
+        assert q.atomics_impl == "c-ext"  # type: ignore[attr-defined]
 
 
 def test_compiled_segment_refuses_bad_calls(name: str) -> None:

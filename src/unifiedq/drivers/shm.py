@@ -940,8 +940,12 @@ class _ShmCommon:
 
     @property
     def atomics_impl(self) -> str:
-        """Which atomic-operation path this process uses (see ``_shm_atomics``)."""
-        return _shm_atomics.IMPL
+        """Which atomic-operation path this handle uses (``c-ext`` is the compiled one).
+
+        Before the handle's first operation: the path this process would pick.
+        """
+        ring = self._ring
+        return _shm_atomics.IMPL if ring is None else ring.w.impl
 
 
 _POLLS = 64  # tries before the first clock read (about 0.4 us each on an empty ring)
