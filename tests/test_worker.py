@@ -743,8 +743,12 @@ def test_bad_arguments_fail_fast() -> None:
         Worker(q, lambda j: None, concurrency=0)
     with pytest.raises(unifiedq.InvalidArgument):
         Worker(q, "not callable")  # type: ignore[arg-type]
-    with pytest.raises(unifiedq.InvalidArgument):
+    with pytest.raises(unifiedq.InvalidArgument, match="source must be"):
         Worker(42, lambda j: None)  # type: ignore[arg-type]
+    with pytest.raises(unifiedq.InvalidArgument, match="dead_letter must be"):
+        Worker(q, lambda j: None, dead_letter=42)  # type: ignore[arg-type]
+    with pytest.raises(unifiedq.InvalidArgument, match="AsyncQueue"):
+        AsyncWorker(q, lambda j: None)  # type: ignore[arg-type]  # a blocking handle
     with pytest.raises(unifiedq.InvalidArgument):
         Worker(q, lambda j: None, timeout=-1)
 

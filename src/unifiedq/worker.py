@@ -83,7 +83,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import FrameType
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from ._capabilities import Capability
 from ._connect import connect, connect_async
@@ -392,6 +392,20 @@ def _check_positive(name: str, v: object, *, allow_none: bool = False,
     return float(v)
 
 
+_Q = TypeVar("_Q", Queue, AsyncQueue)
+
+
+def _open(source: str | _Q, what: str, kind: type[Any], opener: Callable[..., _Q],
+          options: Mapping[str, Any] | None) -> tuple[_Q, bool]:
+    """A worker's queue from a URL (opened here: owned) or an open handle; else a clear error."""
+    if isinstance(source, str):
+        return opener(source, **dict(options or {})), True
+    if isinstance(source, kind):
+        return source, False
+    raise InvalidArgument(f"{what} must be a queue URL or an open {kind.__name__}, "
+                          f"not {source!r}")
+
+
 class _Core:
     """Configuration, policy, logging and counters shared by both flavours (no I/O)."""
 
@@ -628,22 +642,12 @@ class Worker(_Core):
                          lease_extend=lease_extend, poll_interval=poll_interval, grace=grace,
                          middleware=middleware, metrics=metrics, rate_limit=rate_limit,
                          depth_interval=depth_interval, seed=seed)
-        if isinstance(source, str):
-            self.queue: Queue = connect(source, **dict(connect_options or {}))
-            self._owns_queue = True
-        elif isinstance(source, Queue):
-            self.queue = source
-            self._owns_queue = False
-        else:
-            raise InvalidArgument(f"source must be a queue URL or a Queue, not {source!r}")
+        self.queue, self._owns_queue = _open(source, "source", Queue, connect,
+                                             connect_options)
         self._dl: Queue | None = None
         self._owns_dl = False
-        if isinstance(dead_letter, str):
-            self._dl, self._owns_dl = connect(dead_letter), True
-        elif dead_letter is not None:
-            if not isinstance(dead_letter, Queue):
-                raise InvalidArgument(f"dead_letter must be a URL or a Queue, not {dead_letter!r}")
-            self._dl = dead_letter
+        if dead_letter is not None:
+            self._dl, self._owns_dl = _open(dead_letter, "dead_letter", Queue, connect, None)
         self._bind(self.queue.driver, self.queue.name, self.queue.capabilities)
         self._stopping = threading.Event()
         self._done = threading.Event()
@@ -1115,23 +1119,13 @@ class AsyncWorker(_Core):
                          lease_extend=lease_extend, poll_interval=poll_interval, grace=grace,
                          middleware=middleware, metrics=metrics, rate_limit=rate_limit,
                          depth_interval=depth_interval, seed=seed)
-        if isinstance(source, str):
-            self.queue: AsyncQueue = connect_async(source, **dict(connect_options or {}))
-            self._owns_queue = True
-        elif isinstance(source, AsyncQueue):
-            self.queue = source
-            self._owns_queue = False
-        else:
-            raise InvalidArgument(f"source must be a queue URL or an AsyncQueue, not {source!r}")
+        self.queue, self._owns_queue = _open(source, "source", AsyncQueue, connect_async,
+                                             connect_options)
         self._dl: AsyncQueue | None = None
         self._owns_dl = False
-        if isinstance(dead_letter, str):
-            self._dl, self._owns_dl = connect_async(dead_letter), True
-        elif dead_letter is not None:
-            if not isinstance(dead_letter, AsyncQueue):
-                raise InvalidArgument(
-                    f"dead_letter must be a URL or an AsyncQueue, not {dead_letter!r}")
-            self._dl = dead_letter
+        if dead_letter is not None:
+            self._dl, self._owns_dl = _open(dead_letter, "dead_letter", AsyncQueue,
+                                            connect_async, None)
         self._bind(self.queue.driver, self.queue.name, self.queue.capabilities)
         self._stopping: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
