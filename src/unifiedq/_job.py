@@ -13,7 +13,12 @@ from typing import Any
 
 from ._errors import BodyTooLarge, InvalidArgument, InvalidBody
 
-__all__ = ["PRIORITY_MAX", "PRIORITY_MIN", "EnqueueRequest", "Job", "make_job", "new_job_id"]
+__all__ = [
+    "PRIORITY_MAX", "PRIORITY_MIN", "Delay", "EnqueueRequest", "Job", "make_job", "new_job_id",
+]
+
+#: A delay: seconds or a timedelta.
+Delay = float | _dt.timedelta
 
 #: Lowest and highest priority accepted by ``enqueue(priority=...)``; higher runs first.
 PRIORITY_MIN = 0

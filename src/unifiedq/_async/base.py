@@ -1,0 +1,177 @@
+# unasync: the blocking twin, _sync/base.py, is generated from this file.
+"""The driver base class of one face; the checks both faces share are in ``_checks``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Self
+
+from .._capabilities import Capability
+from .._checks import QueueChecks
+from .._job import Delay, EnqueueRequest, Job, _plain_request, new_job_id
+
+__all__ = ["AsyncQueueBase"]
+
+
+class AsyncQueueBase(QueueChecks):
+    """Base class of drivers (this face). Subclasses implement the underscore methods.
+
+    Required: ``_enqueue``, ``_dequeue``, ``_size``, ``_purge``, ``_close``. Others are
+    needed only with the matching capability: ``_peek`` (PEEK), ``_ack``/``_nack`` (ACK),
+    ``_extend_lease`` (LEASE_EXTEND), ``_enqueue_many``/``_dequeue_many`` (BATCH; the
+    defaults loop).
+    """
+
+    async def enqueue(
+        self,
+        body: bytes,
+        *,
+        delay: Delay | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Add a job and return its id.
+
+        Args:
+            body: The payload (bytes).
+            delay: Seconds (or a timedelta) before the job becomes visible (DELAY).
+            priority: 0..9, higher first (PRIORITY).
+            job_id: A caller-chosen id; a duplicate raises DuplicateJob (CUSTOM_ID).
+            headers: String headers delivered with the job (HEADERS).
+
+        Returns:
+            The job id.
+        """
+        if self._plain(body, delay, priority, job_id, headers):
+            return await self._enqueue_plain(body, new_job_id())
+        return await self._enqueue(self._prepare(body, delay, priority, job_id, headers))
+
+    async def enqueue_many(
+        self,
+        bodies: Iterable[bytes],
+        *,
+        delay: Delay | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Add several jobs, in order, with the same options; return their ids (BATCH)."""
+        items, plain = self._batch(bodies, delay, priority, headers)
+        if not items:
+            return []
+        if plain:
+            return await self._enqueue_plain_many(items, [new_job_id() for _ in items])
+        return await self._enqueue_many(self._prepare_many(items, delay, priority, headers))
+
+    async def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
+        """Take the next job, waiting up to ``timeout`` seconds (None = forever)."""
+        if timeout == 0.0 and type(timeout) is float and not self._closed:
+            return await self._dequeue(timeout)  # the default, already valid: skip the checks
+        return await self._dequeue(self._prepare_dequeue(timeout))
+
+    async def dequeue_many(self, max_jobs: int, *, timeout: float | None = 0.0) -> list[Job]:
+        """Take up to ``max_jobs`` jobs, waiting up to ``timeout`` for the first (BATCH)."""
+        n, t = self._prepare_many_dequeue(max_jobs, timeout)
+        return await self._dequeue_many(n, t)
+
+    async def peek(self) -> Job | None:
+        """Return the next job without taking it (PEEK). The result cannot be acked."""
+        self._check_open()
+        self._need(Capability.PEEK, "peek()")
+        return await self._peek()
+
+    async def ack(self, job: Job) -> None:
+        """Settle a job returned by ``dequeue()`` as done (ACK)."""
+        await self._ack(self._prepare_settle(job, "ack"))
+
+    async def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
+        """Return a leased job to the queue, after ``delay`` if given, or dead-letter it (ACK)."""
+        j, d = self._prepare_nack(job, requeue, delay)
+        await self._nack(j, requeue, d)
+
+    async def extend_lease(self, job: Job, seconds: float) -> None:
+        """Keep a leased job for ``seconds`` more, counted from now (LEASE_EXTEND)."""
+        j, s = self._prepare_extend(job, seconds)
+        await self._extend_lease(j, s)
+
+    async def size(self) -> int:
+        """Number of waiting jobs (ready or delayed), excluding leased ones."""
+        self._check_open()
+        return await self._size()
+
+    async def purge(self) -> int:
+        """Remove every waiting job and return how many were removed."""
+        self._check_open()
+        return await self._purge()
+
+    async def aclose(self) -> None:
+        """Close the handle. Idempotent; later verbs raise QueueClosed."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        await self._close()
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- to implement ----------------------------------------------------------------------
+    async def _enqueue(self, req: EnqueueRequest) -> str:
+        raise NotImplementedError
+
+    async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        return [await self._enqueue(r) for r in reqs]
+
+    # Optional hooks for plain calls (bytes within max_body, no options, a generated id):
+    # a driver whose hot path gains from skipping the EnqueueRequest objects overrides them.
+    async def _enqueue_plain(self, body: bytes, job_id: str) -> str:
+        return await self._enqueue(_plain_request(body, job_id))
+
+    async def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
+        return await self._enqueue_many(
+            [_plain_request(b, i) for b, i in zip(bodies, ids, strict=True)])
+
+    async def _dequeue(self, timeout: float | None) -> Job | None:
+        raise NotImplementedError
+
+    async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        first = await self._dequeue(timeout)
+        if first is None:
+            return []
+        jobs = [first]
+        while len(jobs) < max_jobs and (job := await self._dequeue(0.0)) is not None:
+            jobs.append(job)
+        return jobs
+
+    async def _peek(self) -> Job | None:
+        raise self._unsupported("peek()", Capability.PEEK)
+
+    async def _ack(self, job: Job) -> None:
+        raise self._unsupported("ack()", Capability.ACK)
+
+    async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        raise self._unsupported("nack()", Capability.ACK)
+
+    async def _extend_lease(self, job: Job, seconds: float) -> None:
+        raise self._unsupported("extend_lease()", Capability.LEASE_EXTEND)
+
+    async def _size(self) -> int:
+        raise NotImplementedError
+
+    async def _purge(self) -> int:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+

@@ -1,0 +1,335 @@
+"""The real differences between the two faces, and nothing else: threads vs tasks.
+
+Every sync/async pair in unifiedq is written once, as asyncio code in an ``_async`` folder;
+``scripts/generate_sync.py`` generates the blocking twin by dropping ``async``/``await`` and
+renaming ``AsyncRuntime`` to ``SyncRuntime`` (see docs/contributing.md). So the asyncio
+source talks to its runtime through one name, ``AsyncRuntime``, and this module gives both
+runtimes the same members:
+
+================  ==========================================  ==================================
+member            ``AsyncRuntime`` (asyncio)                  ``SyncRuntime`` (threads)
+================  ==========================================  ==================================
+``sleep``         ``asyncio.sleep``                           ``time.sleep``
+``Event``         ``asyncio.Event`` + ``wait(timeout)``       ``threading.Event``
+``Lock``          ``asyncio.Lock`` (``async with``)           ``threading.Lock``
+``spawn``         ``asyncio.create_task``                     a daemon ``threading.Thread``
+``gather``        ``asyncio.gather``                          one thread each, joined
+``shield``        ``asyncio.shield``                          the value itself
+``Cancelled``     ``asyncio.CancelledError``                  an exception nothing raises
+``start_call``    a coroutine as a task, or a blocking call   a blocking call on a
+                  on a :class:`Runner` thread                 :class:`Runner` thread
+``signals``       ``loop.add_signal_handler``                 ``signal.signal`` (main thread)
+================  ==========================================  ==================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import itertools
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from types import FrameType
+from typing import Any, TypeVar
+
+__all__ = ["AsyncRuntime", "CallOutcome", "Runner", "SyncRuntime"]
+
+_T = TypeVar("_T")
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class CallOutcome(enum.Enum):
+    """How waiting for a handler call ended."""
+
+    DONE = "done"  #: it returned or raised (see ``error``)
+    TIMEOUT = "timeout"  #: it ran past its limit; cancelled (task) or abandoned (thread)
+    GAVE_UP = "gave_up"  #: the caller stopped caring (e.g. shutdown took the job back)
+
+
+class Runner:
+    """A daemon thread running one call at a time; abandoned (never joined) when a call hangs.
+
+    ``concurrent.futures.ThreadPoolExecutor`` is not used because its threads are joined at
+    interpreter exit, so one hung handler would keep the process from ever exiting.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, name: str) -> None:
+        self._cond = threading.Condition()
+        self._work: tuple[Callable[[], object], concurrent.futures.Future[object]] | None = None
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, daemon=True,
+                                       name=f"{name}-run{next(self._ids)}")
+        self.thread.start()
+
+    def submit(self, fn: Callable[[], object]) -> concurrent.futures.Future[object]:
+        """Run ``fn`` on this thread; its result or error arrives in the future."""
+        fut: concurrent.futures.Future[object] = concurrent.futures.Future()
+        with self._cond:
+            self._work = (fn, fut)
+            self._cond.notify()
+        return fut
+
+    def retire(self) -> None:
+        """Let the thread exit once its current call (if any) returns."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._work is None and not self._stop:
+                    self._cond.wait()
+                if self._work is None:
+                    return
+                fn, fut = self._work
+                self._work = None
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handler errors travel to the waiting slot
+                fut.set_exception(exc)
+
+
+class _NeverRaised(BaseException):
+    """The blocking face's stand-in for ``asyncio.CancelledError``: threads are not cancelled."""
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+class _AsyncEvent(asyncio.Event):
+    async def wait(self, timeout: float | None = None) -> bool:  # type: ignore[override]
+        """Wait until set or ``timeout`` seconds passed; return whether it is set."""
+        if self.is_set():
+            return True
+        if timeout is None:
+            return await super().wait()
+        if timeout <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(super().wait(), timeout)
+        return self.is_set()
+
+
+class _AsyncTask:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait at most ``timeout`` seconds for the task to end; return whether it did."""
+        if not self.task.done():
+            await asyncio.wait({self.task}, timeout=timeout)
+        if self.task.done() and not self.task.cancelled():
+            self.task.exception()  # retrieved: an error was already logged by the task
+        return self.task.done()
+
+
+class _AsyncCall:
+    def __init__(self, fut: asyncio.Future[object], on_runner: bool) -> None:
+        self.fut = fut
+        self.on_runner = on_runner
+        self.error: BaseException | None = None
+
+    @property
+    def runner_free(self) -> bool:
+        """Whether the runner thread may take another call (nothing left running on it)."""
+        return not self.on_runner or self.fut.done()
+
+    async def wait(self, limit: float | None, give_up: Callable[[], bool]) -> CallOutcome:
+        done, _ = await asyncio.wait({self.fut}, timeout=limit)
+        if give_up():
+            self.fut.cancel()
+            return CallOutcome.GAVE_UP
+        if not done:
+            self.fut.cancel()  # cancels a coroutine; a thread keeps running, abandoned
+            return CallOutcome.TIMEOUT
+        self.error = (self.fut.exception() if not self.fut.cancelled()
+                      else asyncio.CancelledError())
+        return CallOutcome.DONE
+
+
+class AsyncRuntime:
+    """The asyncio face's primitives (see the module docstring)."""
+
+    RUNS_COROUTINES = True
+    Cancelled: type[BaseException] = asyncio.CancelledError
+    Event = _AsyncEvent
+    Lock = asyncio.Lock
+    Task = _AsyncTask
+    Call = _AsyncCall
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        """Pause this task for ``seconds``."""
+        await asyncio.sleep(seconds)
+
+    @staticmethod
+    def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any,
+              name: str) -> _AsyncTask:
+        """Run ``fn(*args)`` concurrently as a task on the running loop."""
+        return _AsyncTask(asyncio.create_task(fn(*args), name=name))
+
+    @staticmethod
+    async def gather(calls: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        """Run every call concurrently; return when all have ended (the first error raises)."""
+        await asyncio.gather(*(c() for c in calls))
+
+    @staticmethod
+    async def shield(aw: Awaitable[_T]) -> _T:
+        """Finish ``aw`` even if the caller is cancelled meanwhile."""
+        return await asyncio.shield(aw)
+
+    @staticmethod
+    def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> _AsyncCall:
+        """Start a handler call: a coroutine function as a task, a blocking one on ``runner``."""
+        if is_async:
+            async def run() -> object:
+                return await fn()
+            return _AsyncCall(asyncio.ensure_future(run()), on_runner=False)
+        assert runner is not None
+        return _AsyncCall(asyncio.wrap_future(runner.submit(fn)), on_runner=True)
+
+    @staticmethod
+    def install_signals(on_signal: Callable[[int], None]) -> Callable[[], None]:
+        """Route SIGTERM/SIGINT to ``on_signal`` where the loop allows; return the undo."""
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        for sig in _SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on_signal, int(sig))
+                installed.append(sig)
+
+        def restore() -> None:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        return restore
+
+
+# -- threads ---------------------------------------------------------------------------------
+class _SyncTask:
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def cancel(self) -> None:
+        """Threads cannot be cancelled: they watch the flags their owner sets."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait at most ``timeout`` seconds for the thread to end; return whether it did."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+class _SyncCall:
+    # How often a waiting slot looks at ``give_up`` (a thread cannot be woken by a stop).
+    POLL = 0.25
+
+    def __init__(self, fut: concurrent.futures.Future[object]) -> None:
+        self.fut = fut
+        self.error: BaseException | None = None
+
+    @property
+    def runner_free(self) -> bool:
+        """Whether the runner thread may take another call (nothing left running on it)."""
+        return self.fut.done()
+
+    def wait(self, limit: float | None, give_up: Callable[[], bool]) -> CallOutcome:
+        end = None if limit is None else time.monotonic() + limit
+        while True:
+            step = self.POLL if end is None else max(0.0, min(self.POLL, end - time.monotonic()))
+            try:
+                self.fut.result(timeout=step)
+                return CallOutcome.DONE
+            except concurrent.futures.TimeoutError:
+                if give_up():
+                    return CallOutcome.GAVE_UP
+                if end is not None and time.monotonic() >= end:
+                    return CallOutcome.TIMEOUT
+            except BaseException as err:  # SystemExit etc. from a handler: a failure too
+                self.error = err
+                return CallOutcome.DONE
+
+
+class SyncRuntime:
+    """The blocking face's primitives (see the module docstring)."""
+
+    RUNS_COROUTINES = False
+    Cancelled: type[BaseException] = _NeverRaised
+    Event = threading.Event
+    Lock = threading.Lock
+    Task = _SyncTask
+    Call = _SyncCall
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        """Pause this thread for ``seconds``."""
+        time.sleep(seconds)
+
+    @staticmethod
+    def spawn(fn: Callable[..., None], *args: Any, name: str) -> _SyncTask:
+        """Run ``fn(*args)`` concurrently on a new daemon thread."""
+        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+        t.start()
+        return _SyncTask(t)
+
+    @staticmethod
+    def gather(calls: list[Callable[[], None]]) -> None:
+        """Run every call on its own thread; return when all have ended (the first error raises)."""
+        errors: list[BaseException] = []
+
+        def guard(fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=guard, args=(c,), daemon=True) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def shield(value: _T) -> _T:
+        """Nothing to protect: a blocking call has already finished."""
+        return value
+
+    @staticmethod
+    def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> _SyncCall:
+        """Start a blocking handler call on ``runner``."""
+        assert runner is not None and not is_async
+        return _SyncCall(runner.submit(fn))
+
+    @staticmethod
+    def install_signals(on_signal: Callable[[int], None]) -> Callable[[], None]:
+        """Route SIGTERM/SIGINT to ``on_signal`` (main thread only); return the undo."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old: dict[int, Any] = {}
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            on_signal(signum)
+
+        for sig in _SIGNALS:
+            old[sig] = signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig_no, h in old.items():
+                signal.signal(sig_no, h)
+        return restore
