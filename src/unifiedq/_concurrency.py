@@ -6,20 +6,19 @@ renaming ``AsyncRuntime`` to ``SyncRuntime`` (see docs/contributing.md). So the 
 source talks to its runtime through one name, ``AsyncRuntime``, and this module gives both
 runtimes the same members:
 
-================  ==========================================  ==================================
-member            ``AsyncRuntime`` (asyncio)                  ``SyncRuntime`` (threads)
-================  ==========================================  ==================================
-``sleep``         ``asyncio.sleep``                           ``time.sleep``
-``Event``         ``asyncio.Event`` + ``wait(timeout)``       ``threading.Event``
-``Lock``          ``asyncio.Lock`` (``async with``)           ``threading.Lock``
-``spawn``         ``asyncio.create_task``                     a daemon ``threading.Thread``
-``gather``        ``asyncio.gather``                          one thread each, joined
-``shield``        ``asyncio.shield``                          the value itself
-``Cancelled``     ``asyncio.CancelledError``                  an exception nothing raises
-``start_call``    a coroutine as a task, or a blocking call   a blocking call on a
-                  on a :class:`Runner` thread                 :class:`Runner` thread
-``signals``       ``loop.add_signal_handler``                 ``signal.signal`` (main thread)
-================  ==========================================  ==================================
+- ``sleep``: ``asyncio.sleep`` / ``time.sleep``.
+- ``Event``: ``asyncio.Event`` with ``wait(timeout) -> bool`` / ``threading.Event``.
+- ``Lock``: ``asyncio.Lock`` (``async with``) / ``threading.Lock``.
+- ``spawn``: ``asyncio.create_task`` / a daemon ``threading.Thread``; both give a handle with
+  ``join(timeout) -> bool``, ``done()`` and ``cancel()`` (a no-op for threads).
+- ``gather``: ``asyncio.gather`` / one thread per call, all joined.
+- ``shield``: ``asyncio.shield`` / the value itself.
+- ``Cancelled``: ``asyncio.CancelledError`` / an exception nothing raises.
+- ``start_call``: a handler as a task (coroutine) or on a :class:`Runner` thread (blocking) /
+  always on a :class:`Runner` thread.
+- ``install_signals``: ``loop.add_signal_handler`` / ``signal.signal`` (main thread only).
+- ``NATIVE``: ``Capability.NATIVE_ASYNC`` / ``Capability.NATIVE_SYNC``.
+- ``RUNS_COROUTINES``: True / False.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import FrameType
 from typing import Any, TypeVar
+
+from ._capabilities import Capability
 
 __all__ = ["AsyncRuntime", "CallOutcome", "Runner", "SyncRuntime"]
 
@@ -164,6 +165,8 @@ class AsyncRuntime:
     """The asyncio face's primitives (see the module docstring)."""
 
     RUNS_COROUTINES = True
+    #: The capability flag of a driver written natively for this face.
+    NATIVE = Capability.NATIVE_ASYNC
     Cancelled: type[BaseException] = asyncio.CancelledError
     Event = _AsyncEvent
     Lock = asyncio.Lock
@@ -268,6 +271,8 @@ class SyncRuntime:
     """The blocking face's primitives (see the module docstring)."""
 
     RUNS_COROUTINES = False
+    #: The capability flag of a driver written natively for this face.
+    NATIVE = Capability.NATIVE_SYNC
     Cancelled: type[BaseException] = _NeverRaised
     Event = threading.Event
     Lock = threading.Lock
