@@ -37,7 +37,20 @@ from typing import Any, TypeVar
 
 from ._capabilities import Capability
 
-__all__ = ["AsyncRuntime", "CallOutcome", "Runner", "SyncRuntime"]
+__all__ = [
+    "AsyncCall",
+    "AsyncEvent",
+    "AsyncLock",
+    "AsyncRuntime",
+    "AsyncTask",
+    "CallOutcome",
+    "Runner",
+    "SyncCall",
+    "SyncEvent",
+    "SyncLock",
+    "SyncRuntime",
+    "SyncTask",
+]
 
 _T = TypeVar("_T")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -99,12 +112,20 @@ class Runner:
                 fut.set_exception(exc)
 
 
+#: The lock and event of the blocking face (the asyncio ones are below).
+SyncLock = threading.Lock
+SyncEvent = threading.Event
+AsyncLock = asyncio.Lock
+
+
 class _NeverRaised(BaseException):
     """The blocking face's stand-in for ``asyncio.CancelledError``: threads are not cancelled."""
 
 
 # -- asyncio ---------------------------------------------------------------------------------
-class _AsyncEvent(asyncio.Event):
+class AsyncEvent(asyncio.Event):
+    """``asyncio.Event`` whose ``wait`` takes a timeout and returns a bool, as threads' does."""
+
     async def wait(self, timeout: float | None = None) -> bool:  # type: ignore[override]
         """Wait until set or ``timeout`` seconds passed; return whether it is set."""
         if self.is_set():
@@ -118,7 +139,9 @@ class _AsyncEvent(asyncio.Event):
         return self.is_set()
 
 
-class _AsyncTask:
+class AsyncTask:
+    """A spawned task; the same members as :class:`SyncTask`."""
+
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
 
@@ -137,18 +160,23 @@ class _AsyncTask:
         return self.task.done()
 
 
-class _AsyncCall:
-    def __init__(self, fut: asyncio.Future[object], on_runner: bool) -> None:
+class AsyncCall:
+    """A handler call started by :meth:`AsyncRuntime.start_call`."""
+
+    def __init__(self, fut: asyncio.Future[object],
+                 on_runner: concurrent.futures.Future[object] | None) -> None:
         self.fut = fut
-        self.on_runner = on_runner
+        self._thread_fut = on_runner
         self.error: BaseException | None = None
 
     @property
     def runner_free(self) -> bool:
         """Whether the runner thread may take another call (nothing left running on it)."""
-        return not self.on_runner or self.fut.done()
+        # Cancelling the asyncio wrapper does not stop the thread: ask the thread's own future.
+        return self._thread_fut is None or self._thread_fut.done()
 
     async def wait(self, limit: float | None, give_up: Callable[[], bool]) -> CallOutcome:
+        """Wait up to ``limit`` seconds; see :class:`CallOutcome` (the error is in ``error``)."""
         done, _ = await asyncio.wait({self.fut}, timeout=limit)
         if give_up():
             self.fut.cancel()
@@ -168,10 +196,10 @@ class AsyncRuntime:
     #: The capability flag of a driver written natively for this face.
     NATIVE = Capability.NATIVE_ASYNC
     Cancelled: type[BaseException] = asyncio.CancelledError
-    Event = _AsyncEvent
-    Lock = asyncio.Lock
-    Task = _AsyncTask
-    Call = _AsyncCall
+    Event = AsyncEvent
+    Lock = AsyncLock
+    Task = AsyncTask
+    Call = AsyncCall
 
     @staticmethod
     async def sleep(seconds: float) -> None:
@@ -180,9 +208,9 @@ class AsyncRuntime:
 
     @staticmethod
     def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any,
-              name: str) -> _AsyncTask:
+              name: str) -> AsyncTask:
         """Run ``fn(*args)`` concurrently as a task on the running loop."""
-        return _AsyncTask(asyncio.create_task(fn(*args), name=name))
+        return AsyncTask(asyncio.create_task(fn(*args), name=name))
 
     @staticmethod
     async def gather(calls: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
@@ -195,14 +223,15 @@ class AsyncRuntime:
         return await asyncio.shield(aw)
 
     @staticmethod
-    def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> _AsyncCall:
+    def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> AsyncCall:
         """Start a handler call: a coroutine function as a task, a blocking one on ``runner``."""
         if is_async:
             async def run() -> object:
                 return await fn()
-            return _AsyncCall(asyncio.ensure_future(run()), on_runner=False)
+            return AsyncCall(asyncio.ensure_future(run()), None)
         assert runner is not None
-        return _AsyncCall(asyncio.wrap_future(runner.submit(fn)), on_runner=True)
+        cf = runner.submit(fn)
+        return AsyncCall(asyncio.wrap_future(cf), cf)
 
     @staticmethod
     def install_signals(on_signal: Callable[[int], None]) -> Callable[[], None]:
@@ -221,7 +250,9 @@ class AsyncRuntime:
 
 
 # -- threads ---------------------------------------------------------------------------------
-class _SyncTask:
+class SyncTask:
+    """A spawned thread; the same members as :class:`AsyncTask`."""
+
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
 
@@ -237,7 +268,9 @@ class _SyncTask:
         return not self.thread.is_alive()
 
 
-class _SyncCall:
+class SyncCall:
+    """A handler call started by :meth:`SyncRuntime.start_call`."""
+
     # How often a waiting slot looks at ``give_up`` (a thread cannot be woken by a stop).
     POLL = 0.25
 
@@ -251,6 +284,7 @@ class _SyncCall:
         return self.fut.done()
 
     def wait(self, limit: float | None, give_up: Callable[[], bool]) -> CallOutcome:
+        """Wait up to ``limit`` seconds; see :class:`CallOutcome` (the error is in ``error``)."""
         end = None if limit is None else time.monotonic() + limit
         while True:
             step = self.POLL if end is None else max(0.0, min(self.POLL, end - time.monotonic()))
@@ -274,10 +308,10 @@ class SyncRuntime:
     #: The capability flag of a driver written natively for this face.
     NATIVE = Capability.NATIVE_SYNC
     Cancelled: type[BaseException] = _NeverRaised
-    Event = threading.Event
-    Lock = threading.Lock
-    Task = _SyncTask
-    Call = _SyncCall
+    Event = SyncEvent
+    Lock = SyncLock
+    Task = SyncTask
+    Call = SyncCall
 
     @staticmethod
     def sleep(seconds: float) -> None:
@@ -285,11 +319,11 @@ class SyncRuntime:
         time.sleep(seconds)
 
     @staticmethod
-    def spawn(fn: Callable[..., None], *args: Any, name: str) -> _SyncTask:
+    def spawn(fn: Callable[..., None], *args: Any, name: str) -> SyncTask:
         """Run ``fn(*args)`` concurrently on a new daemon thread."""
         t = threading.Thread(target=fn, args=args, name=name, daemon=True)
         t.start()
-        return _SyncTask(t)
+        return SyncTask(t)
 
     @staticmethod
     def gather(calls: list[Callable[[], None]]) -> None:
@@ -316,10 +350,10 @@ class SyncRuntime:
         return value
 
     @staticmethod
-    def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> _SyncCall:
+    def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> SyncCall:
         """Start a blocking handler call on ``runner``."""
         assert runner is not None and not is_async
-        return _SyncCall(runner.submit(fn))
+        return SyncCall(runner.submit(fn))
 
     @staticmethod
     def install_signals(on_signal: Callable[[int], None]) -> Callable[[], None]:
