@@ -25,11 +25,11 @@ from unifiedq.bench import (
     validate_report,
     write_csv,
 )
-from unifiedq.bench.command import bench_main
 from unifiedq.bench.inspection import inspect_queue
 from unifiedq.bench.report import compare_rows, table_rows
 from unifiedq.bench.runner import RunConfig, make_body, parse_body, percentile
 from unifiedq.bench.targets import describe_drivers, embedded_targets
+from unifiedq.cli.bench import bench_main
 from unifiedq.drivers.memory import MemoryQueue
 
 _names = itertools.count()

@@ -10,13 +10,24 @@ embedded drivers (``memory://``, ``shm://``) and needs no server. From Python::
 
 Importing this package needs neither rich nor matplotlib; they are used only when a table
 or a chart is drawn.
+
+This package is the engine; the command line (argument parsing, progress bar, output files)
+lives in :mod:`unifiedq.cli.bench`. ``bench_main`` and ``build_parser`` are still importable
+from here: they load that module on first use, so importing the engine never imports the CLI.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .baselines import Baseline, BaselineResult, register_baseline, run_baseline
-from .command import bench_main, build_parser, run_bench
+from .matrix import run_bench
 from .report import BenchReport, load_report, validate_report, write_csv
 from .runner import ALL_OPS, DEFAULT_LOADS, DEFAULT_OPS, OpStats, RunConfig, RunResult, run_once
 from .targets import Target, describe_drivers, embedded_targets, target_for_url
+
+if TYPE_CHECKING:
+    from ..cli.bench import bench_main, build_parser
 
 __all__ = [
     "ALL_OPS",
@@ -42,3 +53,12 @@ __all__ = [
     "validate_report",
     "write_csv",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The command-line names, loaded lazily: unifiedq.cli.bench imports this package.
+    if name in ("bench_main", "build_parser"):
+        from ..cli import bench as command
+
+        return getattr(command, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 import sys
 
-from .command import bench_main
+from ..cli.bench import bench_main
 
 if __name__ == "__main__":
     sys.exit(bench_main(prog="python -m unifiedq.bench"))

@@ -1,4 +1,9 @@
-"""``unifiedq bench`` / ``python -m unifiedq.bench``: argument parsing and the run loop."""
+"""``unifiedq bench`` / ``python -m unifiedq.bench``: argument parsing, progress and output.
+
+The benchmark engine (targets, runs, baselines, reports, plots) lives in :mod:`unifiedq.bench`;
+this module turns a command line into a :func:`~unifiedq.bench.run_bench` call and prints
+or writes what it returns.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,24 @@ import contextlib
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .._errors import InvalidURL
 from .._url import parse_url
-from .baselines import run_baseline
-from .report import BenchReport, load_report, render_compare, render_table, write_csv
-from .runner import ALL_OPS, DEFAULT_LOADS, DEFAULT_OPS, RunConfig, run_once
-from .targets import NETWORKED, Target, embedded_targets, env_var, networked_targets, target_for_url
+from ..bench.matrix import PHASES, run_bench
+from ..bench.report import load_report, render_compare, render_table, write_csv
+from ..bench.runner import ALL_OPS, DEFAULT_LOADS, DEFAULT_OPS
+from ..bench.targets import (
+    NETWORKED,
+    Target,
+    embedded_targets,
+    env_var,
+    networked_targets,
+    target_for_url,
+)
 
-__all__ = ["add_arguments", "bench_main", "build_parser", "run_bench"]
-
-_PHASES = 3  # enqueue, peek, dequeue: progress steps per run
+__all__ = ["add_arguments", "bench_main", "build_parser"]
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -165,72 +175,6 @@ class _Progress:
             print(text, file=sys.stderr)
 
 
-def run_bench(
-    targets: Sequence[Target],
-    *,
-    loads: Sequence[int],
-    ops: Sequence[str],
-    producers: int = 1,
-    consumers: int = 1,
-    size: int = 64,
-    face: str = "sync",
-    baseline: bool = False,
-    drain_timeout: float = 10.0,
-    on_step: Callable[[str], None] | None = None,
-    on_advance: Callable[[int], None] | None = None,
-) -> BenchReport:
-    """Run every runnable target at every load and collect a report.
-
-    Args:
-        targets: Drivers to cover; non-runnable ones are recorded with their reason.
-        loads: Operations per run.
-        ops: Operations to report.
-        producers: Concurrent producers.
-        consumers: Concurrent consumers.
-        size: Body size in bytes.
-        face: ``"sync"`` or ``"async"``.
-        baseline: Also run the raw-client baseline of each driver at each load.
-        drain_timeout: See :class:`~unifiedq.bench.runner.RunConfig`.
-        on_step: Called with a description before each run.
-        on_advance: Called with the number of finished steps.
-
-    Returns:
-        The report (``report.ok`` is False if any run lost or reordered jobs).
-    """
-    config: dict[str, Any] = {
-        "loads": list(loads), "ops": list(ops), "producers": producers, "consumers": consumers,
-        "size": size, "face": face, "baseline": baseline, "drain_timeout": drain_timeout,
-    }
-    rep = BenchReport(config=config, targets=[t.to_dict() for t in targets])
-    started = time.perf_counter()
-    step = on_step or (lambda _s: None)
-    adv = on_advance or (lambda _n: None)
-    try:
-        for t in targets:
-            if not t.runnable:
-                continue
-            assert t.make_url is not None
-            for n, load in enumerate(loads):
-                step(f"{t.driver} x {load:,}")
-                cfg = RunConfig(load=load, producers=producers, consumers=consumers,
-                                size=size, face=face, drain_timeout=drain_timeout)
-                rep.runs.append(run_once(t.driver, t.make_url(n), cfg,
-                                         on_phase=lambda _p: adv(1)))
-                if rep.runs[-1].error is not None:
-                    adv(_PHASES)  # the run's phases will never report
-                if baseline:
-                    step(f"{t.driver} x {load:,} (raw client)")
-                    rep.baselines[(t.driver, load)] = run_baseline(t.scheme, t.raw_url, load, size)
-                    adv(1)
-    finally:
-        for t in targets:
-            if t.cleanup is not None:
-                with contextlib.suppress(Exception):
-                    t.cleanup()
-    rep.elapsed_s = time.perf_counter() - started
-    return rep
-
-
 def _log(message: str) -> None:
     # One write per line: servers start on several threads at once.
     sys.stderr.write(message + "\n")
@@ -287,7 +231,7 @@ def bench_main(argv: Sequence[str] | None = None, *, prog: str = "unifiedq bench
             targets += networked_targets(flag_urls, start_servers=args.start_servers,
                                          stack=stack, log=_log)
         runs = sum(len(args.loads) for t in targets if t.runnable)
-        total = runs * (_PHASES + (1 if args.baseline else 0))
+        total = runs * (PHASES + (1 if args.baseline else 0))
         with _Progress(total, progress_enabled) as prog_bar:
             rep = run_bench(
                 targets, loads=args.loads, ops=args.ops, producers=args.producers,
@@ -306,7 +250,7 @@ def bench_main(argv: Sequence[str] | None = None, *, prog: str = "unifiedq bench
     if args.csv:
         write_csv(rep, args.csv)
     if args.plot:
-        from .plot import PlotUnavailable, plot_report
+        from ..bench.plot import PlotUnavailable, plot_report
 
         try:
             plot_report(rep, args.plot)
