@@ -12,13 +12,15 @@ runtimes the same members:
 - ``spawn``: ``asyncio.create_task`` / a daemon ``threading.Thread``; both give a handle with
   ``join(timeout) -> bool``, ``done()`` and ``cancel()`` (a no-op for threads).
 - ``gather``: ``asyncio.gather`` / one thread per call, all joined.
-- ``shield``: ``asyncio.shield`` / the value itself.
+- ``shield(fn, *args)``: ``asyncio.shield(fn(*args))`` / ``fn(*args)``.
 - ``Cancelled``: ``asyncio.CancelledError`` / an exception nothing raises.
 - ``start_call``: a handler as a task (coroutine) or on a :class:`Runner` thread (blocking) /
   always on a :class:`Runner` thread.
 - ``install_signals``: ``loop.add_signal_handler`` / ``signal.signal`` (main thread only).
 - ``NATIVE``: ``Capability.NATIVE_ASYNC`` / ``Capability.NATIVE_SYNC``.
 - ``RUNS_COROUTINES``: True / False.
+- ``Barrier``: ``asyncio.Barrier`` / ``threading.Barrier``; ``wait()`` returns once all
+  parties arrived (the bench lines its workers up so starting them is not timed).
 """
 
 from __future__ import annotations
@@ -218,9 +220,9 @@ class AsyncRuntime:
         await asyncio.gather(*(c() for c in calls))
 
     @staticmethod
-    async def shield(aw: Awaitable[_T]) -> _T:
-        """Finish ``aw`` even if the caller is cancelled meanwhile."""
-        return await asyncio.shield(aw)
+    async def shield(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """Run ``fn(*args)`` to its end even if the caller is cancelled meanwhile."""
+        return await asyncio.shield(fn(*args))
 
     @staticmethod
     def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> AsyncCall:
@@ -247,6 +249,9 @@ class AsyncRuntime:
             for sig in installed:
                 loop.remove_signal_handler(sig)
         return restore
+
+    #: Lines concurrent workers up: ``await Barrier(n).wait()`` returns once ``n`` arrived.
+    Barrier = asyncio.Barrier
 
 
 # -- threads ---------------------------------------------------------------------------------
@@ -345,9 +350,9 @@ class SyncRuntime:
             raise errors[0]
 
     @staticmethod
-    def shield(value: _T) -> _T:
-        """Nothing to protect: a blocking call has already finished."""
-        return value
+    def shield(fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)``: a thread is never cancelled, so there is nothing to protect."""
+        return fn(*args)
 
     @staticmethod
     def start_call(fn: Callable[[], Any], runner: Runner | None, is_async: bool) -> SyncCall:
@@ -372,3 +377,6 @@ class SyncRuntime:
             for sig_no, h in old.items():
                 signal.signal(sig_no, h)
         return restore
+
+    #: Lines concurrent workers up: ``Barrier(n).wait()`` returns once ``n`` threads arrived.
+    Barrier = threading.Barrier

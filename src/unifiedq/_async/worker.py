@@ -1,0 +1,547 @@
+# unasync: the blocking twin, _sync/worker.py, is generated from this file.
+"""The worker of one face: slots fetch jobs, run handlers and settle them (see ``unifiedq.worker``).
+
+Written once for both faces: on the asyncio face the slots, the housekeeper and the shutdown
+are tasks; on the blocking face they are threads (``AsyncRuntime`` becomes ``SyncRuntime``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .._capabilities import Capability
+from .._concurrency import AsyncRuntime, AsyncTask, CallOutcome, Runner
+from .._connect import connect_async
+from .._errors import InvalidArgument, JobNotLeased
+from .._job import Job
+from .._protocol import AsyncQueue
+from .._worker_core import (
+    ATTEMPT_HEADER,
+    ERROR_HEADER,
+    Handler,
+    Middleware,
+    NoHandler,
+    Retry,
+    Route,
+    Router,
+    SkipRetry,
+    WorkerCore,
+    _Decision,
+    _Entry,
+    open_queue,
+)
+from ..limits import RateLimiter
+from ..metrics import Metrics, NullMetrics
+
+__all__ = ["AsyncWorker"]
+
+
+class AsyncWorker(WorkerCore):
+    """Run handlers over a queue, ``concurrency`` jobs at a time.
+
+    ``Worker`` (blocking face) runs blocking handlers, one thread per slot. ``AsyncWorker``
+    (asyncio face) runs coroutine handlers as tasks, and blocking ones on a daemon thread per
+    slot. Both take the same arguments and have the same methods: ``run()`` until a signal,
+    or ``start()`` / ``stop()`` / ``join()``, or use the worker as a context manager.
+
+    Args:
+        source: A queue URL (the worker connects, and closes it at the end) or an open queue
+            of this face (left open). A :class:`~unifiedq.FairQueue` or
+            :class:`~unifiedq.BoundedQueue` works too.
+        handler: ``fn(job)`` or a :class:`Router`. Coroutine handlers need the asyncio face.
+        concurrency: Jobs handled at once (one slot each).
+        timeout: Default per-attempt timeout in seconds (None = none). A :class:`Router`
+            route can override it.
+        retry: Retry policy (default: 5 attempts, backoff 1s x2, jitter 0.5).
+        max_attempts: Shortcut overriding ``retry.max_attempts``.
+        dead_letter: Queue URL or open queue for jobs out of attempts; None uses the driver's
+            ``nack(requeue=False)``.
+        lease_extend: Seconds each lease extension asks for (every ``lease_extend / 3`` s).
+        poll_interval: Longest blocking wait per fetch (also how fast a stop is noticed), s.
+        grace: Seconds to let running handlers finish at shutdown.
+        middleware: Hooks run around each job.
+        metrics: Where to report (e.g. :class:`~unifiedq.metrics.PrometheusMetrics`).
+        rate_limit: A token bucket acquired before each fetch (consumer-side limit).
+        depth_interval: Seconds between queue-depth samples for metrics.
+        seed: Seed of the jitter RNG (tests).
+        connect_options: Options for the connect call when ``source`` is a URL.
+
+    Raises:
+        InvalidArgument: A bad option, handler or source (before anything connects).
+    """
+
+    def __init__(
+        self,
+        source: str | AsyncQueue,
+        handler: Handler | Router,
+        *,
+        concurrency: int = 1,
+        timeout: float | None = 300.0,
+        retry: Retry | None = None,
+        max_attempts: int | None = None,
+        dead_letter: str | AsyncQueue | None = None,
+        lease_extend: float = 30.0,
+        poll_interval: float = 0.5,
+        grace: float = 30.0,
+        middleware: Iterable[Middleware] = (),
+        metrics: Metrics | None = None,
+        rate_limit: RateLimiter | None = None,
+        depth_interval: float = 5.0,
+        seed: int | None = None,
+        connect_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(handler, concurrency=concurrency, timeout=timeout, retry=retry,
+                         max_attempts=max_attempts, dead_letter=dead_letter,
+                         lease_extend=lease_extend, poll_interval=poll_interval, grace=grace,
+                         middleware=middleware, metrics=metrics, rate_limit=rate_limit,
+                         depth_interval=depth_interval, seed=seed)
+        self.queue, self._owns_queue = open_queue(source, "source", AsyncQueue, connect_async,
+                                                  connect_options)
+        self._dl: AsyncQueue | None = None
+        self._owns_dl = False
+        if dead_letter is not None:
+            self._dl, self._owns_dl = open_queue(dead_letter, "dead_letter", AsyncQueue,
+                                                 connect_async, None)
+        self._bind(self.queue.driver, self.queue.name, self.queue.capabilities)
+        self._stopping = AsyncRuntime.Event()
+        self._done = AsyncRuntime.Event()
+        self._wake = AsyncRuntime.Event()  # the housekeeper's: a held retry or a stop
+        # Guards _inflight, _held and the lifecycle flags: slots are threads on the blocking
+        # face. Never held across an await, so on the asyncio face it is never contended.
+        self._lock = threading.Lock()
+        self._inflight: set[_Entry] = set()
+        self._held: list[tuple[float, int, _Entry]] = []  # retries waiting for their backoff
+        self._seq = itertools.count()
+        self._slots: list[AsyncTask] = []
+        self._hk: AsyncTask | None = None
+        self._stopper: AsyncTask | None = None
+        self._started = False
+        self._deadline: float | None = None  # grace deadline (monotonic) once stopping
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the slots and the housekeeper; return at once.
+
+        Raises:
+            RuntimeError: The worker was started before.
+            InvalidArgument: Every handler is a coroutine function on the blocking face.
+        """
+        with self._lock:
+            if self._started:
+                raise RuntimeError("this worker was already started")
+            self._started = True
+        if self.router.is_async and not AsyncRuntime.RUNS_COROUTINES:
+            raise InvalidArgument("every handler is async: use AsyncWorker")
+        self._log(logging.INFO, "worker_start",
+                  f"worker starting: {self.concurrency} slots on {self.driver}:{self.queue_name}",
+                  concurrency=self.concurrency)
+        self._slots = [AsyncRuntime.spawn(self._slot, i, name=f"unifiedq-worker-{i}")
+                       for i in range(self.concurrency)]
+        self._hk = AsyncRuntime.spawn(self._housekeeper, name="unifiedq-worker-hk")
+
+    def request_stop(self, grace: float | None = None) -> None:
+        """Begin a graceful stop and return at once (safe to call from a signal handler).
+
+        Args:
+            grace: Seconds to let running handlers finish (default: the worker's ``grace``).
+                A second call can only shorten the grace period.
+        """
+        g = self.grace if grace is None else max(0.0, grace)
+        with self._lock:
+            first = not self._stopping.is_set()
+            self._started = True  # a worker stopped before it started never starts
+            dl = time.monotonic() + g
+            self._deadline = dl if self._deadline is None else min(self._deadline, dl)
+            self._stopping.set()
+        if first:
+            self._log(logging.INFO, "worker_stopping",
+                      f"worker stopping: {len(self._inflight)} in flight, grace {g:g}s")
+            self._stopper = AsyncRuntime.spawn(self._shutdown, name="unifiedq-worker-stop")
+        self._wake.set()
+
+    async def stop(self, grace: float | None = None, *, wait: bool = True) -> None:
+        """Stop fetching; let running handlers finish within ``grace``; return the rest.
+
+        Args:
+            grace: Seconds to wait for running handlers (default: the worker's ``grace``).
+            wait: Also wait until the worker has fully stopped.
+        """
+        self.request_stop(grace)
+        if wait:
+            await self.join()
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has stopped (at most ``timeout`` s); return whether it has."""
+        return await self._done.wait(timeout)
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        """Run until stopped; SIGTERM/SIGINT stop gracefully (a second one skips the grace).
+
+        Args:
+            install_signals: Install the signal handlers (where the face allows it: the main
+                thread, or the main thread's event loop).
+        """
+        restore: Callable[[], None] | None = None
+        if install_signals:
+            count = itertools.count()
+
+            def on_signal(signum: int) -> None:
+                n = next(count)
+                self._log(logging.INFO, "signal", f"got signal {signum}", signal=signum)
+                self.request_stop(0.0 if n else None)
+
+            restore = AsyncRuntime.install_signals(on_signal)
+        try:
+            if not self._started:
+                self.start()
+            while not await self._done.wait(0.2):  # short waits so signal handlers get to run
+                pass
+        except BaseException:
+            self.request_stop(0.0)
+            await AsyncRuntime.shield(self.join, 5.0)
+            raise
+        finally:
+            if restore is not None:
+                restore()
+
+    async def __aenter__(self) -> AsyncWorker:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _shutdown(self) -> None:
+        for t in self._slots:  # let running handlers finish within the grace period
+            while not t.done():
+                left = (self._deadline or 0.0) - time.monotonic()
+                if left <= 0:  # re-read each step: a second signal shortens it
+                    break
+                await t.join(min(left, 0.1))
+        with self._lock:
+            running = list(self._inflight)
+        for e in running:  # still running after the grace: hand them back
+            if e.claim():
+                await self._return(e, "grace period over")
+        for t in self._slots:
+            t.cancel()  # tasks are cancelled; threads notice their job was taken and exit
+        for t in self._slots:
+            await t.join(5.0)
+        await self._flush_held()
+        self._wake.set()
+        if self._hk is not None and not await self._hk.join(5.0):
+            self._hk.cancel()
+        if self._owns_queue:
+            await self._safe(self.queue.aclose)
+        if self._dl is not None and self._owns_dl:
+            await self._safe(self._dl.aclose)
+        self._log(logging.INFO, "worker_stopped", "worker stopped", **dataclasses.asdict(
+            self.stats()))
+        self._done.set()
+
+    async def _safe(self, close: Callable[[], Any]) -> None:
+        try:
+            await close()
+        except Exception:
+            self._log(logging.WARNING, "close_error", "error while closing", exc_info=True)
+
+    # -- slots ---------------------------------------------------------------------------------
+    async def _fetch(self) -> Job | None:
+        if self.rate_limit is not None and not await self._limit_wait(self.rate_limit):
+            return None
+        if Capability.BLOCKING_DEQUEUE in self.caps:
+            return await self.queue.dequeue(timeout=self.poll_interval)
+        job = await self.queue.dequeue(timeout=0)
+        if job is None:
+            await self._stopping.wait(min(self.poll_interval, 0.05))
+        return job
+
+    async def _limit_wait(self, limit: RateLimiter) -> bool:
+        if limit.try_acquire():
+            return True
+        await self._stopping.wait(min(self.poll_interval, max(limit.wait_time(), 0.0005)))
+        return limit.try_acquire()
+
+    async def _slot(self, i: int) -> None:
+        runner: Runner | None = None
+        errors = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    job = await self._fetch()
+                    errors = 0
+                except Exception:
+                    errors += 1
+                    self._log(logging.ERROR, "fetch_error", "dequeue failed; retrying",
+                              exc_info=True)
+                    await self._stopping.wait(min(5.0, 0.1 * 2 ** min(errors, 6)))
+                    continue
+                if job is None:
+                    continue
+                e = self._entry(job)
+                if self._stopping.is_set():
+                    if e.claim():
+                        await self._return(e, "fetched during shutdown")
+                    break
+                route = self.router.route(job)
+                if runner is None and route is not None and not route.is_async:
+                    runner = Runner(f"unifiedq-worker-{i}")
+                if not await self._process(e, route, runner):
+                    if runner is not None:
+                        runner.retire()  # stuck in a hung handler: it exits when that returns
+                    runner = None
+        finally:
+            if runner is not None:
+                runner.retire()
+
+    async def _process(self, e: _Entry, route: Route | None, runner: Runner | None) -> bool:
+        """Run one job; return False if ``runner`` was abandoned to a hung handler."""
+        with self._lock:
+            self._inflight.add(e)
+        self._count(in_flight=1)
+        self.metrics.in_flight(self.queue_name, self.driver, 1)
+        start = time.monotonic()
+        try:
+            if route is None:
+                await self._failure(e, None, NoHandler(f"no handler for job type "
+                                                       f"{e.job_type!r}"), 0.0)
+                return True
+            if route.is_async and not AsyncRuntime.RUNS_COROUTINES:
+                await self._failure(e, route, SkipRetry("async handler in a threaded Worker"),
+                                    0.0)
+                return True
+            limit = self._timeout_for(route)
+            self._log(logging.DEBUG, "job_start", "job started", e)
+            view = e.view
+            fn = route.fn
+
+            def call() -> Any:
+                self._hook_before(view)
+                return fn(view)
+
+            running = AsyncRuntime.start_call(call, runner, route.is_async)
+            outcome = await running.wait(limit, lambda: e.settled)
+            duration = time.monotonic() - start
+            if outcome is CallOutcome.GAVE_UP:  # shutdown handed the job back meanwhile
+                return running.runner_free
+            if outcome is CallOutcome.TIMEOUT:
+                self._count(timed_out=1)
+                self.metrics.timed_out(self.queue_name, self.driver)
+                self._log(logging.WARNING, "job_timeout", "handler timed out" + (
+                    "" if running.runner_free else "; its thread is abandoned"), e,
+                    duration=duration)
+                await self._failure(e, route, TimeoutError(
+                    f"handler ran past its {limit:g}s timeout"), duration)
+                return running.runner_free
+            if running.error is None:
+                await self._success(e, duration)
+            else:
+                await self._failure(e, route, running.error, duration)
+            return True
+        except AsyncRuntime.Cancelled:
+            # Our task was cancelled (hard stop): hand the job back, then stop.
+            if e.claim():
+                await AsyncRuntime.shield(self._return, e, "worker cancelled")
+            raise
+        finally:
+            with self._lock:
+                self._inflight.discard(e)
+            self._count(in_flight=-1)
+            self.metrics.in_flight(self.queue_name, self.driver, -1)
+
+    # -- settling ------------------------------------------------------------------------------
+    async def _success(self, e: _Entry, duration: float) -> None:
+        if not e.claim():
+            return
+        self._hook_after(e, duration)
+        if Capability.ACK in self.caps:
+            try:
+                await self.queue.ack(e.job)
+            except JobNotLeased:
+                self._count(lease_lost=1)
+                self._log(logging.WARNING, "lease_lost",
+                          "job finished but its lease had expired; it may run again", e)
+            except Exception:
+                self._log(logging.ERROR, "ack_error", "ack failed; the job will come back "
+                          "after its lease", e, exc_info=True)
+        self._count(processed=1)
+        self.metrics.processed(self.queue_name, self.driver, duration)
+        self._log(logging.INFO, "job_done", "job done", e, duration=round(duration, 6))
+
+    async def _failure(self, e: _Entry, route: Route | None, exc: BaseException,
+                       duration: float) -> None:
+        if not e.claim():
+            return
+        d = self._decide(e, route, exc)
+        self._count(failed=1)
+        self.metrics.failed(self.queue_name, self.driver, duration)
+        self._hook_error(e, exc, d.retry)
+        tb = (type(exc), exc, exc.__traceback__) if not isinstance(exc, TimeoutError) else None
+        try:
+            if d.retry:
+                self._log(logging.WARNING, "job_retry", f"job failed; retry in {d.delay:.3g}s",
+                          e, error=d.error, delay=d.delay)
+                await self._retry(e, d)
+                self._count(retried=1)
+                self.metrics.retried(self.queue_name, self.driver)
+            else:
+                self._log(logging.ERROR, "job_dead", "job failed for the last time; "
+                          "dead-lettering it", e, error=d.error, exc_info=tb)
+                await self._dead(e, d)
+                self._count(dead=1)
+                self.metrics.dead(self.queue_name, self.driver)
+        except JobNotLeased:
+            self._count(lease_lost=1)
+            self._log(logging.WARNING, "lease_lost", "could not settle the failed job: its "
+                      "lease expired, so the queue already handed it out again", e)
+        except Exception:
+            self._log(logging.ERROR, "settle_error", "could not settle the failed job; it will "
+                      "come back after its lease (ACK drivers)", e, exc_info=True)
+
+    async def _retry(self, e: _Entry, d: _Decision) -> None:
+        q, caps = self.queue, self.caps
+        if Capability.ACK in caps:
+            if d.delay <= 0:
+                await q.nack(e.job)
+            elif Capability.DELAY in caps:
+                await q.nack(e.job, delay=d.delay)
+            else:
+                self._hold(e, d.delay)
+            return
+        if Capability.DELAY in caps or d.delay <= 0:
+            await self._reenqueue(e, d.error, d.delay)
+        else:
+            self._hold(e, d.delay)
+
+    async def _reenqueue(self, e: _Entry, error: str, delay: float) -> None:
+        hdrs = self._copy_headers(e.job, self.caps, **{ATTEMPT_HEADER: str(e.attempt + 1),
+                                                       ERROR_HEADER: error})
+        new_id = await self.queue.enqueue(e.job.body, headers=hdrs,
+                                          delay=delay if delay > 0 else None)
+        if hdrs is None:
+            with self._stats_lock:
+                self._local_attempts[new_id] = e.attempt + 1
+
+    def _hold(self, e: _Entry, delay: float) -> None:
+        """Keep a leased job (its lease extended) until its backoff is over."""
+        with self._lock:
+            e.due = time.monotonic() + delay
+            heapq.heappush(self._held, (e.due, next(self._seq), e))
+        self._wake.set()
+
+    async def _release(self, e: _Entry) -> None:
+        """A held retry is due (or we are stopping): give it back to the queue."""
+        try:
+            if Capability.ACK in self.caps:
+                await self.queue.nack(e.job)
+            else:
+                await self._reenqueue(e, e.job.headers.get(ERROR_HEADER, ""), 0.0)
+        except JobNotLeased:
+            self._count(lease_lost=1)
+        except Exception:
+            self._log(logging.ERROR, "settle_error", "could not release a held retry", e,
+                      exc_info=True)
+
+    async def _flush_held(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for _, _, e in held:
+            await self._release(e)
+
+    async def _dead(self, e: _Entry, d: _Decision) -> None:
+        if self._dl is not None:
+            hdrs = self._copy_headers(e.job, self._dl.capabilities, **{
+                ERROR_HEADER: d.error, "x-unifiedq-attempts": str(e.attempt),
+                "x-unifiedq-job-id": e.job.id, "x-unifiedq-queue": e.job.queue})
+            await self._dl.enqueue(e.job.body, headers=hdrs)
+            if Capability.ACK in self.caps:
+                await self.queue.ack(e.job)
+        elif Capability.ACK in self.caps:
+            await self.queue.nack(e.job, requeue=False)
+        else:
+            self._log(logging.ERROR, "job_dropped", "job dropped: the driver has no dead set "
+                      "and no dead_letter queue was given", e, error=d.error)
+
+    async def _return(self, e: _Entry, why: str) -> None:
+        """Hand a job back at shutdown without counting a failure."""
+        try:
+            if Capability.ACK in self.caps:
+                await self.queue.nack(e.job)
+            else:
+                hdrs = self._copy_headers(e.job, self.caps, **{ATTEMPT_HEADER: str(e.attempt)})
+                await self.queue.enqueue(e.job.body, headers=hdrs)
+            self._count(returned=1)
+            self._log(logging.INFO, "job_returned", f"job returned to the queue ({why})", e)
+        except JobNotLeased:
+            self._count(lease_lost=1)
+        except Exception:
+            self._log(logging.ERROR, "settle_error", "could not return the job", e,
+                      exc_info=True)
+
+    # -- housekeeping --------------------------------------------------------------------------
+    async def _housekeeper(self) -> None:
+        extend = Capability.LEASE_EXTEND in self.caps
+        every = self.lease_extend / 3.0
+        next_beat = time.monotonic() + every
+        next_depth = time.monotonic()
+        track_depth = not isinstance(self.metrics, NullMetrics)
+        while True:
+            self._wake.clear()  # before looking: a set() from now on ends the wait below
+            with self._lock:
+                if self._stopping.is_set() and not self._inflight and (
+                        self._done.is_set() or all(t.done() for t in self._slots)):
+                    return
+                now = time.monotonic()
+                due: list[_Entry] = []
+                while self._held and self._held[0][0] <= now and not self._stopping.is_set():
+                    due.append(heapq.heappop(self._held)[2])
+                beat = [x for x in (*self._inflight, *(h[2] for h in self._held))
+                        if not x.lease_lost] if extend and now >= next_beat else []
+                waits = [next_beat - now]
+                if self._held:
+                    waits.append(self._held[0][0] - now)
+                if track_depth:
+                    waits.append(next_depth - now)
+            if not due and min(waits) > 0:
+                await self._wake.wait(min(min(waits), 1.0))
+                continue
+            for e in due:
+                await self._release(e)
+            for e in beat:
+                if e.settled and e not in self._inflight:
+                    continue
+                try:
+                    await self.queue.extend_lease(e.job, self.lease_extend)
+                except JobNotLeased:
+                    e.lease_lost = True
+                    self._count(lease_lost=1)
+                    self._log(logging.WARNING, "lease_lost", "could not extend the lease: it "
+                              "expired and the job may run twice", e)
+                except Exception:
+                    self._log(logging.WARNING, "extend_error", "extend_lease failed", e,
+                              exc_info=True)
+            if now >= next_beat:  # also without LEASE_EXTEND, or this loop would spin
+                next_beat = now + every
+            if track_depth and now >= next_depth:
+                next_depth = now + self.depth_interval
+                await self._sample_depth()
+
+    async def _sample_depth(self) -> None:
+        try:
+            size = await self.queue.size()
+            oldest = None
+            if Capability.PEEK in self.caps:
+                head = await self.queue.peek()
+                if head is not None and head.enqueued_at > 0:
+                    oldest = max(0.0, time.time() - head.enqueued_at)
+            self.metrics.depth(self.queue_name, self.driver, size, oldest)
+        except Exception:
+            self._log(logging.DEBUG, "depth_error", "could not sample the queue depth",
+                      exc_info=True)
