@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import inspect
 import logging
 import os
 import sys
 from typing import Any
 
 from .._errors import ConfigurationError, InvalidArgument, UnifiedQError
+from .._worker_core import _is_async
 from ..limits import TokenBucket
 from ..metrics import Metrics
 from ..worker import AsyncWorker, JsonLogFormatter, Retry, Router, Worker
@@ -26,11 +26,6 @@ __all__ = ["worker_main"]
 
 # The runtime's logger: the command's own errors are logged where the worker logs.
 log = logging.getLogger("unifiedq.worker")
-
-
-def _is_async(fn: object) -> bool:
-    target = getattr(fn, "__call__", None) if not inspect.isroutine(fn) else fn  # noqa: B004
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(target)
 
 
 def _load_target(spec: str) -> Any:
