@@ -90,7 +90,7 @@ def _signature(fn: Callable[..., Any]) -> list[tuple[str, str, str, str]]:
 
 def _func(member: Any) -> Callable[..., Any] | None:
     if isinstance(member, staticmethod | classmethod):
-        return member.__func__  # type: ignore[no-any-return]
+        return member.__func__
     if isinstance(member, property):
         return None
     return member if callable(member) else None
