@@ -720,13 +720,15 @@ class QueueConformance:
     def test_distributed_matches_flag(self, harness: Harness) -> None:
         from .._url import parse_url
 
-        host = parse_url(harness.url).host
+        url = parse_url(harness.url)
         if harness.has(Capability.DISTRIBUTED):
             assert harness.has(Capability.CROSS_PROCESS)
-            assert host, "a distributed driver's URL names a network host"
+            assert url.host, "a distributed driver's URL names a network host"
         else:
             q = harness.open()
-            assert q.driver in ("memory", "shm") or not host
+            # memory://jobs, shm://jobs: the authority of a local driver's URL is a queue name.
+            assert not url.host or url.authority == q.name, (
+                "a driver that is not DISTRIBUTED names no network host in its URL")
 
     # -- BOUNDED ----------------------------------------------------------------------------
     @requires(Capability.BOUNDED)
