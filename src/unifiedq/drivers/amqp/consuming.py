@@ -1,0 +1,330 @@
+"""Consuming: prefetch and dequeue, leases, ack/nack/extend_lease.
+
+A blocking dequeue starts a consumer (``basic.consume`` with ``basic.qos`` prefetch) whose
+deliveries wait in the handle's buffer; a polling dequeue, or one on a saturated consumer,
+uses ``basic.get``. A job handed out is *held* under its delivery tag until it is settled.
+Its receipt names the handle and the connection (epoch) it came on: an AMQP delivery can only
+be acked on its channel, and a lost connection ends every lease.
+
+Attempts are exact: a requeue publishes a copy whose ``x-uq-attempt`` header counts the
+deliveries so far (and acks the original), rather than rejecting it back. With
+``visibility_timeout`` a lease thread returns held jobs whose time ran out, and the prefetch
+buffer of a handle whose application stopped asking for jobs; ``max_attempts`` dead-letters
+a job instead of requeueing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import amqp
+import amqp.exceptions as amqp_exc
+
+from ..._errors import JobNotLeased
+from ..._job import Job
+from .errors import SETTLE_ERRORS, translate
+from .publishing import (
+    BROKER_HEADERS,
+    H_ATTEMPT,
+    H_ENQUEUED,
+    RESERVED_PREFIX,
+    Outgoing,
+    PublishingMixin,
+)
+from .state import Held
+
+__all__ = ["ConsumingMixin"]
+
+_SLICE = 0.2  # longest a blocking read holds the handle's lock
+
+
+def _header_str(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None
+
+
+class ConsumingMixin(PublishingMixin):
+    """Hands out leased jobs, settles them, and expires leases."""
+
+    # -- dequeue ---------------------------------------------------------------------------
+    def _on_message(self, msg: Any) -> None:
+        self._buffer.append(msg)
+
+    def _start_consumer(self) -> None:
+        if self._consumer_tag is None:
+            self._consumer_tag = self._cch.basic_consume(
+                self._q, no_ack=False, callback=self._on_message
+            )
+
+    def _get(self) -> bool:
+        """basic.get one message into the buffer; True if one came.
+
+        It is also a barrier: deliveries the broker pushed to our consumer before answering
+        arrive (and are buffered) before the get's reply.
+        """
+        msg = self._cch.basic_get(self._q, no_ack=False)
+        if msg is None:
+            return False
+        self._buffer.append(msg)
+        return True
+
+    def _to_job(self, msg: Any) -> Job:
+        props = msg.properties
+        raw = props.get("application_headers") or {}
+        try:
+            prior = max(0, int(raw.get(H_ATTEMPT, 0)))
+        except (TypeError, ValueError):
+            prior = 0
+        # RabbitMQ's redelivered flag means "maybe delivered before" (the last consumer's
+        # channel closed with it un-acked): we count it as one more attempt.
+        attempt = prior + 1 + (1 if msg.delivery_info.get("redelivered") else 0)
+        enq = raw.get(H_ENQUEUED)
+        if not isinstance(enq, int | float):
+            ts = props.get("timestamp")
+            enq = ts.timestamp() if hasattr(ts, "timestamp") else ts
+        headers: dict[str, str] = {}
+        for key, value in raw.items():
+            if key.startswith(RESERVED_PREFIX) or key.startswith(BROKER_HEADERS):
+                continue
+            text = _header_str(value)
+            if text is not None:
+                headers[key] = text
+        body = msg.body
+        if isinstance(body, str):  # py-amqp decodes bodies with a content_encoding
+            body = body.encode(props.get("content_encoding") or "utf-8")
+        jid = props.get("message_id") or f"amqp-{uuid.uuid4()}"
+        props.setdefault("message_id", jid)  # so a republished copy keeps the id
+        prio = props.get("priority")
+        tag = msg.delivery_info["delivery_tag"]
+        return Job(jid, self._q, bytes(body), attempt,
+                   float(enq) if isinstance(enq, int | float) else time.time(), headers,
+                   prio if isinstance(prio, int) else None, (self._handle, self._epoch, tag))
+
+    def _fill(self, out: list[Job], n: int) -> None:
+        """Move buffered messages to ``out`` as leased jobs."""
+        vt = self.options.visibility_timeout
+        limit = self.options.max_attempts
+        while len(out) < n and self._buffer:
+            msg = self._buffer.popleft()
+            job = self._to_job(msg)
+            tag = msg.delivery_info["delivery_tag"]
+            if limit is not None and job.attempt > limit:
+                # Redelivered past the limit (its consumers keep dying): dead-letter it.
+                self._cch.basic_reject(tag, requeue=False)
+                continue
+            deadline = time.monotonic() + vt if vt is not None else math.inf
+            self._held[tag] = Held(job, msg, deadline)
+            out.append(job)
+        if out and vt is not None:
+            self._start_lease_thread()
+            self._cond.notify_all()
+
+    def _take(self, n: int, timeout: float | None) -> list[Job]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out: list[Job] = []
+        self._last_take = time.monotonic()
+        while True:
+            # One slice per lock acquisition, so other threads using this handle get a turn.
+            def step() -> bool:
+                self._fill(out, n)
+                if not out and self._consumer_tag is not None:
+                    self._pump()
+                    self._fill(out, n)
+                left = None if deadline is None else deadline - time.monotonic()
+                if not out and left is not None and left <= 0:
+                    self._get()  # polling: one round trip, and no prefetch buffer
+                    self._fill(out, n)
+                    return True
+                if not out and len(self._held) >= self.options.prefetch:
+                    # The consumer is saturated (the broker pushes nothing while we hold
+                    # `prefetch` un-acked jobs): poll with basic.get, once per slice.
+                    self._get()
+                    self._fill(out, n)
+                if not out:
+                    self._start_consumer()
+                    with contextlib.suppress(TimeoutError):
+                        self._raw.drain_events(timeout=_SLICE if left is None
+                                               else min(left, _SLICE))
+                    self._fill(out, n)
+                if out:
+                    while len(out) < n and self._get():  # top up a batch
+                        self._fill(out, n)
+                    self._fill(out, n)
+                    return True
+                return False
+
+            if self._call("dequeue", step):
+                return out
+
+    def _dequeue(self, timeout: float | None) -> Job | None:
+        jobs = self._take(1, timeout)
+        return jobs[0] if jobs else None
+
+    def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        return self._take(max_jobs, timeout)
+
+    # -- settling --------------------------------------------------------------------------
+    def _held_for(self, job: Job) -> tuple[int, Held]:
+        receipt = job.receipt
+        ok = isinstance(receipt, tuple) and len(receipt) == 3
+        if ok and receipt[0] != self._handle:
+            raise JobNotLeased(
+                f"job {job.id!r} was dequeued by another handle; an AMQP delivery can only be "
+                "acked on the channel it came from"
+            )
+        h = self._held.get(receipt[2]) if ok and receipt[1] == self._epoch else None
+        if h is None or h.job.id != job.id:
+            raise JobNotLeased(
+                f"job {job.id!r} is not leased by this handle any more: it was already acked "
+                "or nacked, its visibility timeout ran out, or the connection was lost (the "
+                "broker then returns it to the queue)"
+            )
+        return receipt[2], h
+
+    def _settle(self, what: str, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._check_open()
+            if self._conn is None:
+                fn()  # no connection: _held_for raises JobNotLeased
+                return
+            try:
+                # Read what the broker already sent first: a connection.close it sent us means
+                # the lease is gone, and an ack written now would vanish without an error.
+                self._pump()
+                self._expire()
+                fn()
+            except SETTLE_ERRORS as exc:
+                self._drop()
+                raise JobNotLeased(
+                    f"{what}: the connection to the broker was lost, which ends every lease; "
+                    "the broker returns the job to the queue"
+                ) from exc
+            except amqp_exc.AMQPError as exc:
+                self._drop()
+                raise translate(exc, what) from exc
+
+    def _ack(self, job: Job) -> None:
+        def do() -> None:
+            tag, _ = self._held_for(job)
+            self._cch.basic_ack(tag)
+            del self._held[tag]
+
+        self._settle("ack", do)
+
+    def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        def do() -> None:
+            tag, h = self._held_for(job)
+            if requeue:
+                self._return_held([(tag, h)], delay)
+            else:
+                del self._held[tag]
+                self._cch.basic_reject(tag, requeue=False)  # to Q.dead via x-dead-letter-*
+
+        self._settle("nack", do)
+
+    def _return_held(self, items: list[tuple[int, Held]], delay: float) -> None:
+        """Requeue held jobs with exact attempt counts.
+
+        Publishes copies whose attempt header is the number of deliveries so far, waits for
+        their confirms, then acks the originals. Jobs past ``max_attempts`` are dead-lettered.
+        """
+        limit = self.options.max_attempts
+        outs: list[Outgoing] = []
+        again: list[int] = []
+        for tag, h in items:
+            del self._held[tag]
+            if limit is not None and h.job.attempt >= limit:
+                self._cch.basic_reject(tag, requeue=False)
+                continue
+            props = dict(h.msg.properties)
+            headers = {k: v for k, v in (props.get("application_headers") or {}).items()
+                       if not k.startswith(BROKER_HEADERS)}
+            headers[H_ATTEMPT] = h.job.attempt
+            headers.setdefault(H_ENQUEUED, h.job.enqueued_at)
+            props["application_headers"] = headers
+            props["delivery_mode"] = 2
+            props.pop("expiration", None)
+            outs.append(self._route(amqp.Message(h.msg.body, **props), delay))
+            again.append(tag)
+        if outs:
+            self._publish("nack", outs, retry=False)
+        for tag in again:
+            self._cch.basic_ack(tag)
+
+    def _extend_lease(self, job: Job, seconds: float) -> None:
+        def do() -> None:
+            _, h = self._held_for(job)
+            if self.options.visibility_timeout is not None:
+                h.deadline = time.monotonic() + seconds
+                self._cond.notify_all()
+            # Without visibility_timeout the lease lasts as long as the connection: nothing to do.
+
+        self._settle("extend_lease", do)
+
+    # -- leases ----------------------------------------------------------------------------
+    def _expire(self) -> None:
+        """Return held jobs whose visibility timeout ran out (under the lock).
+
+        The consumer is paused first: otherwise the broker would push the returned copies
+        straight back into this handle's prefetch buffer, where they would wait for this
+        (possibly stuck) handle instead of going to another consumer.
+        """
+        vt = self.options.visibility_timeout
+        if vt is None or self._conn is None:
+            return
+        now = time.monotonic()
+        due = [(tag, h) for tag, h in self._held.items() if h.deadline <= now]
+        if due or (self._buffer and now - self._last_take >= vt):
+            self._pause_consumer()
+        if due:
+            self._return_held(due, 0.0)
+
+    def _pause_consumer(self) -> None:
+        """Cancel the consumer and give back the prefetched jobs nobody took yet.
+
+        A blocking dequeue starts it again. The returned jobs carry RabbitMQ's redelivered
+        flag, so their next attempt counts one more (see the docs).
+        """
+        if self._consumer_tag is not None:
+            self._cch.basic_cancel(self._consumer_tag)
+            self._consumer_tag = None
+        while self._buffer:
+            msg = self._buffer.popleft()
+            self._cch.basic_reject(msg.delivery_info["delivery_tag"], requeue=True)
+
+    def _start_lease_thread(self) -> None:
+        if self._lease_thread is None:
+            self._lease_thread = threading.Thread(
+                target=self._lease_loop, name=f"unifiedq-amqp-leases-{self._q}", daemon=True
+            )
+            self._lease_thread.start()
+
+    def _lease_loop(self) -> None:
+        """Expire leases while the application is busy elsewhere (it may never call us).
+
+        It also returns the prefetch buffer of a handle whose application has not asked for a
+        job for ``visibility_timeout`` seconds, so a stuck worker does not hoard jobs.
+        """
+        vt = self.options.visibility_timeout or 0.0
+        with self._cond:
+            while not self._closed:
+                deadlines = [h.deadline for h in self._held.values()]
+                if self._buffer:
+                    deadlines.append(self._last_take + vt)
+                wait = min(deadlines) - time.monotonic() if deadlines else 5.0
+                if wait > 0:
+                    self._cond.wait(min(wait, 5.0))
+                    continue
+                try:
+                    self._expire()
+                except Exception:
+                    self._drop()  # the broker returns the held jobs itself

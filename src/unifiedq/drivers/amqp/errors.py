@@ -1,0 +1,50 @@
+"""Which kombu/py-amqp/socket errors mean a lost connection, and their unifiedq errors.
+
+:func:`translate` is the one place the driver maps a library error to the unifiedq tree.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import amqp.exceptions as amqp_exc
+
+from ..._errors import AuthenticationError, BackendConnectionError, BackendError
+
+__all__ = ["CONN_ERRORS", "SETTLE_ERRORS", "retryable", "translate"]
+
+#: Errors after which the connection is unusable and a new one may succeed.
+CONN_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes socket.timeout/TimeoutError from a failed write or connect
+    amqp_exc.RecoverableConnectionError,
+    amqp_exc.IrrecoverableConnectionError,
+)
+
+#: A settle (ack/nack/extend) that loses the connection has lost its lease.
+SETTLE_ERRORS: tuple[type[BaseException], ...] = (*CONN_ERRORS, BackendConnectionError)
+
+
+def translate(exc: BaseException, what: str) -> BaseException:
+    """Map a kombu/py-amqp/socket error to the unifiedq error tree (the one place we do)."""
+    if isinstance(exc, amqp_exc.AccessRefused):
+        return AuthenticationError(f"{what}: the broker refused our credentials ({exc})")
+    if isinstance(exc, amqp_exc.NotAllowed):
+        return AuthenticationError(f"{what}: the broker does not allow this ({exc}); "
+                                   "check the virtual host and the user's permissions")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # The broker failed to authenticate itself (as the faktory driver reports it too).
+        return AuthenticationError(
+            f"{what}: TLS certificate verification failed ({exc.verify_message}); "
+            "set ca_file to the CA that signed the broker's certificate"
+        )
+    if isinstance(exc, CONN_ERRORS):
+        return BackendConnectionError(f"{what}: connection to the broker failed or was lost "
+                                      f"({type(exc).__name__}: {exc})")
+    return BackendError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a new connection may succeed where ``exc`` failed."""
+    return isinstance(exc, CONN_ERRORS) and not isinstance(
+        exc, amqp_exc.NotAllowed | ssl.SSLCertVerificationError
+    )

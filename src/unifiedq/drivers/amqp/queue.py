@@ -1,0 +1,91 @@
+"""``AmqpQueue``: the layers put together, plus ``from_url``, ``size``, ``purge``, ``close``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Self
+
+from ..._capabilities import Capability
+from ..._errors import InvalidURL
+from ..._url import URL, parse_options
+from .consuming import ConsumingMixin
+from .options import AmqpOptions, vhost_of
+
+__all__ = ["AmqpQueue"]
+
+
+class AmqpQueue(ConsumingMixin):
+    """A RabbitMQ queue (see the package docstring for topology and semantics)."""
+
+    driver = "amqp"
+    capabilities = (
+        Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY | Capability.PRIORITY
+        | Capability.BATCH | Capability.BLOCKING_DEQUEUE | Capability.HEADERS
+        | Capability.DURABLE | Capability.CROSS_PROCESS | Capability.DISTRIBUTED
+        | Capability.NATIVE_SYNC
+    )
+
+    @classmethod
+    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
+        """Build a handle from ``amqp[s]://user:pass@host:port/vhost?queue=...`` (no I/O)."""
+        opts = parse_options(AmqpOptions, url.query, options, driver="amqp")
+        tls = url.scheme == "amqps"
+        if opts.tls_options_given and not tls:
+            raise InvalidURL("ca_file, cert_file, key_file and tls_hostname need an amqps:// "
+                             f"URL, not {url.redacted()!r}")
+        return cls(
+            host=url.host or "localhost",
+            port=url.port or (5671 if tls else 5672),
+            vhost=vhost_of(url.raw),
+            username=url.username,
+            password=url.password,
+            tls=tls,
+            options=opts,
+            url=url,
+        )
+
+    # -- inspection ------------------------------------------------------------------------
+    def _size(self) -> int:
+        def count() -> int:
+            ready = self._pch.queue_declare(self._q, passive=True).message_count
+            delayed = sum(self._declare_delay(ms, self._pch) for ms in self._known_delay_ms())
+            return int(ready) + delayed + len(self._buffer)
+
+        return self._call("size", count)
+
+    def _purge(self) -> int:
+        def purge() -> int:
+            n = int(self._pch.queue_purge(self._q) or 0)
+            for ms in self._known_delay_ms():
+                self._declare_delay(ms, self._pch)
+                n += int(self._pch.queue_purge(self._delay_queue(ms)) or 0)
+            # Prefetched but not handed out: waiting jobs too, held by our channel.
+            while self._buffer:
+                msg = self._buffer.popleft()
+                self._cch.basic_ack(msg.delivery_info["delivery_tag"])
+                n += 1
+            return n
+
+        return self._call("purge", purge)
+
+    # -- closing ---------------------------------------------------------------------------
+    def _close(self) -> None:
+        with self._lock:
+            self._cond.notify_all()  # ends the lease thread
+            if self._conn is None:
+                return
+            try:
+                if self._consumer_tag is not None:
+                    self._cch.basic_cancel(self._consumer_tag)
+                    self._consumer_tag = None
+                # Held jobs go back as if nacked (exact attempt count); prefetched ones that
+                # the application never saw are rejected back to their place in the queue.
+                self._return_held(list(self._held.items()), 0.0)
+                for msg in self._buffer:
+                    self._cch.basic_reject(msg.delivery_info["delivery_tag"], requeue=True)
+                self._buffer.clear()
+                self._conn.release()
+            except Exception:
+                pass  # the broker returns whatever we still hold when the connection goes
+            finally:
+                self._drop()
