@@ -76,9 +76,9 @@ class TestLiar(QueueConformance):
 def test_suite_fails_a_lying_driver(pytester: pytest.Pytester, scheme: str,
                                     must_fail: str) -> None:
     pytester.makepyfile(test_liar=_BROKEN.replace("SCHEME", scheme))
-    pytester.makeini("[pytest]\nmarkers =\n    requires(c): x\n    lacks(c): x\n")
+    # No marker configuration: the unifiedq pytest plugin registers the suite's markers.
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-k", must_fail,
-                                           "-W", "ignore::pytest.PytestUnknownMarkWarning")
+                                           "--strict-markers")
     outcomes = result.parseoutcomes()
     out = result.stdout.str()
     assert outcomes.get("failed", 0) >= 1, out[-2000:]
@@ -95,9 +95,8 @@ def test_suite_passes_the_honest_reference_driver_on_the_same_tests(
         "class TestHonest(QueueConformance):\n"
         "    URL = 'memory://{name}'\n"
     ))
-    pytester.makeini("[pytest]\nmarkers =\n    requires(c): x\n    lacks(c): x\n")
     result = pytester.runpytest_subprocess(
-        "-q", "-p", "no:cacheprovider", "-k",
+        "-q", "-p", "no:cacheprovider", "--strict-markers", "-k",
         "test_peek or test_priority_order or test_concurrent_ledger")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("passed", 0) >= 4, \

@@ -2,6 +2,8 @@
 
 * :mod:`unifiedq.testing.suite` — the conformance suite every driver runs. A driver's test
   file is a one-line subclass of :class:`QueueConformance` that says how to build its URL.
+* :mod:`unifiedq.testing.plugin` — the pytest plugin (entry point ``pytest11``, loaded on
+  install) that registers the suite's ``requires``/``lacks`` markers and checks their use.
 * :mod:`unifiedq.testing.servers` — real Redis, RabbitMQ and Faktory servers on free loopback
   ports, started from installed binaries.
 * :mod:`unifiedq.testing.fixtures` — pytest fixtures over those servers.
