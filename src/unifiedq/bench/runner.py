@@ -14,23 +14,20 @@ After the dequeue phase the run is verified, as the original Go evaluation did n
 
 Bodies are ``b"<producer>:<seq>:"`` padded to ``size`` bytes, so the check needs no state in
 the queue besides the jobs themselves.
+
+This module holds what both faces share (stats, bodies, bookkeeping, verification); the run
+itself, the only I/O, is written once in ``bench/_async/run.py`` and its blocking twin
+``bench/_sync/run.py`` is generated from it (``scripts/generate_sync.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import functools
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._base import AsyncQueueBase, QueueBase
-from .._capabilities import Capability
-from .._connect import connect, connect_async
-from .._errors import UnsupportedOperation
 from .._job import Job
 from .._url import parse_url
 
@@ -355,379 +352,6 @@ def _record(job: Job, size: int, w: _Worker) -> None:
     w.got.append(parsed)
 
 
-# -- sync face --------------------------------------------------------------------------------
-
-
-class _SyncRun:
-    def __init__(self, url: str, cfg: RunConfig, on_phase: Callable[[str], None]) -> None:
-        self.url = url
-        self.cfg = cfg
-        self.on_phase = on_phase
-        self.handles: list[QueueBase] = []
-
-    def _open(self, n: int) -> list[QueueBase]:
-        hs = [connect(self.url) for _ in range(n)]
-        self.handles.extend(hs)
-        return hs
-
-    @staticmethod
-    def _threads(fns: list[Callable[[], None]]) -> None:
-        ts = [threading.Thread(target=f, daemon=True) for f in fns]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-
-    def run(self) -> tuple[dict[str, OpStats], Verification, bool]:
-        cfg = self.cfg
-        control = self._open(1)[0]
-        prods = self._open(cfg.producers)
-        cons = self._open(cfg.consumers)
-        control.purge()
-        for h in (*prods, *cons):
-            h.size()  # connect now: lazy connection set-up must not be timed as an op
-        caps = control.capabilities
-        bridged = control.bridged
-
-        # enqueue
-        barrier = threading.Barrier(cfg.producers)
-        pw = [_Worker() for _ in prods]
-
-        def producer(i: int, h: QueueBase, w: _Worker, n: int) -> None:
-            barrier.wait()
-            w.start = time.perf_counter_ns()
-            for seq in range(n):
-                body = make_body(i, seq, cfg.size)
-                t0 = time.perf_counter_ns()
-                try:
-                    h.enqueue(body)
-                except UnsupportedOperation as exc:  # pragma: no cover - enqueue is required
-                    w.unsupported = str(exc)
-                    return
-                except Exception as exc:
-                    w.fail(exc)
-                    continue
-                t1 = time.perf_counter_ns()
-                w.samples.append(t1 - t0)
-                w.end = t1
-                w.sent.append(seq)
-
-        counts = _split(cfg.load, cfg.producers)
-        self._threads([
-            functools.partial(producer, i, h, w, n)
-            for i, (h, w, n) in enumerate(zip(prods, pw, counts, strict=True))
-        ])
-        ops = {"enqueue": _merge("enqueue", pw)}
-        self.on_phase("enqueue")
-
-        # peek
-        if Capability.PEEK in caps:
-            barrier_c = threading.Barrier(cfg.consumers)
-            kw = [_Worker() for _ in cons]
-
-            def peeker(h: QueueBase, w: _Worker, n: int) -> None:
-                barrier_c.wait()
-                w.start = time.perf_counter_ns()
-                for _ in range(n):
-                    t0 = time.perf_counter_ns()
-                    try:
-                        job = h.peek()
-                    except UnsupportedOperation as exc:
-                        w.unsupported = str(exc)
-                        return
-                    except Exception as exc:
-                        w.fail(exc)
-                        continue
-                    t1 = time.perf_counter_ns()
-                    if job is None:
-                        w.empty += 1
-                        continue
-                    w.samples.append(t1 - t0)
-                    w.end = t1
-
-            self._threads([
-                functools.partial(peeker, h, w, n)
-                for h, w, n in zip(cons, kw, _split(cfg.load, cfg.consumers), strict=True)
-            ])
-            ops["peek"] = _merge("peek", kw)
-        else:
-            ops["peek"] = _probe_unsupported_sync(control, "peek")
-        self.on_phase("peek")
-
-        # dequeue (+ ack)
-        expected = sum(len(w.sent) for w in pw)
-        cw = [_Worker() for _ in cons]
-        lock = threading.Lock()
-        state = {"got": 0, "last": time.monotonic()}
-        done = threading.Event()
-        if expected == 0:
-            done.set()
-        has_ack = Capability.ACK in caps
-        blocking = Capability.BLOCKING_DEQUEUE in caps
-        barrier_d = threading.Barrier(cfg.consumers)
-
-        def consumer(h: QueueBase, w: _Worker) -> None:
-            barrier_d.wait()
-            w.start = time.perf_counter_ns()
-            wait = 0.0
-            while not done.is_set():
-                t0 = time.perf_counter_ns()
-                try:
-                    job = h.dequeue(timeout=wait)
-                except Exception as exc:
-                    w.fail(exc)
-                    if time.monotonic() - state["last"] > cfg.drain_timeout:
-                        return
-                    time.sleep(0.01)
-                    continue
-                t1 = time.perf_counter_ns()
-                if job is None:
-                    w.empty += 1
-                    if time.monotonic() - state["last"] > cfg.drain_timeout:
-                        return
-                    if blocking:
-                        wait = 0.2
-                    else:
-                        time.sleep(0.001)
-                    continue
-                wait = 0.0
-                w.samples.append(t1 - t0)
-                w.end = t1
-                _record(job, cfg.size, w)
-                if has_ack:
-                    t2 = time.perf_counter_ns()
-                    try:
-                        h.ack(job)
-                        t3 = time.perf_counter_ns()
-                        w.ack_samples.append(t3 - t2)
-                        w.ack_end = t3
-                    except Exception as exc:
-                        w.ack_errors += 1
-                        w.error = w.error or _describe(exc)
-                with lock:
-                    state["got"] += 1
-                    state["last"] = time.monotonic()
-                    if state["got"] >= expected:
-                        done.set()
-
-        self._threads([functools.partial(consumer, h, w) for h, w in zip(cons, cw, strict=True)])
-        ops["dequeue"] = _merge("dequeue", cw)
-        if has_ack:
-            ops["ack"] = _merge("ack", cw, ack=True)
-        else:
-            ops["ack"] = OpStats.unsupported("ack", f"the {control.driver!r} driver lacks ACK")
-        self.on_phase("dequeue")
-
-        # Sweep: anything still queued now is a duplicate or a stranger; take it so the
-        # verification can say which (a driver that re-delivers must not hide behind counts).
-        sweep = _Worker()
-        leftover: int | None = 0
-        try:
-            for _ in range(cfg.load + _SWEEP_EXTRA):
-                job = control.dequeue(timeout=0.0)
-                if job is None:
-                    break
-                _record(job, cfg.size, sweep)
-                if has_ack:
-                    control.ack(job)
-            leftover = len(sweep.got) + control.size()
-        except Exception:
-            leftover = None
-        return ops, verify(pw, [*cw, sweep], cfg.size, leftover), bridged
-
-    def close(self) -> None:
-        # Best effort: leave the queue empty and every handle closed, whatever happened.
-        for i, h in enumerate(self.handles):
-            with contextlib.suppress(Exception):
-                if i == 0:
-                    h.purge()
-            with contextlib.suppress(Exception):
-                h.close()
-
-
-def _probe_unsupported_sync(q: QueueBase, op: str) -> OpStats:
-    # The flag says no: confirm the verb raises, so the report never shows a made-up number.
-    try:
-        q.peek()
-    except UnsupportedOperation as exc:
-        return OpStats.unsupported(op, str(exc))
-    except Exception as exc:
-        return OpStats(op, "error", errors=1, error=_describe(exc))
-    return OpStats(op, "error", error="peek() worked although the driver lacks Capability.PEEK")
-
-
-# -- async face -------------------------------------------------------------------------------
-
-
-class _AsyncRun:
-    def __init__(self, url: str, cfg: RunConfig, on_phase: Callable[[str], None]) -> None:
-        self.url = url
-        self.cfg = cfg
-        self.on_phase = on_phase
-        self.handles: list[AsyncQueueBase] = []
-
-    def _open(self, n: int) -> list[AsyncQueueBase]:
-        hs = [connect_async(self.url) for _ in range(n)]
-        self.handles.extend(hs)
-        return hs
-
-    async def run(self) -> tuple[dict[str, OpStats], Verification, bool]:
-        cfg = self.cfg
-        control = self._open(1)[0]
-        prods = self._open(cfg.producers)
-        cons = self._open(cfg.consumers)
-        await control.purge()
-        for h in (*prods, *cons):
-            await h.size()
-        caps = control.capabilities
-        bridged = control.bridged
-
-        pw = [_Worker() for _ in prods]
-
-        async def producer(i: int, h: AsyncQueueBase, w: _Worker, n: int) -> None:
-            w.start = time.perf_counter_ns()
-            for seq in range(n):
-                body = make_body(i, seq, cfg.size)
-                t0 = time.perf_counter_ns()
-                try:
-                    await h.enqueue(body)
-                except Exception as exc:
-                    w.fail(exc)
-                    continue
-                t1 = time.perf_counter_ns()
-                w.samples.append(t1 - t0)
-                w.end = t1
-                w.sent.append(seq)
-
-        counts = _split(cfg.load, cfg.producers)
-        await asyncio.gather(*(
-            producer(i, h, w, n)
-            for i, (h, w, n) in enumerate(zip(prods, pw, counts, strict=True))
-        ))
-        ops = {"enqueue": _merge("enqueue", pw)}
-        self.on_phase("enqueue")
-
-        if Capability.PEEK in caps:
-            kw = [_Worker() for _ in cons]
-
-            async def peeker(h: AsyncQueueBase, w: _Worker, n: int) -> None:
-                w.start = time.perf_counter_ns()
-                for _ in range(n):
-                    t0 = time.perf_counter_ns()
-                    try:
-                        job = await h.peek()
-                    except UnsupportedOperation as exc:
-                        w.unsupported = str(exc)
-                        return
-                    except Exception as exc:
-                        w.fail(exc)
-                        continue
-                    t1 = time.perf_counter_ns()
-                    if job is None:
-                        w.empty += 1
-                        continue
-                    w.samples.append(t1 - t0)
-                    w.end = t1
-
-            await asyncio.gather(*(
-                peeker(h, w, n)
-                for h, w, n in zip(cons, kw, _split(cfg.load, cfg.consumers), strict=True)
-            ))
-            ops["peek"] = _merge("peek", kw)
-        else:
-            try:
-                await control.peek()
-                ops["peek"] = OpStats(
-                    "peek", "error", error="peek() worked although the driver lacks PEEK"
-                )
-            except UnsupportedOperation as exc:
-                ops["peek"] = OpStats.unsupported("peek", str(exc))
-            except Exception as exc:
-                ops["peek"] = OpStats("peek", "error", errors=1, error=_describe(exc))
-        self.on_phase("peek")
-
-        expected = sum(len(w.sent) for w in pw)
-        cw = [_Worker() for _ in cons]
-        state = {"got": 0, "last": time.monotonic()}
-        done = asyncio.Event()
-        if expected == 0:
-            done.set()
-        has_ack = Capability.ACK in caps
-        blocking = Capability.BLOCKING_DEQUEUE in caps
-
-        async def consumer(h: AsyncQueueBase, w: _Worker) -> None:
-            w.start = time.perf_counter_ns()
-            wait = 0.0
-            while not done.is_set():
-                t0 = time.perf_counter_ns()
-                try:
-                    job = await h.dequeue(timeout=wait)
-                except Exception as exc:
-                    w.fail(exc)
-                    if time.monotonic() - state["last"] > cfg.drain_timeout:
-                        return
-                    await asyncio.sleep(0.01)
-                    continue
-                t1 = time.perf_counter_ns()
-                if job is None:
-                    w.empty += 1
-                    if time.monotonic() - state["last"] > cfg.drain_timeout:
-                        return
-                    if blocking:
-                        wait = 0.2
-                    else:
-                        await asyncio.sleep(0.001)
-                    continue
-                wait = 0.0
-                w.samples.append(t1 - t0)
-                w.end = t1
-                _record(job, cfg.size, w)
-                if has_ack:
-                    t2 = time.perf_counter_ns()
-                    try:
-                        await h.ack(job)
-                        t3 = time.perf_counter_ns()
-                        w.ack_samples.append(t3 - t2)
-                        w.ack_end = t3
-                    except Exception as exc:
-                        w.ack_errors += 1
-                        w.error = w.error or _describe(exc)
-                state["got"] += 1
-                state["last"] = time.monotonic()
-                if state["got"] >= expected:
-                    done.set()
-
-        await asyncio.gather(*(consumer(h, w) for h, w in zip(cons, cw, strict=True)))
-        ops["dequeue"] = _merge("dequeue", cw)
-        if has_ack:
-            ops["ack"] = _merge("ack", cw, ack=True)
-        else:
-            ops["ack"] = OpStats.unsupported("ack", f"the {control.driver!r} driver lacks ACK")
-        self.on_phase("dequeue")
-        sweep = _Worker()
-        leftover: int | None = 0
-        try:
-            for _ in range(cfg.load + _SWEEP_EXTRA):
-                job = await control.dequeue(timeout=0.0)
-                if job is None:
-                    break
-                _record(job, cfg.size, sweep)
-                if has_ack:
-                    await control.ack(job)
-            leftover = len(sweep.got) + await control.size()
-        except Exception:
-            leftover = None
-        return ops, verify(pw, [*cw, sweep], cfg.size, leftover), bridged
-
-    async def close(self) -> None:
-        for i, h in enumerate(self.handles):
-            with contextlib.suppress(Exception):
-                if i == 0:
-                    await h.purge()
-            with contextlib.suppress(Exception):
-                await h.aclose()
-
-
 def run_once(
     driver: str,
     url: str,
@@ -751,12 +375,16 @@ def run_once(
         raise ValueError("load, producers and consumers must be >= 1")
     if cfg.face not in ("sync", "async"):
         raise ValueError(f"face must be 'sync' or 'async', not {cfg.face!r}")
+    # The faces' runs import this module's shared parts, so they are imported here.
+    from ._async.run import AsyncRun
+    from ._sync.run import SyncRun
+
     cb = on_phase or (lambda _phase: None)
     redacted = parse_url(url).redacted()  # InvalidURL surfaces here, before any I/O
     started = time.perf_counter()
     try:
         if cfg.face == "async":
-            arun = _AsyncRun(url, cfg, cb)
+            arun = AsyncRun(url, cfg, cb)
 
             async def go() -> tuple[dict[str, OpStats], Verification, bool]:
                 try:
@@ -766,7 +394,7 @@ def run_once(
 
             ops, ver, bridged = asyncio.run(go())
         else:
-            srun = _SyncRun(url, cfg, cb)
+            srun = SyncRun(url, cfg, cb)
             try:
                 ops, ver, bridged = srun.run()
             finally:
