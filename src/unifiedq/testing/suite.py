@@ -28,7 +28,10 @@ Class attributes a subclass may set:
 * ``CONCURRENT_JOBS`` — jobs in the multi-thread ledger test.
 
 Override the ``restart_backend`` fixture to return a callable that restarts the backend (kept
-data on disk), for the ``DURABLE`` checks.
+data on disk), for the ``DURABLE`` checks, and the ``open_queue`` method to test something that
+is not opened with ``connect`` (a wrapper such as :class:`~unifiedq.FairQueue`: see
+``tests/test_toolkit_conformance.py``; :class:`BlockingView` gives an asyncio handle the
+blocking verbs the tests call).
 """
 
 from __future__ import annotations
@@ -44,8 +47,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from .._base import QueueBase
-from .._bridge import AsyncToSync
+from .._bridge import AsyncToSync, _LoopThread, _run_on
 from .._capabilities import Capability
 from .._connect import connect, connect_async
 from .._errors import (
@@ -61,6 +63,7 @@ from .._errors import (
     WrongQueue,
 )
 from .._job import Job
+from .._protocol import AsyncQueue, Queue
 
 __all__ = ["Harness", "QueueConformance", "lacks", "requires"]
 
@@ -75,6 +78,10 @@ def lacks(cap: Capability) -> pytest.MarkDecorator:
     return pytest.mark.lacks(cap)
 
 
+#: ``opener(url, face, options)``: a blocking handle on ``url`` for the face under test.
+Opener = Callable[[str, str, dict[str, Any]], Queue]
+
+
 class Harness:
     """Opens handles on one fresh queue, on the face under test, and cleans up after.
 
@@ -83,22 +90,18 @@ class Harness:
         face: ``"sync"`` or ``"async"``.
     """
 
-    def __init__(self, url: str, face: str, options: dict[str, Any]) -> None:
+    def __init__(self, url: str, face: str, options: dict[str, Any],
+                 opener: Opener | None = None) -> None:
         self.url = url
         self.face = face
         self.options = options
-        self._opened: list[QueueBase] = []
+        self._opener = opener or open_with_connect
+        self._opened: list[Queue] = []
         self._caps: Capability | None = None
 
-    def open(self, url: str | None = None, **options: Any) -> QueueBase:
+    def open(self, url: str | None = None, **options: Any) -> Queue:
         """Open a handle (on the face under test) on this test's queue, or on ``url``."""
-        opts = {**self.options, **options}
-        target = url or self.url
-        q: QueueBase
-        if self.face == "sync":
-            q = connect(target, **opts)
-        else:
-            q = AsyncToSync(connect_async(target, **opts))
+        q = self._opener(url or self.url, self.face, {**self.options, **options})
         self._opened.append(q)
         return q
 
@@ -123,7 +126,54 @@ class Harness:
                     q.close()
 
 
-def _settle(q: QueueBase, job: Job) -> None:
+def open_with_connect(url: str, face: str, options: dict[str, Any]) -> Queue:
+    """The default opener: ``connect`` (sync face), or ``connect_async`` behind the bridge."""
+    if face == "sync":
+        return connect(url, **options)
+    return AsyncToSync(connect_async(url, **options))
+
+
+class BlockingView:
+    """The blocking verbs of any asyncio queue (its public API), run on the bridge's loop thread.
+
+    For suites over a wrapper that is not a driver (``AsyncFairQueue``, ``AsyncBoundedQueue``):
+    the tests call blocking verbs, and this drives the asyncio object's own coroutines.
+    """
+
+    def __init__(self, inner: AsyncQueue) -> None:
+        self.inner = inner
+        self._loop = _LoopThread.get()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+        target = self.inner.aclose if name == "close" else attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = target(*args, **kwargs)
+            if hasattr(result, "__await__"):
+                return _run_on(self._loop, _await(result))
+            return result
+        return call
+
+    def close(self) -> None:
+        """Close the inner queue."""
+        _run_on(self._loop, self.inner.aclose())
+
+    def __enter__(self) -> BlockingView:
+        _run_on(self._loop, self.inner.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+def _settle(q: Queue, job: Job) -> None:
     if Capability.ACK in q.capabilities:
         q.ack(job)
 
@@ -165,12 +215,21 @@ class QueueConformance:
     @pytest.fixture
     def harness(self, url_template: str, face: str) -> Iterator[Harness]:
         name = f"uq-{uuid.uuid4().hex[:12]}"
-        h = Harness(url_template.format(name=name), face, dict(self.OPTIONS))
+        h = Harness(url_template.format(name=name), face, dict(self.OPTIONS), self.open_queue)
         try:
             yield h
         finally:
             h.cleanup()
             self.remove_queue(h.url)
+
+    def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
+        """Hook: a blocking handle on ``url`` for ``face`` (``"sync"`` or ``"async"``).
+
+        The default connects (the async face through the library's bridge). Override it to
+        run the suite over something that wraps queues; wrap an asyncio object in
+        :class:`BlockingView`.
+        """
+        return open_with_connect(url, face, options)
 
     def remove_queue(self, url: str) -> None:
         """Hook: delete what a test's queue (``url``) left behind once its handles are closed.
@@ -291,7 +350,7 @@ class QueueConformance:
 
     def test_large_body(self, harness: Harness) -> None:
         q = harness.open()
-        limit = q.max_body
+        limit: int | None = getattr(q, "max_body", None)
         if limit is not None:
             with pytest.raises(BodyTooLarge):
                 q.enqueue(b"x" * (limit + 1))
