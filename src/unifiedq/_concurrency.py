@@ -21,6 +21,8 @@ runtimes the same members:
 - ``RUNS_COROUTINES``: True / False.
 - ``Barrier``: ``asyncio.Barrier`` / ``threading.Barrier``; ``wait()`` returns once all
   parties arrived (the bench lines its workers up so starting them is not timed).
+- ``yield_now``: ``asyncio.sleep(0)`` / ``os.sched_yield()``: let others run once, then go on
+  (a waiter that spins between retries).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import concurrent.futures
 import contextlib
 import enum
 import itertools
+import os
 import signal
 import threading
 import time
@@ -253,6 +256,11 @@ class AsyncRuntime:
     #: Lines concurrent workers up: ``await Barrier(n).wait()`` returns once ``n`` arrived.
     Barrier = asyncio.Barrier
 
+    @staticmethod
+    async def yield_now() -> None:
+        """Let the loop's other tasks run once, then go on (``asyncio.sleep(0)``)."""
+        await asyncio.sleep(0)
+
 
 # -- threads ---------------------------------------------------------------------------------
 class SyncTask:
@@ -380,3 +388,6 @@ class SyncRuntime:
 
     #: Lines concurrent workers up: ``Barrier(n).wait()`` returns once ``n`` threads arrived.
     Barrier = threading.Barrier
+
+    #: Let other threads and processes have the CPU once, then go on (``os.sched_yield``).
+    yield_now = staticmethod(os.sched_yield)

@@ -24,9 +24,9 @@ every dequeued job carries its task type in ``headers["type"]``. Delivery is at-
 
 from __future__ import annotations
 
-from ._async import AsyncRedisQueue
+from ._async.queue import AsyncRedisQueue
 from ._core import RedisOptions
-from ._sync import RedisQueue
+from ._sync.queue import RedisQueue
 
 __all__ = ["AsyncRedisQueue", "RedisOptions", "RedisQueue"]
 

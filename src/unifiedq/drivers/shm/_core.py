@@ -1,32 +1,13 @@
-"""Lock-free multi-process ring in POSIX shared memory (Vyukov's bounded MPMC queue).
+"""The shm:// ring and what both faces share: everything that never waits.
 
-Features: a bounded FIFO shared by every process of one user on one machine; lock-free
-enqueue and dequeue with one compare-and-swap each (through ``atomics``/patomic); batches that
-share the bookkeeping; blocking dequeue that spins briefly and then backs off to short sleeps;
-a native asyncio face that awaits instead of blocking the loop; best-effort ``peek``; an
-overflow policy for a full ring (``block`` with a timeout, ``reject`` or ``drop_oldest``); and
-crash repair: a process SIGKILLed in the middle of an operation loses at most the one job it was
-moving, and never wedges the ring for the others.
-
-Delivery is at-most-once: a dequeued job is gone (no ACK, leases, delays, priorities, custom ids
-or headers). Jobs live as long as the segment: closing handles keeps them; :func:`unlink` (or
-:meth:`ShmQueue.unlink`) removes the segment, and a reboot clears it (not DURABLE).
-
-Connection string::
-
-    shm://<name>?capacity=4096&slot_size=256&overflow=block&enqueue_timeout=10
-
-``name`` is the POSIX shared-memory object (``/dev/shm/<name>`` on Linux): letters, digits,
-``.``, ``_`` and ``-``. The first handle that touches the queue creates the segment with the
-given ``capacity`` (jobs) and ``slot_size`` (largest body, bytes); later handles attach and must
-ask for the same layout, or get :class:`~unifiedq.InvalidURL` naming both.
-
-See ``docs/drivers/shm.md`` for the segment layout, the algorithm and the crash story.
+The segment layout, Vyukov's algorithm with crash repair (:class:`_Ring`), the options, and
+:class:`_ShmCommon`: a handle's state and the enqueue "plans" both faces run. The faces
+(``_async/queue.py``, and ``_sync/queue.py`` generated from it) add only how to wait.
+The package docstring (``unifiedq.drivers.shm``) describes the driver.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import logging
@@ -34,16 +15,14 @@ import mmap
 import os
 import re
 import struct
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Mapping
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
-from .._base import AsyncQueueBase, QueueBase
-from .._capabilities import Capability
-from .._errors import (
+from ..._capabilities import Capability
+from ..._errors import (
     BackendError,
     InvalidArgument,
     InvalidURL,
@@ -51,23 +30,16 @@ from .._errors import (
     QueueFull,
     QueueTimeout,
 )
-from .._job import _EMPTY, EnqueueRequest, Job, make_job
-from .._url import URL, parse_options
-from . import _shm_atomics
+from ..._job import _EMPTY, Job, make_job
+from ..._url import URL, parse_options
+from .. import _shm_atomics
 
 try:
     import _posixshmem  # type: ignore[import-not-found]  # the module multiprocessing.shared_memory uses, without its tracker
 except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
-__all__ = [
-    "AsyncShmQueue",
-    "EnqueueTimeout",
-    "ShmOptions",
-    "ShmQueue",
-    "exists",
-    "unlink",
-]
+__all__ = ["EnqueueTimeout", "ShmOptions", "exists", "unlink"]
 
 T = TypeVar("T")
 #: An enqueue path that may wait: yields (fn, timeout) or (None, seconds); see _ShmCommon.
@@ -807,7 +779,7 @@ def _open_segment(name: str, opts: ShmOptions) -> mmap.mmap:
         os.close(fd)
 
 
-# -- the faces ----------------------------------------------------------------------------------
+# -- what the faces share -----------------------------------------------------------------------
 _CAPS = (
     Capability.PEEK | Capability.BATCH | Capability.BLOCKING_DEQUEUE | Capability.CROSS_PROCESS
     | Capability.BOUNDED
@@ -878,7 +850,7 @@ class _ShmCommon:
     # -- enqueue paths that may wait, written once for both faces -----------------------------
     # A plan is a generator that yields what it wants to wait for: ``(fn, timeout)`` = retry
     # ``fn`` until it returns non-None (sent back, or None on timeout), ``(None, seconds)`` =
-    # sleep. The blocking face runs it with _retry_sync/time.sleep, the asyncio face awaits.
+    # sleep. Each face runs it with its ``_wait`` (``_async/queue.py``), blocking or awaiting.
     def _put_plan(self, ring: _Ring, body: bytes, jid: str) -> _Plan[str]:
         """Enqueue one job when the fast path found the ring full (or no compiled module)."""
         self._check_ids([jid])
@@ -948,245 +920,9 @@ class _ShmCommon:
         return _shm_atomics.IMPL if ring is None else ring.w.impl
 
 
-_POLLS = 64  # tries before the first clock read (about 0.4 us each on an empty ring)
-
-
-def _retry_sync(
-    fn: Callable[[], T | None], timeout: float | None, opts: ShmOptions,
-    closed: Callable[[], bool],
-) -> T | None:
-    """Call ``fn`` until it returns non-None or ``timeout`` passes: poll, spin, then sleep."""
-    # Busy-poll first, with no syscall or clock read: a reply in a request/response exchange
-    # usually lands within these tens of microseconds, and yielding the CPU here would cost a
-    # scheduler round trip (the ping-pong latency). Idle waits stay cheap: this happens once
-    # per call, then the loop below spins for ``opts.spin`` and backs off to sleeps.
-    for _ in range(_POLLS):
-        got = fn()
-        if got is not None:
-            return got
-    now = time.monotonic()
-    deadline = None if timeout is None else now + timeout
-    spin_end = now + opts.spin
-    nap = 0.00005
-    while True:
-        got = fn()
-        if got is not None:
-            return got
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            return None
-        if closed():
-            raise QueueClosed("the shm queue was closed while waiting")
-        if now < spin_end:
-            os.sched_yield()
-            continue
-        wait = nap if deadline is None else min(nap, deadline - now)
-        time.sleep(wait)
-        nap = min(nap * 2, opts.max_sleep)
-
-
-async def _retry_async(
-    fn: Callable[[], T | None], timeout: float | None, opts: ShmOptions,
-    closed: Callable[[], bool],
-) -> T | None:
-    """The asyncio twin of :func:`_retry_sync`: awaits between tries, never blocks the loop."""
-    loop = asyncio.get_running_loop()
-    now = loop.time()
-    deadline = None if timeout is None else now + timeout
-    spin_end = now + opts.spin
-    nap = 0.00005
-    while True:
-        got = fn()
-        if got is not None:
-            return got
-        now = loop.time()
-        if deadline is not None and now >= deadline:
-            return None
-        if closed():
-            raise QueueClosed("the shm queue was closed while waiting")
-        if now < spin_end:
-            await asyncio.sleep(0)
-            continue
-        await asyncio.sleep(nap if deadline is None else min(nap, deadline - now))
-        nap = min(nap * 2, opts.max_sleep)
-
-
 def _ok(flag: bool) -> bool | None:
     return True if flag else None
 
 
 def _put_some(ring: _Ring, bodies: list[bytes], ids: list[str], now: float) -> int | None:
     return ring.put_many(bodies, ids, now) or None
-
-
-class ShmQueue(_ShmCommon, QueueBase):
-    """Blocking handle on a shared-memory ring (see the module docstring)."""
-
-    capabilities = _CAPS | Capability.NATIVE_SYNC
-
-    def __init__(self, name: str, options: ShmOptions, url: URL | None = None) -> None:
-        QueueBase.__init__(self, name, url)
-        self._setup(name, options)
-
-    @classmethod
-    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
-        """Build a handle from ``shm://<name>?...`` without touching the segment."""
-        name, opts = cls._parse(url, options)
-        return cls(name, opts, url)
-
-    def unlink(self) -> bool:
-        """Remove this queue's segment (see :func:`unlink`); this handle keeps working."""
-        return self._unlink()
-
-    def _closed_now(self) -> bool:
-        return self._closed
-
-    # shm has no enqueue options (no DELAY, PRIORITY, CUSTOM_ID, HEADERS), so every request
-    # is plain: the request objects' verbs forward to the plain hooks.
-    def _enqueue(self, req: EnqueueRequest) -> str:
-        return self._enqueue_plain(req.body, req.job_id)
-
-    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
-        return self._enqueue_plain_many([r.body for r in reqs], [r.job_id for r in reqs])
-
-    def _enqueue_plain(self, body: bytes, job_id: str) -> str:
-        ring = self._ring or self._attach()
-        c = ring.c
-        # The common case, one compiled call: room in the ring (the id and body sizes are
-        # checked there too; any trouble takes the slow path, which explains it).
-        if c is not None and len(job_id) <= _ID_MAX and not c.put(body, job_id, time.time()):
-            return job_id
-        return self._wait_sync(self._put_plan(ring, body, job_id))
-
-    def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
-        return self._wait_sync(self._put_many_plan(bodies, ids))
-
-    def _wait_sync(self, plan: _Plan[T]) -> T:
-        """Run a plan (see :class:`_ShmCommon`), blocking for each wait it asks for."""
-        try:
-            fn, t = next(plan)
-            while True:
-                if fn is None:
-                    time.sleep(t)
-                fn, t = plan.send(None if fn is None else _retry_sync(
-                    fn, t, self.options, self._closed_now))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-    def _dequeue(self, timeout: float | None) -> Job | None:
-        ring = self._ring or self._attach()
-        job = ring.take()
-        if job is None and timeout != 0.0:
-            job = _retry_sync(ring.take, timeout, self.options, self._closed_now)
-        return job
-
-    def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
-        ring = self._ring or self._attach()
-        jobs = ring.take_many(max_jobs)
-        if not jobs and timeout != 0.0:
-            jobs = _retry_sync(lambda: ring.take_many(max_jobs) or None, timeout,
-                               self.options, self._closed_now) or []
-        return jobs
-
-    def _peek(self) -> Job | None:
-        item = (self._ring or self._attach()).peek()
-        return None if item is None else self._job(item)
-
-    def _size(self) -> int:
-        return (self._ring or self._attach()).size()
-
-    def _purge(self) -> int:
-        return (self._ring or self._attach()).purge()
-
-    def _close(self) -> None:
-        self._detach()
-
-
-class AsyncShmQueue(_ShmCommon, AsyncQueueBase):
-    """Asyncio handle on a shared-memory ring: every wait is an ``await``, never a block."""
-
-    capabilities = _CAPS | Capability.NATIVE_ASYNC
-
-    def __init__(self, name: str, options: ShmOptions, url: URL | None = None) -> None:
-        AsyncQueueBase.__init__(self, name, url)
-        self._setup(name, options)
-
-    @classmethod
-    def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
-        """Build a handle from ``shm://<name>?...`` without touching the segment."""
-        name, opts = cls._parse(url, options)
-        return cls(name, opts, url)
-
-    async def unlink(self) -> bool:
-        """Remove this queue's segment (see :func:`unlink`); this handle keeps working."""
-        return self._unlink()
-
-    def _closed_now(self) -> bool:
-        return self._closed
-
-    # shm has no enqueue options (no DELAY, PRIORITY, CUSTOM_ID, HEADERS), so every request
-    # is plain: the request objects' verbs forward to the plain hooks.
-    async def _enqueue(self, req: EnqueueRequest) -> str:
-        return await self._enqueue_plain(req.body, req.job_id)
-
-    async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
-        return await self._enqueue_plain_many([r.body for r in reqs], [r.job_id for r in reqs])
-
-    async def _enqueue_plain(self, body: bytes, job_id: str) -> str:
-        ring = self._ring or self._attach()
-        c = ring.c
-        # The common case, one compiled call: room in the ring (the id and body sizes are
-        # checked there too; any trouble takes the slow path, which explains it).
-        if c is not None and len(job_id) <= _ID_MAX and not c.put(body, job_id, time.time()):
-            return job_id
-        return await self._wait_async(self._put_plan(ring, body, job_id))
-
-    async def _enqueue_plain_many(self, bodies: list[bytes], ids: list[str]) -> list[str]:
-        return await self._wait_async(self._put_many_plan(bodies, ids))
-
-    async def _wait_async(self, plan: _Plan[T]) -> T:
-        """Run a plan (see :class:`_ShmCommon`), awaiting each wait it asks for."""
-        try:
-            fn, t = next(plan)
-            while True:
-                got = await (asyncio.sleep(t) if fn is None else _retry_async(
-                    fn, t, self.options, self._closed_now))
-                fn, t = plan.send(got)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-    async def _dequeue(self, timeout: float | None) -> Job | None:
-        ring = self._ring or self._attach()
-        job = ring.take()
-        if job is None and timeout != 0.0:
-            job = await _retry_async(ring.take, timeout, self.options, self._closed_now)
-        return job
-
-    async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
-        ring = self._ring or self._attach()
-        jobs = ring.take_many(max_jobs)
-        if not jobs and timeout != 0.0:
-            jobs = await _retry_async(lambda: ring.take_many(max_jobs) or None, timeout,
-                                      self.options, self._closed_now) or []
-        return jobs
-
-    async def _peek(self) -> Job | None:
-        item = (self._ring or self._attach()).peek()
-        return None if item is None else self._job(item)
-
-    async def _size(self) -> int:
-        return (self._ring or self._attach()).size()
-
-    async def _purge(self) -> int:
-        return (self._ring or self._attach()).purge()
-
-    async def _close(self) -> None:
-        self._detach()
-
-
-sync_class = ShmQueue
-async_class = AsyncShmQueue
-
-if sys.platform == "win32":  # pragma: no cover
-    sync_class = None  # type: ignore[assignment]
-    async_class = None  # type: ignore[assignment]

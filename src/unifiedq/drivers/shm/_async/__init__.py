@@ -1,0 +1,2 @@
+# unasync: the blocking twin of this package, _sync/, is generated from it.
+"""The two faces of the shm:// driver: ``_async/`` is the source, ``_sync/`` is generated."""
