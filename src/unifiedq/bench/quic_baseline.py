@@ -63,7 +63,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 async def _serve(certfile: str, keyfile: str) -> None:
-    from aioquic.asyncio.server import serve
+    from aioquic.asyncio.server import QuicServer
     from aioquic.quic.configuration import QuicConfiguration
 
     cfg = QuicConfiguration(is_client=False, alpn_protocols=_ALPN)
@@ -84,8 +84,10 @@ async def _serve(certfile: str, keyfile: str) -> None:
         tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(tasks.discard)
 
-    server = await serve("127.0.0.1", 0, configuration=cfg, stream_handler=handler)
-    transport: Any = server._transport
+    # What aioquic's serve() does, keeping the transport, which knows the port.
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: QuicServer(configuration=cfg, stream_handler=handler),
+        local_addr=("127.0.0.1", 0))
     port = transport.get_extra_info("sockname")[1]
     print(port, flush=True)  # the parent reads the port from the first line
     await asyncio.Event().wait()

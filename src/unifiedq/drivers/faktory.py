@@ -69,6 +69,8 @@ from typing import Any, Literal, Self, TypeVar
 
 from .._base import QueueBase
 from .._capabilities import Capability
+from .._compat import pyfaktory as _pf
+from .._compat.pyfaktory import FaktroyWorkProtocolError, State
 from .._errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -80,7 +82,6 @@ from .._errors import (
 )
 from .._job import EnqueueRequest, Job
 from .._url import URL, parse_options
-from ._pyfaktory_import import Client, FaktroyWorkProtocolError, State
 
 __all__ = ["FaktoryOptions", "FaktoryQueue"]
 
@@ -168,12 +169,13 @@ class FaktoryOptions:
 # -------------------------------------------------------------------------------- connection
 
 
-class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
+class _Conn(_pf.Client):
     """A pyfaktory ``Client`` with the connection-level defects fixed (see module docstring).
 
-    The command methods (``_push``, ``_pushb``, ``_fetch``, ``_info``, ``_mutate``, ...) and
-    the state machine are pyfaktory's; this class replaces how the socket is opened (verified
-    TLS, a correct HELLO), how replies are read, and the heartbeat thread.
+    The command methods (``push``, ``push_batch``, ``fetch``, ``info``, ``mutate``, ...) and
+    the state machine are pyfaktory's (reached through ``unifiedq._compat.pyfaktory``); this
+    class replaces how the socket is opened (verified TLS, a correct HELLO), how replies are
+    read, and the heartbeat thread.
     """
 
     state: State
@@ -220,9 +222,9 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
             raw.close()
             raise
         self.sock = sock
-        greeting = self._receive()
-        self._raise_error(greeting)
-        self._set_state(State.NOT_IDENTIFIED)
+        greeting = self.read_reply()
+        self.check_reply(greeting)
+        self.set_state(State.NOT_IDENTIFIED)
         hi = json.loads(greeting[3:])
         if int(hi.get("v", 0)) != 2:
             raise FaktroyWorkProtocolError(f"only FWP version 2 is supported, got {hi!r}")
@@ -238,15 +240,15 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
             # pyfaktory sends the *server's* host name here; Faktory wants the worker's.
             hello.update(hostname=socket.gethostname(), wid=self.worker_id, pid=os.getpid(),
                          labels=self.labels)
-        reply = self._send_and_receive(f"HELLO {json.dumps(hello)}\r\n")
-        self._raise_error(reply)
-        self._set_state(State.IDENTIFIED)
+        reply = self.roundtrip(f"HELLO {json.dumps(hello)}\r\n")
+        self.check_reply(reply)
+        self.set_state(State.IDENTIFIED)
         if self.role != "producer":
             threading.Thread(target=self._beat_loop, name="unifiedq-faktory-beat",
                              daemon=True).start()
         return True
 
-    def _send(self, command: str) -> None:
+    def send_command(self, command: str) -> None:
         # No debug logging of the command: HELLO carries the password hash.
         self.sock.sendall(command.encode("utf-8"))
 
@@ -257,7 +259,7 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
             raise ConnectionResetError("the Faktory server closed the connection")
         self._buf += self._chunk_view[:n]
 
-    def _receive(self) -> str:
+    def read_reply(self) -> str:
         """Read one RESP reply in linear time; return it in pyfaktory's string form."""
         buf = self._buf
         while (end := buf.find(b"\r\n")) < 0:
@@ -277,7 +279,7 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
         return f"{line.decode()}\r\n{data.decode('utf-8')}"
 
     # -- heartbeat ----------------------------------------------------------------------
-    def _heartbeat(self) -> None:
+    def builtin_heartbeat(self) -> None:
         """Disable pyfaktory's non-daemon heartbeat thread (``_beat_loop`` replaces it)."""
 
     def _beat_loop(self) -> None:
@@ -287,7 +289,7 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
                     if self.state not in (State.IDENTIFIED, State.QUIET):
                         return
                     self.rss_kb = _rss_kb()  # shown in the Web UI's Busy page
-                    self._beat(rss_kb=self.rss_kb)
+                    self.beat(self.rss_kb)
             except Exception as exc:  # the next FETCH reports the broken connection
                 log.debug("faktory heartbeat stopped: %s", exc)
                 return
@@ -295,21 +297,21 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
     # -- settling on any connection -----------------------------------------------------
     def settle(self, verb: str, payload: Mapping[str, object]) -> None:
         """Send ACK or FAIL (the server accepts both on a producer connection)."""
-        reply = self._send_and_receive(f"{verb} {json.dumps(payload)}\r\n")
-        self._raise_error(reply)
+        reply = self.roundtrip(f"{verb} {json.dumps(payload)}\r\n")
+        self.check_reply(reply)
 
     def ack_jid(self, jid: str) -> None:
         """``ACK {"jid": ...}``, formatted without a json.dumps of a dict (the hot path)."""
         with self.rlock:
-            self._send(f'ACK {{"jid":{_json_str(jid)}}}\r\n')
-            reply = self._receive()
+            self.send_command(f'ACK {{"jid":{_json_str(jid)}}}\r\n')
+            reply = self.read_reply()
         if reply != "+OK":
-            self._raise_error(reply)
+            self.check_reply(reply)
 
     def queue_latency(self, queues: list[str]) -> dict[str, float]:
         """``QUEUE LATENCY q...`` (pyfaktory has no method for it)."""
-        reply = self._send_and_receive(f"QUEUE LATENCY {' '.join(queues)}\r\n")
-        self._raise_error(reply)
+        reply = self.roundtrip(f"QUEUE LATENCY {' '.join(queues)}\r\n")
+        self.check_reply(reply)
         n, data = reply.split("\r\n", 1) if reply.startswith("$") else ("$-1", "")
         result: dict[str, float] = json.loads(data) if n != "$-1" else {}
         return result
@@ -319,7 +321,7 @@ class _Conn(Client):  # type: ignore[misc]  # pyfaktory is untyped
         self._stop_beat.set()
         with contextlib.suppress(Exception), self.rlock:
             if self.state in (State.IDENTIFIED, State.QUIET, State.TERMINATING):
-                self._end()
+                self.end()
         with contextlib.suppress(Exception):
             self.sock.close()
         self.state = State.DISCONNECTED
@@ -358,10 +360,10 @@ def _map_error(what: str, exc: BaseException) -> tuple[BackendError, bool] | Non
     if isinstance(exc, _PasswordNeeded):
         return AuthenticationError(f"{what}: {exc}"), True
     if isinstance(exc, FaktroyWorkProtocolError):
-        msg = str(exc).replace("Error received from Faktory server: ", "")
+        msg = _pf.error_text(exc)
         if "Invalid password" in msg:
             return AuthenticationError(f"{what}: the Faktory server refused the password"), True
-        if "Empty response" in msg or "Client state is" in msg:
+        if _pf.connection_unusable(exc):
             return BackendConnectionError(f"{what}: {msg}"), True
         return BackendError(f"{what}: Faktory replied {msg}"), False
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | KeyError | TypeError):
@@ -573,7 +575,7 @@ class FaktoryQueue(QueueBase):
 
     def _enqueue(self, req: EnqueueRequest) -> str:
         job = self._job_dict(req)
-        self._p("enqueue", lambda c: c._push(job))
+        self._p("enqueue", lambda c: c.push(job))
         return req.job_id
 
     def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
@@ -581,7 +583,7 @@ class FaktoryQueue(QueueBase):
         done = 0
         for i in range(0, len(jobs), _PUSHB_CHUNK):
             chunk = jobs[i : i + _PUSHB_CHUNK]
-            reply: str = self._p("enqueue_many", _call("_pushb", chunk))
+            reply: str = self._p("enqueue_many", _call("push_batch", chunk))
             failed = _pushb_errors(reply)
             if failed:
                 raise BackendError(
@@ -607,7 +609,7 @@ class FaktoryQueue(QueueBase):
                     time.sleep(min(wait, _FETCH_BLOCK))
                     return None
                 started = time.monotonic()
-                raw = conn._fetch(self._queues)
+                raw = conn.fetch(self._queues)
             if raw is None:
                 return None
             return self._to_job(raw, started + self.options.reserve_for)
@@ -743,8 +745,8 @@ class FaktoryQueue(QueueBase):
                     "message": "nack(requeue=False)", "backtrace": []}
             self._settle("nack", job, r, lambda c: c.settle("FAIL", fail))
             # FAIL put it in the retry set (unless retry is 0 or -1): move it to the dead set.
-            kill = {"cmd": "kill", "target": "retries", "filter": {"jids": [r.fjid]}}
-            self._p("nack", lambda c: c._mutate(kill))
+            kill = _pf.mutate_operation("kill", "retries", jids=[r.fjid])
+            self._p("nack", lambda c: c.mutate(kill))
             return
         if self.options.nack_mode == "fail" and delay == 0:
             fail = {"jid": r.fjid, "errtype": "unifiedq.Nack",
@@ -755,7 +757,7 @@ class FaktoryQueue(QueueBase):
         # Push the copy before ACKing the original: a crash in between duplicates the job
         # (at-least-once) instead of losing it.
         try:
-            self._p("nack", lambda c: c._push(copy))
+            self._p("nack", lambda c: c.push(copy))
         except BackendError:
             self._unclaim(job, r)
             raise
@@ -770,7 +772,7 @@ class FaktoryQueue(QueueBase):
             with c.rlock:  # one connection, back to back: as close to atomic as FWP allows
                 sizes = c.info()["faktory"]["queues"]
                 n = sum(int(sizes.get(q, 0)) for q in self._queues)
-                c._queue_remove(self._queues)
+                c.queue_remove(self._queues)
                 return n
 
         n = self._p("purge", remove)
@@ -783,8 +785,8 @@ class FaktoryQueue(QueueBase):
             globs.append(f'*","queue":"{q}.p[1-9]","jobtype":"*')
         for target in ("scheduled", "retries"):
             for g in globs:
-                op = {"cmd": "discard", "target": target, "filter": {"regexp": g}}
-                self._p("purge", _call("_mutate", op))
+                op = _pf.mutate_operation("discard", target, regexp=g)
+                self._p("purge", _call("mutate", op))
         return n
 
     def latency(self) -> float:

@@ -32,7 +32,6 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Self
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -40,6 +39,7 @@ from aioquic.quic.connection import QuicConnection
 from ... import __version__
 from ..._base import AsyncQueueBase
 from ..._capabilities import Capability
+from ..._compat import aioquic as _aq
 from ..._errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -193,7 +193,7 @@ def _termination_error(ev: events.ConnectionTerminated | None) -> UnifiedQError:
                                   f"(code {code:#x})")
 
 
-class _ClientProtocol(QuicConnectionProtocol):
+class _ClientProtocol(_aq.QuicProtocol):
     def __init__(self, quic: QuicConnection, *, max_frame: int, sock: socket.socket,
                  **kwargs: Any) -> None:
         super().__init__(quic, **kwargs)
@@ -207,11 +207,11 @@ class _ClientProtocol(QuicConnectionProtocol):
     def request(self, frame: bytes) -> tuple[int, _Pending]:
         if self.error is not None:
             raise self.error
-        sid = self._quic.get_next_available_stream_id()
-        p = _Pending(self._loop.create_future())
+        sid = self.quic.get_next_available_stream_id()
+        p = _Pending(self.loop.create_future())
         self.pending[sid] = p
-        self._quic.send_stream_data(sid, frame, end_stream=True)
-        self._transmit_soon()  # coalesce the requests of one loop turn into few packets
+        self.quic.send_stream_data(sid, frame, end_stream=True)
+        self.transmit_soon()  # coalesce the requests of one loop turn into few packets
         return sid, p
 
     def abandon(self, sid: int, on_late: Callable[[int, dict[str, Any]], None] | None) -> None:
@@ -224,14 +224,14 @@ class _ClientProtocol(QuicConnectionProtocol):
         else:
             p.on_late = on_late
         with contextlib.suppress(Exception):
-            self._quic.stop_stream(sid, ERR_CANCELLED)
-            self._transmit_soon()
+            self.quic.stop_stream(sid, ERR_CANCELLED)
+            self.transmit_soon()
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         # asyncio delivers one datagram per loop turn and aioquic answers each at once; with
         # many requests in flight, reading whatever else is queued first lets one transmit
         # carry the ACKs (and the requests the woken callers send next) for all of them.
-        quic, loop = self._quic, self._loop
+        quic, loop = self.quic, self.loop
         quic.receive_datagram(data, addr, now=loop.time())  # type: ignore[arg-type]
         for _ in range(_DRAIN):
             try:
@@ -239,7 +239,7 @@ class _ClientProtocol(QuicConnectionProtocol):
             except OSError:  # nothing more queued (or an error the transport will see)
                 break
             quic.receive_datagram(data, addr, now=loop.time())
-        self._process_events()
+        self.process_events()
         self.transmit()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
@@ -288,10 +288,9 @@ class _ClientProtocol(QuicConnectionProtocol):
     def dispose(self, transport: asyncio.BaseTransport | None) -> None:
         """Stop every timer and close the socket (the connection is given up)."""
         self.disposed = True
-        for handle in (self.keepalive, self._timer, self._transmit_task):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._transmit_task = None
+        if self.keepalive is not None:
+            self.keepalive.cancel()
+        self.cancel_timers()
         if transport is not None:
             with contextlib.suppress(Exception):
                 transport.close()
@@ -300,8 +299,8 @@ class _ClientProtocol(QuicConnectionProtocol):
         while self.error is None:
             # Ping at a third of the idle timeout both peers agreed on, so a long blocking
             # dequeue or a quiet handle keeps its connection (and its leases).
-            await asyncio.sleep(self._quic._idle_timeout() / 3)
-            self._quic.send_ping(0)
+            await asyncio.sleep(_aq.idle_timeout(self.quic) / 3)
+            self.quic.send_ping(0)
             self.transmit()
 
 
@@ -448,7 +447,7 @@ class QuicQueue(AsyncQueueBase):
         sid, p = proto.request(frame)
         # A timer that fails the future, rather than asyncio.timeout(): the wait is for this
         # one future only, and this costs one timer handle instead of a Timeout per request.
-        timer = None if timeout is None else proto._loop.call_later(timeout, _expire, p.fut)
+        timer = None if timeout is None else proto.loop.call_later(timeout, _expire, p.fut)
         try:
             kind, resp = await p.fut
         except _Expired:

@@ -38,7 +38,6 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from aioquic import tls
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -49,6 +48,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ... import __version__
 from ..._base import AsyncQueueBase, QueueBase
 from ..._capabilities import Capability
+from ..._compat import aioquic as _aq
 from ..._connect import connect_async
 from ..._errors import (
     AuthenticationError,
@@ -194,31 +194,24 @@ class _CertificateRequired(tls.Alert):
     description = tls.AlertDescription.certificate_required
 
 
-class _MutualTLS(tls.Context):
-    """aioquic's TLS context, made to verify client certificates.
+def _check_client_certificate(certificate: x509.Certificate | None,
+                              chain: list[x509.Certificate], *, client_ca: str) -> None:
+    """Refuse a missing, expired, foreign or non-client certificate with a TLS alert.
 
-    aioquic 1.x can request a client certificate but never checks one; the server swaps this
-    subclass in right after a connection creates its context, so a missing, expired, foreign
-    or non-client certificate aborts the handshake with a TLS alert before any stream opens.
+    aioquic can request a client certificate but never checks one; every connection of a
+    server that requires them runs this as soon as the client's certificate arrives (see
+    ``unifiedq._compat.aioquic.check_client_certificates``), so the handshake fails before any
+    stream opens.
     """
-
-    client_ca: str
-
-    def _server_handle_certificate(self, input_buf: Any) -> None:
-        super()._server_handle_certificate(input_buf)
-        if self._peer_certificate is None:
-            raise _CertificateRequired("a client certificate is required")
-        tls.verify_certificate(
-            certificate=self._peer_certificate, chain=self._peer_certificate_chain,
-            cafile=self.client_ca,
-        )
-        try:
-            eku = self._peer_certificate.extensions.get_extension_for_class(
-                x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            return
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-            raise tls.AlertBadCertificate("the certificate is not for client authentication")
+    if certificate is None:
+        raise _CertificateRequired("a client certificate is required")
+    tls.verify_certificate(certificate=certificate, chain=chain, cafile=client_ca)
+    try:
+        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise tls.AlertBadCertificate("the certificate is not for client authentication")
 
 
 #: In-process drivers whose verbs (other than a waiting dequeue) never wait on I/O: the server
@@ -336,7 +329,7 @@ class _Listener(QuicServer):
                 proto.transmit()
 
 
-class _ServerProtocol(QuicConnectionProtocol):
+class _ServerProtocol(_aq.QuicProtocol):
     """One client connection: reads request frames, runs them, writes responses."""
 
     def __init__(self, quic: QuicConnection, *, server: JobServer, **kwargs: Any) -> None:
@@ -357,25 +350,17 @@ class _ServerProtocol(QuicConnectionProtocol):
         cfg = server.config
         # Before the handshake, so the transport parameters announce it (aioquic has no
         # setting for it). Buffered bytes stay capped by max_connection_buffer.
-        limit = quic._local_max_streams_bidi
-        limit.value = limit.sent = cfg.max_streams
+        _aq.set_max_streams_bidi(quic, cfg.max_streams)
         if cfg.require_client_cert:
-            original = quic._initialize
-
-            def initialize(peer_cid: bytes) -> None:
-                original(peer_cid)
-                ctx = quic.tls
-                ctx.__class__ = _MutualTLS  # same state, stricter certificate handling
-                setattr(ctx, "client_ca", cfg.client_ca)  # noqa: B010 - not a Context field
-                ctx._request_client_certificate = True
-
-            quic._initialize = initialize  # type: ignore[method-assign]
+            assert cfg.client_ca is not None  # ServeConfig requires it with client certificates
+            _aq.check_client_certificates(quic, functools.partial(
+                _check_client_certificate, client_ca=cfg.client_ca))
 
     # -- events -------------------------------------------------------------------------------
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         """Handle a datagram; send now, or after the listener's batch (see _Listener)."""
-        self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
-        self._process_events()
+        self.quic.receive_datagram(data, addr, now=self.loop.time())  # type: ignore[arg-type]
+        self.process_events()
         dirty = self.server._dirty
         if dirty is None:
             self.transmit()
@@ -388,7 +373,7 @@ class _ServerProtocol(QuicConnectionProtocol):
         elif isinstance(event, events.StreamReset | events.StopSendingReceived):
             self._drop_stream(event.stream_id)
         elif isinstance(event, events.HandshakeCompleted):
-            cert = self._quic.tls._peer_certificate
+            cert = _aq.peer_certificate(self.quic)
             if cert is not None:
                 names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
                 self.peer = str(names[0].value) if names else "?"
@@ -429,7 +414,7 @@ class _ServerProtocol(QuicConnectionProtocol):
             self._aborted.add(sid)
             self._reply(sid, KIND_ERROR, error_to_wire(ProtocolError(f"bad frame: {exc}")))
             with contextlib.suppress(Exception):
-                self._quic.stop_stream(sid, ERR_PROTOCOL)
+                self.quic.stop_stream(sid, ERR_PROTOCOL)
             if end:
                 self._aborted.discard(sid)
             return
@@ -522,7 +507,7 @@ class _ServerProtocol(QuicConnectionProtocol):
                 ProtocolError("the response exceeds the frame limit")))
         # The peer may have reset the stream meanwhile (try/except: no suppress() per reply).
         try:  # noqa: SIM105
-            self._quic.send_stream_data(sid, frame, end_stream=True)
+            self.quic.send_stream_data(sid, frame, end_stream=True)
         except Exception:
             pass
         self._unsent += 1
@@ -530,7 +515,7 @@ class _ServerProtocol(QuicConnectionProtocol):
         if self._unsent >= self._flush_at and self.server._dirty is not None:
             self.transmit()  # enough for the client to work on (see _Listener)
         else:
-            self._transmit_soon()
+            self.transmit_soon()
 
     def transmit(self) -> None:
         """Send what is pending (aioquic's transmit) and restart the count of held responses."""
