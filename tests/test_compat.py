@@ -491,6 +491,7 @@ _PRIVATE_CALLS = {
     "_push": ["self", "work_unit"],
     "_pushb": ["self", "work_units"],
     "_fetch": ["self", "queues"],
+    "_ack": ["self", "jid"],
 }
 
 
@@ -581,6 +582,13 @@ def test_pyfaktory_client_fetch() -> None:  # 9 and 13
         "_fetch no longer parses a bulk reply in the form our read_reply returns")
     assert c.sent == ["FETCH a b\r\n"]
     assert c.fetch(["a"]) is None, pf_changed("_fetch no longer maps $-1 to None")
+
+
+@needs_pyfaktory
+def test_pyfaktory_client_ack() -> None:  # 9a
+    c = _identified("consumer", ["+OK"])
+    c.ack("j1")
+    assert c.sent == ['ACK {"jid": "j1"}\r\n'], pf_changed(f"_ack sends {c.sent!r}")
 
 
 # -- 10..12. the hooks pyfaktory calls ----------------------------------------------------------

@@ -60,6 +60,8 @@ Module layout:
 8. ``_pushb(work_units)`` (:meth:`Client.push_batch`): PUSHB, returning the raw reply.
 9. ``_fetch(queues)`` (:meth:`Client.fetch`): FETCH (only pyfaktory's ``Consumer`` fetches
    publicly).
+9a. ``_ack(jid)`` (:meth:`Client.ack`): ACK; used only by the benchmark's raw-pyfaktory
+   baseline (the driver acks through ``roundtrip``).
 
 ``Client`` methods pyfaktory calls that the driver replaces (override the hooks instead):
 
@@ -187,6 +189,10 @@ class Client(_Base):  # type: ignore[misc]  # pyfaktory is untyped
         """FETCH from ``queues`` in order; the job as a dict, or None (internal 9)."""
         job: dict[str, Any] | None = self._fetch(queues)
         return job
+
+    def ack(self, jid: str) -> None:
+        """ACK a fetched job by id (internal 9a)."""
+        self._ack(jid)
 
 
 def mutate_operation(cmd: str, target: str, *, jids: list[str] | None = None,

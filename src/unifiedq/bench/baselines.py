@@ -323,14 +323,16 @@ class _PyFaktory(Baseline):
 
     def unavailable(self) -> str | None:
         try:
-            import pyfaktory  # noqa: F401
+            # pyfaktory's own Client, loaded without its package __init__ (which would install
+            # a SIGTERM handler in the bench process): see unifiedq._compat.pyfaktory.
+            from .._compat import pyfaktory  # noqa: F401
         except ImportError:
             return "pyfaktory is not installed: pip install 'unifiedq[faktory]'"
         return None
 
     @contextlib.contextmanager
     def session(self, url: str | None) -> Iterator[Any]:
-        import pyfaktory
+        from .._compat import pyfaktory
 
         assert url is not None
         raw = _raw_url(url).replace("faktory://", "tcp://", 1)
@@ -342,19 +344,19 @@ class _PyFaktory(Baseline):
             class S:
                 @staticmethod
                 def enqueue(b: bytes) -> None:
-                    client._push({"jid": uuid.uuid4().hex, "jobtype": "bench", "queue": name,
-                                  "args": [b.decode("ascii")]})
+                    client.push({"jid": uuid.uuid4().hex, "jobtype": "bench", "queue": name,
+                                 "args": [b.decode("ascii")]})
 
                 @staticmethod
                 def dequeue() -> Any:
-                    job = client._fetch([name])
+                    job = client.fetch([name])
                     if job is None:
                         raise TimeoutError("FETCH returned no job")
                     return job["jid"]
 
                 @staticmethod
                 def ack(jid: Any) -> None:
-                    client._ack(jid)
+                    client.ack(jid)
 
             yield S()
         finally:
@@ -478,7 +480,7 @@ def server_version(scheme: str, url: str) -> str | None:
                 v, product = props.get("version", "?"), props.get("product", "AMQP")
                 return f"{_text(product)} {_text(v)}"
         if scheme == "faktory":
-            import pyfaktory
+            from .._compat import pyfaktory
 
             raw = _raw_url(url).replace("faktory://", "tcp://", 1)
             c = pyfaktory.Client(faktory_url=raw, role="producer", timeout=5,

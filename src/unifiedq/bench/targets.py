@@ -336,8 +336,8 @@ def networked_targets(
     """
     out: list[Target] = []
     for d in NETWORKED:
-        # Import drivers here, on the calling (main) thread: some client libraries install
-        # signal handlers at import time (pyfaktory via pebble), which fails on other threads.
+        # Import drivers here, on the calling thread, before the pool: an import error is
+        # then reported once, and the threads below find the modules already loaded.
         with contextlib.suppress(Exception):
             get_driver(d)
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(NETWORKED)) as pool:
