@@ -48,6 +48,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ... import __version__
 from ..._base import AsyncQueueBase, QueueBase
 from ..._capabilities import Capability
+from ..._checks import MAX_BATCH
 from ..._compat import aioquic as _aq
 from ..._connect import connect_async
 from ..._errors import (
@@ -91,7 +92,6 @@ __all__ = ["JobServer", "ServeConfig", "backend_url", "serve_main"]
 
 log = logging.getLogger("unifiedq.quic.server")
 
-_MAX_BATCH = 100_000
 # Distinct raw (queue, options) pairs remembered as validated; more are checked every time.
 _MAX_VALIDATED = 10_000
 # Datagrams read in one go before the replies to all of them are sent (see _Listener).
@@ -808,8 +808,8 @@ class JobServer:
                        p: dict[str, Any]) -> dict[str, Any]:
         timeout = check_timeout(_field(p, "timeout", (int, float, type(None))))
         n = _field(p, "max", (int,), 1)
-        if not 1 <= n <= _MAX_BATCH:
-            raise InvalidArgument(f"max must be between 1 and {_MAX_BATCH}")
+        if not 1 <= n <= MAX_BATCH:
+            raise InvalidArgument(f"max must be between 1 and {MAX_BATCH}")
         want_lease = _field(p, "lease", (bool,), True)
         jobs = await self._take(b, n, timeout)
         # Keep the response under the frame limit; jobs that do not fit go back.
