@@ -48,7 +48,7 @@ from ._registry import DriverSpec, available_drivers, register_driver
 from ._url import URL, parse_options, parse_url
 
 if TYPE_CHECKING:
-    from .bounded import BoundedQueue, ShedEvent
+    from .bounded import AsyncBoundedQueue, BoundedQueue, ShedEvent
     from .codecs import JsonCodec, MsgpackCodec, TypedQueue
     from .fair import AsyncFairQueue, FairQueue
     from .limits import KeyedLimiter, TokenBucket
@@ -61,7 +61,7 @@ _LAZY = {
     "Worker": "worker", "AsyncWorker": "worker", "Router": "worker", "Retry": "worker",
     "SkipRetry": "worker", "RetryLater": "worker", "Middleware": "worker",
     "FairQueue": "fair", "AsyncFairQueue": "fair",
-    "BoundedQueue": "bounded", "ShedEvent": "bounded",
+    "BoundedQueue": "bounded", "AsyncBoundedQueue": "bounded", "ShedEvent": "bounded",
     "TokenBucket": "limits", "KeyedLimiter": "limits",
     "TypedQueue": "codecs", "JsonCodec": "codecs", "MsgpackCodec": "codecs",
 }
@@ -117,6 +117,7 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then the lazily imported tool
     "parse_options",
     "parse_url",
     "register_driver",
+    "AsyncBoundedQueue",
     "AsyncFairQueue",
     "AsyncWorker",
     "BoundedQueue",

@@ -25,14 +25,15 @@ scheduler, without losing its turn's credit).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from ._async.limits import acquire_async as _acquire_async
 from ._errors import InvalidArgument
+from ._sync.limits import acquire as _acquire_sync
 
 __all__ = ["KeyedLimiter", "RateLimiter", "RedisTokenBucket", "TokenBucket"]
 
@@ -145,35 +146,6 @@ class TokenBucket:
     async def acquire_async(self, n: float = 1.0, *, timeout: float | None = None) -> bool:
         """Asyncio twin of :meth:`acquire`."""
         return await _acquire_async(self, n, timeout)
-
-
-def _acquire_sync(lim: RateLimiter, n: float, timeout: float | None) -> bool:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        if lim.try_acquire(n):
-            return True
-        wait = max(lim.wait_time(n), 0.0005)
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            wait = min(wait, left)
-        time.sleep(wait)
-
-
-async def _acquire_async(lim: RateLimiter, n: float, timeout: float | None) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    while True:
-        if lim.try_acquire(n):
-            return True
-        wait = max(lim.wait_time(n), 0.0005)
-        if deadline is not None:
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            wait = min(wait, left)
-        await asyncio.sleep(wait)
 
 
 class KeyedLimiter:

@@ -1,0 +1,410 @@
+# unasync: the blocking twin, _sync/fair.py, is generated from this file.
+"""The fair queue of one face; the scheduler and the tenant bookkeeping are in ``fair``.
+
+Locking, the same on both faces: a reentrant guard protects the tenant bookkeeping and is never
+held across I/O (on the asyncio face it is never contended: code without ``await`` runs
+atomically there); the scan lock serialises scans, which keep the shared DRR order across their
+polls of the sub-queues; a dequeuer with nothing to take waits on its own event, which a local
+enqueue, requeue or close sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from .._capabilities import Capability, require
+from .._concurrency import AsyncEvent, AsyncRuntime
+from .._connect import connect_async
+from .._errors import InvalidArgument, QueueClosed
+from .._job import Job, check_timeout
+from .._protocol import AsyncQueue, Delay
+from ..fair import _PASS, TENANT_HEADER, _FairCore, _Tenant, check_tenant
+from ..limits import KeyedLimiter, RateLimiter
+
+__all__ = ["AsyncFairQueue"]
+
+
+class AsyncFairQueue:
+    """A queue that dequeues fairly across tenants (weighted DRR); see ``unifiedq.fair``.
+
+    Args:
+        template: Sub-queue URL with a ``{tenant}`` placeholder, or a callable returning an
+            open queue of this face for a tenant.
+        weights: Per-tenant weights (these tenants are always known); others get
+            ``default_weight``.
+        tenants: More tenants known from the start.
+        default_weight: Weight of tenants not in ``weights``.
+        default_tenant: Tenant of jobs enqueued without one; None makes a tenant mandatory.
+        tenant_header: Header naming the tenant (read at enqueue, written on every job).
+        discover: Callable returning tenant names, polled every ``discover_interval`` s.
+        discover_interval: Seconds between ``discover`` calls.
+        idle_ttl: Forget unconfigured tenants empty for this long (None = never).
+        max_poll: Longest wait between polls of empty sub-queues while blocking.
+        empty_recheck: A tenant found empty is not polled again for this many seconds
+            unless a job is enqueued for it through this object (saves one round trip per
+            empty tenant per dequeue; delays pickup of jobs enqueued by *other* processes
+            by at most this much).
+        rate_limit: Per-tenant consumer limits: a :class:`~unifiedq.limits.KeyedLimiter`
+            or a mapping of tenant to bucket. A tenant out of tokens is skipped this turn.
+        maxsize_per_tenant: Bound each tenant's sub-queue at this size with the bounded queue
+            of this face (:class:`~unifiedq.BoundedQueue` / :class:`~unifiedq.AsyncBoundedQueue`).
+        overflow: Overflow policy of the per-tenant bound (see ``unifiedq.bounded``).
+        block_timeout: Wait of the ``block`` policy.
+        spill_template: Spill URL template (``{tenant}``) for the ``spill`` policy.
+        connect_options: Options for opening each sub-queue from its URL.
+        name: A display name (default: the template).
+    """
+
+    def __init__(
+        self,
+        template: str | Callable[[str], AsyncQueue],
+        *,
+        weights: Mapping[str, float] | None = None,
+        tenants: Iterable[str] = (),
+        default_weight: float = 1.0,
+        default_tenant: str | None = "default",
+        tenant_header: str = TENANT_HEADER,
+        discover: Callable[[], Iterable[str]] | None = None,
+        discover_interval: float = 5.0,
+        idle_ttl: float | None = 300.0,
+        max_poll: float = 0.05,
+        empty_recheck: float = 0.005,
+        rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None = None,
+        maxsize_per_tenant: int | None = None,
+        overflow: Literal["block", "reject", "drop_oldest", "spill"] = "reject",
+        block_timeout: float | None = None,
+        spill_template: str | None = None,
+        connect_options: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._bound: dict[str, Any] | None = None
+        if maxsize_per_tenant is not None:
+            self._bound = {"maxsize": maxsize_per_tenant, "overflow": overflow,
+                           "timeout": block_timeout}
+            if overflow == "spill" and spill_template is None:
+                raise InvalidArgument("overflow='spill' needs spill_template=<URL with {tenant}>")
+        self._spill_template = spill_template
+        self._core: _FairCore[AsyncQueue] = _FairCore(
+            template, weights=weights, tenants=tenants, default_weight=default_weight,
+            default_tenant=default_tenant, tenant_header=tenant_header, discover=discover,
+            discover_interval=discover_interval, idle_ttl=idle_ttl, max_poll=max_poll,
+            rate_limit=rate_limit, name=name, empty_recheck=empty_recheck)
+        self._opts = dict(connect_options or {})
+        self._guard = threading.RLock()
+        self._scan_lock = AsyncRuntime.Lock()
+        self._waiters: dict[AsyncEvent, None] = {}  # waiting dequeuers, oldest first
+        self._signals = 0  # local enqueues, requeues and closes so far
+        self._caps: Capability | None = None
+        self._driver: str | None = None
+        for t in sorted(self._core._configured):
+            self._tenant(t, configured=True)
+
+    # -- Queue protocol: properties ---------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The display name (the template)."""
+        return self._core.name
+
+    @property
+    def driver(self) -> str:
+        """``fair+<sub-queue driver>``."""
+        return f"fair+{self._driver}" if self._driver else "fair"
+
+    @property
+    def capabilities(self) -> Capability:
+        """The sub-queues' capabilities that carry over, plus BLOCKING_DEQUEUE."""
+        base = self._caps if self._caps is not None else self._probe()
+        return (base & _PASS) | Capability.BLOCKING_DEQUEUE | AsyncRuntime.NATIVE
+
+    @property
+    def bridged(self) -> bool:
+        """Always False: a fair queue is native to its face, never a bridge."""
+        return False
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._core.closed
+
+    def _probe(self) -> Capability:
+        t = self._core.default_tenant or "default"
+        with self._guard:
+            if self._caps is None:
+                self._tenant(t, configured=self._core.default_tenant is not None)
+            assert self._caps is not None
+            return self._caps
+
+    # -- tenants ---------------------------------------------------------------------------
+    def _tenant(self, tenant: str, *, configured: bool = False) -> _Tenant[AsyncQueue]:
+        """The tenant's entry, its sub-queue opened on first use (the guard is held)."""
+        c = self._core
+        t = c.tenants.get(tenant)
+        if t is not None:
+            return t
+        src: str | AsyncQueue = c.url_for(tenant) if isinstance(c.template, str) \
+            else c.template(tenant)
+        q: AsyncQueue
+        if self._bound is not None:
+            from .bounded import AsyncBoundedQueue
+            spill = self._spill_template.replace("{tenant}", tenant) \
+                if self._spill_template else None
+            # From a URL the bound is native (atomic) on drivers with BOUNDED.
+            q = AsyncBoundedQueue(src, spill=spill, connect_options=self._opts, **self._bound)
+        else:
+            q = connect_async(src, **self._opts) if isinstance(src, str) else src
+        t = c.register(tenant, q, configured=configured)
+        if self._caps is None:
+            self._caps, self._driver = t.queue.capabilities, t.queue.driver
+        return t
+
+    def add_tenant(self, tenant: str, weight: float | None = None) -> None:
+        """Make ``tenant`` known (and keep it: it is never forgotten as idle)."""
+        with self._guard:
+            self._check_open()
+            if weight is not None:
+                self._core.set_weight(check_tenant(tenant), weight)
+            self._tenant(check_tenant(tenant), configured=True).configured = True
+
+    def set_weight(self, tenant: str, weight: float) -> None:
+        """Change a tenant's weight (takes effect from its next turn)."""
+        with self._guard:
+            self._core.set_weight(tenant, weight)
+
+    @property
+    def tenants(self) -> list[str]:
+        """The tenants known now, in scheduling order."""
+        with self._guard:
+            return list(self._core.drr.ring)
+
+    def served(self) -> dict[str, int]:
+        """Jobs dequeued per tenant by this object so far."""
+        with self._guard:
+            return self._core.served()
+
+    def tenant_of(self, job: Job) -> str:
+        """Return the tenant a dequeued job belongs to."""
+        with self._guard:
+            return self._core.tenant_of(job)
+
+    def sub_queue(self, tenant: str) -> AsyncQueue:
+        """The open sub-queue of ``tenant`` (created if needed)."""
+        with self._guard:
+            self._check_open()
+            return self._tenant(check_tenant(tenant)).queue
+
+    def _check_open(self) -> None:
+        if self._core.closed:
+            raise QueueClosed(f"{self!r} is closed")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} tenants={len(self._core.tenants)}>"
+
+    # -- routing jobs, waking waiting dequeuers ---------------------------------------------
+    def _route(
+        self, tenant: str | None, headers: Mapping[str, str] | None,
+    ) -> tuple[_Tenant[AsyncQueue], Mapping[str, str] | None]:
+        """The tenant a new job goes to, and the headers to send with it."""
+        with self._guard:
+            self._check_open()
+            name = self._core.resolve(tenant, headers)
+            t = self._tenant(name)
+        return t, self._core.headers_with(name, headers, t.queue.capabilities)
+
+    def _pushed(self, t: _Tenant[AsyncQueue] | None, n: int) -> None:
+        """``n`` jobs were enqueued or requeued for ``t``: wake up to ``n`` waiting dequeuers."""
+        with self._guard:
+            if t is not None:  # None: a requeue for a tenant forgotten meanwhile
+                t.push()
+            self._notify(n)
+
+    def _notify(self, n: int) -> None:
+        """Wake up to ``n`` waiting dequeuers, oldest first (the guard is held)."""
+        self._signals += 1
+        while n > 0 and self._waiters:
+            event = next(iter(self._waiters))
+            del self._waiters[event]
+            event.set()
+            n -= 1
+
+    async def _wait(self, seen: int, seconds: float) -> None:
+        """Wait up to ``seconds`` for a wake-up; none if one was signalled since ``seen``."""
+        event = AsyncRuntime.Event()
+        with self._guard:
+            if self._signals != seen:
+                return  # something was enqueued while this dequeuer scanned
+            self._waiters[event] = None
+        try:
+            await event.wait(seconds)
+        finally:
+            with self._guard:
+                self._waiters.pop(event, None)
+
+    # -- verbs ------------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        body: bytes,
+        *,
+        delay: Delay | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        tenant: str | None = None,
+    ) -> str:
+        """Enqueue a job for ``tenant`` (or the tenant header, or ``default_tenant``).
+
+        ``job_id`` is not supported (ids are unique per tenant only).
+        """
+        if job_id is not None:
+            require(Capability(0), Capability.CUSTOM_ID, driver=self.driver,
+                    what="enqueue(job_id=...)")
+        t, hdrs = self._route(tenant, headers)
+        jid = await t.queue.enqueue(body, delay=delay, priority=priority, headers=hdrs)
+        self._pushed(t, 1)
+        return jid
+
+    async def enqueue_many(
+        self,
+        bodies: Iterable[bytes],
+        *,
+        delay: Delay | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        tenant: str | None = None,
+    ) -> list[str]:
+        """Enqueue several jobs for one tenant (BATCH)."""
+        t, hdrs = self._route(tenant, headers)
+        ids = await t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs)
+        self._pushed(t, len(ids))
+        return ids
+
+    async def _scan(self) -> Job | None:
+        """One DRR scan over every tenant (the caller holds the scan lock): a job or None."""
+        c = self._core
+        now = time.monotonic()
+        with self._guard:
+            for name in c.discovered(now):
+                self._tenant(name)
+            gone = c.forget_idle(now)
+            c.drr.begin()
+            t = c.next_to_poll(now)
+        for idle in gone:
+            with contextlib.suppress(Exception):  # closing an idle handle is best effort
+                await idle.queue.aclose()
+        while t is not None:
+            pushed = t.pushed
+            job = await t.queue.dequeue(timeout=0.0)  # 0.0: the drivers' fast path
+            with self._guard:
+                c.polled(t, job is not None, now, pushed)
+                if job is not None:
+                    return job
+                t = c.next_to_poll(now)
+        return None
+
+    async def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
+        """Take the next job in weighted round-robin order across tenants.
+
+        Args:
+            timeout: Seconds to wait (0 = don't, None = forever).
+
+        Returns:
+            A job (settle it on this fair queue), or None.
+        """
+        # The default (0.0) is valid already: skip the check on this hot path.
+        t_out = timeout if timeout == 0.0 and type(timeout) is float else check_timeout(timeout)
+        deadline = None if t_out is None else time.monotonic() + t_out
+        backoff = 0.001
+        while True:
+            self._check_open()
+            seen = self._signals
+            async with self._scan_lock:
+                job = await self._scan()
+            if job is not None:
+                return job
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            await self._wait(seen, backoff if deadline is None else min(backoff, deadline - now))
+            backoff = min(backoff * 2, self._core.max_poll)
+
+    async def dequeue_many(self, max_jobs: int, *, timeout: float | None = 0.0) -> list[Job]:
+        """Take up to ``max_jobs`` jobs in fair order, waiting up to ``timeout`` for the first."""
+        if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+            raise InvalidArgument(f"max_jobs must be an int >= 1, not {max_jobs!r}")
+        first = await self.dequeue(timeout=timeout)
+        if first is None:
+            return []
+        out = [first]
+        async with self._scan_lock:
+            while len(out) < max_jobs and (job := await self._scan()) is not None:
+                out.append(job)
+        return out
+
+    async def peek(self) -> Job | None:
+        """Not supported: raises UnsupportedOperation."""
+        require(Capability(0), Capability.PEEK, driver=self.driver, what="peek()")
+        return None  # pragma: no cover
+
+    async def ack(self, job: Job) -> None:
+        """Ack a job on its tenant's sub-queue."""
+        with self._guard:
+            q = self._core.sub_for(job)
+        await q.ack(job)
+
+    async def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
+        """Nack a job on its tenant's sub-queue."""
+        with self._guard:
+            q = self._core.sub_for(job)
+        await q.nack(job, requeue=requeue, delay=delay)
+        if requeue:
+            self._pushed(self._core.by_queue.get(job.queue), 1)
+
+    async def extend_lease(self, job: Job, seconds: float) -> None:
+        """Extend a job's lease on its tenant's sub-queue."""
+        with self._guard:
+            q = self._core.sub_for(job)
+        await q.extend_lease(job, seconds)
+
+    async def size(self) -> int:
+        """Waiting jobs summed over the known tenants."""
+        with self._guard:
+            self._check_open()
+            qs = [t.queue for t in self._core.tenants.values()]
+        return sum([await q.size() for q in qs])
+
+    async def sizes(self) -> dict[str, int]:
+        """Waiting jobs per known tenant."""
+        with self._guard:
+            self._check_open()
+            items = [(n, t.queue) for n, t in self._core.tenants.items()]
+        return {n: await q.size() for n, q in items}
+
+    async def purge(self) -> int:
+        """Purge every known tenant's sub-queue."""
+        with self._guard:
+            self._check_open()
+            qs = [t.queue for t in self._core.tenants.values()]
+        return sum([await q.purge() for q in qs])
+
+    async def aclose(self) -> None:
+        """Close every sub-queue handle. Idempotent."""
+        with self._guard:
+            if self._core.closed:
+                return
+            self._core.closed = True
+            qs = [t.queue for t in self._core.tenants.values()]
+            self._notify(len(self._waiters))
+        for q in qs:
+            await q.aclose()
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
