@@ -278,6 +278,8 @@ class _FairCore(Generic[Q]):
 
     def entry_of(self, job: Job) -> _Tenant[Q]:
         """The tenant entry whose sub-queue ``job`` came from; WrongQueue if none."""
+        if not isinstance(job, Job):
+            raise InvalidArgument(f"expected a Job returned by dequeue(), not {job!r}")
         t = self.by_queue.get(job.queue)
         if t is None:
             raise WrongQueue(f"job {job.id!r} came from queue {job.queue!r}, which is not a "

@@ -21,7 +21,7 @@ from .._capabilities import Capability, require
 from .._concurrency import AsyncEvent, AsyncRuntime
 from .._connect import connect_async
 from .._errors import InvalidArgument, QueueClosed
-from .._job import Job, check_timeout
+from .._job import EnqueueRequest, Job, check_timeout
 from .._protocol import AsyncQueue, Delay
 from ..fair import _PASS, TENANT_HEADER, _FairCore, _Tenant, check_tenant
 from ..limits import KeyedLimiter, RateLimiter
@@ -103,6 +103,11 @@ class AsyncFairQueue:
         self._driver: str | None = None
         for t in sorted(self._core._configured):
             self._tenant(t, configured=True)
+        if default_tenant is not None:
+            # Known from the start, like a configured tenant: every handle on the same
+            # template then sees the jobs enqueued without a tenant (another process's too),
+            # and a bad template URL fails here, as connect() would, not at first use.
+            self._tenant(check_tenant(default_tenant), configured=True)
 
     # -- Queue protocol: properties ---------------------------------------------------------
     @property
@@ -259,7 +264,10 @@ class AsyncFairQueue:
 
         ``job_id`` is not supported (ids are unique per tenant only).
         """
-        if job_id is not None:
+        if job_id is not None or not isinstance(headers, Mapping | None):
+            # Bad input gets its own typed error (InvalidArgument...) before the capability.
+            EnqueueRequest.build(body, delay=delay, priority=priority, job_id=job_id,
+                                 headers=headers)
             require(Capability(0), Capability.CUSTOM_ID, driver=self.driver,
                     what="enqueue(job_id=...)")
         t, hdrs = self._route(tenant, headers)
@@ -345,7 +353,8 @@ class AsyncFairQueue:
         return out
 
     async def peek(self) -> Job | None:
-        """Not supported: raises UnsupportedOperation."""
+        """Not supported: raises UnsupportedOperation (QueueClosed once closed)."""
+        self._check_open()
         require(Capability(0), Capability.PEEK, driver=self.driver, what="peek()")
         return None  # pragma: no cover
 

@@ -26,6 +26,8 @@ Class attributes a subclass may set:
 * ``SIZE_COUNTS_DELAYED`` — False when ``size()`` cannot see delayed jobs (Faktory keeps them
   in one server-wide set); the driver must document it.
 * ``CONCURRENT_JOBS`` — jobs in the multi-thread ledger test.
+* ``JOB_QUEUE_IS_HANDLE_NAME`` — False for a wrapper over several queues whose jobs name the
+  sub-queue they came from (``FairQueue``: ``<name>.<tenant>``), not the handle.
 
 Override the ``restart_backend`` fixture to return a callable that restarts the backend (kept
 data on disk), for the ``DURABLE`` checks, and the ``open_queue`` method to test something that
@@ -196,6 +198,7 @@ class QueueConformance:
     STALE_ACK_DETECTED: ClassVar[bool] = True
     SIZE_COUNTS_DELAYED: ClassVar[bool] = True
     CONCURRENT_JOBS: ClassVar[int] = 2000
+    JOB_QUEUE_IS_HANDLE_NAME: ClassVar[bool] = True
 
     # -- fixtures ---------------------------------------------------------------------------
     @pytest.fixture(params=["sync", "async"])
@@ -264,7 +267,11 @@ class QueueConformance:
         assert isinstance(jid, str) and jid
         job = q.dequeue(timeout=5)
         assert job is not None
-        assert (job.id, job.body, job.queue, job.attempt) == (jid, b"hello", q.name, 1)
+        assert (job.id, job.body, job.attempt) == (jid, b"hello", 1)
+        if self.JOB_QUEUE_IS_HANDLE_NAME:
+            assert job.queue == q.name
+        else:  # a wrapper's job names the sub-queue it came from, within the wrapper's name
+            assert job.queue.startswith(q.name) and job.queue != q.name
         assert before - 5 <= job.enqueued_at <= after + 5
         _settle(q, job)
         assert q.dequeue() is None
