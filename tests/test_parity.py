@@ -25,7 +25,7 @@ PAIRS = [
     ("unifiedq._bridge:AsyncToSync", "unifiedq._bridge:SyncToAsync"),  # bridges: see EXEMPT
     ("unifiedq.drivers.redis:RedisQueue", "unifiedq.drivers.redis:AsyncRedisQueue"),
     ("unifiedq.drivers.shm:ShmQueue", "unifiedq.drivers.shm:AsyncShmQueue"),
-    ("unifiedq.bench.runner:SyncRun", "unifiedq.bench.runner:AsyncRun"),
+    ("unifiedq.bench._sync.run:SyncRun", "unifiedq.bench._async.run:AsyncRun"),
 ]
 
 #: Methods of one class that are each other's twin (limits: one object serves both faces).
