@@ -6,10 +6,14 @@ Both wrap memory:// sub-queues here, on both faces (the asyncio objects through 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from unifiedq import Queue
 from unifiedq.bounded import AsyncBoundedQueue, BoundedQueue
+from unifiedq.drivers import memory
 from unifiedq.fair import AsyncFairQueue, FairQueue
 from unifiedq.testing.suite import BlockingView, QueueConformance
 
@@ -31,6 +35,10 @@ class TestFairQueueOverMemory(QueueConformance):
     LEASE_SECONDS = 0.5
     DELAY_SLACK = 0.2
 
+    @pytest.fixture
+    def restart_backend(self) -> Callable[[], None]:
+        return memory.reset
+
     def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
         tpl = _tenant_template(url)
         name = url.partition("://")[2].partition("?")[0]
@@ -46,6 +54,10 @@ class TestBoundedQueueOverMemory(QueueConformance):
     LEASE_SECONDS = 0.5
     DELAY_SLACK = 0.2
     MAXSIZE = 100_000
+
+    @pytest.fixture
+    def restart_backend(self) -> Callable[[], None]:
+        return memory.reset
 
     def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
         if face == "sync":
