@@ -797,3 +797,28 @@ def test_idle_housekeeper_does_not_spin_without_lease_extend(face: str) -> None:
     q.close()
     # Measured: an idle worker uses < 0.01 s of CPU in that second; the spinning one 0.26 s.
     assert used < 0.1, f"idle worker used {used:.2f} s of CPU in 1 s"
+
+
+def test_signal_during_start_still_waits_for_every_slot(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Regression: a SIGTERM handled on the main thread while start() was still spawning the
+    # slot threads ran the shutdown over the slots spawned so far (none), so the worker closed
+    # its queue and reported "worker stopped" while slots were still fetching from it.
+    caplog.set_level(logging.INFO, logger="unifiedq.worker")
+    for round_ in range(20):
+        url = f"memory://sigstart-{uuid.uuid4().hex[:8]}"
+        feed = unifiedq.connect(url)
+        feed.enqueue(b"first")
+        def handler(job: Job, sent: list[int] = []) -> None:  # noqa: B006 (one per round)
+            if not sent:  # the first job: SIGTERM ourselves while the slots are starting
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        w = Worker(url, handler, concurrency=16, poll_interval=0.05)
+        caplog.clear()
+        w.run()
+        assert not [t for t in w._slots if not t.done()], f"round {round_}: slot alive"
+        events = [getattr(r, "event", None) for r in caplog.records]
+        assert "fetch_error" not in events, f"round {round_}: {events}"
+        assert events[-1] == "worker_stopped"
+        feed.close()

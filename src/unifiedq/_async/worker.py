@@ -113,9 +113,11 @@ class AsyncWorker(WorkerCore):
         self._stopping = AsyncRuntime.Event()
         self._done = AsyncRuntime.Event()
         self._wake = AsyncRuntime.Event()  # the housekeeper's: a held retry or a stop
-        # Guards _inflight, _held and the lifecycle flags: slots are threads on the blocking
-        # face. Never held across an await, so on the asyncio face it is never contended.
-        self._lock = threading.Lock()
+        # Guards _inflight, _held, _slots and the lifecycle flags: slots are threads on the
+        # blocking face. Never held across an await, so on the asyncio face it is never
+        # contended. Reentrant: a signal handler (request_stop) may run on the main thread
+        # while start() holds it.
+        self._lock = threading.RLock()
         self._inflight: set[_Entry] = set()
         self._held: list[tuple[float, int, _Entry]] = []  # retries waiting for their backoff
         self._seq = itertools.count()
@@ -142,9 +144,13 @@ class AsyncWorker(WorkerCore):
         self._log(logging.INFO, "worker_start",
                   f"worker starting: {self.concurrency} slots on {self.driver}:{self.queue_name}",
                   concurrency=self.concurrency)
-        self._slots = [AsyncRuntime.spawn(self._slot, i, name=f"unifiedq-worker-{i}")
-                       for i in range(self.concurrency)]
-        self._hk = AsyncRuntime.spawn(self._housekeeper, name="unifiedq-worker-hk")
+        # Under the lock: a shutdown begun meanwhile (a signal handled while a thread starts)
+        # must see every slot, or it would close the queue under the ones it missed.
+        with self._lock:
+            for i in range(self.concurrency):
+                self._slots.append(AsyncRuntime.spawn(self._slot, i,
+                                                      name=f"unifiedq-worker-{i}"))
+            self._hk = AsyncRuntime.spawn(self._housekeeper, name="unifiedq-worker-hk")
 
     def request_stop(self, grace: float | None = None) -> None:
         """Begin a graceful stop and return at once (safe to call from a signal handler).
@@ -219,7 +225,9 @@ class AsyncWorker(WorkerCore):
         await self.stop()
 
     async def _shutdown(self) -> None:
-        for t in self._slots:  # let running handlers finish within the grace period
+        with self._lock:  # waits for a start() in progress: every slot is then in the list
+            slots, hk = list(self._slots), self._hk
+        for t in slots:  # let running handlers finish within the grace period
             while not t.done():
                 left = (self._deadline or 0.0) - time.monotonic()
                 if left <= 0:  # re-read each step: a second signal shortens it
@@ -230,14 +238,14 @@ class AsyncWorker(WorkerCore):
         for e in running:  # still running after the grace: hand them back
             if e.claim():
                 await self._return(e, "grace period over")
-        for t in self._slots:
+        for t in slots:
             t.cancel()  # tasks are cancelled; threads notice their job was taken and exit
-        for t in self._slots:
+        for t in slots:
             await t.join(5.0)
         await self._flush_held()
         self._wake.set()
-        if self._hk is not None and not await self._hk.join(5.0):
-            self._hk.cancel()
+        if hk is not None and not await hk.join(5.0):
+            hk.cancel()
         if self._owns_queue:
             await self._safe(self.queue.aclose)
         if self._dl is not None and self._owns_dl:

@@ -114,9 +114,11 @@ class Worker(WorkerCore):
         self._stopping = SyncRuntime.Event()
         self._done = SyncRuntime.Event()
         self._wake = SyncRuntime.Event()  # the housekeeper's: a held retry or a stop
-        # Guards _inflight, _held and the lifecycle flags: slots are threads on the blocking
-        # face. Never held across an await, so on the asyncio face it is never contended.
-        self._lock = threading.Lock()
+        # Guards _inflight, _held, _slots and the lifecycle flags: slots are threads on the
+        # blocking face. Never held across an await, so on the asyncio face it is never
+        # contended. Reentrant: a signal handler (request_stop) may run on the main thread
+        # while start() holds it.
+        self._lock = threading.RLock()
         self._inflight: set[_Entry] = set()
         self._held: list[tuple[float, int, _Entry]] = []  # retries waiting for their backoff
         self._seq = itertools.count()
@@ -143,9 +145,13 @@ class Worker(WorkerCore):
         self._log(logging.INFO, "worker_start",
                   f"worker starting: {self.concurrency} slots on {self.driver}:{self.queue_name}",
                   concurrency=self.concurrency)
-        self._slots = [SyncRuntime.spawn(self._slot, i, name=f"unifiedq-worker-{i}")
-                       for i in range(self.concurrency)]
-        self._hk = SyncRuntime.spawn(self._housekeeper, name="unifiedq-worker-hk")
+        # Under the lock: a shutdown begun meanwhile (a signal handled while a thread starts)
+        # must see every slot, or it would close the queue under the ones it missed.
+        with self._lock:
+            for i in range(self.concurrency):
+                self._slots.append(SyncRuntime.spawn(self._slot, i,
+                                                      name=f"unifiedq-worker-{i}"))
+            self._hk = SyncRuntime.spawn(self._housekeeper, name="unifiedq-worker-hk")
 
     def request_stop(self, grace: float | None = None) -> None:
         """Begin a graceful stop and return at once (safe to call from a signal handler).
@@ -220,7 +226,9 @@ class Worker(WorkerCore):
         self.stop()
 
     def _shutdown(self) -> None:
-        for t in self._slots:  # let running handlers finish within the grace period
+        with self._lock:  # waits for a start() in progress: every slot is then in the list
+            slots, hk = list(self._slots), self._hk
+        for t in slots:  # let running handlers finish within the grace period
             while not t.done():
                 left = (self._deadline or 0.0) - time.monotonic()
                 if left <= 0:  # re-read each step: a second signal shortens it
@@ -231,14 +239,14 @@ class Worker(WorkerCore):
         for e in running:  # still running after the grace: hand them back
             if e.claim():
                 self._return(e, "grace period over")
-        for t in self._slots:
+        for t in slots:
             t.cancel()  # tasks are cancelled; threads notice their job was taken and exit
-        for t in self._slots:
+        for t in slots:
             t.join(5.0)
         self._flush_held()
         self._wake.set()
-        if self._hk is not None and not self._hk.join(5.0):
-            self._hk.cancel()
+        if hk is not None and not hk.join(5.0):
+            hk.cancel()
         if self._owns_queue:
             self._safe(self.queue.close)
         if self._dl is not None and self._owns_dl:
