@@ -54,8 +54,9 @@ def _info(url: str) -> dict[str, Any]:
 
 
 class TestFaktoryConformance(QueueConformance):
-    # Faktory's scheduler moves due jobs every 5 s, so a delayed job is up to 5 s late.
-    DELAY_SLACK = 6.0
+    # Faktory's scheduler moves due jobs every 5 s, so a delayed job is up to 5 s late; on a
+    # loaded 2-core CI machine a run once saw more than 9.6 s (slack 6), so allow stalls too.
+    DELAY_SLACK = 10.0
     # Faktory clamps reservations to >= 60 s, reaps them every 15 s and then retries the job
     # after its backoff (15..44 s on the first retry): redelivery takes 75..125 s.
     LEASE_OPTIONS = {"reserve_for": 60}
