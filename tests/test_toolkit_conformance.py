@@ -23,14 +23,10 @@ def _tenant_template(url: str) -> str:
     return f"{base}.{{tenant}}{sep}{query}"
 
 
-class TestFairQueueOverMemory(QueueConformance):
-    """A FairQueue over ``memory://<name>.{tenant}``, named ``<name>``.
-
-    The suite's own headers use "tenant" as an ordinary header, so it routes on another one.
-    """
+class _OverMemory(QueueConformance):
+    """Timings and restart of memory://, as in tests/test_memory.py."""
 
     URL = "memory://{name}"
-    JOB_QUEUE_IS_HANDLE_NAME = False  # jobs name their tenant's sub-queue: <name>.<tenant>
     LEASE_OPTIONS = {"visibility_timeout": 0.5}
     LEASE_SECONDS = 0.5
     DELAY_SLACK = 0.2
@@ -38,6 +34,15 @@ class TestFairQueueOverMemory(QueueConformance):
     @pytest.fixture
     def restart_backend(self) -> Callable[[], None]:
         return memory.reset
+
+
+class TestFairQueueOverMemory(_OverMemory):
+    """A FairQueue over ``memory://<name>.{tenant}``, named ``<name>``.
+
+    The suite's own headers use "tenant" as an ordinary header, so it routes on another one.
+    """
+
+    JOB_QUEUE_IS_HANDLE_NAME = False  # jobs name their tenant's sub-queue: <name>.<tenant>
 
     def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
         tpl = _tenant_template(url)
@@ -48,16 +53,8 @@ class TestFairQueueOverMemory(QueueConformance):
             tpl, connect_options=options, tenant_header="x-tenant", name=name))
 
 
-class TestBoundedQueueOverMemory(QueueConformance):
-    URL = "memory://{name}"
-    LEASE_OPTIONS = {"visibility_timeout": 0.5}
-    LEASE_SECONDS = 0.5
-    DELAY_SLACK = 0.2
+class TestBoundedQueueOverMemory(_OverMemory):
     MAXSIZE = 100_000
-
-    @pytest.fixture
-    def restart_backend(self) -> Callable[[], None]:
-        return memory.reset
 
     def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
         if face == "sync":

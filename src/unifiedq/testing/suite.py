@@ -38,6 +38,7 @@ blocking verbs the tests call).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import multiprocessing
@@ -150,13 +151,10 @@ class BlockingView:
         attr = getattr(self.inner, name)
         if not callable(attr):
             return attr
-        target = self.inner.aclose if name == "close" else attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            result = target(*args, **kwargs)
-            if hasattr(result, "__await__"):
-                return _run_on(self._loop, _await(result))
-            return result
+            result = attr(*args, **kwargs)
+            return _run_on(self._loop, result) if asyncio.iscoroutine(result) else result
         return call
 
     def close(self) -> None:
@@ -169,10 +167,6 @@ class BlockingView:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-async def _await(aw: Any) -> Any:
-    return await aw
 
 
 def _settle(q: Queue, job: Job) -> None:
