@@ -203,8 +203,6 @@ class AsyncRuntime:
     Cancelled: type[BaseException] = asyncio.CancelledError
     Event = AsyncEvent
     Lock = AsyncLock
-    Task = AsyncTask
-    Call = AsyncCall
 
     @staticmethod
     async def sleep(seconds: float) -> None:
@@ -323,8 +321,6 @@ class SyncRuntime:
     Cancelled: type[BaseException] = _NeverRaised
     Event = SyncEvent
     Lock = SyncLock
-    Task = SyncTask
-    Call = SyncCall
 
     @staticmethod
     def sleep(seconds: float) -> None:
