@@ -75,7 +75,11 @@ class SyncToAsync(AsyncQueueBase):
             self._pool.submit(self._give_back, job)
 
     def _give_back(self, job: Job) -> None:
-        if Capability.ACK in self.capabilities:
+        # A dequeue cancelled after the driver took the job: nobody saw it, so it goes back
+        # with its attempt count unchanged where the driver can do that.
+        if Capability.RELEASE in self.capabilities:
+            self.inner._release(job)
+        elif Capability.ACK in self.capabilities:
             self.inner._nack(job, True, 0.0)
         else:  # at-most-once driver: the job is already removed; put a copy back
             self.inner._enqueue(
@@ -110,6 +114,9 @@ class SyncToAsync(AsyncQueueBase):
 
     async def _extend_lease(self, job: Job, seconds: float) -> None:
         await self._run(self.inner._extend_lease, job, seconds)
+
+    async def _release(self, job: Job) -> None:
+        await self._run(self.inner._release, job)
 
     async def _size(self) -> int:
         return await self._run(self.inner._size)
@@ -194,6 +201,9 @@ class AsyncToSync(QueueBase):
 
     def _extend_lease(self, job: Job, seconds: float) -> None:
         self._run(self.inner._extend_lease(job, seconds))
+
+    def _release(self, job: Job) -> None:
+        self._run(self.inner._release(job))
 
     def _size(self) -> int:
         return self._run(self.inner._size())

@@ -33,6 +33,9 @@ class Capability(enum.Flag):
         DURABLE: queued jobs survive a restart of the backend.
         CROSS_PROCESS: other processes on this machine see the same queue.
         DISTRIBUTED: other machines can reach the queue over the network.
+        RELEASE: ``release(job)`` hands a leased job back at once without consuming one of
+            its attempts (a worker that is stopping, a consumer that took more than it can
+            run). Without it the only way back is ``nack()``, which counts as an attempt.
         BOUNDED: the queue takes a ``maxsize`` and raises QueueFull (or applies its
             overflow policy) when it is reached.
         NATIVE_SYNC: the driver implements the blocking face itself (else it is bridged).
@@ -54,6 +57,7 @@ class Capability(enum.Flag):
     BOUNDED = enum.auto()
     NATIVE_SYNC = enum.auto()
     NATIVE_ASYNC = enum.auto()
+    RELEASE = enum.auto()
 
     def names(self) -> list[str]:
         """Return the names of the individual flags set in this value, in definition order."""

@@ -176,6 +176,11 @@ class QueueChecks:
             self._need(Capability.DELAY, "nack(delay=...)")
         return j, d
 
+    def _prepare_release(self, job: object) -> Job:
+        j = self._prepare_settle(job, "release")
+        self._need(Capability.RELEASE, "release()")
+        return j
+
     def _prepare_extend(self, job: object, seconds: object) -> tuple[Job, float]:
         j = self._prepare_settle(job, "extend_lease")
         self._need(Capability.LEASE_EXTEND, "extend_lease()")

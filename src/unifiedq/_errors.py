@@ -11,7 +11,8 @@ caller would naturally catch, so ``except ValueError`` keeps working::
     ├── UnsupportedOperation(NotImplementedError)   verb or option the driver lacks
     ├── InvalidArgument(ValueError)     bad verb argument (delay < 0, priority out of range, ...)
     │   ├── InvalidBody(TypeError)      body is not bytes
-    │   └── BodyTooLarge                body exceeds the driver's limit
+    │   └── LimitExceeded               a backend size/shape limit (frame, header table, ...)
+    │       └── BodyTooLarge            body exceeds the driver's limit
     ├── QueueTimeout(TimeoutError)      a bounded wait ran out
     ├── QueueFull                       bounded queue refused a job
     ├── QueueClosed(RuntimeError)       verb called after close()
@@ -22,6 +23,8 @@ caller would naturally catch, so ``except ValueError`` keeps working::
     ├── SerializationError(ValueError)  a codec could not encode or decode a payload
     └── BackendError                    the backend failed; the library error is chained
         ├── BackendConnectionError(ConnectionError)
+        │   └── BackendTimeout(TimeoutError)   no answer within the verb's deadline
+        ├── BackendFull                 out of memory/disk; producers refused, consumers drain
         ├── AuthenticationError(PermissionError)
         └── ProtocolError               the peer sent something we cannot understand
 
@@ -34,6 +37,8 @@ __all__ = [
     "AuthenticationError",
     "BackendConnectionError",
     "BackendError",
+    "BackendFull",
+    "BackendTimeout",
     "BodyTooLarge",
     "ConfigurationError",
     "DriverNotFound",
@@ -44,6 +49,7 @@ __all__ = [
     "InvalidURL",
     "JobError",
     "JobNotLeased",
+    "LimitExceeded",
     "ProtocolError",
     "QueueClosed",
     "QueueFull",
@@ -105,7 +111,28 @@ class InvalidBody(InvalidArgument, TypeError):
     """A job body is not ``bytes`` (or ``bytearray``/``memoryview``)."""
 
 
-class BodyTooLarge(InvalidArgument):
+class LimitExceeded(InvalidArgument):
+    """A job exceeds a size or shape limit of the backend; nothing was sent.
+
+    Raised before the first byte goes out (e.g. AMQP's negotiated frame size for headers,
+    Faktory's job size, Redis's bulk length, a QUIC frame, an shm slot), so bad input can
+    never make a driver loop on reconnects.
+
+    Attributes:
+        limit: What the limit is, e.g. ``"frame_max"`` or ``"slot_size"``.
+        size: The offending size in bytes (0 where it is not a size).
+        maximum: The limit in bytes (0 where it is not a size).
+    """
+
+    def __init__(self, message: str, *, limit: str = "", size: int = 0,
+                 maximum: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.size = size
+        self.maximum = maximum
+
+
+class BodyTooLarge(LimitExceeded):
     """A job body is larger than the driver accepts."""
 
 
@@ -147,6 +174,22 @@ class BackendError(UnifiedQError):
 
 class BackendConnectionError(BackendError, ConnectionError):
     """The backend cannot be reached or the connection was lost."""
+
+
+class BackendTimeout(BackendConnectionError, TimeoutError):
+    """The backend did not answer within the verb's deadline (a frozen or unreachable host).
+
+    The connection is dropped; an ``enqueue`` that timed out may or may not have taken
+    effect (at-least-once: retry it with a ``job_id`` where the driver has CUSTOM_ID).
+    """
+
+
+class BackendFull(BackendError):
+    """The backend refuses new jobs: it is out of memory or disk.
+
+    E.g. Redis at ``maxmemory`` with ``noeviction``, or a RabbitMQ memory or disk alarm.
+    Consumers can still dequeue, ack and nack, so the backlog drains.
+    """
 
 
 class AuthenticationError(BackendError, PermissionError):

@@ -146,7 +146,8 @@ class EnqueueRequest:
         if max_body is not None and len(data) > max_body:
             raise BodyTooLarge(
                 f"body is {len(data)} bytes but this queue accepts at most {max_body}; "
-                "store large payloads elsewhere and enqueue a reference"
+                "store large payloads elsewhere and enqueue a reference",
+                limit="max_body", size=len(data), maximum=max_body,
             )
         hdrs = _check_headers(headers)
         d, p = check_delay(delay), check_priority(priority)

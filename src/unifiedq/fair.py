@@ -67,9 +67,9 @@ _TENANT_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 # What the FairQueue can pass through from its sub-queues. CUSTOM_ID is left out (ids are only
 # unique per tenant), PEEK too (a peek across tenants would not match what dequeue takes).
-_PASS = (Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY | Capability.PRIORITY
-         | Capability.BATCH | Capability.HEADERS | Capability.DURABLE | Capability.CROSS_PROCESS
-         | Capability.DISTRIBUTED | Capability.BOUNDED)
+_PASS = (Capability.ACK | Capability.LEASE_EXTEND | Capability.RELEASE | Capability.DELAY
+         | Capability.PRIORITY | Capability.BATCH | Capability.HEADERS | Capability.DURABLE
+         | Capability.CROSS_PROCESS | Capability.DISTRIBUTED | Capability.BOUNDED)
 
 Q = TypeVar("Q")
 

@@ -19,8 +19,8 @@ class AsyncQueueBase(QueueChecks):
 
     Required: ``_enqueue``, ``_dequeue``, ``_size``, ``_purge``, ``_close``. Others are
     needed only with the matching capability: ``_peek`` (PEEK), ``_ack``/``_nack`` (ACK),
-    ``_extend_lease`` (LEASE_EXTEND), ``_enqueue_many``/``_dequeue_many`` (BATCH; the
-    defaults loop).
+    ``_extend_lease`` (LEASE_EXTEND), ``_release`` (RELEASE), ``_enqueue_many``/
+    ``_dequeue_many`` (BATCH; the defaults loop).
     """
 
     async def enqueue(
@@ -89,6 +89,20 @@ class AsyncQueueBase(QueueChecks):
         """Return a leased job to the queue, after ``delay`` if given, or dead-letter it (ACK)."""
         j, d = self._prepare_nack(job, requeue, delay)
         await self._nack(j, requeue, d)
+
+    async def release(self, job: Job) -> None:
+        """Hand a leased job back unprocessed, at once, without consuming an attempt (RELEASE).
+
+        The job is ready again immediately and its next delivery has the same ``attempt``
+        number as this one: a worker that is shutting down gives back what it did not run
+        without bringing those jobs closer to their retry limit or dead letter.
+
+        Raises:
+            UnsupportedOperation: The driver lacks RELEASE (its ``nack()`` counts an attempt).
+            JobNotLeased: The job's lease was already settled or lost.
+            WrongQueue, InvalidArgument: Not a job dequeued from this queue.
+        """
+        await self._release(self._prepare_release(job))
 
     async def extend_lease(self, job: Job, seconds: float) -> None:
         """Keep a leased job for ``seconds`` more, counted from now (LEASE_EXTEND)."""
@@ -161,6 +175,9 @@ class AsyncQueueBase(QueueChecks):
 
     async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         raise self._unsupported("nack()", Capability.ACK)
+
+    async def _release(self, job: Job) -> None:
+        raise self._unsupported("release()", Capability.RELEASE)
 
     async def _extend_lease(self, job: Job, seconds: float) -> None:
         raise self._unsupported("extend_lease()", Capability.LEASE_EXTEND)

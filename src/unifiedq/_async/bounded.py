@@ -215,6 +215,10 @@ class AsyncBoundedQueue(_BoundedState):
         """Nack on the wrapped queue (a requeued job may briefly exceed a client-side bound)."""
         await self.inner.nack(job, requeue=requeue, delay=delay)
 
+    async def release(self, job: Job) -> None:
+        """Release on the wrapped queue (the job may briefly exceed a client-side bound)."""
+        await self.inner.release(job)
+
     async def extend_lease(self, job: Job, seconds: float) -> None:
         """Extend a lease on the wrapped queue."""
         await self.inner.extend_lease(job, seconds)

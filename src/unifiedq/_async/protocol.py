@@ -88,6 +88,10 @@ class AsyncQueue(Protocol):
         """Return a leased job (``requeue=True``) or dead-letter it."""
         ...
 
+    async def release(self, job: Job) -> None:
+        """Hand a leased job back unprocessed, without consuming an attempt (RELEASE)."""
+        ...
+
     async def extend_lease(self, job: Job, seconds: float) -> None:
         """Keep a leased job for ``seconds`` more from now."""
         ...

@@ -447,7 +447,9 @@ class AsyncWorker(WorkerCore):
     async def _release(self, e: _Entry) -> None:
         """A held retry is due (or we are stopping): give it back to the queue."""
         try:
-            if Capability.ACK in self.caps:
+            if Capability.RELEASE in self.caps:  # no attempt consumed: a deploy kills no job
+                await self.queue.release(e.job)
+            elif Capability.ACK in self.caps:  # the driver's page says this counts an attempt
                 await self.queue.nack(e.job)
             else:
                 await self._reenqueue(e, e.job.headers.get(ERROR_HEADER, ""), 0.0)
@@ -480,7 +482,9 @@ class AsyncWorker(WorkerCore):
     async def _return(self, e: _Entry, why: str) -> None:
         """Hand a job back at shutdown without counting a failure."""
         try:
-            if Capability.ACK in self.caps:
+            if Capability.RELEASE in self.caps:  # no attempt consumed: a deploy kills no job
+                await self.queue.release(e.job)
+            elif Capability.ACK in self.caps:  # the driver's page says this counts an attempt
                 await self.queue.nack(e.job)
             else:
                 hdrs = self._copy_headers(e.job, self.caps, **{ATTEMPT_HEADER: str(e.attempt)})

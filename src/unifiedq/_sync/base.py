@@ -20,8 +20,8 @@ class QueueBase(QueueChecks):
 
     Required: ``_enqueue``, ``_dequeue``, ``_size``, ``_purge``, ``_close``. Others are
     needed only with the matching capability: ``_peek`` (PEEK), ``_ack``/``_nack`` (ACK),
-    ``_extend_lease`` (LEASE_EXTEND), ``_enqueue_many``/``_dequeue_many`` (BATCH; the
-    defaults loop).
+    ``_extend_lease`` (LEASE_EXTEND), ``_release`` (RELEASE), ``_enqueue_many``/
+    ``_dequeue_many`` (BATCH; the defaults loop).
     """
 
     def enqueue(
@@ -90,6 +90,20 @@ class QueueBase(QueueChecks):
         """Return a leased job to the queue, after ``delay`` if given, or dead-letter it (ACK)."""
         j, d = self._prepare_nack(job, requeue, delay)
         self._nack(j, requeue, d)
+
+    def release(self, job: Job) -> None:
+        """Hand a leased job back unprocessed, at once, without consuming an attempt (RELEASE).
+
+        The job is ready again immediately and its next delivery has the same ``attempt``
+        number as this one: a worker that is shutting down gives back what it did not run
+        without bringing those jobs closer to their retry limit or dead letter.
+
+        Raises:
+            UnsupportedOperation: The driver lacks RELEASE (its ``nack()`` counts an attempt).
+            JobNotLeased: The job's lease was already settled or lost.
+            WrongQueue, InvalidArgument: Not a job dequeued from this queue.
+        """
+        self._release(self._prepare_release(job))
 
     def extend_lease(self, job: Job, seconds: float) -> None:
         """Keep a leased job for ``seconds`` more, counted from now (LEASE_EXTEND)."""
@@ -162,6 +176,9 @@ class QueueBase(QueueChecks):
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         raise self._unsupported("nack()", Capability.ACK)
+
+    def _release(self, job: Job) -> None:
+        raise self._unsupported("release()", Capability.RELEASE)
 
     def _extend_lease(self, job: Job, seconds: float) -> None:
         raise self._unsupported("extend_lease()", Capability.LEASE_EXTEND)

@@ -216,6 +216,10 @@ class BoundedQueue(_BoundedState):
         """Nack on the wrapped queue (a requeued job may briefly exceed a client-side bound)."""
         self.inner.nack(job, requeue=requeue, delay=delay)
 
+    def release(self, job: Job) -> None:
+        """Release on the wrapped queue (the job may briefly exceed a client-side bound)."""
+        self.inner.release(job)
+
     def extend_lease(self, job: Job, seconds: float) -> None:
         """Extend a lease on the wrapped queue."""
         self.inner.extend_lease(job, seconds)

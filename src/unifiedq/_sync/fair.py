@@ -373,6 +373,13 @@ class FairQueue:
         if requeue:
             self._pushed(self._core.by_queue.get(job.queue), 1)
 
+    def release(self, job: Job) -> None:
+        """Release a job on its tenant's sub-queue (no attempt consumed)."""
+        with self._guard:
+            q = self._core.sub_for(job)
+        q.release(job)
+        self._pushed(self._core.by_queue.get(job.queue), 1)
+
     def extend_lease(self, job: Job, seconds: float) -> None:
         """Extend a job's lease on its tenant's sub-queue."""
         with self._guard:

@@ -89,6 +89,10 @@ class Queue(Protocol):
         """Return a leased job (``requeue=True``) or dead-letter it."""
         ...
 
+    def release(self, job: Job) -> None:
+        """Hand a leased job back unprocessed, without consuming an attempt (RELEASE)."""
+        ...
+
     def extend_lease(self, job: Job, seconds: float) -> None:
         """Keep a leased job for ``seconds`` more from now."""
         ...

@@ -502,6 +502,37 @@ class QueueConformance:
         assert again.attempt == 2
         q.ack(again)
 
+    # -- RELEASE ----------------------------------------------------------------------------
+    @requires(Capability.RELEASE)
+    def test_release_returns_job_without_counting_an_attempt(self, harness: Harness) -> None:
+        q = harness.open()
+        jid = q.enqueue(b"a")
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        q.release(job)
+        again = q.dequeue(timeout=5)
+        assert again is not None and (again.id, again.body) == (jid, b"a")
+        assert again.attempt == job.attempt == 1  # released, not failed
+        q.nack(again)  # a nack still counts
+        third = q.dequeue(timeout=5)
+        assert third is not None and third.id == jid and third.attempt == 2
+        q.ack(third)
+        with pytest.raises(JobNotLeased):
+            q.release(third)
+        assert q.dequeue(timeout=0.3) is None
+
+    @lacks(Capability.RELEASE)
+    def test_release_unsupported(self, harness: Harness) -> None:
+        q = harness.open()
+        q.enqueue(b"a")
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        with pytest.raises(UnsupportedOperation) as info:
+            q.release(job)
+        assert info.value.capability == ("RELEASE" if harness.has(Capability.ACK) else "ACK")
+        if harness.has(Capability.ACK):
+            q.ack(job)  # still leased: the refused call touched nothing
+
     @requires(Capability.ACK)
     def test_nack_without_requeue_does_not_redeliver(self, harness: Harness) -> None:
         q = harness.open()
