@@ -452,6 +452,31 @@ class ManagedServer(abc.ABC):
             self._after_stop()
             self._finish_process()
 
+    def freeze(self) -> None:
+        """Freeze the server: SIGSTOP its whole process group (a stalled or partitioned host).
+
+        Connections stay open and nothing answers; the kernel still accepts new TCP
+        connections into the listen backlog. Call :meth:`thaw` (stop/kill also thaw).
+        """
+        with self._lock:
+            if self._proc is not None:
+                _signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a server frozen by :meth:`freeze` (SIGCONT to its process group)."""
+        with self._lock:
+            if self._proc is not None:
+                _signal_group(self._proc.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """``with server.frozen(): ...`` freezes the server for the block, then thaws it."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
+
     def read_log(self) -> str:
         """Return the server log so far (empty if there is none)."""
         if self._tmpdir is None:
@@ -588,6 +613,7 @@ class ManagedServer(abc.ABC):
         if proc is None:
             return
         pgid = proc.pid  # start_new_session=True: the pid is also the pgid
+        _signal_group(pgid, signal.SIGCONT)  # a frozen server cannot act on SIGTERM
         try:
             if proc.poll() is None:
                 with contextlib.suppress(Exception):
