@@ -2,6 +2,7 @@
 # Provision a Debian 12 machine (as root) for unifiedq development and tests:
 #   * redis-server and rabbitmq-server from Debian's packages,
 #   * the Faktory server, built from its Go module (pinned below),
+#   * Toxiproxy's server (fault injection for the fault matrix), from its Go module,
 #   * the Python package itself in editable mode with the dev extras.
 # Idempotent: every step is skipped when its result is already present.
 # The tests start their own private servers on free loopback ports, so any
@@ -11,11 +12,14 @@
 #   PYTHON=python3           interpreter used for `pip install -e .[dev]`
 #   FAKTORY_BIN_DIR=/usr/local/bin   where the faktory binary is installed
 #   FAKTORY_FORCE_BUILD=1    rebuild faktory even if a 1.9.x binary is on PATH
+#   TOXIPROXY_FORCE_BUILD=1  rebuild toxiproxy-server even if a 2.5.x binary is on PATH
+#                            (installed into FAKTORY_BIN_DIR as well)
 #   SKIP_PIP=1               skip the pip step
 set -euo pipefail
 
 FAKTORY_VERSION="v1.9.3"
 FAKTORY_BIN_DIR="${FAKTORY_BIN_DIR:-/usr/local/bin}"
+TOXIPROXY_VERSION="v2.5.0"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:/usr/local/go/bin"
@@ -129,6 +133,37 @@ EOF
   fi
 }
 
+# ---------------------------------------------------------------- Toxiproxy
+
+toxiproxy_ok() {
+  local bin
+  bin="$(command -v toxiproxy-server 2>/dev/null)" || return 1
+  "$bin" -version 2>&1 | grep -Eq "version v?2\.5\."
+}
+
+install_toxiproxy() {
+  if [ "${TOXIPROXY_FORCE_BUILD:-0}" != "1" ] && toxiproxy_ok; then
+    log "$(command -v toxiproxy-server): $(toxiproxy-server -version 2>&1 | head -n1); skipping build"
+    return 0
+  fi
+  if ! command -v go >/dev/null 2>&1; then
+    log "ERROR: Go is needed to build Toxiproxy ${TOXIPROXY_VERSION} but 'go' is not on PATH"
+    return 1
+  fi
+  local build
+  build="$(mktemp -d /tmp/uq-toxiproxy-build.XXXXXX)"
+  # Only the server is needed (the tests talk to its HTTP API, not to the CLI).
+  # `go install` leaves the version as "git"; stamp the real one so the check above works.
+  log "building Toxiproxy ${TOXIPROXY_VERSION} with $(go version)"
+  GOBIN="$build" GOFLAGS="-buildvcs=false" go install \
+    -ldflags "-X github.com/Shopify/toxiproxy/v2.Version=${TOXIPROXY_VERSION}" \
+    "github.com/Shopify/toxiproxy/v2/cmd/server@${TOXIPROXY_VERSION}"
+  as_root install -d "$FAKTORY_BIN_DIR"
+  as_root install -m 0755 "$build/server" "$FAKTORY_BIN_DIR/toxiproxy-server"
+  rm -rf "$build"
+  log "installed $("$FAKTORY_BIN_DIR/toxiproxy-server" -version 2>&1 | head -n1) to $FAKTORY_BIN_DIR/toxiproxy-server"
+}
+
 # ---------------------------------------------------------------- Python package
 
 install_python_package() {
@@ -148,6 +183,7 @@ install_python_package() {
 TOTAL_START="$(now)"
 step "debian packages" install_debian_packages
 step "faktory ${FAKTORY_VERSION}" install_faktory
+step "toxiproxy ${TOXIPROXY_VERSION}" install_toxiproxy
 step "pip install -e .[dev]" install_python_package
 TOTAL_END="$(now)"
 
