@@ -11,6 +11,13 @@ Connection string::
 
 Handles opened with the same name in one process share one queue. Closing a handle returns
 the jobs it still holds to the queue at once (as if they had been nacked), so nothing is lost.
+A queue with no open handle and no job is forgotten, so short-lived names (a fair queue's
+tenants) cost nothing once they are done.
+
+Memory: a settled job leaves nothing behind. Its entry goes at once; the lease heap drops
+entries lazily (a settled or extended lease leaves a stale heap item), and is compacted as
+soon as stale items outnumber live leases by more than ``_COMPACT_SLACK``, so it stays within
+``2 x leased jobs + _COMPACT_SLACK`` items, at amortised O(1) extra work per verb.
 
 This module is the one to copy when writing a driver: one store, one lock, the underscore
 methods of :class:`~unifiedq.QueueBase`, and a ``from_url`` that parses typed options.
@@ -69,6 +76,12 @@ class _Entry:
     deliveries: int = 0
     token: int = 0  # the current lease's token; 0 = not leased
     deadline: float = 0.0  # monotonic time the current lease ends
+    holder: dict[int, str] | None = None  # the leasing handle's token -> id map
+
+
+# Stale lease-heap items tolerated beyond the live leases before a compaction: small enough
+# to bound memory (a few hundred KB), large enough that a compaction is rare and cheap.
+_COMPACT_SLACK = 1024
 
 
 class _Store:
@@ -80,29 +93,56 @@ class _Store:
         self.ready: list[tuple[int, int, str]] = []  # (-priority, seq, id)
         self.delayed: list[tuple[float, int, str]] = []  # (due, seq, id)
         self.leases: list[tuple[float, int, str]] = []  # (deadline, token, id); lazy deletion
+        self.leased = 0  # entries with a lease (token != 0)
+        self.refs = 0  # open handles (guarded by _stores_lock)
         self.seq = itertools.count()
         self.tokens = itertools.count(1)
 
     def push_ready(self, e: _Entry) -> None:
         heapq.heappush(self.ready, (-(e.priority or 0), e.seq, e.id))
 
+    def _live(self, item: tuple[float, int, str]) -> bool:
+        """Whether a lease-heap item is its entry's current lease (else it is stale)."""
+        e = self.entries.get(item[2])
+        return e is not None and e.token == item[1] and e.deadline == item[0]
+
     def expire_leases(self, mono: float) -> float | None:
         """Return expired leases to ready; return when the next lease ends (monotonic)."""
         while self.leases and self.leases[0][0] <= mono:
-            _, token, jid = heapq.heappop(self.leases)
-            e = self.entries.get(jid)
+            item = heapq.heappop(self.leases)
             # Stale heap entries (acked, redelivered or extended since) are skipped.
-            if e is not None and e.token == token and e.deadline <= mono:
-                e.token = 0
+            if self._live(item):
+                e = self.entries[item[2]]
+                self.unlease(e)
                 self.push_ready(e)
         return self.leases[0][0] if self.leases else None
 
     def lease(self, e: _Entry, seconds: float) -> None:
+        """Start a lease (``e.token`` set) or extend one (its old heap item turns stale)."""
         e.deadline = time.monotonic() + seconds
         heapq.heappush(self.leases, (e.deadline, e.token, e.id))
+        self.compact()
+
+    def unlease(self, e: _Entry) -> None:
+        """End ``e``'s lease (settled, released, expired or given back at close)."""
+        if e.holder is not None:
+            e.holder.pop(e.token, None)
+            e.holder = None
+        e.token = 0
+        self.leased -= 1
+        self.compact()
+
+    def compact(self) -> None:
+        # Without this, every settled job left its heap item (and id) behind until its
+        # visibility timeout passed: memory grew as rate x timeout at peak (issue 20). Each
+        # stale item is dropped by exactly one compaction, and one runs only when at least
+        # half the heap is stale, so the cost is amortised O(1) per verb.
+        if len(self.leases) > 2 * self.leased + _COMPACT_SLACK:
+            self.leases = [item for item in self.leases if self._live(item)]
+            heapq.heapify(self.leases)
 
     def waiting(self) -> int:
-        return sum(1 for e in self.entries.values() if e.token == 0)
+        return len(self.entries) - self.leased
 
 
 _stores_lock = threading.Lock()
@@ -111,7 +151,21 @@ _stores: dict[str, _Store] = {}
 
 def _store(name: str) -> _Store:
     with _stores_lock:
-        return _stores.setdefault(name, _Store())
+        s = _stores.setdefault(name, _Store())
+        s.refs += 1
+        return s
+
+
+def _unref(name: str, s: _Store) -> None:
+    """A handle of ``s`` closed: forget the queue if it was the last one and nothing is left.
+
+    No other handle exists then, so nothing can add a job meanwhile; a handle opened later
+    starts a fresh (equally empty) queue.
+    """
+    with _stores_lock:
+        s.refs -= 1
+        if s.refs <= 0 and not s.entries and _stores.get(name) is s:
+            del _stores[name]
 
 
 def reset() -> None:
@@ -128,7 +182,7 @@ class MemoryQueue(QueueBase):
         Capability.PEEK | Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY
         | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
         | Capability.CUSTOM_ID | Capability.HEADERS | Capability.BOUNDED
-        | Capability.NATIVE_SYNC
+        | Capability.RELEASE | Capability.NATIVE_SYNC
     )
 
     def __init__(self, name: str, options: MemoryOptions, url: URL | None = None) -> None:
@@ -194,8 +248,10 @@ class MemoryQueue(QueueBase):
                 continue
             e.deliveries += 1
             e.token = next(s.tokens)
+            s.leased += 1
             s.lease(e, self.options.visibility_timeout)
             self._held[e.token] = e.id
+            e.holder = self._held
             return self._job(e, receipt=e.token)
         return None
 
@@ -263,22 +319,30 @@ class MemoryQueue(QueueBase):
         with self._s.cond:
             self._promote()  # an expired lease must not be ackable
             e = self._leased(job)
+            self._s.unlease(e)
             del self._s.entries[e.id]
-            self._held.pop(e.token, None)
             self._s.cond.notify()
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         with self._s.cond:
             self._promote()
             e = self._leased(job)
-            self._held.pop(e.token, None)
-            e.token = 0
+            self._s.unlease(e)
             if not requeue:
                 del self._s.entries[e.id]  # no dead-letter store in memory: dropped
             elif delay > 0:
                 heapq.heappush(self._s.delayed, (time.time() + delay, e.seq, e.id))
             else:
                 self._s.push_ready(e)  # keeps its sequence number: back at the front
+            self._s.cond.notify()
+
+    def _release(self, job: Job) -> None:
+        with self._s.cond:
+            self._promote()
+            e = self._leased(job)
+            self._s.unlease(e)
+            e.deliveries -= 1  # not consumed: the next delivery has this one's attempt number
+            self._s.push_ready(e)  # keeps its sequence number: back at the front
             self._s.cond.notify()
 
     def _extend_lease(self, job: Job, seconds: float) -> None:
@@ -294,21 +358,28 @@ class MemoryQueue(QueueBase):
     def _purge(self) -> int:
         with self._s.cond:
             self._promote()
-            gone = [jid for jid, e in self._s.entries.items() if not e.token]
+            s = self._s
+            gone = [jid for jid, e in s.entries.items() if not e.token]
             for jid in gone:
-                del self._s.entries[jid]
-            self._s.cond.notify_all()
+                del s.entries[jid]
+            # Only leased jobs are left, and a leased job is in neither heap: drop the
+            # purged jobs' items now rather than keep them until dequeues pop them.
+            s.ready.clear()
+            s.delayed.clear()
+            s.cond.notify_all()
             return len(gone)
 
     def _close(self) -> None:
-        with self._s.cond:
-            for token, jid in self._held.items():
-                e = self._s.entries.get(jid)
+        s = self._s
+        with s.cond:
+            for token, jid in list(self._held.items()):
+                e = s.entries.get(jid)
                 if e is not None and e.token == token:
-                    e.token = 0
-                    self._s.push_ready(e)
+                    s.unlease(e)
+                    s.push_ready(e)
             self._held.clear()
-            self._s.cond.notify_all()
+            s.cond.notify_all()
+        _unref(self.name, s)
 
 
 sync_class = MemoryQueue
