@@ -1,24 +1,95 @@
-"""The redis-py client module of each face, under the names the sync generator swaps.
+"""The redis-py connection layer of each face, under the names the sync generator swaps.
 
-The asyncio source ``_async/queue.py`` imports ``aredis`` and ``disconnect_async`` from here;
-``scripts/generate_sync.py`` renames them to ``redis`` and ``disconnect`` in the generated
-``_sync/queue.py``. Everything else the two faces call on redis-py has the same name and
-arguments, so these are the only client differences.
+The asyncio source ``_async/queue.py`` uses ``AsyncWire`` and ``disconnect_async`` from here;
+``scripts/generate_sync.py`` renames them to ``SyncWire`` and ``disconnect`` in the generated
+``_sync/queue.py``. The driver keeps its own small pool of redis-py *connections* (not
+clients), so that every byte it sends and every reply it waits for is bounded by the verb's
+deadline and nothing retries behind its back. The one real difference between the faces is
+how a read is bounded:
+
+* redis.asyncio applies a connection's ``socket_timeout`` attribute to each send and read,
+  raising ``TimeoutError`` (an explicit ``timeout=`` would return ``None`` instead, which is
+  also a valid reply);
+* redis-py (blocking) fixes the socket's timeout when it connects and takes a per-read
+  ``timeout=``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from redis import asyncio as aredis
+from redis.backoff import NoBackoff
 
-__all__ = ["aredis", "disconnect", "disconnect_async", "redis"]
+__all__ = ["AsyncWire", "SyncWire", "aredis", "disconnect", "disconnect_async", "redis"]
 
 
-async def disconnect_async(conn: aredis.connection.AbstractConnection) -> None:
+async def disconnect_async(conn: Any) -> None:
     """Drop a connection that may be out of step, without waiting for the close handshake."""
     await conn.disconnect(nowait=True)
 
 
-def disconnect(conn: redis.connection.AbstractConnection) -> None:
+def disconnect(conn: Any) -> None:
     """Drop a connection that may be out of step."""
-    conn.disconnect()  # type: ignore[no-untyped-call]
+    conn.disconnect()
+
+
+class AsyncWire:
+    """Bounded I/O on one redis.asyncio connection."""
+
+    @staticmethod
+    def connection(kwargs: dict[str, Any], ssl: bool) -> Any:
+        """A new, unconnected connection that never retries on its own."""
+        cls = aredis.SSLConnection if ssl else aredis.Connection
+        return cls(**kwargs, retry=aredis.retry.Retry(NoBackoff(), 0))
+
+    @staticmethod
+    async def connect(conn: Any, timeout: float) -> None:
+        """Connect (TCP/TLS, handshake) unless connected; each step within ``timeout``."""
+        conn.socket_connect_timeout = timeout
+        conn.socket_timeout = timeout
+        await conn.connect()
+
+    @staticmethod
+    async def send(conn: Any, data: bytes, timeout: float) -> None:
+        """Write pre-packed commands within ``timeout`` seconds."""
+        conn.socket_timeout = timeout
+        await conn.send_packed_command([data], check_health=False)
+
+    @staticmethod
+    async def read(conn: Any, timeout: float) -> Any:
+        """Read one reply within ``timeout`` seconds (redis' TimeoutError after it)."""
+        conn.socket_timeout = timeout
+        return await conn.read_response()
+
+
+class SyncWire:
+    """Bounded I/O on one redis-py (blocking) connection."""
+
+    @staticmethod
+    def connection(kwargs: dict[str, Any], ssl: bool) -> Any:
+        """A new, unconnected connection that never retries on its own."""
+        cls = redis.SSLConnection if ssl else redis.Connection
+        return cls(**kwargs, retry=redis.retry.Retry(NoBackoff(), 0))
+
+    @staticmethod
+    def connect(conn: Any, timeout: float) -> None:
+        """Connect (TCP/TLS, redis-py's handshake) unless connected; each step within ``timeout``.
+
+        The socket keeps this timeout for writes: a verb's first write therefore ends within
+        its deadline.
+        """
+        conn.socket_connect_timeout = timeout
+        conn.socket_timeout = timeout
+        conn.connect()
+
+    @staticmethod
+    def send(conn: Any, data: bytes, timeout: float) -> None:
+        """Write pre-packed commands (bounded by the socket timeout set at connect)."""
+        conn.send_packed_command([data], check_health=False)
+
+    @staticmethod
+    def read(conn: Any, timeout: float) -> Any:
+        """Read one reply within ``timeout`` seconds (redis' TimeoutError after it)."""
+        return conn.read_response(timeout=timeout)

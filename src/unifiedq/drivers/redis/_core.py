@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import os
 import random
 import threading
@@ -26,10 +25,13 @@ from ..._errors import (
     AuthenticationError,
     BackendConnectionError,
     BackendError,
+    BackendFull,
+    BackendTimeout,
     DuplicateJob,
     InvalidArgument,
     InvalidURL,
     JobNotLeased,
+    LimitExceeded,
     ProtocolError,
     UnifiedQError,
 )
@@ -48,7 +50,8 @@ __all__ = ["CAPABILITIES", "Call", "Core", "Receipt", "RedisOptions", "pack", "t
 
 #: What both faces support. Not BOUNDED: asynq has no queue bound to honour.
 CAPABILITIES = (
-    Capability.PEEK | Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY
+    Capability.PEEK | Capability.ACK | Capability.RELEASE | Capability.LEASE_EXTEND
+    | Capability.DELAY
     | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
     | Capability.CUSTOM_ID | Capability.HEADERS | Capability.DURABLE
     | Capability.CROSS_PROCESS | Capability.DISTRIBUTED | Capability.NATIVE_SYNC
@@ -86,10 +89,16 @@ class RedisOptions:
             against clock skew between machines).
         poll_interval: Longest idle wait between checks (covers producers, such as Go asynq
             clients, that do not push wake-up tokens).
-        max_body: Largest body accepted in bytes (None: Redis' 512 MiB limit applies).
-        socket_timeout: Socket read timeout in seconds (None: wait; blocking pops stay below it).
-        socket_connect_timeout: Connect timeout in seconds.
-        max_connections: Connection pool size (None: redis-py's default).
+        max_body: Largest body accepted in bytes (None: only ``proto_max_bulk_len`` applies).
+        proto_max_bulk_len: The server's ``proto-max-bulk-len`` in bytes (Redis' default,
+            512 MiB): an encoded task message larger than this raises LimitExceeded before
+            anything is sent, instead of Redis dropping the connection.
+        socket_timeout: Seconds a verb waits for Redis (finite): a verb that does not wait
+            for jobs returns or raises BackendTimeout within this time, a waiting dequeue
+            within its ``timeout`` plus this time. Connection retries share the deadline.
+        socket_connect_timeout: Connect timeout in seconds (also capped by the verb's
+            deadline).
+        max_connections: Connection pool size (None: unbounded).
         client_name: CLIENT SETNAME value.
         ssl_ca_certs: CA bundle for ``rediss://``.
         ssl_certfile: Client certificate for ``rediss://``.
@@ -110,8 +119,9 @@ class RedisOptions:
     lease_grace: float = 0.0
     poll_interval: float = 1.0
     max_body: int | None = None
-    socket_timeout: float | None = None
-    socket_connect_timeout: float = 10.0
+    proto_max_bulk_len: int = 512 * 1024 * 1024
+    socket_timeout: float = 5.0
+    socket_connect_timeout: float = 5.0
     max_connections: int | None = None
     client_name: str | None = None
     ssl_ca_certs: str | None = None
@@ -125,7 +135,8 @@ class RedisOptions:
             raise ValueError(f"queue must be a non-empty name without braces, not {self.queue!r}")
         if not self.task_type:
             raise ValueError("task_type must not be empty (asynq rejects empty task types)")
-        for name in ("visibility_timeout", "poll_interval", "socket_connect_timeout"):
+        for name in ("visibility_timeout", "poll_interval", "socket_timeout",
+                     "socket_connect_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
         for name in ("timeout",):
@@ -138,8 +149,8 @@ class RedisOptions:
             raise ValueError(f"lease_grace must be >= 0, not {self.lease_grace!r}")
         if self.max_body is not None and self.max_body < 0:
             raise ValueError(f"max_body must be >= 0, not {self.max_body}")
-        if self.socket_timeout is not None and not self.socket_timeout > 0:
-            raise ValueError(f"socket_timeout must be > 0, not {self.socket_timeout!r}")
+        if self.proto_max_bulk_len < 1:
+            raise ValueError(f"proto_max_bulk_len must be >= 1, not {self.proto_max_bulk_len}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, not {self.max_connections}")
 
@@ -228,8 +239,15 @@ def _translate(exc: rexc.RedisError) -> UnifiedQError:
         ("NOAUTH", "WRONGPASS", "NOPERM", "invalid username-password")
     ):
         return AuthenticationError(f"Redis refused our credentials: {text}")
-    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError):
+    if isinstance(exc, rexc.TimeoutError):
+        return BackendTimeout(f"Redis did not answer in time (the connection was dropped): "
+                              f"{text}")
+    if isinstance(exc, rexc.ConnectionError):
         return BackendConnectionError(f"cannot talk to Redis: {text}")
+    # Redis at maxmemory with noeviction: "OOM command not allowed ..." (also from inside a
+    # script, where the error keeps its code).
+    if isinstance(exc, rexc.OutOfMemoryError) or text.startswith("OOM") or " OOM " in text:
+        return BackendFull(f"Redis is out of memory (maxmemory) and refuses new data: {text}")
     if isinstance(exc, rexc.ResponseError) and "NOT LEASED" in text:
         return JobNotLeased(
             "the job is not leased by this delivery: it was already acked or nacked, or its "
@@ -280,6 +298,7 @@ class Core:
         self._held: dict[tuple[str, str], tuple[str, float]] = {}  # (prefix, id) -> token, end
         self._held_lock = threading.Lock()
         self.connection_kwargs = _connection_kwargs(url, options)
+        self.ssl = url.scheme == "rediss"
 
     # -- enqueue ---------------------------------------------------------------------------
     def publish_calls(self, level: int) -> list[tuple[str, str, str]]:
@@ -319,6 +338,8 @@ class Core:
             msg += _len_field(0x52, ukey.encode())
             keys_tail = (ukey,)
         msg += self._retention_field + hdr
+        if len(msg) > self.options.proto_max_bulk_len:
+            self._too_large(len(msg))
         at = "0" if not req.delay else repr(now_ns / 1e9 + req.delay)
         args: list[Any] = [
             "EVALSHA", _scripts.ENQUEUE.sha, 4 + len(keys_tail),
@@ -343,6 +364,7 @@ class Core:
         plain = not self.options.unique_ttl
         lvls, small, varint = self._levels, _SMALL, _proto._varint
         type_field, retention, end = self._type_field, self._retention_field, self._argv_end
+        limit = self.options.proto_max_bulk_len
         now = _bulk(b"%d" % now_ns)
         for req in reqs:
             if req.headers or not plain:
@@ -361,12 +383,23 @@ class Core:
             ) if body else b"%b\x1a%b%b%b%b" % (
                 type_field, small[k] if k < 128 else varint(k), jid, lv.tail, retention,
             )  # fmt: skip
+            if len(msg) > limit:
+                self._too_large(len(msg))
             at = _ZERO if not req.delay else _bulk(repr(now_ns / 1e9 + req.delay).encode())
             add(b"%b$%d\r\n%b%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b%b%b" % (
                 lv.head, len(lv.tkey) + k, lv.tkey, jid, lv.keys, len(msg), msg, k, jid,
                 now, at, end,
             ))  # fmt: skip
         return levels, b"".join(parts)
+
+    def _too_large(self, size: int) -> None:
+        # Redis drops the connection on a bulk string over proto-max-bulk-len; a resend
+        # would fail the same way, so refuse before the first byte.
+        limit = self.options.proto_max_bulk_len
+        raise LimitExceeded(
+            f"the encoded asynq task message is {size} bytes, more than Redis accepts in one "
+            f"bulk string (proto-max-bulk-len = {limit} bytes; body and headers both count)",
+            limit="proto-max-bulk-len", size=size, maximum=limit)
 
     def enqueue_result(self, code: object, jid: str, *, resent: bool = False) -> str:
         """Check an enqueue script's reply and return the job id.
@@ -484,9 +517,6 @@ class Core:
             if left <= 0:
                 return None
             wait = min(wait, left)
-        st = self.options.socket_timeout
-        if st is not None:
-            wait = min(wait, st * 0.8)
         return max(wait, 0.001)  # BLPOP 0 would mean "forever"
 
     # -- settle ----------------------------------------------------------------------------
@@ -593,6 +623,7 @@ class Core:
 
 
 def _connection_kwargs(url: URL, o: RedisOptions) -> dict[str, Any]:
+    """Keyword arguments of one redis-py connection (the faces pool connections themselves)."""
     if url.path.strip("/"):
         try:
             db = int(url.path.strip("/"))
@@ -607,10 +638,8 @@ def _connection_kwargs(url: URL, o: RedisOptions) -> dict[str, Any]:
         "socket_timeout": o.socket_timeout, "socket_connect_timeout": o.socket_connect_timeout,
         "client_name": o.client_name,
     }  # fmt: skip
-    if o.max_connections is not None:
-        kw["max_connections"] = o.max_connections
     if url.scheme == "rediss":
-        kw.update(ssl=True, ssl_ca_certs=o.ssl_ca_certs, ssl_certfile=o.ssl_certfile,
+        kw.update(ssl_ca_certs=o.ssl_ca_certs, ssl_certfile=o.ssl_certfile,
                   ssl_keyfile=o.ssl_keyfile, ssl_cert_reqs=o.ssl_cert_reqs,
                   ssl_check_hostname=o.ssl_check_hostname)
     elif any((o.ssl_ca_certs, o.ssl_certfile, o.ssl_keyfile)):
@@ -623,15 +652,3 @@ def parse(url: URL, options: Mapping[str, object]) -> tuple[URL, RedisOptions]:
     if url.scheme not in ("redis", "rediss"):
         raise InvalidURL(f"the redis driver takes redis:// or rediss:// URLs, not {url.scheme!r}")
     return url, parse_options(RedisOptions, url.query, options, driver="redis")
-
-
-def pool_args(pool_cls: Any) -> tuple[str, ...]:
-    """Extra positional args for ``pool_cls.get_connection`` on this redis-py version.
-
-    redis-py < 5.3 requires a command name there; later versions deprecate passing one.
-    """
-    try:
-        param = inspect.signature(pool_cls.get_connection).parameters["command_name"]
-    except (KeyError, TypeError, ValueError):
-        return ()
-    return ("EVALSHA",) if param.default is inspect.Parameter.empty else ()

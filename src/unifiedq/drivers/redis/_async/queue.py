@@ -2,8 +2,13 @@
 """One face of the redis:// driver: the I/O around the shared, non-I/O ``Core``.
 
 The asyncio face (``_async/queue.py``, redis.asyncio) is the source; the blocking one
-(``_sync/queue.py``, redis-py) is generated from it. Each face takes its client module from
-``_clients`` and its heartbeat (a task or a thread) from ``_concurrency``.
+(``_sync/queue.py``, redis-py) is generated from it. Each face takes its connection layer
+from ``_clients`` and its heartbeat (a task or a thread) from ``_concurrency``.
+
+Deadlines: every verb computes one deadline (``socket_timeout`` from now; a waiting dequeue
+adds its wait) and every connect, write and read inside it gets only what is left of it. The
+driver pools redis-py *connections* itself, so nothing retries behind its back: a broken
+connection is retried once, on a fresh connection, only within the same deadline.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ...._errors import JobNotLeased
 from ...._job import EnqueueRequest, Job
 from ...._url import URL
 from .. import _scripts
-from .._clients import aredis, disconnect_async
+from .._clients import AsyncWire, disconnect_async
 from .._core import (
     CAPABILITIES,
     Call,
@@ -31,7 +36,6 @@ from .._core import (
     RedisOptions,
     pack,
     parse,
-    pool_args,
     translating,
 )
 
@@ -40,7 +44,14 @@ __all__ = ["AsyncRedisQueue"]
 log = logging.getLogger("unifiedq.drivers.redis")
 
 
-_POOL_ARGS = pool_args(aredis.ConnectionPool)
+class _Take:
+    """What one dequeue script call handed out, and whether its caller is still waiting."""
+
+    __slots__ = ("abandoned", "jobs")
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.jobs: list[Job] | None = None
 
 
 class AsyncRedisQueue(AsyncQueueBase):
@@ -54,8 +65,12 @@ class AsyncRedisQueue(AsyncQueueBase):
         self.options = options
         self.max_body = options.max_body
         self._core = Core(url, options)
-        self._client: aredis.Redis | None = None  # made on first use
-        self._lock = threading.Lock()  # the client and the heartbeat are made once
+        self._st = options.socket_timeout
+        self._lock = threading.Lock()  # the heartbeat is made once
+        self._pool_lock = threading.Lock()  # no await is ever made while holding it
+        self._idle: list[Any] = []  # connections ready for use (connected or not)
+        self._conns = 0  # connections made (idle or in use)
+        self._pool_closed = False
         self._hb: AsyncTask | None = None
         self._hb_stop = AsyncRuntime.Event()
 
@@ -65,62 +80,101 @@ class AsyncRedisQueue(AsyncQueueBase):
         return cls(*parse(url, options))
 
     # -- plumbing --------------------------------------------------------------------------
-    def _redis(self) -> aredis.Redis:
-        c = self._client
-        if c is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = aredis.Redis(**self._core.connection_kwargs)
-                c = self._client
-        return c
+    def _deadline(self) -> float:
+        """The deadline of a verb that does not wait for jobs: ``socket_timeout`` from now."""
+        return time.monotonic() + self._st
 
-    async def _eval(self, call: Call) -> Any:
+    def _left(self, deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise rexc.TimeoutError(f"no reply within the verb's deadline "
+                                    f"(socket_timeout={self._st} s)")
+        return left
+
+    async def _acquire(self, deadline: float) -> Any:
+        """A pooled connection, connected within the deadline."""
+        with self._pool_lock:
+            if self._pool_closed:
+                raise rexc.ConnectionError("the handle was closed")
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                cap = self.options.max_connections
+                if cap is not None and self._conns >= cap:
+                    raise rexc.ConnectionError(f"Too many connections (max_connections={cap})")
+                self._conns += 1
+        if conn is None:
+            conn = AsyncWire.connection(self._core.connection_kwargs, self._core.ssl)
+        try:
+            await AsyncWire.connect(
+                conn, min(self._left(deadline), self.options.socket_connect_timeout))
+        except BaseException:
+            await self._put(conn, broken=True)
+            raise
+        return conn
+
+    async def _put(self, conn: Any, *, broken: bool = False) -> None:
+        if broken:
+            await disconnect_async(conn)  # never pool a desynced socket
+        with self._pool_lock:
+            if not self._pool_closed:
+                self._idle.append(conn)  # a dropped one reconnects on its next use
+                return
+        if not broken:
+            await disconnect_async(conn)
+
+    async def _roundtrip(self, data: bytes, n: int, deadline: float) -> list[Any]:
+        """Write pre-packed commands at once and read their ``n`` replies (errors as values).
+
+        This is what a redis-py pipeline does, minus its per-command bookkeeping (argument
+        re-encoding, response callbacks), which cost more than the rest of an enqueue. Every
+        step gets what is left of ``deadline``; a connection that failed or timed out in the
+        middle is dropped, never pooled (its replies would answer the next caller).
+        """
+        conn = await self._acquire(deadline)
+        try:
+            await AsyncWire.send(conn, data, self._left(deadline))
+            out: list[Any] = []
+            for _ in range(n):
+                try:
+                    out.append(await AsyncWire.read(conn, self._left(deadline)))
+                except rexc.ResponseError as exc:  # the reply was read; the stream is in step
+                    out.append(exc)
+        except BaseException:
+            await self._put(conn, broken=True)
+            raise
+        await self._put(conn)
+        return out
+
+    async def _send(self, data: bytes, n: int, deadline: float) -> tuple[list[Any], bool]:
+        """:meth:`_roundtrip`, retried once on a broken connection within the same deadline.
+
+        A timeout is not retried: it used the whole deadline. Returns the replies and whether
+        the commands went out twice.
+        """
+        try:
+            return await self._roundtrip(data, n, deadline), False
+        except (rexc.AuthenticationError, rexc.TimeoutError):
+            raise
+        except rexc.ConnectionError:
+            if deadline - time.monotonic() <= 0:
+                raise
+            return await self._roundtrip(data, n, deadline), True
+
+    async def _eval(self, call: Call, deadline: float) -> Any:
         script, keys, args = call
         data = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-        reply = (await self._send(data, 1))[0][0]
+        reply = (await self._send(data, 1, deadline))[0][0]
         if isinstance(reply, rexc.NoScriptError):  # first use, or the server lost its cache
-            await self._redis().script_load(script.source)
-            reply = (await self._send(data, 1))[0][0]
+            await self._load(script, deadline)
+            reply = (await self._send(data, 1, deadline))[0][0]
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    async def _roundtrip(self, data: bytes, n: int) -> list[Any]:
-        """Write pre-packed commands at once and read their ``n`` replies (errors as values).
-
-        This is what a redis-py pipeline does, minus its per-command bookkeeping (argument
-        re-encoding, response callbacks), which cost more than the rest of an enqueue.
-        """
-        pool = self._redis().connection_pool
-        # The ignores: redis.asyncio leaves get_connection unannotated, redis-py the
-        # connection's methods; each face's twin needs one of them.
-        conn = await pool.get_connection(*_POOL_ARGS)  # type: ignore[no-untyped-call, unused-ignore]
-        try:
-            await conn.send_packed_command([data])  # type: ignore[no-untyped-call, unused-ignore]
-            out: list[Any] = []
-            for _ in range(n):
-                try:
-                    out.append(await conn.read_response())
-                except rexc.ResponseError as exc:  # the reply was read; the stream is in step
-                    out.append(exc)
-            return out
-        except BaseException:
-            await disconnect_async(conn)  # never pool a desynced socket
-            raise
-        finally:
-            await pool.release(conn)
-
-    async def _send(self, data: bytes, n: int) -> tuple[list[Any], bool]:
-        """:meth:`_roundtrip` retried once on a broken connection (as redis-py retries).
-
-        Returns the replies and whether the commands went out twice.
-        """
-        try:
-            return await self._roundtrip(data, n), False
-        except rexc.AuthenticationError:
-            raise
-        except (rexc.ConnectionError, rexc.TimeoutError):
-            return await self._roundtrip(data, n), True
+    async def _load(self, script: _scripts.Script, deadline: float) -> None:
+        reply = (await self._send(pack(("SCRIPT", "LOAD", script.source)), 1, deadline))[0][0]
+        if isinstance(reply, Exception):
+            raise reply
 
     def _start_heartbeat(self) -> None:
         if not self.options.heartbeat or self._hb is not None:
@@ -133,18 +187,21 @@ class AsyncRedisQueue(AsyncQueueBase):
         while not await self._hb_stop.wait(self._core.heartbeat_interval):
             for call in self._core.heartbeat_calls():
                 try:
-                    with translating():
-                        lost = await self._eval(call)
+                    with translating():  # bounded like a verb: a frozen server cannot wedge it
+                        lost = await self._eval(call, self._deadline())
                 except Exception as exc:  # keep beating; the next tick retries
                     log.warning("lease heartbeat for queue %r failed: %s", self.name, exc)
                     continue
                 self._core.lost(call, lost)
 
     # -- verbs -----------------------------------------------------------------------------
-    async def _publish(self, level: int) -> None:
+    async def _publish(self, level: int, deadline: float) -> None:
         if level not in self._core.published:
-            for cmd in self._core.publish_calls(level):
-                await self._redis().execute_command(*cmd)  # type: ignore[no-untyped-call]
+            cmds = self._core.publish_calls(level)
+            replies, _ = await self._send(b"".join(pack(c) for c in cmds), len(cmds), deadline)
+            for r in replies:
+                if isinstance(r, Exception):  # e.g. OOM: registered on a later enqueue
+                    raise r
             self._core.published.add(level)
 
     async def _enqueue(self, req: EnqueueRequest) -> str:
@@ -155,17 +212,18 @@ class AsyncRedisQueue(AsyncQueueBase):
         if reqs[0].headers:
             core.check_headers(reqs[0].headers)  # one batch shares its headers
         now = time.time_ns()
-        levels, data = core.enqueue_commands(reqs, now)
+        levels, data = core.enqueue_commands(reqs, now)  # limits are checked before any I/O
+        deadline = self._deadline()
         with translating():
             for level in levels:
                 if level not in core.published:
-                    await self._publish(level)
-            replies, resent = await self._send(data, len(reqs))
+                    await self._publish(level, deadline)
+            replies, resent = await self._send(data, len(reqs), deadline)
             missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
             if missing:  # first use, or the server restarted and lost its script cache
-                await self._redis().script_load(_scripts.ENQUEUE.source)
+                await self._load(_scripts.ENQUEUE, deadline)
                 _, data = core.enqueue_commands([reqs[i] for i in missing], now)
-                again, twice = await self._send(data, len(missing))
+                again, twice = await self._send(data, len(missing), deadline)
                 for i, r in zip(missing, again, strict=True):
                     replies[i] = r
                 resent = resent or twice
@@ -175,23 +233,55 @@ class AsyncRedisQueue(AsyncQueueBase):
         return [core.enqueue_result(c, r.job_id, resent=resent and not r.custom_id)
                 for c, r in zip(replies, reqs, strict=True)]
 
+    async def _take_once(self, max_jobs: int, state: _Take) -> tuple[list[Job], float | None]:
+        """One dequeue script call; run shielded, so a cancelled caller cannot strand jobs.
+
+        If the caller went away while the script ran, the jobs it took go straight back to
+        pending without counting an attempt (asynq's shutdown requeue).
+        """
+        call, token = self._core.dequeue_call(max_jobs)
+        with translating():
+            reply = await self._eval(call, self._deadline())
+        jobs, next_due = self._core.dequeue_result(reply, token)
+        state.jobs = jobs  # no await between this and the check below
+        if state.abandoned and jobs:
+            await self._give_back(jobs)
+            return [], next_due
+        return jobs, next_due
+
+    async def _give_back(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            try:
+                await self._release(job)
+            except Exception as exc:  # the lease will lapse and the job come back
+                log.warning("could not give back job %r of queue %r: %s", job.id, self.name, exc)
+
     async def _take(self, max_jobs: int, timeout: float | None) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
-        with translating():
-            while True:
-                call, token = core.dequeue_call(max_jobs)
-                jobs, next_due = core.dequeue_result(await self._eval(call), token)
-                if jobs:
-                    self._start_heartbeat()
-                    return jobs
-                if timeout == 0:
-                    return []
-                wait = core.wait_seconds(next_due, deadline)
-                if wait is None:
-                    return []
-                await self._redis().blpop([core.wake_key], timeout=wait)
-                self._check_open()
+        while True:
+            state = _Take()
+            try:
+                jobs, next_due = await AsyncRuntime.shield(self._take_once, max_jobs, state)
+            except AsyncRuntime.Cancelled:
+                state.abandoned = True
+                if state.jobs:  # taken, but the caller was cancelled before it got them
+                    await AsyncRuntime.shield(self._give_back, state.jobs)
+                raise
+            if jobs:
+                self._start_heartbeat()
+                return jobs
+            if timeout == 0:
+                return []
+            wait = core.wait_seconds(next_due, deadline)
+            if wait is None:
+                return []
+            # The server answers a BLPOP after ``wait``: the read may take that long plus the
+            # usual socket_timeout, so a waiting dequeue ends within timeout + socket_timeout.
+            with translating():
+                await self._roundtrip(pack(("BLPOP", core.wake_key, repr(wait))), 1,
+                                      time.monotonic() + wait + self._st)
+            self._check_open()
 
     async def _dequeue(self, timeout: float | None) -> Job | None:
         jobs = await self._take(1, timeout)
@@ -202,13 +292,14 @@ class AsyncRedisQueue(AsyncQueueBase):
 
     async def _peek(self) -> Job | None:
         with translating():
-            return self._core.peek_result(await self._eval(self._core.peek_call()))
+            reply = await self._eval(self._core.peek_call(), self._deadline())
+        return self._core.peek_result(reply)
 
     async def _settle(self, job: Job, call: Call) -> None:
         r = self._core.receipt(job)
         try:
             with translating():
-                await self._eval(call)
+                await self._eval(call, self._deadline())
         finally:
             self._core.release(r, job.id)
 
@@ -218,17 +309,22 @@ class AsyncRedisQueue(AsyncQueueBase):
     async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         await self._settle(job, self._core.nack_call(job, requeue, delay))
 
+    async def _release(self, job: Job) -> None:
+        # asynq's Requeue (its shutdown path): active -> head of pending, lease removed,
+        # message and `retried` untouched, no failure counted.
+        await self._settle(job, self._core.nack_call(job, True, 0.0, shutdown=True))
+
     async def _extend_lease(self, job: Job, seconds: float) -> None:
         r = self._core.receipt(job)
         with translating():
-            lost = await self._eval(self._core.extend_call(job, seconds))
+            lost = await self._eval(self._core.extend_call(job, seconds), self._deadline())
         if lost:
             self._core.release(r, job.id)
             raise JobNotLeased(f"job {job.id!r} is no longer leased by this delivery")
 
     async def _size(self) -> int:
         with translating():
-            return int(await self._eval(self._core.size_call()))
+            return int(await self._eval(self._core.size_call(), self._deadline()))
 
     async def stats(self) -> Mapping[str, object]:
         """Per-state counts of this queue over all its priority levels, as asynq counts them.
@@ -239,26 +335,32 @@ class AsyncRedisQueue(AsyncQueueBase):
 
         Raises:
             QueueClosed: The handle is closed.
-            BackendConnectionError: Redis did not answer.
+            BackendTimeout: Redis did not answer within ``socket_timeout`` seconds.
+            BackendConnectionError: Redis cannot be reached.
         """
         self._check_open()
         with translating():
-            return self._core.stats_result(await self._eval(self._core.stats_call()))
+            reply = await self._eval(self._core.stats_call(), self._deadline())
+        return self._core.stats_result(reply)
 
     async def _purge(self) -> int:
         with translating():
-            return int(await self._eval(self._core.purge_call()))
+            return int(await self._eval(self._core.purge_call(), self._deadline()))
 
     async def _close(self) -> None:
+        # One deadline for the whole close: a frozen server cannot hold it longer than a verb.
+        deadline = self._deadline()
         self._hb_stop.set()  # a heartbeat thread ends at its next wait
         if self._hb is not None:
             self._hb.cancel()  # a heartbeat task ends now (a no-op for a thread)
-            await self._hb.join(10)
-        client = self._client
-        if client is None:
-            return
+            await self._hb.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception), translating():
-            for call in self._core.held_jobs_calls():
+            for call in self._core.held_jobs_calls():  # give held jobs back, no retry counted
                 with contextlib.suppress(rexc.ResponseError):
-                    await self._eval(call)
-        await client.aclose()
+                    await self._eval(call, deadline)
+        with self._pool_lock:
+            self._pool_closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await disconnect_async(conn)
