@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -35,11 +37,14 @@ from unifiedq.testing.servers import (
     RabbitMQServer,
     RedisServer,
     ServerBinaryMissing,
+    ServerHandle,
     find_binary,
 )
+from unifiedq.testing.toxiproxy import Proxy, ToxiproxyServer, proxied_url
 
 __all__ = [
     "ENV_URL_VARS",
+    "ProxyFactory",
     "RigServer",
     "ServerFactory",
     "amqp_url",
@@ -52,6 +57,8 @@ __all__ = [
     "require_binary",
     "require_managed",
     "server_factory",
+    "toxiproxy",
+    "toxiproxy_server",
 ]
 
 #: A server given to tests: started by the rig, or external (given by URL).
@@ -253,3 +260,90 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if overrides:
         line += " (external: " + ", ".join(overrides) + ")"
     return [line]
+
+
+# --------------------------------------------------------------------------- Toxiproxy (issue 20)
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_server() -> Iterator[ToxiproxyServer]:
+    """A Toxiproxy server for the whole session (its HTTP API on a free loopback port).
+
+    Skips locally when ``toxiproxy-server`` is missing (with an install hint), fails under
+    ``CI=true``.
+    """
+    server = ToxiproxyServer()
+    try:
+        server.binary_path()
+    except ServerBinaryMissing as exc:
+        if in_ci():
+            pytest.fail(f"CI=true and a required server binary is missing: {exc}", False)
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class ProxyFactory:
+    """Creates Toxiproxy proxies for one test and deletes them all at its end.
+
+    Args:
+        server: The Toxiproxy server to use.
+    """
+
+    def __init__(self, server: ToxiproxyServer) -> None:
+        self.server = server
+        self.client = server.client
+        self._proxies: list[Proxy] = []
+
+    def __call__(self, upstream: str | ServerHandle, *, name: str | None = None) -> Proxy:
+        """Create a proxy in front of ``upstream``.
+
+        Args:
+            upstream: A server (anything with a ``url``, e.g. a rig server) or a URL such as
+                ``redis://127.0.0.1:6379/0``; its host and port become the proxy's upstream.
+            name: Proxy name (default: a unique one).
+
+        Returns:
+            The proxy; :func:`~unifiedq.testing.toxiproxy.proxied_url` gives a driver URL
+            through it.
+        """
+        url = upstream if isinstance(upstream, str) else upstream.url
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname is None or parts.port is None:
+            raise ValueError(f"cannot proxy {url!r}: it names no host and port")
+        proxy = self.client.create_proxy(
+            name or f"uq-{parts.scheme}-{uuid.uuid4().hex[:8]}", parts.hostname, parts.port
+        )
+        self._proxies.append(proxy)
+        return proxy
+
+    def url(self, url: str, *, name: str | None = None) -> tuple[str, Proxy]:
+        """Create a proxy in front of ``url``'s server; return the proxied URL and the proxy."""
+        proxy = self(url, name=name)
+        return proxied_url(url, proxy), proxy
+
+    def close(self) -> None:
+        """Delete every proxy created by this factory."""
+        while self._proxies:
+            self._proxies.pop().delete()
+
+
+@pytest.fixture
+def toxiproxy(toxiproxy_server: ToxiproxyServer) -> Iterator[ProxyFactory]:
+    """Function-scoped factory of Toxiproxy proxies, deleted when the test ends.
+
+    Example::
+
+        def test_dequeue_under_drop(toxiproxy, redis_url):
+            url, proxy = toxiproxy.url(redis_url)
+            with proxy.toxic("timeout", timeout=0):
+                ...
+    """
+    factory = ProxyFactory(toxiproxy_server)
+    try:
+        yield factory
+    finally:
+        factory.close()
