@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -64,7 +65,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, Self, TypeVar
 
 from .._base import QueueBase
@@ -75,9 +76,12 @@ from .._errors import (
     AuthenticationError,
     BackendConnectionError,
     BackendError,
+    BackendFull,
+    BackendTimeout,
     InvalidArgument,
     InvalidURL,
     JobNotLeased,
+    LimitExceeded,
     ProtocolError,
 )
 from .._job import EnqueueRequest, Job
@@ -92,7 +96,23 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 7419
 #: FETCH blocks at most this long on the server (a BRPOP with a 2 s timeout).
 _FETCH_BLOCK = 2.0
+#: A blocking FETCH is sent only with this much time left, so its reply (due after 2 s) is
+#: normally in before the dequeue's deadline.
+_FETCH_MIN = _FETCH_BLOCK + 0.25
+#: A reply this long past its due time means a stalled server: dequeue raises BackendTimeout
+#: (before that, a dequeue whose deadline comes first returns None and reads the reply later).
+_LATE = 1.0
+#: Round trips of a short dequeue (an INFO probe, a FETCH of a ready job) get at least this
+#: long, so dequeue(timeout=0) can still ask; it bounds how far a dequeue overruns its timeout.
+_PROBE = 0.5
+#: Longest single socket wait (``settimeout`` takes no infinity).
+_MAX_SOCKET_WAIT = 3600.0
 _PUSHB_CHUNK = 1000
+#: Faktory (1.9) has no job size limit of its own: its Redis has, ``proto-max-bulk-len``
+#: (512 MiB), for the job JSON (LPUSH) and for the reservation record written at FETCH
+#: (the job JSON plus ~200 bytes; over the limit, Faktory pops the job and loses it).
+_REDIS_BULK_MAX = 512 * 1024 * 1024
+_MAX_JOB = _REDIS_BULK_MAX - 64 * 1024
 # Faktory's own rules: queue names (storage/redis.go) and the reservation range (manager).
 _QUEUE_RE = re.compile(r"\A[a-zA-Z0-9._-]+\Z")
 _MIN_RESERVE, _MAX_RESERVE = 60, 86400
@@ -116,11 +136,18 @@ class FaktoryOptions:
             retries the job after its backoff (15 s and more) with the failure recorded.
         priorities: Map ``priority=1..9`` onto sub-queues ``<queue>.p1`` .. ``<queue>.p9``
             fetched before ``<queue>``. False: the driver lacks PRIORITY.
-        timeout: Socket timeout in seconds for connecting and for each reply (> 2 s, since
-            FETCH blocks for 2 s on the server).
+        timeout: Deadline in seconds of every verb without a timeout argument (enqueue,
+            ack, nack, release, size, purge, close): connecting and all its round trips
+            share it, and a server that does not answer in time raises BackendTimeout.
+            Also how long ``dequeue(timeout=None)`` waits for an overdue FETCH reply.
+            > 2 s, since FETCH blocks for 2 s on the server.
         beat_period: Seconds between heartbeats (``BEAT``) of a consumer connection, 5..60.
         poll_interval: Seconds between ``INFO`` probes while a dequeue waits less than 2 s.
         max_body: Largest body accepted, in bytes.
+        max_job: Largest job accepted, in bytes of the JSON Faktory stores (the base64 body,
+            headers and metadata); larger ones raise LimitExceeded before anything is sent.
+            At most 512 MiB - 64 KiB (Redis's ``proto-max-bulk-len``, which Faktory's
+            reservation record must also fit in). Also the byte budget of one PUSHB.
         tls_ca: CA bundle (PEM) to verify the server with; default: the system store.
         tls_verify: Verify the server certificate and host name (keep it True).
         tls_server_name: Host name to expect in the certificate (default: the URL's host).
@@ -136,6 +163,7 @@ class FaktoryOptions:
     beat_period: float = 15.0
     poll_interval: float = 0.05
     max_body: int = 16 * 1024 * 1024
+    max_job: int = 32 * 1024 * 1024
     tls_ca: str | None = None
     tls_verify: bool = True
     tls_server_name: str | None = None
@@ -164,6 +192,11 @@ class FaktoryOptions:
             raise ValueError(f"poll_interval must be in (0, 1] seconds, not {self.poll_interval}")
         if self.max_body < 0:
             raise ValueError(f"max_body must be >= 0, not {self.max_body}")
+        if not 1024 <= self.max_job <= _MAX_JOB:
+            raise ValueError(
+                f"max_job must be 1024..{_MAX_JOB} bytes (Redis's 512 MiB bulk limit, less "
+                f"room for Faktory's reservation record), not {self.max_job}"
+            )
 
 
 # -------------------------------------------------------------------------------- connection
@@ -206,22 +239,49 @@ class _Conn(_pf.Client):
         self._chunk_view = memoryview(self._chunk)
         self._period = beat_period
         self._stop_beat = threading.Event()
+        #: Monotonic time by which the current call's replies are due (set by :meth:`using`).
+        self.deadline = math.inf
+        #: (is FETCH, sent at) of the command whose reply is awaited.
+        self._inflight: tuple[bool, float] | None = None
+        #: The same for replies that calls stopped waiting for (read first by the next one).
+        self._pending: collections.deque[tuple[bool, float]] = collections.deque()
+        #: Called with a job a late FETCH reply brought, and the FETCH's send time.
+        self.on_late_job: Callable[[dict[str, Any], float], None] | None = None
+        #: A command was cut mid-send: the stream cannot be resynchronised.
+        self.broken = False
 
     # -- socket -------------------------------------------------------------------------
-    def connect(self) -> bool:
-        """Open the socket (TLS verified when configured), read HI and send HELLO."""
-        raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+    def connect(self, deadline: float = math.inf) -> bool:
+        """Open the socket (TLS verified when configured), read HI and send HELLO.
+
+        Everything (TCP connect, TLS handshake, HI, HELLO) shares one ``deadline``
+        (monotonic), so a stalled server cannot stretch a verb beyond it.
+        """
+        self.deadline = deadline
+        left = min(self.timeout, deadline - time.monotonic())
+        if left <= 0:
+            raise _Overdue("no time left to connect", broken=True, late=True)
+        try:
+            raw = socket.create_connection((self.host, self.port), timeout=left)
+        except TimeoutError as exc:
+            raise _Overdue(f"no TCP connection within {left:.3g} s", broken=True,
+                           late=True) from exc
         try:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock: socket.socket = raw
             if self._tls is not None:
+                raw.settimeout(max(1e-3, deadline - time.monotonic()))
                 sock = self._tls.wrap_socket(raw, server_hostname=self._server_name)
-            sock.settimeout(self.timeout)
+        except TimeoutError as exc:
+            raw.close()
+            raise _Overdue("no TLS handshake before the deadline", broken=True,
+                           late=True) from exc
         except BaseException:
             raw.close()
             raise
         self.sock = sock
+        self._inflight = (False, time.monotonic())  # HI is the reply to connecting
         greeting = self.read_reply()
         self.check_reply(greeting)
         self.set_state(State.NOT_IDENTIFIED)
@@ -243,40 +303,125 @@ class _Conn(_pf.Client):
         reply = self.roundtrip(f"HELLO {json.dumps(hello)}\r\n")
         self.check_reply(reply)
         self.set_state(State.IDENTIFIED)
+        self.deadline = math.inf
         if self.role != "producer":
             threading.Thread(target=self._beat_loop, name="unifiedq-faktory-beat",
                              daemon=True).start()
         return True
 
+    @contextlib.contextmanager
+    def using(self, deadline: float) -> Iterator[Self]:
+        """Hold the connection (``rlock``) for one verb whose replies are due by ``deadline``.
+
+        Waiting for the lock counts against the deadline too (another thread's FETCH may
+        hold it for up to 2 s).
+        """
+        left = deadline - time.monotonic()
+        if not self.rlock.acquire(timeout=max(0.0, min(left, threading.TIMEOUT_MAX))):
+            raise _Overdue("the connection stayed busy with another call until the deadline",
+                           broken=False, late=True)
+        outer = self.deadline
+        self.deadline = min(outer, deadline)
+        try:
+            yield self
+        finally:
+            self.deadline = outer
+            self.rlock.release()
+
     def send_command(self, command: str) -> None:
         # No debug logging of the command: HELLO carries the password hash.
-        self.sock.sendall(command.encode("utf-8"))
-
-    def _fill(self) -> None:
-        # recv_into a reusable buffer: recv(65536) would allocate 64 KiB for every reply.
-        n = self.sock.recv_into(self._chunk)
-        if not n:
-            raise ConnectionResetError("the Faktory server closed the connection")
-        self._buf += self._chunk_view[:n]
+        self.drain()  # replies of calls that gave up waiting come first: stay in sync
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Overdue("no time left to send", broken=False, late=False)
+        self.sock.settimeout(min(left, _MAX_SOCKET_WAIT))
+        try:
+            self.sock.sendall(command.encode("utf-8"))
+        except TimeoutError as exc:  # part of a command may be out: the stream is lost
+            self.broken = True
+            raise _Overdue("the Faktory server stopped reading", broken=True,
+                           late=True) from exc
+        self._inflight = (command.startswith("FETCH "), time.monotonic())
 
     def read_reply(self) -> str:
-        """Read one RESP reply in linear time; return it in pyfaktory's string form."""
+        """Read the reply to the command just sent (pyfaktory's string form).
+
+        If it is not in by the deadline, it stays pending (read and handled before the next
+        command, see :meth:`drain`) and ``_Overdue`` is raised: the connection stays usable.
+        """
+        cur = self._inflight or (False, time.monotonic())
+        self._inflight = None
+        try:
+            return self._read_one(*cur)
+        except _Overdue:
+            self._pending.append(cur)
+            raise
+
+    def drain(self) -> None:
+        """Read the replies of earlier calls that stopped waiting for them.
+
+        A late FETCH reply that carries a job goes to ``on_late_job`` (the queue keeps it for
+        its next dequeue), so a FETCH the server answered after its caller gave up never
+        strands a job.
+        """
+        while self._pending:
+            is_fetch, sent = self._pending[0]
+            reply = self._read_one(is_fetch, sent)
+            self._pending.popleft()
+            if is_fetch and reply.startswith("$") and reply != "$-1" and self.on_late_job:
+                with contextlib.suppress(ValueError, IndexError):
+                    self.on_late_job(json.loads(reply.split("\r\n", 1)[1]), sent)
+
+    @property
+    def pending(self) -> int:
+        """Replies still owed by the server to calls that stopped waiting."""
+        return len(self._pending)
+
+    def _read_one(self, is_fetch: bool, sent: float) -> str:
+        # A reply is due `expect` after its command (FETCH blocks 2 s on the server); we wait
+        # until the call's deadline, and at most `timeout` past the due time.
+        due = sent + (_FETCH_BLOCK if is_fetch else 0.0)
+        limit = min(self.deadline, due + self.timeout)
+        while (reply := self._parse()) is None:
+            left = limit - time.monotonic()
+            if left <= 0:
+                late = time.monotonic() >= due + _LATE
+                raise _Overdue("no reply from the Faktory server before the deadline",
+                               broken=False, late=late)
+            self.sock.settimeout(min(left, _MAX_SOCKET_WAIT))
+            try:
+                n = self.sock.recv_into(self._chunk)
+            except TimeoutError:
+                continue
+            if not n:
+                raise ConnectionResetError("the Faktory server closed the connection")
+            self._buf += self._chunk_view[:n]
+        return reply
+
+    def _parse(self) -> str | None:
+        """Take one complete RESP reply off the buffer, or None (nothing consumed) if partial.
+
+        Linear time: recv_into a reusable buffer, and the header is only consumed together
+        with its data, so a reply cut by a timeout is read whole later.
+        """
         buf = self._buf
-        while (end := buf.find(b"\r\n")) < 0:
-            self._fill()
-        line = bytes(buf[:end])
-        del buf[: end + 2]
-        if line[:1] != b"$" or line == b"$-1":
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None
+        if buf[:1] != b"$" or buf[: end] == b"$-1":
+            line = bytes(buf[:end])
+            del buf[: end + 2]
             return line.decode("utf-8")
         try:
-            n = int(line[1:])
+            n = int(buf[1:end])
         except ValueError:
-            raise FaktroyWorkProtocolError(f"bad RESP bulk header {line[:40]!r}") from None
-        while len(buf) < n + 2:
-            self._fill()
-        data = bytes(buf[:n])
-        del buf[: n + 2]
-        return f"{line.decode()}\r\n{data.decode('utf-8')}"
+            raise FaktroyWorkProtocolError(f"bad RESP bulk header {bytes(buf[:40])!r}") from None
+        if len(buf) < end + 2 + n + 2:
+            return None
+        header = bytes(buf[:end]).decode()
+        data = bytes(buf[end + 2 : end + 2 + n])
+        del buf[: end + 2 + n + 2]
+        return f"{header}\r\n{data.decode('utf-8')}"
 
     # -- heartbeat ----------------------------------------------------------------------
     def builtin_heartbeat(self) -> None:
@@ -285,11 +430,14 @@ class _Conn(_pf.Client):
     def _beat_loop(self) -> None:
         while not self._stop_beat.wait(self._period):
             try:
-                with self.rlock:
-                    if self.state not in (State.IDENTIFIED, State.QUIET):
+                with self.using(time.monotonic() + self.timeout):
+                    if self.state not in (State.IDENTIFIED, State.QUIET) or self.broken:
                         return
                     self.rss_kb = _rss_kb()  # shown in the Web UI's Busy page
                     self.beat(self.rss_kb)
+            except _Overdue as exc:  # a stalled server: its reply is read later; keep beating
+                if exc.broken:
+                    return
             except Exception as exc:  # the next FETCH reports the broken connection
                 log.debug("faktory heartbeat stopped: %s", exc)
                 return
@@ -299,6 +447,18 @@ class _Conn(_pf.Client):
         """Send ACK or FAIL (the server accepts both on a producer connection)."""
         reply = self.roundtrip(f"{verb} {json.dumps(payload)}\r\n")
         self.check_reply(reply)
+
+    def push_line(self, line: str) -> None:
+        """``PUSH <job JSON>`` of a job the queue encoded (and size-checked) already."""
+        reply = self.roundtrip(f"PUSH {line}\r\n")
+        if reply != "+OK":
+            self.check_reply(reply)
+
+    def push_lines(self, lines: list[str]) -> str:
+        """``PUSHB [<job JSON>, ...]``; the raw reply (``+OK`` or a bulk map of refusals)."""
+        reply = self.roundtrip(f"PUSHB [{', '.join(lines)}]\r\n")
+        self.check_reply(reply)
+        return reply
 
     def ack_jid(self, jid: str) -> None:
         """``ACK {"jid": ...}``, formatted without a json.dumps of a dict (the hot path)."""
@@ -319,9 +479,17 @@ class _Conn(_pf.Client):
     def shutdown(self) -> None:
         """Stop the heartbeat and close the socket (END first when still identified)."""
         self._stop_beat.set()
-        with contextlib.suppress(Exception), self.rlock:
-            if self.state in (State.IDENTIFIED, State.QUIET, State.TERMINATING):
-                self.end()
+        # END only on an idle, in-sync connection, and never wait long for the lock: a
+        # stalled server must not hold up close() (closing the socket is enough for it).
+        if self.rlock.acquire(timeout=0.5):
+            try:
+                if (self.state in (State.IDENTIFIED, State.QUIET, State.TERMINATING)
+                        and not self._pending and not self.broken):
+                    with contextlib.suppress(Exception):
+                        self.sock.settimeout(0.5)
+                        self.sock.sendall(b"END\r\n")
+            finally:
+                self.rlock.release()
         with contextlib.suppress(Exception):
             self.sock.close()
         self.state = State.DISCONNECTED
@@ -344,6 +512,22 @@ class _PasswordNeeded(Exception):
     pass
 
 
+class _Overdue(TimeoutError):
+    """The server did not answer (or read) before the call's deadline.
+
+    Attributes:
+        broken: The stream is out of sync (a command was cut mid-send): drop the connection.
+            Otherwise the missing reply is pending on the connection and read later.
+        late: The reply is more than ``_LATE`` s past the time it was due (a stalled server,
+            not just a deadline that came first).
+    """
+
+    def __init__(self, message: str, *, broken: bool, late: bool) -> None:
+        super().__init__(message)
+        self.broken = broken
+        self.late = late
+
+
 def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -361,6 +545,8 @@ def _map_error(what: str, exc: BaseException) -> tuple[BackendError, bool] | Non
         return AuthenticationError(f"{what}: {exc}"), True
     if isinstance(exc, FaktroyWorkProtocolError):
         msg = _pf.error_text(exc)
+        if "OOM command not allowed" in msg:  # Faktory's Redis is at its maxmemory
+            return BackendFull(f"{what}: Faktory's storage is full: {msg}"), False
         if "Invalid password" in msg:
             return AuthenticationError(f"{what}: the Faktory server refused the password"), True
         if _pf.connection_unusable(exc):
@@ -368,7 +554,11 @@ def _map_error(what: str, exc: BaseException) -> tuple[BackendError, bool] | Non
         return BackendError(f"{what}: Faktory replied {msg}"), False
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | KeyError | TypeError):
         return ProtocolError(f"{what}: unexpected reply from the Faktory server: {exc}"), True
-    if isinstance(exc, OSError | EOFError):  # includes socket timeouts and ssl.SSLError
+    if isinstance(exc, _Overdue):
+        return BackendTimeout(f"{what}: {exc}"), exc.broken
+    if isinstance(exc, TimeoutError):
+        return BackendTimeout(f"{what}: no answer from the Faktory server: {exc}"), True
+    if isinstance(exc, OSError | EOFError):  # includes ssl.SSLError
         return BackendConnectionError(f"{what}: {type(exc).__name__}: {exc}"), True
     return None
 
@@ -452,7 +642,7 @@ class FaktoryQueue(QueueBase):
     _BASE_CAPS = (
         Capability.ACK | Capability.DELAY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
         | Capability.HEADERS | Capability.DURABLE | Capability.CROSS_PROCESS
-        | Capability.DISTRIBUTED | Capability.NATIVE_SYNC
+        | Capability.DISTRIBUTED | Capability.NATIVE_SYNC | Capability.RELEASE
     )
     capabilities = _BASE_CAPS | Capability.PRIORITY
 
@@ -475,6 +665,8 @@ class FaktoryQueue(QueueBase):
         self._pconn: _Conn | None = None
         self._cconn: _Conn | None = None
         self._mine: dict[str, Job] = {}  # jobs this handle holds, by Faktory jid
+        # Jobs of FETCH replies read after their dequeue gave up, for the next dequeue.
+        self._stash: collections.deque[Job] = collections.deque()
         self._giving_back = False
 
     @classmethod
@@ -502,13 +694,15 @@ class FaktoryQueue(QueueBase):
             self._tls = ctx
         return self._tls
 
-    def _open(self, role: str) -> _Conn:
+    def _open(self, role: str, deadline: float) -> _Conn:
         o = self.options
         conn = _Conn(host=self._host, port=self._port, password=self._password, role=role,
                      timeout=o.timeout, beat_period=o.beat_period, tls=self._ssl_context(),
                      server_name=o.tls_server_name)
+        if role != "producer":
+            conn.on_late_job = self._late_job
         try:
-            conn.connect()
+            conn.connect(deadline)
         except BaseException:
             conn.shutdown()
             raise
@@ -524,31 +718,39 @@ class FaktoryQueue(QueueBase):
         if conn is not None:
             conn.shutdown()
 
-    def _producer(self) -> _Conn:
-        conn = self._pconn
-        if conn is None:
-            with self._plock:
-                if not self._giving_back:
-                    self._check_open()
-                if self._pconn is None:
-                    self._pconn = self._open("producer")
-                conn = self._pconn
-        return conn
-
-    def _consumer(self) -> _Conn:
-        conn = self._cconn
-        if conn is None:
-            with self._plock:
+    def _connection(self, consumer: bool, deadline: float) -> _Conn:
+        conn = self._cconn if consumer else self._pconn
+        if conn is not None:
+            return conn
+        # One connect at a time; waiting for another thread's connect counts too.
+        left = deadline - time.monotonic()
+        if not self._plock.acquire(timeout=max(0.0, min(left, threading.TIMEOUT_MAX))):
+            raise _Overdue("another thread's connect did not finish before the deadline",
+                           broken=False, late=True)
+        try:
+            if not (self._giving_back and not consumer):
                 self._check_open()
-                if self._cconn is None:
-                    self._cconn = self._open("consumer")
-                conn = self._cconn
-        return conn
+            conn = self._cconn if consumer else self._pconn
+            if conn is None:
+                conn = self._open("consumer" if consumer else "producer", deadline)
+                if consumer:
+                    self._cconn = conn
+                else:
+                    self._pconn = conn
+            return conn
+        finally:
+            self._plock.release()
 
-    def _p(self, what: str, fn: Callable[[_Conn], T]) -> T:
-        """Run ``fn`` on the producer connection, translating errors."""
-        with _translate(what, lambda: self._drop(False)):
-            return fn(self._producer())
+    def _deadline(self) -> float:
+        """The deadline of a verb without a timeout argument: ``timeout`` from now."""
+        return time.monotonic() + self.options.timeout
+
+    def _p(self, what: str, fn: Callable[[_Conn], T], deadline: float | None = None) -> T:
+        """Run ``fn`` on the producer connection within ``deadline``, translating errors."""
+        d = self._deadline() if deadline is None else deadline
+        with _translate(what, lambda: self._drop(False)), \
+                self._connection(False, d).using(d) as conn:
+            return fn(conn)
 
     # -- enqueue ------------------------------------------------------------------------
     def _job_dict(self, req: EnqueueRequest) -> dict[str, Any]:
@@ -566,6 +768,7 @@ class FaktoryQueue(QueueBase):
             d["at"] = _now_rfc3339(req.delay)
         meta: dict[str, Any] = {}
         if req.headers:
+            _check_text(req.headers)
             meta["headers"] = dict(req.headers)
         if req.priority is not None:
             meta["priority"] = req.priority
@@ -573,17 +776,29 @@ class FaktoryQueue(QueueBase):
             d["custom"] = {_META: meta}
         return d
 
+    def _encode(self, job: Mapping[str, Any]) -> str:
+        """The job as the JSON line Faktory stores; LimitExceeded over ``max_job``."""
+        line = json.dumps(job)  # ASCII (ensure_ascii): its length is its size in bytes
+        if len(line) > self.options.max_job:
+            raise LimitExceeded(
+                f"job of {len(line)} bytes (encoded: base64 body, headers, metadata) is over "
+                f"max_job={self.options.max_job}; nothing was sent",
+                limit="max_job", size=len(line), maximum=self.options.max_job,
+            )
+        return line
+
     def _enqueue(self, req: EnqueueRequest) -> str:
-        job = self._job_dict(req)
-        self._p("enqueue", lambda c: c.push(job))
+        line = self._encode(self._job_dict(req))
+        self._p("enqueue", _call("push_line", line))
         return req.job_id
 
     def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
-        jobs = [self._job_dict(r) for r in reqs]
+        # Encode (and check) every job before the first byte goes out.
+        lines = [self._encode(self._job_dict(r)) for r in reqs]
+        deadline = self._deadline()  # one deadline for every chunk
         done = 0
-        for i in range(0, len(jobs), _PUSHB_CHUNK):
-            chunk = jobs[i : i + _PUSHB_CHUNK]
-            reply: str = self._p("enqueue_many", _call("push_batch", chunk))
+        for chunk in _chunks(lines, _PUSHB_CHUNK, self.options.max_job):
+            reply: str = self._p("enqueue_many", _call("push_lines", chunk), deadline)
             failed = _pushb_errors(reply)
             if failed:
                 raise BackendError(
@@ -594,45 +809,72 @@ class FaktoryQueue(QueueBase):
         return [r.job_id for r in reqs]
 
     # -- dequeue ------------------------------------------------------------------------
-    def _ready_count(self) -> int:
-        info = self._p("size", lambda c: c.info())
+    def _ready_count(self, deadline: float | None = None) -> int:
+        info = self._p("size", lambda c: c.info(), deadline)
         sizes = info["faktory"]["queues"]
         return sum(int(sizes.get(q, 0)) for q in self._queues)
 
-    def _fetch(self, wait: float) -> Job | None:
-        """One FETCH (blocks up to 2 s on the server); None if nothing came."""
-        with _translate("dequeue", lambda: self._drop(True)):
-            conn = self._consumer()
-            with conn.rlock:
-                if conn.state != State.IDENTIFIED:
-                    # The operator quieted or stopped this worker (Web UI): no new jobs.
-                    time.sleep(min(wait, _FETCH_BLOCK))
-                    return None
-                started = time.monotonic()
-                raw = conn.fetch(self._queues)
-            if raw is None:
+    def _fetch(self, deadline: float) -> Job | None:
+        """One FETCH (blocks up to 2 s on the server); None if nothing came in time."""
+        with _translate("dequeue", lambda: self._drop(True)), \
+                self._connection(True, deadline).using(deadline) as conn:
+            if conn.state != State.IDENTIFIED:
+                # The operator quieted or stopped this worker (Web UI): no new jobs.
+                time.sleep(max(0.0, min(deadline - time.monotonic(), _FETCH_BLOCK)))
                 return None
-            return self._to_job(raw, started + self.options.reserve_for)
+            started = time.monotonic()
+            raw = conn.fetch(self._queues)
+        if raw is None:
+            return None
+        return self._to_job(raw, started + self.options.reserve_for)
+
+    def _late_job(self, raw: dict[str, Any], sent: float) -> None:
+        """A FETCH reply that came after its dequeue gave up: keep the job for the next one."""
+        self._stash.append(self._to_job(raw, sent + self.options.reserve_for))
+
+    def _from_stash(self) -> Job | None:
+        while self._stash:
+            job = self._stash.popleft()
+            r = job.receipt
+            assert isinstance(r, _Receipt)
+            if time.monotonic() < r.deadline:
+                return job
+            with _held_lock:  # its reservation ran out meanwhile: Faktory retries it
+                _held.pop((self._server, r.fjid), None)
+            self._mine.pop(r.fjid, None)
+        return None
 
     def _dequeue(self, timeout: float | None) -> Job | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = math.inf if deadline is None else deadline - time.monotonic()
-            if remaining >= _FETCH_BLOCK:
-                job = self._fetch(remaining)
-                if job is not None:
-                    return job
-                continue
-            # FETCH cannot wait less than 2 s on the server: for shorter waits, FETCH only
-            # when INFO shows a ready job (another consumer may still win it; then FETCH
-            # blocks up to 2 s), otherwise poll until the deadline.
-            if self._ready_count() > 0:
-                job = self._fetch(remaining)
-                if job is not None:
-                    return job
-            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if self._stash and (job := self._from_stash()) is not None:
+                return job
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining >= _FETCH_MIN:
+                    job = self._fetch(deadline)
+                    if job is not None:
+                        return job
+                    continue
+                # FETCH cannot wait less than 2 s on the server: for shorter waits, FETCH
+                # only when INFO shows a ready job (another consumer may still win it; its
+                # reply is then read by the next call if it comes after our deadline),
+                # otherwise poll until the deadline.
+                probe = max(deadline, time.monotonic() + _PROBE)
+                if self._ready_count(probe) > 0:
+                    job = self._fetch(probe)
+                    if job is not None:
+                        return job
+            except BackendTimeout as exc:
+                # The deadline came before a reply that is not yet overdue: the reply is
+                # pending and read by the next call (a job in it is kept for that call).
+                cause = exc.__cause__
+                if isinstance(cause, _Overdue) and not (cause.late or cause.broken):
+                    return self._from_stash()
+                raise
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return self._from_stash()
             time.sleep(min(self.options.poll_interval, remaining))
 
     def _to_job(self, raw: Mapping[str, Any], deadline: float) -> Job:
@@ -698,7 +940,8 @@ class FaktoryQueue(QueueBase):
             _held.setdefault((self._server, r.fjid), r.token)
         self._mine[r.fjid] = job
 
-    def _settle(self, what: str, job: Job, r: _Receipt, fn: Callable[[_Conn], None]) -> None:
+    def _settle(self, what: str, job: Job, r: _Receipt, fn: Callable[[_Conn], None],
+                deadline: float) -> None:
         try:
             cconn = self._cconn
             # Settle on the consumer connection when it is idle (one connection, as a plain
@@ -706,12 +949,12 @@ class FaktoryQueue(QueueBase):
             # connection, so a settle never waits behind a FETCH.
             if cconn is not None and cconn.rlock.acquire(blocking=False):
                 try:
-                    with _translate(what, lambda: self._drop(True)):
+                    with _translate(what, lambda: self._drop(True)), cconn.using(deadline):
                         fn(cconn)
                 finally:
                     cconn.rlock.release()
             else:
-                self._p(what, fn)
+                self._p(what, fn, deadline)
         except BackendConnectionError:
             self._unclaim(job, r)
             raise
@@ -724,44 +967,65 @@ class FaktoryQueue(QueueBase):
 
     def _ack(self, job: Job) -> None:
         r = self._claim(job)
-        self._settle("ack", job, r, lambda c: c.ack_jid(r.fjid))
+        self._settle("ack", job, r, lambda c: c.ack_jid(r.fjid), self._deadline())
 
-    def _copy(self, job: Job, r: _Receipt, delay: float) -> dict[str, Any]:
-        """The job as it should be pushed again: new Faktory jid, same id, next attempt."""
-        d = {k: v for k, v in r.raw.items() if k not in ("failure", "enqueued_at", "at")}
+    def _copy(self, job: Job, r: _Receipt, delay: float, counted: bool) -> dict[str, Any]:
+        """The job as it should be pushed again: new Faktory jid, same unifiedq id.
+
+        ``counted`` (a nack): the next attempt number, and Faktory's failure record dropped
+        (the attempt number already includes its retry count). Not counted (a release): the
+        attempt number and Faktory's failure record (its retry count) are kept as they were.
+        """
+        drop = ("failure", "enqueued_at", "at") if counted else ("enqueued_at", "at")
+        d = {k: v for k, v in r.raw.items() if k not in drop}
         custom = dict(d.get("custom") or {})
         meta = dict(custom.get(_META) or {})
-        meta.update(id=job.id, attempt=job.attempt + 1)
+        meta["id"] = job.id
+        if counted:
+            meta["attempt"] = job.attempt + 1
         custom[_META] = meta
         d.update(jid=str(uuid.uuid4()), custom=custom)
         if delay > 0:
             d["at"] = _now_rfc3339(delay)
         return d
 
+    def _push_back(self, what: str, job: Job, r: _Receipt, delay: float, counted: bool,
+                   deadline: float) -> None:
+        """PUSH a copy, then ACK the original (a crash in between duplicates, never loses)."""
+        line = json.dumps(self._copy(job, r, delay, counted))
+        try:
+            self._p(what, _call("push_line", line), deadline)
+        except BackendError:
+            self._unclaim(job, r)
+            raise
+        self._settle(what, job, r, lambda c: c.ack_jid(r.fjid), deadline)
+
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        self._nack_by(job, requeue, delay, self._deadline())
+
+    def _nack_by(self, job: Job, requeue: bool, delay: float, deadline: float) -> None:
         r = self._claim(job)
         if not requeue:
             fail = {"jid": r.fjid, "errtype": "unifiedq.DeadLetter",
                     "message": "nack(requeue=False)", "backtrace": []}
-            self._settle("nack", job, r, lambda c: c.settle("FAIL", fail))
+            self._settle("nack", job, r, lambda c: c.settle("FAIL", fail), deadline)
             # FAIL put it in the retry set (unless retry is 0 or -1): move it to the dead set.
             kill = _pf.mutate_operation("kill", "retries", jids=[r.fjid])
-            self._p("nack", lambda c: c.mutate(kill))
+            self._p("nack", lambda c: c.mutate(kill), deadline)
             return
         if self.options.nack_mode == "fail" and delay == 0:
             fail = {"jid": r.fjid, "errtype": "unifiedq.Nack",
                     "message": "nack(requeue=True)", "backtrace": []}
-            self._settle("nack", job, r, lambda c: c.settle("FAIL", fail))
+            self._settle("nack", job, r, lambda c: c.settle("FAIL", fail), deadline)
             return
-        copy = self._copy(job, r, delay)
-        # Push the copy before ACKing the original: a crash in between duplicates the job
-        # (at-least-once) instead of losing it.
-        try:
-            self._p("nack", lambda c: c.push(copy))
-        except BackendError:
-            self._unclaim(job, r)
-            raise
-        self._settle("nack", job, r, lambda c: c.ack_jid(r.fjid))
+        self._push_back("nack", job, r, delay, True, deadline)
+
+    def _release(self, job: Job) -> None:
+        # Faktory has no command that requeues a reserved job without counting a retry (FAIL
+        # and an expired reservation both count): push a copy that keeps the attempt number
+        # and Faktory's retry count, then ACK the original.
+        r = self._claim(job)
+        self._push_back("release", job, r, 0.0, False, self._deadline())
 
     # -- inspection ---------------------------------------------------------------------
     def _size(self) -> int:
@@ -769,13 +1033,14 @@ class FaktoryQueue(QueueBase):
 
     def _purge(self) -> int:
         def remove(c: _Conn) -> int:
-            with c.rlock:  # one connection, back to back: as close to atomic as FWP allows
-                sizes = c.info()["faktory"]["queues"]
-                n = sum(int(sizes.get(q, 0)) for q in self._queues)
-                c.queue_remove(self._queues)
-                return n
+            # One connection, held back to back: as close to atomic as FWP allows.
+            sizes = c.info()["faktory"]["queues"]
+            n = sum(int(sizes.get(q, 0)) for q in self._queues)
+            c.queue_remove(self._queues)
+            return n
 
-        n = self._p("purge", remove)
+        deadline = self._deadline()  # one deadline for all its commands
+        n = self._p("purge", remove, deadline)
         # Delayed and retrying jobs of this queue live in Faktory's global sorted sets;
         # MUTATE matches them with a Redis glob over the job JSON (Go writes the fields in a
         # fixed order: ..."jid":"…","queue":"<name>","jobtype":...).
@@ -786,7 +1051,7 @@ class FaktoryQueue(QueueBase):
         for target in ("scheduled", "retries"):
             for g in globs:
                 op = _pf.mutate_operation("discard", target, regexp=g)
-                self._p("purge", _call("mutate", op))
+                self._p("purge", _call("mutate", op), deadline)
         return n
 
     def latency(self) -> float:
@@ -815,8 +1080,7 @@ class FaktoryQueue(QueueBase):
         self._check_open()
 
         def read(c: _Conn) -> tuple[dict[str, Any], dict[str, float]]:
-            with c.rlock:
-                return c.info(), c.queue_latency(self._queues)
+            return c.info(), c.queue_latency(self._queues)
 
         info, lat = self._p("stats", read)
         fk = info["faktory"]
@@ -843,12 +1107,22 @@ class FaktoryQueue(QueueBase):
     # -- close --------------------------------------------------------------------------
     def _close(self) -> None:
         # Give back what this handle still holds at once (as nack would), instead of letting
-        # the reservations run out; best effort: what fails comes back after reserve_for.
+        # the reservations run out; best effort within one `timeout` for everything: what
+        # fails comes back after reserve_for. First read a FETCH reply that came late (its
+        # job would otherwise stay reserved until reserve_for).
+        deadline = self._deadline()
         self._giving_back = True
         try:
+            cconn = self._cconn
+            if cconn is not None and cconn.pending:
+                with contextlib.suppress(Exception), cconn.using(deadline):
+                    cconn.drain()
+            self._stash.clear()  # its jobs are in _mine too
             for job in list(self._mine.values()):
+                if time.monotonic() >= deadline:
+                    break
                 with contextlib.suppress(Exception):
-                    self._nack(job, True, 0.0)
+                    self._nack_by(job, True, 0.0, deadline)
         finally:
             self._mine.clear()
             self._giving_back = False
@@ -859,6 +1133,37 @@ class FaktoryQueue(QueueBase):
 def _call(method: str, *args: Any) -> Callable[[_Conn], Any]:
     """``conn.<method>(*args)`` as a function of the connection (binds args now)."""
     return lambda conn: getattr(conn, method)(*args)
+
+
+def _chunks(lines: list[str], count: int, size: int) -> Iterator[list[str]]:
+    """Split encoded jobs into PUSHB batches of at most ``count`` jobs and ~``size`` bytes.
+
+    Small batches keep each PUSHB line within what Faktory holds in memory comfortably and
+    within its 5 s per-command deadline (jobs past it are refused, the batch half-applied).
+    """
+    chunk: list[str] = []
+    total = 0
+    for line in lines:
+        if chunk and (len(chunk) >= count or total + len(line) > size):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(line)
+        total += len(line) + 1
+    if chunk:
+        yield chunk
+
+
+def _check_text(headers: Mapping[str, str]) -> None:
+    """Headers must be valid Unicode: Faktory (Go) turns a lone surrogate into U+FFFD."""
+    for k, v in headers.items():
+        try:
+            k.encode("utf-8")
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(
+                f"header {k!r}: Faktory stores JSON as UTF-8 and would change a lone "
+                "surrogate; headers must be valid Unicode text"
+            ) from None
 
 
 def _pushb_errors(reply: str) -> dict[str, str]:
