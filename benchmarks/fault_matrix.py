@@ -311,8 +311,8 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
                                                 drain_window=wait)
         elif fault == "restart":
             n = 500 if quick else 10_000
-            out = uqf.restart_ledger(rig.url(driver, lease=False), rig.server(driver).restart,
-                                   n, face=face, retry_for=60.0, idle=3.0,
+            out = uqf.restart_ledger(rig.url(driver), rig.server(driver).restart,
+                                   n, face=face, retry_for=60.0, idle=3.0, stranded_after=3.0,
                                    max_wait=60.0 if quick else 120.0)
         else:
             raise ValueError(fault)
