@@ -379,9 +379,10 @@ class _Conn(_pf.Client):
 
     def _read_one(self, is_fetch: bool, sent: float) -> str:
         # A reply is due `expect` after its command (FETCH blocks 2 s on the server); we wait
-        # until the call's deadline, and at most `timeout` past the due time.
+        # until the call's deadline, and at most `timeout` past the due time (or past now,
+        # for the reply of an earlier call).
         due = sent + (_FETCH_BLOCK if is_fetch else 0.0)
-        limit = min(self.deadline, due + self.timeout)
+        limit = min(self.deadline, max(due, time.monotonic()) + self.timeout)
         while (reply := self._parse()) is None:
             left = limit - time.monotonic()
             if left <= 0:
@@ -801,7 +802,8 @@ class FaktoryQueue(QueueBase):
             reply: str = self._p("enqueue_many", _call("push_lines", chunk), deadline)
             failed = _pushb_errors(reply)
             if failed:
-                raise BackendError(
+                full = any("OOM command not allowed" in m for m in failed.values())
+                raise (BackendFull if full else BackendError)(
                     f"enqueue_many: Faktory refused {len(failed)} of {len(chunk)} jobs in a "
                     f"batch (after {done} were enqueued): {dict(list(failed.items())[:3])}"
                 )
