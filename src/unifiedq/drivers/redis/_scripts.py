@@ -30,12 +30,24 @@ __all__ = [
 
 
 class Script:
-    """A Lua script and its SHA1 (for EVALSHA)."""
+    """A Lua script and its SHA1 (for EVALSHA).
 
-    __slots__ = ("name", "sha", "source")
+    ``allow_oom``: the script gets Redis 7's ``#!lua flags=allow-oom`` shebang, so it runs when
+    Redis is at ``maxmemory`` with ``noeviction``. Without it Redis refuses a script whose
+    first write may grow memory (e.g. the dequeue's RPOPLPUSH, the heartbeat's ZADD): the
+    consumer scripts carry it so a full Redis still drains; the enqueue script does not, so
+    producers get an OOM error. ``legacy`` is the same script without the shebang, for
+    servers older than Redis 7 (which cannot parse it).
+    """
 
-    def __init__(self, name: str, source: str) -> None:
+    __slots__ = ("legacy", "name", "sha", "source")
+
+    def __init__(self, name: str, source: str, *, allow_oom: bool = False) -> None:
         self.name = name
+        self.legacy: Script | None = None
+        if allow_oom:
+            self.legacy = Script(name, source)
+            source = "#!lua flags=allow-oom\n" + source
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
@@ -165,7 +177,7 @@ local function uq_levels(levels_key, name)
 end
 """
 
-DEQUEUE = Script("dequeue", _HELPERS + _LEVELS + r"""
+DEQUEUE = Script("dequeue", allow_oom=True, source=_HELPERS + _LEVELS + r"""
 -- KEYS: 1 levels set
 -- ARGV: 1 queue name, 2 now (s, float), 3 now (ns), 4 lease until, 5 token, 6 max jobs,
 --       7 lease-expiry cutoff, 8 UTC date, 9 stats expiry, 10 archive cutoff
@@ -273,7 +285,7 @@ end
 return out
 """)
 
-ACK = Script("ack", _HELPERS + r"""
+ACK = Script("ack", allow_oom=True, source=_HELPERS + r"""
 -- KEYS: 1 task hash
 -- ARGV: 1 queue prefix, 2 id, 3 token, 4 UTC date, 5 stats expiry, 6 retention (0 = none),
 --       7 completed-set score, 8 completed msg, 9 unique lock key ("" = none)
@@ -293,7 +305,7 @@ if ARGV[9] ~= "" and redis.call("GET", ARGV[9]) == id then redis.call("DEL", ARG
 return 1
 """)
 
-NACK = Script("nack", _HELPERS + r"""
+NACK = Script("nack", allow_oom=True, source=_HELPERS + r"""
 -- KEYS: 1 task hash, 2 wake list
 -- ARGV: 1 queue prefix, 2 id, 3 token, 4 mode (pending|retry|archive|requeue), 5 new msg,
 --       6 retry-at score, 7 now (s), 8 now (ns), 9 UTC date, 10 stats expiry,
@@ -318,7 +330,7 @@ if mode ~= "archive" then uq_wake(KEYS[2], tonumber(ARGV[12])) end
 return 1
 """)
 
-EXTEND = Script("extend", r"""
+EXTEND = Script("extend", allow_oom=True, source=r"""
 -- KEYS: 1 lease set
 -- ARGV: 1 queue prefix, 2 new lease score, 3 "GT" (heartbeat: never shorten) or "", then
 --       id, token pairs. Returns the ids whose lease is no longer ours.
@@ -348,7 +360,7 @@ end
 return total
 """)
 
-PURGE = Script("purge", _LEVELS + r"""
+PURGE = Script("purge", allow_oom=True, source=_LEVELS + r"""
 -- KEYS: 1 levels set; ARGV: 1 queue name. Deletes waiting tasks, releasing their unique locks.
 local total = 0
 local function drop(P, id)

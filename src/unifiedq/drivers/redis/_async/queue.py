@@ -71,6 +71,7 @@ class AsyncRedisQueue(AsyncQueueBase):
         self._idle: list[Any] = []  # connections ready for use (connected or not)
         self._conns = 0  # connections made (idle or in use)
         self._pool_closed = False
+        self._legacy = False  # Redis < 7: scripts without their allow-oom shebang
         self._hb: AsyncTask | None = None
         self._hb_stop = AsyncRuntime.Event()
 
@@ -160,19 +161,32 @@ class AsyncRedisQueue(AsyncQueueBase):
                 raise
             return await self._roundtrip(data, n, deadline), True
 
+    def _variant(self, script: _scripts.Script) -> _scripts.Script:
+        return script.legacy if self._legacy and script.legacy is not None else script
+
     async def _eval(self, call: Call, deadline: float) -> Any:
         script, keys, args = call
-        data = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-        reply = (await self._send(data, 1, deadline))[0][0]
-        if isinstance(reply, rexc.NoScriptError):  # first use, or the server lost its cache
-            await self._load(script, deadline)
+        for _ in range(2):
+            data = pack(("EVALSHA", self._variant(script).sha, len(keys), *keys, *args))
             reply = (await self._send(data, 1, deadline))[0][0]
+            if not isinstance(reply, rexc.NoScriptError):
+                break
+            await self._load(script, deadline)  # first use, or the server lost its cache
         if isinstance(reply, Exception):
             raise reply
         return reply
 
     async def _load(self, script: _scripts.Script, deadline: float) -> None:
-        reply = (await self._send(pack(("SCRIPT", "LOAD", script.source)), 1, deadline))[0][0]
+        s = self._variant(script)
+        reply = (await self._send(pack(("SCRIPT", "LOAD", s.source)), 1, deadline))[0][0]
+        if (isinstance(reply, rexc.ResponseError) and s.legacy is not None
+                and "near '#'" in str(reply)):
+            # Redis < 7 cannot parse the allow-oom shebang: run the scripts without it (a
+            # Redis at maxmemory then refuses dequeues too; see docs/drivers/redis.md).
+            log.warning("Redis < 7: consumer scripts run without allow-oom (%s)", reply)
+            self._legacy = True
+            reply = (await self._send(pack(("SCRIPT", "LOAD", s.legacy.source)), 1,
+                                      deadline))[0][0]
         if isinstance(reply, Exception):
             raise reply
 
