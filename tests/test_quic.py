@@ -433,7 +433,8 @@ class TestRobustness:
                         kind, resp = decode_frame(reply)
                         assert kind == KIND_ERROR, (data[:20], resp)
                         assert resp["type"] in ("ProtocolError", "InvalidArgument", "InvalidBody",
-                                                "JobNotLeased", "AuthenticationError")
+                                                "JobNotLeased", "AuthenticationError",
+                                                "LimitExceeded")
                 # The same connection still works after all of it.
                 kind, resp = await raw.call({"op": "size", "queue": "rob-a"})
                 assert (kind, resp) == (KIND_OK, {"n": 0})

@@ -12,6 +12,7 @@ Needs the ``quic`` extra. Example::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import re
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..drivers.quic.certs import issue, make_ca, write_pair
@@ -125,6 +127,7 @@ class ServerProcess:
         """SIGTERM (graceful shutdown) and wait; SIGKILL if it does not stop in time."""
         if self.proc is None:
             return None
+        self.thaw()  # a frozen process would not see the SIGTERM until SIGCONT
         proc, self.proc = self.proc, None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -146,6 +149,29 @@ class ServerProcess:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
             self.proc = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the server (a stalled or partitioned host): nothing answers until thawed.
+
+        Its socket stays bound and the kernel keeps queueing datagrams for it (up to the
+        socket buffer). Call :meth:`thaw` (``stop`` thaws first).
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a server frozen by :meth:`freeze` (SIGCONT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """``with server.frozen(): ...`` freezes the server for the block, then thaws it."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
 
     def restart(self) -> None:
         """Stop and start again on the same port."""

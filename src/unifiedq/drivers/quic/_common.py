@@ -19,6 +19,7 @@ __all__ = [
     "ERR_CANCELLED",
     "ERR_PROTOCOL",
     "ERR_SHUTDOWN",
+    "ERR_SILENT",
     "GUARANTEED",
     "OPS",
     "QUEUE_NAME",
@@ -39,11 +40,16 @@ ERR_PROTOCOL = 0x55510001
 ERR_AUTH = 0x55510002
 ERR_SHUTDOWN = 0x55510003
 ERR_CANCELLED = 0x55510004
+#: A client closes with this when the server went silent for most of the idle timeout: the
+#: server (once it runs again) cancels that connection's requests and releases its leases.
+ERR_SILENT = 0x55510005
 
-#: Request verbs of wire version 1.
+#: Request verbs of wire version 1. ``release`` came later within version 1: a server that
+#: offers it lists RELEASE in its hello; an older one answers it with a ProtocolError naming
+#: the unknown verb (a client only sends it to a server that listed RELEASE).
 OPS = frozenset({
-    "hello", "enqueue", "enqueue_many", "dequeue", "peek", "ack", "nack", "extend_lease",
-    "size", "purge",
+    "hello", "enqueue", "enqueue_many", "dequeue", "peek", "ack", "nack", "release",
+    "extend_lease", "size", "purge",
 })
 
 #: Flags the server provides for every backend: it loops for batches, polls for blocking
@@ -54,7 +60,7 @@ GUARANTEED = (Capability.BATCH | Capability.BLOCKING_DEQUEUE | Capability.CROSS_
 #: Flags passed through from the backend when it has them.
 CARRIED = (Capability.PEEK | Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY
            | Capability.PRIORITY | Capability.CUSTOM_ID | Capability.HEADERS
-           | Capability.DURABLE)
+           | Capability.DURABLE | Capability.RELEASE)
 
 #: Queue names the server accepts: they are spliced into backend URLs, so no URL syntax.
 QUEUE_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
@@ -131,6 +137,8 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
         out: dict[str, Any] = {"type": name, "message": str(exc)[:_MAX_MESSAGE]}
         if isinstance(exc, _errors.UnsupportedOperation):
             out["capability"] = exc.capability
+        elif isinstance(exc, _errors.LimitExceeded):
+            out.update(limit=str(exc.limit)[:100], size=int(exc.size), maximum=int(exc.maximum))
         return out
     return {"type": "BackendError",
             "message": f"the server failed with {type(exc).__name__}; see its log"}
@@ -150,4 +158,9 @@ def error_from_wire(d: Mapping[str, Any]) -> UnifiedQError:
                                             capability=cap if isinstance(cap, str) else "")
     if cls is _errors.DriverUnavailable:
         return _errors.DriverUnavailable(message)
+    if issubclass(cls, _errors.LimitExceeded):
+        limit, size, maximum = d.get("limit"), d.get("size"), d.get("maximum")
+        return cls(message, limit=limit if isinstance(limit, str) else "",
+                   size=size if type(size) is int else 0,
+                   maximum=maximum if type(maximum) is int else 0)
     return cls(message)

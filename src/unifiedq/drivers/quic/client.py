@@ -7,6 +7,13 @@ to it, an optional bearer token, keepalive pings, reconnection after a lost conn
 blocking face is the core's bridge. Closing a handle (or losing its connection) returns the jobs
 it still holds to the queue.
 
+Deadlines: every verb has one deadline that covers (re)connecting and the request — ``timeout``
+for a verb that does not wait, a dequeue's own wait plus ``timeout`` for one that does — and
+raises :class:`~unifiedq.BackendTimeout` when it passes (a frozen or unreachable server). A
+dequeue cancelled or timed out after the server took its jobs hands them back with
+``release`` (no attempt counted) when the server offers it. Frames are checked against the
+smaller of both peers' ``max_frame`` before a byte is sent (:class:`~unifiedq.LimitExceeded`).
+
 Connection string::
 
     quic://[:TOKEN@]host:port/<queue>?ca=ca.pem&cert=client.pem&key=client.key
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import re
 import socket
 import urllib.parse
@@ -43,11 +51,13 @@ from ..._compat import aioquic as _aq
 from ..._errors import (
     AuthenticationError,
     BackendConnectionError,
+    BackendTimeout,
     ConfigurationError,
     DriverNotFound,
+    InvalidArgument,
     InvalidURL,
+    LimitExceeded,
     ProtocolError,
-    QueueTimeout,
     UnifiedQError,
 )
 from ..._job import EnqueueRequest, Job
@@ -59,6 +69,7 @@ from ._common import (
     ERR_AUTH,
     ERR_CANCELLED,
     ERR_SHUTDOWN,
+    ERR_SILENT,
     GUARANTEED,
     QUEUE_NAME,
     caps_from_names,
@@ -71,9 +82,11 @@ from .wire import (
     KIND_OK,
     KIND_REQUEST,
     FrameReader,
+    FrameTooLarge,
     WireError,
     decode_frame,
     encode_frame,
+    encode_value,
 )
 
 __all__ = ["QuicOptions", "QuicQueue", "declared_capabilities"]
@@ -81,6 +94,13 @@ __all__ = ["QuicOptions", "QuicQueue", "declared_capabilities"]
 _DEFAULT_PORT = 4433
 # Datagrams read in one go before answering (ACKs, new requests) is sent: see datagram_received.
 _DRAIN = 32
+# Seconds close() waits for the server to acknowledge the connection close (a frozen one never
+# does: the handle is closed locally anyway, and the server returns its leases at its idle
+# timeout).
+_CLOSE_WAIT = 1.0
+# Bytes of a frame besides the bodies of an enqueue_many (header, op, queue, options; the
+# options' own encoded size is added per call).
+_FRAME_OVERHEAD = 512
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,11 +117,18 @@ class QuicOptions:
         backend_options: Backend options for this handle as a query string
             (``visibility_timeout=5``); the server must allow each one.
         server_name: Name to verify in the server's certificate (default: the URL's host).
-        connect_timeout: Seconds to establish the connection and handshake.
-        timeout: Seconds each request may take, on top of a dequeue's own wait.
-        max_frame: Largest frame payload this client sends or accepts.
-        max_body: Largest job body accepted by ``enqueue``.
-        idle_timeout: QUIC idle timeout; the client pings every third of it.
+        connect_timeout: Seconds to establish the connection and handshake (within the
+            verb's deadline).
+        timeout: The deadline in seconds of a verb that does not wait (enqueue, ack, size,
+            ...), and the slack on top of a dequeue's own wait; connecting counts against it.
+            Past it the verb raises :class:`~unifiedq.BackendTimeout`.
+        max_frame: Largest frame payload this client sends or accepts, in bytes; the server's
+            own limit (from its hello) applies too.
+        max_body: Largest job body accepted by ``enqueue``, in bytes.
+        idle_timeout: QUIC idle timeout in seconds (the smaller of both peers' applies): a
+            connection that hears nothing for that long is dropped, failing the requests in
+            flight (even a ``dequeue(timeout=None)``) with ``BackendTimeout``. The client pings
+            every third of it.
     """
 
     ca: str | None = None
@@ -112,7 +139,7 @@ class QuicOptions:
     backend_options: str = ""
     server_name: str | None = None
     connect_timeout: float = 10.0
-    timeout: float = 30.0
+    timeout: float = 10.0
     max_frame: int = DEFAULT_MAX_FRAME
     max_body: int = 8 * 1024 * 1024
     idle_timeout: float = 60.0
@@ -165,7 +192,10 @@ class _Pending:
     fut: asyncio.Future[tuple[int, dict[str, Any]]]
     #: Created only when a response arrives in pieces (most arrive whole).
     reader: FrameReader | None = None
+    #: Who takes a response that arrives after its caller gave up (see abandon()).
     on_late: Callable[[int, dict[str, Any]], None] | None = None
+    #: A response that arrived after the future was failed but before its caller ran.
+    late: tuple[int, dict[str, Any]] | None = None
 
 
 class _Expired(Exception):
@@ -181,6 +211,9 @@ def _termination_error(ev: events.ConnectionTerminated | None) -> UnifiedQError:
     if ev is None:
         return BackendConnectionError("the QUIC connection closed")
     code, reason = ev.error_code, ev.reason_phrase or ""
+    if reason == "Idle timeout" and code < 0x100:  # aioquic's own close: the peer went silent
+        return BackendTimeout("the quic server did not answer for the QUIC idle timeout "
+                              "(frozen, partitioned or gone); the connection was dropped")
     if 0x100 <= code <= 0x1FF:
         return AuthenticationError(
             f"the TLS handshake was refused (TLS alert {code - 0x100}{': ' if reason else ''}"
@@ -203,6 +236,8 @@ class _ClientProtocol(_aq.QuicProtocol):
         self.error: UnifiedQError | None = None
         self.keepalive: asyncio.Task[None] | None = None
         self.disposed = False
+        #: Loop time of the last datagram from the server (see run_keepalive).
+        self.heard = self.loop.time()
 
     def request(self, frame: bytes) -> tuple[int, _Pending]:
         if self.error is not None:
@@ -214,15 +249,30 @@ class _ClientProtocol(_aq.QuicProtocol):
         self.transmit_soon()  # coalesce the requests of one loop turn into few packets
         return sid, p
 
-    def abandon(self, sid: int, on_late: Callable[[int, dict[str, Any]], None] | None) -> None:
-        """Stop waiting for a response; ``on_late`` still sees it if it arrives anyway."""
-        p = self.pending.get(sid)
-        if p is None:
+    def abandon(self, sid: int, p: _Pending,
+                on_late: Callable[[int, dict[str, Any]], None] | None) -> None:
+        """Stop waiting for a response; ``on_late`` still sees it if it arrives anyway.
+
+        A response that is already here (its caller was cancelled or timed out in the same
+        loop turn) goes to ``on_late`` at once: nothing it holds may be left behind.
+        """
+        late = p.late
+        if late is None and p.fut.done() and not p.fut.cancelled() \
+                and p.fut.exception() is None:
+            late = p.fut.result()
+        if late is not None:
+            p.late = None
+            if on_late is not None:
+                on_late(*late)
             return
+        if self.pending.get(sid) is not p:
+            return  # reset, failed or the connection is gone: nothing will arrive
         if on_late is None:
             del self.pending[sid]
         else:
             p.on_late = on_late
+        # STOP_SENDING: the server cancels the request if it still runs, and returns the
+        # leases of a response it already sent (the stream reset may cut it off).
         with contextlib.suppress(Exception):
             self.quic.stop_stream(sid, ERR_CANCELLED)
             self.transmit_soon()
@@ -232,6 +282,7 @@ class _ClientProtocol(_aq.QuicProtocol):
         # many requests in flight, reading whatever else is queued first lets one transmit
         # carry the ACKs (and the requests the woken callers send next) for all of them.
         quic, loop = self.quic, self.loop
+        self.heard = loop.time()
         quic.receive_datagram(data, addr, now=loop.time())  # type: ignore[arg-type]
         for _ in range(_DRAIN):
             try:
@@ -268,18 +319,24 @@ class _ClientProtocol(_aq.QuicProtocol):
                 p.fut.set_result(result)
             elif p.on_late is not None:
                 p.on_late(*result)
+            else:  # its caller gave up in this loop turn and has not run yet: abandon() takes it
+                p.late = result
         elif isinstance(event, events.StreamReset):
             p = self.pending.pop(event.stream_id, None)
             if p is not None and not p.fut.done():
                 p.fut.set_exception(BackendConnectionError("the server reset the request"))
         elif isinstance(event, events.ConnectionTerminated):
-            self.error = _termination_error(event)
-            for p in self.pending.values():
-                if not p.fut.done():
-                    p.fut.set_exception(self.error)
-            self.pending.clear()
+            if self.error is None:
+                self.error = _termination_error(event)
+            self._fail_pending(self.error)
             if self.keepalive is not None:
                 self.keepalive.cancel()
+
+    def _fail_pending(self, error: UnifiedQError) -> None:
+        for p in self.pending.values():
+            if not p.fut.done():
+                p.fut.set_exception(error)
+        self.pending.clear()
 
     def transmit(self) -> None:
         if not self.disposed:
@@ -299,8 +356,34 @@ class _ClientProtocol(_aq.QuicProtocol):
         while self.error is None:
             # Ping at a third of the idle timeout both peers agreed on, so a long blocking
             # dequeue or a quiet handle keeps its connection (and its leases).
-            await asyncio.sleep(_aq.idle_timeout(self.quic) / 3)
+            idle = _aq.idle_timeout(self.quic)
+            await asyncio.sleep(idle / 3)
+            if self.error is None and self.loop.time() - self.heard >= idle * 0.6:
+                self.give_up(self.loop.time() - self.heard)
+                return
             self.quic.send_ping(0)
+            self.transmit()
+
+    def give_up(self, silent: float) -> None:
+        """The server answered no ping for most of the idle timeout: close the connection.
+
+        aioquic would drop it silently at the idle timeout; a frozen server that resumes
+        later would then still run this connection's requests (a waiting dequeue taking jobs
+        for nobody) until its own idle timer ran out. A CONNECTION_CLOSE, queued at the server
+        behind those requests, makes it cancel them and release the leases at once.
+        """
+        self.error = BackendTimeout(
+            f"the quic server sent nothing for {silent:.3g} s (frozen, partitioned or gone); "
+            f"the connection was closed (idle_timeout sets how long to wait)")
+        # STOP_SENDING first: a server acts on it as it reads it (cancels the request, returns
+        # the leases of a response already sent), while it acts on a CONNECTION_CLOSE only
+        # after its drain period (3 PTOs, seconds after a freeze).
+        for sid in self.pending:
+            with contextlib.suppress(Exception):
+                self.quic.stop_stream(sid, ERR_CANCELLED)
+        self._fail_pending(self.error)
+        with contextlib.suppress(Exception):
+            self.quic.close(error_code=ERR_SILENT, reason_phrase="the server went silent")
             self.transmit()
 
 
@@ -322,6 +405,12 @@ class QuicQueue(AsyncQueueBase):
         self._transport: asyncio.DatagramTransport | None = None
         #: What the server said in its hello (after the first request).
         self.server_info: dict[str, Any] = {}
+        #: The smaller of both peers' max_frame (ours until the hello tells the server's).
+        self._frame_limit = options.max_frame
+        #: The flags the server offered in its hello.
+        self._server_caps = Capability(0)
+        #: Jobs of abandoned dequeues on their way back to the queue (see _late_jobs).
+        self._returns: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
@@ -343,7 +432,8 @@ class QuicQueue(AsyncQueueBase):
         return cls(name, url.host, url.port or _DEFAULT_PORT, opts, _redact(url))
 
     # -- connection ---------------------------------------------------------------------------
-    async def _connection(self) -> _ClientProtocol:
+    async def _connection(self, deadline: float | None) -> _ClientProtocol:
+        """The open connection, or a new one opened within ``deadline`` (loop time)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or used from a new event loop
             self._forget_connection()
@@ -352,13 +442,26 @@ class QuicQueue(AsyncQueueBase):
         if proto is not None and proto.error is None:
             return proto
         assert self._lock is not None
-        async with self._lock:
-            self._check_open()
-            if self._proto is not None and self._proto.error is None:
-                return self._proto
-            self._forget_connection()
-            self._proto = await self._open(loop)
-            return self._proto
+        o = self.options
+        limit = o.connect_timeout
+        if deadline is not None:
+            limit = min(limit, deadline - loop.time())
+        stage = ["waiting for another connect"]
+        try:
+            # One bound for the lock, the handshake and the hello: a reconnect takes its time
+            # from the caller's deadline, never adds to it.
+            async with asyncio.timeout(max(0.0, limit)):
+                async with self._lock:
+                    self._check_open()
+                    if self._proto is not None and self._proto.error is None:
+                        return self._proto
+                    self._forget_connection()
+                    self._proto = await self._open(loop, stage)
+                    return self._proto
+        except TimeoutError:
+            raise BackendTimeout(
+                f"no answer from {self._host}:{self._port} within {limit:.3g} s while "
+                f"{stage[0]} (is `unifiedq serve` running there, and not frozen?)") from None
 
     def _forget_connection(self) -> None:
         proto, transport = self._proto, self._transport
@@ -385,9 +488,11 @@ class QuicQueue(AsyncQueueBase):
                 from exc
         return cfg
 
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> _ClientProtocol:
+    async def _open(self, loop: asyncio.AbstractEventLoop, stage: list[str]) -> _ClientProtocol:
+        """Connect, handshake and say hello; the caller bounds the time (see _connection)."""
         o = self.options
         cfg = self._configuration()
+        stage[0] = "resolving the host"
         try:
             infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
         except OSError as exc:
@@ -406,19 +511,16 @@ class QuicQueue(AsyncQueueBase):
             raise BackendConnectionError(f"cannot open a UDP socket: {exc}") from exc
         try:
             proto.connect(addr)
+            stage[0] = "waiting for the QUIC handshake"
             try:
-                async with asyncio.timeout(o.connect_timeout):
-                    await proto.wait_connected()
-            except TimeoutError:
-                raise BackendConnectionError(
-                    f"no QUIC handshake with {self._host}:{self._port} within "
-                    f"{o.connect_timeout} s (is `unifiedq serve` running there?)") from None
+                await proto.wait_connected()
             except ConnectionError as exc:
                 raise (proto.error or _termination_error(None)) from exc
+            stage[0] = "waiting for the hello"
             hello = await self._roundtrip(proto, {
                 "op": "hello", "version": 1, "token": o.token,
-                "client": f"unifiedq/{__version__}",
-            }, o.timeout)
+                "client": f"unifiedq/{__version__}", "max_frame": o.max_frame,
+            }, None)
             self._check_hello(hello)
         except BaseException:
             proto.dispose(transport)
@@ -432,18 +534,39 @@ class QuicQueue(AsyncQueueBase):
         missing = self.capabilities & CARRIED & ~offered
         if missing:
             backend = hello.get("backend")
+            older = (" (a server older than this client does not offer RELEASE: upgrade it, "
+                     "or declare the flags without RELEASE)"
+                     if missing == Capability.RELEASE else "")
             raise ConfigurationError(
                 f"this quic:// handle declares capabilities={self.options.capabilities!r} but "
-                f"the server's backend ({backend!r}) lacks {'|'.join(missing.names())}; declare "
-                f"capabilities={backend} or a list of flags it has "
+                f"the server's backend ({backend!r}) lacks {'|'.join(missing.names())}{older}; "
+                f"declare capabilities={backend} or a list of flags it has "
                 f"({'|'.join((offered & CARRIED).names()) or 'core'})")
+        limit = hello.get("max_frame")
+        if type(limit) is int and limit >= 1024:
+            self._frame_limit = min(self.options.max_frame, limit)
+        self._server_caps = offered
         self.server_info = dict(hello)
+
+    def _encode(self, payload: dict[str, Any]) -> bytes:
+        """The request frame, or a typed error before anything is sent."""
+        try:
+            return encode_frame(KIND_REQUEST, payload, limit=self._frame_limit)
+        except FrameTooLarge as exc:
+            raise LimitExceeded(
+                f"the {payload.get('op')} request is {exc.size} bytes encoded; the frame limit "
+                f"is {exc.limit} (the smaller of this client's and the server's max_frame): "
+                f"send smaller bodies or headers, or fewer jobs per call",
+                limit="max_frame", size=exc.size, maximum=exc.limit) from None
+        except WireError as exc:
+            raise InvalidArgument(f"the {payload.get('op')} request cannot be encoded: "
+                                  f"{exc}") from None
 
     async def _roundtrip(self, proto: _ClientProtocol, payload: dict[str, Any],
                          timeout: float | None, *,
                          on_late: Callable[[int, dict[str, Any]], None] | None = None,
                          ) -> dict[str, Any]:
-        frame = encode_frame(KIND_REQUEST, payload, limit=self.options.max_frame)
+        frame = self._encode(payload)
         sid, p = proto.request(frame)
         # A timer that fails the future, rather than asyncio.timeout(): the wait is for this
         # one future only, and this costs one timer handle instead of a Timeout per request.
@@ -451,11 +574,15 @@ class QuicQueue(AsyncQueueBase):
         try:
             kind, resp = await p.fut
         except _Expired:
-            proto.abandon(sid, on_late)
-            raise QueueTimeout(f"the server did not answer {payload['op']} within "
-                               f"{timeout} s") from None
+            proto.abandon(sid, p, on_late)
+            raise BackendTimeout(
+                f"the quic server did not answer {payload['op']} within {timeout:.3g} s "
+                f"(frozen, partitioned or overloaded?); the connection stays up, and an "
+                f"enqueue may still take effect") from None
         except asyncio.CancelledError:
-            proto.abandon(sid, on_late)
+            # The response may be here already (it arrived in the loop turn that cancelled
+            # us): abandon() hands its jobs back instead of dropping them.
+            proto.abandon(sid, p, on_late)
             raise
         finally:
             if timer is not None:
@@ -472,26 +599,46 @@ class QuicQueue(AsyncQueueBase):
     async def _call(self, op: str, fields: dict[str, Any], *, wait: float | None = 0.0,
                     take: bool = False) -> dict[str, Any]:
         self._check_open()
-        proto = await self._connection()
-        payload = {"op": op, "queue": self.name, "options": self.options.backend_options,
-                   **fields}
-        timeout = None if wait is None else self.options.timeout + wait
-        return await self._roundtrip(proto, payload, timeout,
-                                     on_late=self._late_jobs if take else None)
+        o = self.options
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        # One deadline per call, for connecting and the request: the verb's own wait (a
+        # dequeue's timeout) plus ``timeout``; None waits as long as the caller asked.
+        deadline = None if wait is None else start + wait + o.timeout
+        proto = await self._connection(deadline)
+        if wait:
+            # Time spent connecting comes off the server's wait, so that the answer still
+            # comes by the caller's own deadline.
+            fields["timeout"] = max(0.0, start + wait - loop.time())
+        payload = {"op": op, "queue": self.name, "options": o.backend_options, **fields}
+        timeout = None if deadline is None else max(0.001, deadline - loop.time())
+        return await self._roundtrip(
+            proto, payload, timeout,
+            on_late=functools.partial(self._late_jobs, proto) if take else None)
 
-    def _late_jobs(self, kind: int, resp: dict[str, Any]) -> None:
-        """Jobs that arrive for a cancelled dequeue go straight back to the queue."""
+    def _late_jobs(self, proto: _ClientProtocol, kind: int, resp: dict[str, Any]) -> None:
+        """Jobs that arrive for a dequeue whose caller is gone go straight back to the queue."""
         if kind != KIND_OK or not isinstance(resp.get("jobs"), list):
             return
         for raw in resp["jobs"]:
             with contextlib.suppress(UnifiedQError):
                 job = job_from_wire(raw, self.name)
                 if job.receipt is not None and self._loop is not None:
-                    self._loop.create_task(self._quiet_nack(job))
+                    task = self._loop.create_task(self._give_back(proto, job))
+                    self._returns.add(task)
+                    task.add_done_callback(self._returns.discard)
 
-    async def _quiet_nack(self, job: Job) -> None:
+    async def _give_back(self, proto: _ClientProtocol, job: Job) -> None:
+        # Nobody saw the job: release keeps its attempt count; a server without it (older)
+        # can only nack, which counts an attempt. Straight on the connection, not _call():
+        # close() waits for these, after the handle already counts as closed.
+        if proto.error is not None or proto.disposed:
+            return  # the connection is gone: the server returns its leases itself
+        op = "release" if Capability.RELEASE in self._server_caps else "nack"
         with contextlib.suppress(UnifiedQError):
-            await self._call("nack", {"lease": job.receipt, "requeue": True})
+            await self._roundtrip(proto, {
+                "op": op, "queue": self.name, "options": self.options.backend_options,
+                "lease": job.receipt, "requeue": True}, self.options.timeout)
 
     # -- verbs --------------------------------------------------------------------------------
     @staticmethod
@@ -514,9 +661,22 @@ class QuicQueue(AsyncQueueBase):
 
     async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
         # Every request of one call has the same options; only bodies differ. Split the batch
-        # so that no frame exceeds the limit.
+        # so that no frame exceeds the limit, after checking that every body fits one (so a
+        # bad body fails the call before the first chunk is sent).
         opts, out = self._options(reqs[0]), []
-        budget = self.options.max_frame - 4096
+        try:
+            fixed = _FRAME_OVERHEAD + len(encode_value(opts)) + len(self.name) \
+                + len(self.options.backend_options.encode())
+        except WireError as exc:
+            raise InvalidArgument(f"enqueue_many() options cannot be encoded: {exc}") from None
+        budget = self._frame_limit - fixed
+        biggest = max(len(r.body) for r in reqs) + 5
+        if biggest > budget:
+            raise LimitExceeded(
+                f"a body of {biggest - 5} bytes with these headers makes a frame of more than "
+                f"{self._frame_limit} bytes (the smaller of this client's and the server's "
+                f"max_frame); nothing was sent", limit="max_frame", size=biggest + fixed,
+                maximum=self._frame_limit)
         chunk: list[bytes] = []
         size = 0
         for r in reqs:
@@ -558,6 +718,9 @@ class QuicQueue(AsyncQueueBase):
         await self._call("nack", {"lease": job.receipt, "requeue": requeue,
                                   "delay": delay or None})
 
+    async def _release(self, job: Job) -> None:
+        await self._call("release", {"lease": job.receipt})
+
     async def _extend_lease(self, job: Job, seconds: float) -> None:
         await self._call("extend_lease", {"lease": job.receipt, "seconds": seconds})
 
@@ -583,9 +746,12 @@ class QuicQueue(AsyncQueueBase):
         except RuntimeError:  # pragma: no cover - _close is always awaited
             running = None
         if running is loop:
+            # Bounded waits: a frozen server answers neither the give-backs nor the close.
+            if self._returns:
+                await asyncio.wait(list(self._returns), timeout=_CLOSE_WAIT)
             proto.close()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(_CLOSE_WAIT):
                     await proto.wait_closed()
             proto.dispose(transport)
         elif loop is not None and not loop.is_closed():

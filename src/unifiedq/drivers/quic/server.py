@@ -59,6 +59,7 @@ from ..._errors import (
     InvalidArgument,
     InvalidURL,
     JobNotLeased,
+    LimitExceeded,
     ProtocolError,
     UnifiedQError,
     WrongQueue,
@@ -70,6 +71,7 @@ from ._common import (
     ERR_AUTH,
     ERR_PROTOCOL,
     ERR_SHUTDOWN,
+    ERR_SILENT,
     OPS,
     QUEUE_NAME,
     error_to_wire,
@@ -98,8 +100,10 @@ _MAX_VALIDATED = 10_000
 _DRAIN = 32
 # Most responses one connection holds back while its batch is read (see _ServerProtocol._reply).
 _FLUSH_MAX = 16
-# Job overhead on the wire besides body and headers (field names, numbers, lease token).
+# Encoded bytes of a job besides its body, id and headers (field names, numbers, lease
+# token: 146 counted, rounded up), and of a dequeue response besides its jobs.
 _JOB_OVERHEAD = 160
+_RESPONSE_OVERHEAD = 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -290,6 +294,14 @@ class _Lease:
     job: Job
     backend: _Backend
     conn: _ServerProtocol
+    #: The stream whose response carried the job (see _ServerProtocol._stopped).
+    sid: int
+
+
+def _too_large(what: str, size: int, limit: int) -> LimitExceeded:
+    return LimitExceeded(f"{what} is {size} bytes; the frame limit is {limit} (the smaller of "
+                         f"the server's and this client's max_frame)", limit="max_frame",
+                         size=size, maximum=limit)
 
 
 class _Listener(QuicServer):
@@ -337,6 +349,8 @@ class _ServerProtocol(_aq.QuicProtocol):
         self.server = server
         self.authenticated = False
         self.closed = False
+        #: The client closed because we went silent (frozen): it never saw what we owe it.
+        self.gave_up = False
         self.peer = "?"
         self.leases: set[str] = set()
         self._readers: dict[int, FrameReader] = {}
@@ -348,6 +362,8 @@ class _ServerProtocol(_aq.QuicProtocol):
         self._unsent = self._batch = 0
         self._flush_at = _FLUSH_MAX
         cfg = server.config
+        #: Largest response frame for this client: the smaller of both limits (set by hello).
+        self.max_frame = cfg.max_frame
         # Before the handshake, so the transport parameters announce it (aioquic has no
         # setting for it). Buffered bytes stay capped by max_connection_buffer.
         _aq.set_max_streams_bidi(quic, cfg.max_streams)
@@ -370,7 +386,10 @@ class _ServerProtocol(_aq.QuicProtocol):
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             self._on_data(event.stream_id, event.data, event.end_stream)
-        elif isinstance(event, events.StreamReset | events.StopSendingReceived):
+        elif isinstance(event, events.StopSendingReceived):
+            self._drop_stream(event.stream_id)
+            self._stopped(event.stream_id)
+        elif isinstance(event, events.StreamReset):
             self._drop_stream(event.stream_id)
         elif isinstance(event, events.HandshakeCompleted):
             cert = _aq.peer_certificate(self.quic)
@@ -396,27 +415,25 @@ class _ServerProtocol(_aq.QuicProtocol):
                 try:
                     kind, payload = decode_frame(data, limit=self.server.config.max_frame)
                 except WireError as exc:
-                    self._reply(sid, KIND_ERROR,
-                                error_to_wire(ProtocolError(f"bad frame: {exc}")))
+                    self._reply(sid, KIND_ERROR, error_to_wire(_bad_frame(exc)))
                     return
                 self._start(sid, kind, payload)
                 return
             reader = self._readers[sid] = FrameReader(self.server.config.max_frame)
         self._buffered += len(data)
-        if self._buffered > self.server.config.max_connection_buffer:
-            log.warning("client %s buffered too much; closing its connection", self.peer)
-            self.close(ERR_PROTOCOL, "too much unfinished request data")
+        limit = self.server.config.max_connection_buffer
+        if self._buffered > limit:
+            # Refuse this request only: the connection and its other requests carry on.
+            log.warning("client %s buffered too much; refusing one request", self.peer)
+            self._refuse(sid, end, LimitExceeded(
+                f"this connection has more than {limit} bytes of unfinished requests; "
+                f"send fewer large requests at once", limit="max_connection_buffer",
+                size=self._buffered, maximum=limit))
             return
         try:
             reader.feed(data)
         except WireError as exc:
-            self._forget_reader(sid)
-            self._aborted.add(sid)
-            self._reply(sid, KIND_ERROR, error_to_wire(ProtocolError(f"bad frame: {exc}")))
-            with contextlib.suppress(Exception):
-                self.quic.stop_stream(sid, ERR_PROTOCOL)
-            if end:
-                self._aborted.discard(sid)
+            self._refuse(sid, end, _bad_frame(exc))
             return
         if not end:
             return
@@ -427,6 +444,26 @@ class _ServerProtocol(_aq.QuicProtocol):
             self._reply(sid, KIND_ERROR, error_to_wire(ProtocolError(f"bad frame: {exc}")))
             return
         self._start(sid, kind, payload)
+
+    def _refuse(self, sid: int, end: bool, exc: UnifiedQError) -> None:
+        """Answer a request that cannot be read with an error and stop reading its stream."""
+        self._forget_reader(sid)
+        self._aborted.add(sid)
+        self._reply(sid, KIND_ERROR, error_to_wire(exc))
+        with contextlib.suppress(Exception):
+            self.quic.stop_stream(sid, ERR_PROTOCOL)
+        if end:
+            self._aborted.discard(sid)
+
+    def _stopped(self, sid: int) -> None:
+        """The client stopped reading ``sid`` (STOP_SENDING): it gave up on the response.
+
+        If a dequeue's response already left, the stream reset that STOP_SENDING causes may
+        cut it off before it all arrives, so the client may never learn its leases: return
+        them now (a client that did get them releases them too; the second one is a no-op).
+        """
+        if self.leases:
+            self.server._return_stream(self, sid)
 
     def _start(self, sid: int, kind: int, payload: dict[str, Any]) -> None:
         coro = self._serve(sid, kind, payload)
@@ -453,6 +490,7 @@ class _ServerProtocol(_aq.QuicProtocol):
         if self.closed:
             return
         self.closed = True
+        self.gave_up = event.error_code == ERR_SILENT
         for sid in list(self._readers):
             self._forget_reader(sid)
         for task in self._tasks.values():
@@ -476,7 +514,7 @@ class _ServerProtocol(_aq.QuicProtocol):
                 raise ProtocolError(f"unknown verb {str(op)[:40]!r}")
             if op == "dequeue" and payload.get("timeout", 0) != 0:
                 self._waiting.add(sid)
-            result = await self.server._dispatch(self, str(op), payload)
+            result = await self.server._dispatch(self, sid, str(op), payload)
             reply: tuple[int, dict[str, Any]] = (KIND_OK, result)
         except asyncio.CancelledError:
             if not (self.server.closing and not self.closed):
@@ -501,10 +539,10 @@ class _ServerProtocol(_aq.QuicProtocol):
         if self.closed:
             return
         try:
-            frame = encode_frame(kind, payload, limit=self.server.config.max_frame)
-        except FrameTooLarge:
+            frame = encode_frame(kind, payload, limit=self.max_frame)
+        except FrameTooLarge as exc:
             frame = encode_frame(KIND_ERROR, error_to_wire(
-                ProtocolError("the response exceeds the frame limit")))
+                _too_large("the response", exc.size, exc.limit)))
         # The peer may have reset the stream meanwhile (try/except: no suppress() per reply).
         try:  # noqa: SIM105
             self.quic.send_stream_data(sid, frame, end_stream=True)
@@ -532,6 +570,20 @@ class _ServerProtocol(_aq.QuicProtocol):
     def tasks(self) -> list[asyncio.Task[None]]:
         """Requests in flight."""
         return list(self._tasks.values())
+
+
+def _job_cost(job: Job) -> int:
+    """Encoded bytes of a job in a dequeue response (exact up to the fixed overhead)."""
+    cost = len(job.body) + len(job.id.encode()) + _JOB_OVERHEAD
+    for k, v in job.headers.items():
+        cost += len(k.encode()) + len(v.encode()) + 10
+    return cost
+
+
+def _bad_frame(exc: WireError) -> UnifiedQError:
+    if isinstance(exc, FrameTooLarge):
+        return _too_large("the request", exc.size, exc.limit)
+    return ProtocolError(f"bad frame: {exc}")
 
 
 def _field(p: dict[str, Any], key: str, types: tuple[type, ...], default: Any = ...) -> Any:
@@ -708,7 +760,8 @@ class JobServer:
         except Exception as exc:  # a backend that fails to close must not hurt the server
             log.warning("closing the idle handle of queue %r failed: %s", b.key[0], exc)
 
-    async def _dispatch(self, conn: _ServerProtocol, op: str, p: dict[str, Any]) -> dict[str, Any]:
+    async def _dispatch(self, conn: _ServerProtocol, sid: int, op: str,
+                        p: dict[str, Any]) -> dict[str, Any]:
         if op == "hello":
             return self._hello(conn, p)
         if not conn.authenticated:
@@ -718,11 +771,11 @@ class JobServer:
         b = self._backend(p)
         b.users += 1  # keeps the handle open while the request runs
         try:
-            return await self._run(conn, op, b, p)
+            return await self._run(conn, sid, op, b, p)
         finally:
             b.users -= 1
 
-    async def _run(self, conn: _ServerProtocol, op: str, b: _Backend,
+    async def _run(self, conn: _ServerProtocol, sid: int, op: str, b: _Backend,
                    p: dict[str, Any]) -> dict[str, Any]:
         h = b.fast
         if op == "enqueue":
@@ -741,11 +794,11 @@ class JobServer:
                     raise InvalidArgument("enqueue_many() bodies must be bytes")
             return {"ids": [await h.enqueue(body, **kwargs) for body in bodies]}
         if op == "dequeue":
-            return await self._dequeue(conn, b, p)
+            return await self._dequeue(conn, sid, b, p)
         if op == "peek":
             job = await h.peek()
             return {"job": None if job is None else job_to_wire(job, None)}
-        if op in ("ack", "nack", "extend_lease"):
+        if op in ("ack", "nack", "release", "extend_lease"):
             return await self._settle(op, b, p)
         if op == "size":
             return {"n": await h.size()}
@@ -764,6 +817,9 @@ class JobServer:
         if self.closing:
             raise BackendConnectionError("the server is shutting down")
         conn.authenticated = True
+        limit = p.get("max_frame")  # clients older than the field accept the server's limit
+        if type(limit) is int and limit >= 1024:
+            conn.max_frame = min(self.config.max_frame, limit)
         return {
             "server": f"unifiedq/{__version__}", "backend": self.backend_scheme,
             "capabilities": self.capabilities.names(), "max_frame": self.config.max_frame,
@@ -800,11 +856,16 @@ class JobServer:
             return await h.dequeue_many(n, timeout=timeout)
         first = await h.dequeue(timeout=timeout)
         out = [] if first is None else [first]
-        while out and len(out) < n and (job := await h.dequeue()) is not None:
-            out.append(job)
+        try:
+            while out and len(out) < n and (job := await h.dequeue()) is not None:
+                out.append(job)
+        except asyncio.CancelledError:  # what we hold already must not be lost with us
+            for job in out:
+                await asyncio.shield(self._give_back(b, job))
+            raise
         return out
 
-    async def _dequeue(self, conn: _ServerProtocol, b: _Backend,
+    async def _dequeue(self, conn: _ServerProtocol, sid: int, b: _Backend,
                        p: dict[str, Any]) -> dict[str, Any]:
         timeout = check_timeout(_field(p, "timeout", (int, float, type(None))))
         n = _field(p, "max", (int,), 1)
@@ -812,12 +873,33 @@ class JobServer:
             raise InvalidArgument(f"max must be between 1 and {MAX_BATCH}")
         want_lease = _field(p, "lease", (bool,), True)
         jobs = await self._take(b, n, timeout)
-        # Keep the response under the frame limit; jobs that do not fit go back.
-        budget, keep = self.config.max_frame - 1024, 0
+        if not jobs:
+            return {"jobs": []}
+        # Once taken, the jobs must reach the client or go back: a cancellation from here on
+        # (the client's STOP_SENDING, a shutdown) lets this step finish, then returns the
+        # leases of the response that will never be sent.
+        step = asyncio.ensure_future(self._hand_out(conn, sid, b, jobs, want_lease))
+        try:
+            return await asyncio.shield(step)
+        except asyncio.CancelledError:
+            step.add_done_callback(functools.partial(self._unsent_leases, conn))
+            raise
+
+    def _unsent_leases(self, conn: _ServerProtocol, step: asyncio.Future[dict[str, Any]]) -> None:
+        if step.cancelled() or step.exception() is not None:
+            return
+        tokens = [j["lease"] for j in step.result()["jobs"] if j["lease"] is not None]
+        if tokens:
+            self._spawn(self._return_leases(conn, tokens, True))
+
+    async def _hand_out(self, conn: _ServerProtocol, sid: int, b: _Backend, jobs: list[Job],
+                        want_lease: bool) -> dict[str, Any]:
+        # Keep the response under the client's frame limit; jobs that do not fit go back.
+        limit = conn.max_frame
+        budget, keep = limit - _RESPONSE_OVERHEAD, 0
         for job in jobs:
-            cost = len(job.body) + _JOB_OVERHEAD + sum(
-                len(k) + len(v) + 10 for k, v in job.headers.items()) * 4
-            if cost > budget and keep:
+            cost = _job_cost(job)
+            if cost > budget:
                 break
             budget -= cost
             keep += 1
@@ -826,13 +908,17 @@ class JobServer:
             spare, jobs = spare + jobs, []
         for job in spare:
             await self._give_back(b, job)
+        if not jobs and spare and not conn.closed:
+            # Even the first job alone is too large for this client: say so (it stays queued).
+            raise _too_large(f"the next job ({len(spare[0].body)}-byte body)",
+                             _job_cost(spare[0]) + _RESPONSE_OVERHEAD, limit)
         out = []
         for job in jobs:
             token = None
             if Capability.ACK in b.caps:
                 if want_lease:
                     token = secrets.token_urlsafe(18)
-                    self._leases[token] = _Lease(job, b, conn)
+                    self._leases[token] = _Lease(job, b, conn, sid)
                     conn.leases.add(token)
                     b.users += 1  # until the lease is settled or returned
                 else:  # the client declared no ACK: it gets at-most-once delivery
@@ -841,8 +927,11 @@ class JobServer:
         return {"jobs": out}
 
     async def _give_back(self, b: _Backend, job: Job) -> None:
+        """Return a job no client saw: without counting an attempt where the backend can."""
         with contextlib.suppress(UnifiedQError):
-            if Capability.ACK in b.caps:
+            if Capability.RELEASE in b.caps:
+                await b.handle.release(job)
+            elif Capability.ACK in b.caps:
                 await b.handle.nack(job)
             else:  # already removed by the backend: put an equal job back
                 await b.handle.enqueue(job.body, priority=job.priority,
@@ -863,6 +952,10 @@ class JobServer:
                 return {}
             if op == "ack":
                 await h.ack(job)
+            elif op == "release":
+                # The backend's own gate answers UnsupportedOperation when it lacks RELEASE
+                # (the hello did not offer it); the lease stays.
+                await h.release(job)
             else:
                 requeue = _field(p, "requeue", (bool,), True)
                 delay = _field(p, "delay", (int, float, type(None)), None)
@@ -884,19 +977,37 @@ class JobServer:
     def _release_soon(self, conn: _ServerProtocol) -> None:
         self._protocols.discard(conn)
         if conn.leases:
-            task = asyncio.get_running_loop().create_task(self._release(conn))
-            self._releases.add(task)
-            task.add_done_callback(self._releases.discard)
+            # A departed client may have crashed on its jobs: they come back counted (nack),
+            # as a lost lease would. A server shutdown, or a client that gave up on us while
+            # we were frozen, is no job's failure: released.
+            self._spawn(self._return_leases(conn, list(conn.leases),
+                                            self.closing or conn.gave_up))
 
-    async def _release(self, conn: _ServerProtocol) -> None:
-        tokens = list(conn.leases)
+    def _return_stream(self, conn: _ServerProtocol, sid: int) -> None:
+        tokens = [t for t in conn.leases
+                  if (lease := self._leases.get(t)) is not None and lease.sid == sid]
+        if tokens:  # the client never saw these jobs: back without counting an attempt
+            self._spawn(self._return_leases(conn, tokens, True))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _return_leases(self, conn: _ServerProtocol, tokens: list[str],
+                             release: bool) -> None:
+        """Return the jobs of ``tokens``: released if ``release`` (and possible), else nacked."""
         for token in tokens:
             lease = self._leases.get(token)
             if lease is None:
                 conn.leases.discard(token)
                 continue
             try:
-                await lease.backend.handle.nack(lease.job)
+                h = lease.backend.handle
+                if release and Capability.RELEASE in lease.backend.caps:
+                    await h.release(lease.job)
+                else:
+                    await h.nack(lease.job)
             except JobNotLeased:
                 pass  # expired and redelivered meanwhile: nothing to return
             except UnifiedQError as exc:

@@ -78,7 +78,17 @@ class WireError(ValueError):
 
 
 class FrameTooLarge(WireError):
-    """A frame announces (or carries) more payload than the receiver's limit."""
+    """A frame announces (or carries) more payload than the receiver's limit.
+
+    Attributes:
+        size: The payload size in bytes.
+        limit: The limit in bytes.
+    """
+
+    def __init__(self, message: str, *, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -330,7 +340,8 @@ def encode_frame(kind: int, payload: Mapping[str, Any], *, limit: int = DEFAULT_
     _enc_into(payload, out)
     n = len(out) - HEADER
     if n > limit:
-        raise FrameTooLarge(f"frame payload is {n} bytes; the limit is {limit}")
+        raise FrameTooLarge(f"frame payload is {n} bytes; the limit is {limit}", size=n,
+                            limit=limit)
     _U32.pack_into(out, 4, n)
     return bytes(out)
 
@@ -347,7 +358,8 @@ def _parse_header(data: bytes | bytearray | memoryview, limit: int) -> tuple[int
     if kind not in _KINDS:
         raise WireError(f"unknown frame kind {kind}")
     if length > limit:
-        raise FrameTooLarge(f"frame announces {length} payload bytes; the limit is {limit}")
+        raise FrameTooLarge(f"frame announces {length} payload bytes; the limit is {limit}",
+                            size=length, limit=limit)
     return kind, length
 
 

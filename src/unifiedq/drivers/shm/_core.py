@@ -26,6 +26,7 @@ from ..._errors import (
     BackendError,
     InvalidArgument,
     InvalidURL,
+    LimitExceeded,
     QueueClosed,
     QueueFull,
     QueueTimeout,
@@ -872,10 +873,18 @@ class _ShmCommon:
 
     def _put_many_plan(self, bodies: list[bytes], ids: list[str]) -> _Plan[list[str]]:
         """Enqueue a batch in order, following the overflow policy."""
+        n, mode, cap = len(ids), self.options.overflow, self.options.capacity
+        if mode == "reject" and n > cap:
+            # All-or-nothing can never hold more than the ring: a shape error, not a full ring
+            # (block streams a larger batch through as consumers make room; drop_oldest keeps
+            # its last ``capacity`` jobs).
+            raise LimitExceeded(
+                f"enqueue_many() of {n} jobs on shm queue {self._name!r} with "
+                f"overflow='reject' can never fit its capacity of {cap} jobs; nothing was "
+                f"enqueued", limit="capacity", size=n, maximum=cap)
         ring = self._ring or self._attach()
         self._check_ids(ids)
-        n, now = len(ids), time.time()
-        mode = self.options.overflow
+        now = time.time()
         if mode == "reject" and n > ring.cap - ring.size():
             raise QueueFull(
                 f"shm queue {self._name!r} has room for {max(0, ring.cap - ring.size())} jobs, "
