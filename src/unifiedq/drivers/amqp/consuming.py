@@ -26,7 +26,13 @@ from typing import Any
 import amqp
 import amqp.exceptions as amqp_exc
 
-from ..._errors import JobNotLeased
+from ..._errors import (
+    BackendError,
+    BackendFull,
+    BackendTimeout,
+    JobNotLeased,
+    LimitExceeded,
+)
 from ..._job import Job
 from .errors import SETTLE_ERRORS, translate
 from .publishing import (
@@ -129,12 +135,18 @@ class ConsumingMixin(PublishingMixin):
             self._cond.notify_all()
 
     def _take(self, n: int, timeout: float | None) -> list[Job]:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        # Round trips may run past the deadline by at most socket_timeout (a stalled broker
+        # then raises BackendTimeout); reconnecting stops at the deadline itself.
+        hard = math.inf if deadline is None else deadline + self.options.socket_timeout
         out: list[Job] = []
-        self._last_take = time.monotonic()
+        self._last_take = start
         while True:
             # One slice per lock acquisition, so other threads using this handle get a turn.
             def step() -> bool:
+                if out and out[0].receipt[1] != self._epoch:
+                    out.clear()  # taken on a connection that was lost since: leases void
                 self._fill(out, n)
                 if not out and self._consumer_tag is not None:
                     self._pump()
@@ -162,7 +174,8 @@ class ConsumingMixin(PublishingMixin):
                     return True
                 return False
 
-            if self._call("dequeue", step):
+            if self._call("dequeue", step, start=start, hard=hard,
+                          until=math.inf if deadline is None else deadline):
                 return out
 
     def _dequeue(self, timeout: float | None) -> Job | None:
@@ -197,11 +210,17 @@ class ConsumingMixin(PublishingMixin):
                 fn()  # no connection: _held_for raises JobNotLeased
                 return
             try:
+                self._arm(self._conn, time.monotonic() + self.options.socket_timeout)
                 # Read what the broker already sent first: a connection.close it sent us means
                 # the lease is gone, and an ack written now would vanish without an error.
                 self._pump()
                 self._expire()
                 fn()
+            except (TimeoutError, BackendTimeout) as exc:
+                self._drop()  # the broker returns what we held when it notices
+                if isinstance(exc, BackendTimeout):
+                    raise
+                raise self._timed_out(what, exc) from exc
             except SETTLE_ERRORS as exc:
                 self._drop()
                 raise JobNotLeased(
@@ -231,33 +250,74 @@ class ConsumingMixin(PublishingMixin):
 
         self._settle("nack", do)
 
-    def _return_held(self, items: list[tuple[int, Held]], delay: float) -> None:
-        """Requeue held jobs with exact attempt counts.
+    def _release(self, job: Job) -> None:
+        def do() -> None:
+            tag, h = self._held_for(job)
+            self._return_held([(tag, h)], 0.0, count=False)
 
-        Publishes copies whose attempt header is the number of deliveries so far, waits for
-        their confirms, then acks the originals. Jobs past ``max_attempts`` are dead-lettered.
+        self._settle("release", do)
+
+    def _return_held(self, items: list[tuple[int, Held]], delay: float, *,
+                     count: bool = True, hard: float | None = None,
+                     unseen: list[Any] | None = None) -> None:
+        """Requeue held jobs (and ``unseen`` buffered messages) with exact attempt counts.
+
+        Under the lock. Held jobs are requeued as a nack counts them (``count``), or without
+        consuming an attempt (a release); with ``count``, jobs at ``max_attempts`` are
+        dead-lettered instead. ``unseen`` are prefetched messages the application never got:
+        they go back with their attempt unchanged, ahead of the held ones.
         """
         limit = self.options.max_attempts
-        outs: list[Outgoing] = []
-        again: list[int] = []
+        back: list[tuple[int, Any, int, float]] = []  # tag, message, attempts so far, enqueued
+        for msg in unseen or ():
+            job = self._to_job(msg)
+            back.append((msg.delivery_info["delivery_tag"], msg, job.attempt - 1,
+                         job.enqueued_at))
         for tag, h in items:
             del self._held[tag]
-            if limit is not None and h.job.attempt >= limit:
+            if count and limit is not None and h.job.attempt >= limit:
                 self._cch.basic_reject(tag, requeue=False)
                 continue
-            props = dict(h.msg.properties)
+            back.append((tag, h.msg, h.job.attempt if count else h.job.attempt - 1,
+                         h.job.enqueued_at))
+        self._republish(back, delay, "nack" if count else "release", hard)
+
+    def _republish(self, back: list[tuple[int, Any, int, float]], delay: float, what: str,
+                   hard: float | None) -> None:
+        """Publish a copy of each message with its attempt header, then ack the originals.
+
+        RabbitMQ's own requeue (``basic.reject(requeue=True)``) cannot carry a count, only
+        its redelivered flag, so a copy whose ``x-uq-attempt`` says how many deliveries
+        happened replaces the original once it is confirmed. If the copies cannot be
+        published (a memory or disk alarm blocks publishing, a stalled or lost publish
+        connection), the originals go back with ``basic.reject(requeue=True)`` instead:
+        nothing is stranded, but the attempt count then rests on the redelivered flag (see
+        the docs), and a copy whose confirm was lost may be queued too (at-least-once).
+        """
+        if not back:
+            return
+        outs: list[Outgoing] = []
+        for _, msg, attempts, enqueued_at in back:
+            props = dict(msg.properties)
             headers = {k: v for k, v in (props.get("application_headers") or {}).items()
                        if not k.startswith(BROKER_HEADERS)}
-            headers[H_ATTEMPT] = h.job.attempt
-            headers.setdefault(H_ENQUEUED, h.job.enqueued_at)
+            headers[H_ATTEMPT] = attempts
+            headers.setdefault(H_ENQUEUED, enqueued_at)
             props["application_headers"] = headers
             props["delivery_mode"] = 2
             props.pop("expiration", None)
-            outs.append(self._route(amqp.Message(h.msg.body, **props), delay))
-            again.append(tag)
-        if outs:
-            self._publish("nack", outs, retry=False)
-        for tag in again:
+            outs.append(self._route(amqp.Message(msg.body, **props), delay))
+        start = time.monotonic()
+        try:
+            self._publish(what, outs, start=start,
+                          hard=start + self.options.confirm_timeout if hard is None else hard)
+        except (BackendError, LimitExceeded) as exc:
+            for tag, *_ in back:
+                self._cch.basic_reject(tag, requeue=True)
+            if not isinstance(exc, BackendFull | LimitExceeded):
+                raise  # the jobs are back in the queue, but say why the copies failed
+            return
+        for tag, *_ in back:
             self._cch.basic_ack(tag)
 
     def _extend_lease(self, job: Job, seconds: float) -> None:
@@ -291,15 +351,15 @@ class ConsumingMixin(PublishingMixin):
     def _pause_consumer(self) -> None:
         """Cancel the consumer and give back the prefetched jobs nobody took yet.
 
-        A blocking dequeue starts it again. The returned jobs carry RabbitMQ's redelivered
-        flag, so their next attempt counts one more (see the docs).
+        A blocking dequeue starts it again. The returned jobs keep their attempt count
+        (republished copies, at the back of the queue; see the docs).
         """
         if self._consumer_tag is not None:
             self._cch.basic_cancel(self._consumer_tag)
             self._consumer_tag = None
-        while self._buffer:
-            msg = self._buffer.popleft()
-            self._cch.basic_reject(msg.delivery_info["delivery_tag"], requeue=True)
+        unseen = list(self._buffer)
+        self._buffer.clear()
+        self._return_held([], 0.0, count=False, unseen=unseen)
 
     def _start_lease_thread(self) -> None:
         if self._lease_thread is None:
@@ -325,6 +385,8 @@ class ConsumingMixin(PublishingMixin):
                     self._cond.wait(min(wait, 5.0))
                     continue
                 try:
+                    if self._conn is not None:
+                        self._arm(self._conn, time.monotonic() + self.options.socket_timeout)
                     self._expire()
                 except Exception:
                     self._drop()  # the broker returns the held jobs itself

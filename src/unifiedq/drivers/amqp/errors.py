@@ -9,7 +9,12 @@ import ssl
 
 import amqp.exceptions as amqp_exc
 
-from ..._errors import AuthenticationError, BackendConnectionError, BackendError
+from ..._errors import (
+    AuthenticationError,
+    BackendConnectionError,
+    BackendError,
+    BackendTimeout,
+)
 
 __all__ = ["CONN_ERRORS", "SETTLE_ERRORS", "retryable", "translate"]
 
@@ -37,6 +42,11 @@ def translate(exc: BaseException, what: str) -> BaseException:
             f"{what}: TLS certificate verification failed ({exc.verify_message}); "
             "set ca_file to the CA that signed the broker's certificate"
         )
+    if isinstance(exc, amqp_exc.IrrecoverableConnectionError):
+        return BackendError(f"{what}: the broker closed the connection because of what it "
+                            f"was sent ({type(exc).__name__}: {exc}); not retried")
+    if isinstance(exc, TimeoutError):
+        return BackendTimeout(f"{what}: no answer from the broker in time ({exc})")
     if isinstance(exc, CONN_ERRORS):
         return BackendConnectionError(f"{what}: connection to the broker failed or was lost "
                                       f"({type(exc).__name__}: {exc})")
@@ -44,7 +54,14 @@ def translate(exc: BaseException, what: str) -> BaseException:
 
 
 def retryable(exc: BaseException) -> bool:
-    """Whether a new connection may succeed where ``exc`` failed."""
+    """Whether a new connection may succeed where ``exc`` failed.
+
+    Not after a stall (``TimeoutError``: a new connection would stall too), a refused
+    certificate, or a hard connection error (``FRAME_ERROR``, ``SYNTAX_ERROR``,
+    ``COMMAND_INVALID``, ``UNEXPECTED_FRAME``, ``NOT_ALLOWED``, ...): the broker closed the
+    connection because of what we sent, and sending it again would only repeat that.
+    ``CONNECTION_FORCED`` (an operator or a broker shutdown) and lost sockets are retried.
+    """
     return isinstance(exc, CONN_ERRORS) and not isinstance(
-        exc, amqp_exc.NotAllowed | ssl.SSLCertVerificationError
+        exc, TimeoutError | amqp_exc.IrrecoverableConnectionError | ssl.SSLCertVerificationError
     )

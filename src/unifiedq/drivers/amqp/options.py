@@ -26,9 +26,16 @@ class AmqpOptions:
             it to the queue; None = until acked or the connection closes.
         max_attempts: Dead-letter a job instead of requeueing it once it has been delivered
             this many times; None = never.
-        confirm_timeout: Seconds to wait for the broker to confirm a publish.
+        confirm_timeout: Deadline in seconds of a whole publish (``enqueue``,
+            ``enqueue_many``, and the copy a ``nack`` or ``release`` publishes): writing,
+            reconnecting and waiting for the broker's confirms.
         connect_timeout: Seconds to wait for a TCP/TLS/AMQP connection.
-        reconnect_timeout: Seconds to keep retrying (with backoff) after a lost connection.
+        reconnect_timeout: Seconds a verb keeps reconnecting (with backoff) after a lost
+            connection, never past the verb's own deadline.
+        socket_timeout: Longest wait, in seconds, for the broker to answer or to take our
+            bytes; past it the connection is dropped and the verb raises
+            ``BackendTimeout`` (a stalled broker). ``dequeue(timeout=t)`` returns within
+            ``t + socket_timeout``.
         max_body: Largest body accepted, in bytes (RabbitMQ's default limit is 128 MiB).
         ca_file: CA bundle that verifies the broker's certificate (``amqps://`` only;
             default: the system's trust store).
@@ -45,6 +52,7 @@ class AmqpOptions:
     confirm_timeout: float = 30.0
     connect_timeout: float = 10.0
     reconnect_timeout: float = 30.0
+    socket_timeout: float = 10.0
     max_body: int | None = DEFAULT_MAX_BODY
     ca_file: str | None = None
     cert_file: str | None = None
@@ -67,7 +75,7 @@ class AmqpOptions:
             raise ValueError(f"visibility_timeout must be > 0, not {self.visibility_timeout}")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, not {self.max_attempts}")
-        for key in ("confirm_timeout", "connect_timeout"):
+        for key in ("confirm_timeout", "connect_timeout", "socket_timeout"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be > 0, not {value}")

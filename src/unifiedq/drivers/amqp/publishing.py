@@ -8,11 +8,18 @@ broker confirmed it; a batch is written many messages per socket write (the fram
 here, with py-amqp's encoders, see ``unifiedq/_compat/amqp.py``) and waits once for all its
 confirms. A refused or unroutable message makes the driver declare the topology again and
 republish it once; after a lost connection only the unconfirmed messages are published again.
+
+Publishing has its own connection (see :mod:`.connection`). Every limit of the broker that
+would otherwise close that connection (a content header larger than the negotiated
+``frame_max``, a header name longer than a short string's 255 bytes, a delay past RabbitMQ's
+timer range) is checked before the first byte is written, and raises ``LimitExceeded``;
+a hard connection error the broker sends in answer to our own frames (``FRAME_ERROR``,
+``SYNTAX_ERROR``, ...) is not retried. A connection the broker blocked (memory or disk
+alarm) makes publishes raise ``BackendFull``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import struct
@@ -23,7 +30,7 @@ import amqp
 import amqp.exceptions as amqp_exc
 
 from ..._compat import amqp as compat
-from ..._errors import BackendError, InvalidArgument, QueueTimeout
+from ..._errors import BackendError, BackendFull, InvalidArgument, LimitExceeded
 from ..._job import EnqueueRequest
 from .connection import ConnectionMixin
 from .errors import CONN_ERRORS, retryable, translate
@@ -33,10 +40,12 @@ __all__ = [
     "BROKER_HEADERS",
     "H_ATTEMPT",
     "H_ENQUEUED",
+    "MAX_DELAY_MS",
     "RESERVED_PREFIX",
     "Outgoing",
     "PublishingMixin",
     "content_frames",
+    "content_header_size",
     "method_frame",
 ]
 
@@ -48,6 +57,19 @@ H_ENQUEUED = "x-uq-enqueued-at"
 RESERVED_PREFIX = "x-uq-"
 #: Headers RabbitMQ adds when it dead-letters a message (delay queues do so on every delay).
 BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+
+#: Longest delay in milliseconds: a delay queue's ``x-expires`` (2·delay + 60 s) must stay
+#: within RabbitMQ's timer range (2^32 - 1 ms), or the broker refuses to declare it.
+MAX_DELAY_MS = (2**32 - 1 - 60_000) // 2
+#: Longest AMQP short string (header names, message ids, names), in bytes.
+_SHORTSTR = 255
+# An upper bound of the content header's size without the application headers: the frame's
+# class/weight/size (12), property flags (2), message_id (1 + 255), delivery_mode, priority,
+# timestamp, the table's length and the two x-uq-* headers, with room to spare.
+_FIXED_BOUND = 400
+#: Most connection losses one publish call survives (a backstop: no input can make the
+#: driver publish the same frames again and again).
+_MAX_INTERRUPTS = 5
 
 _PUMP_EVERY = 1000  # read pending confirms every this many publishes in a big batch
 _FLUSH_BYTES = 128 * 1024  # write a batch's frames to the socket in pieces of about this size
@@ -70,6 +92,7 @@ class Outgoing:
     exchange: str
     routing_key: str
     delay_ms: int  # 0 = straight to the main queue
+    bound: int = _FIXED_BOUND  # upper bound of the content header payload, in bytes
 
 
 class _Interrupted(Exception):
@@ -90,6 +113,31 @@ def method_frame(channel_id: int, exchange: str, routing_key: str) -> bytes:
     payload = _PUBLISH_ID + compat.publish_arguments(
         exchange, routing_key, mandatory=True, immediate=False)
     return _FRAME_HEAD.pack(_METHOD, channel_id, len(payload)) + payload + _FRAME_END
+
+
+def content_header_size(msg: Any) -> int:
+    """The exact size in bytes of ``msg``'s content header frame payload (py-amqp encoding)."""
+    return _CONTENT_HEAD.size + len(compat.serialize_properties(msg))
+
+
+def headers_bound(headers: Any) -> int:
+    """An upper bound of the encoded size of an application headers table of strings.
+
+    Raises:
+        LimitExceeded: A header name is longer than an AMQP short string (255 bytes).
+    """
+    total = 0
+    for key, value in headers.items():
+        if len(key) > _SHORTSTR // 4:  # only a long name can pass 255 bytes in UTF-8
+            n = len(key.encode())
+            if n > _SHORTSTR:
+                raise LimitExceeded(
+                    f"header name of {n} bytes: AMQP table field names are short strings "
+                    f"of at most {_SHORTSTR} bytes ({key[:40]!r}...)",
+                    limit="shortstr", size=n, maximum=_SHORTSTR)
+        # name: length byte + UTF-8 (at most 4 bytes a code point); value: type, length, UTF-8
+        total += 1 + 4 * len(key) + 5 + 4 * len(value)
+    return total
 
 
 def content_frames(parts: list[bytes | memoryview], channel_id: int, msg: Any,
@@ -139,19 +187,53 @@ class PublishingMixin(ConnectionMixin):
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         self._returned.add(str(message.properties.get("message_id", "")))
 
+    # -- limits ----------------------------------------------------------------------------
+    def _check_limits(self, outs: list[Outgoing]) -> None:
+        """Refuse what the broker would answer by closing the connection (nothing is sent).
+
+        A content header must fit one frame of the negotiated ``frame_max``.
+        """
+        frame_max = int(self._pconn.frame_max)
+        room = frame_max - 8  # frame header (7) and frame-end (1)
+        for o in outs:
+            if o.bound <= room:
+                continue  # the cheap bound fits: no need to encode the properties twice
+            size = content_header_size(o.msg)
+            if size > room:
+                raise LimitExceeded(
+                    f"the message's content header (properties and headers) is {size + 8} "
+                    f"bytes, more than the negotiated frame_max of {frame_max} bytes: AMQP "
+                    "sends it as one frame, and the broker would close the connection; "
+                    "send large data in the body",
+                    limit="frame_max", size=size + 8, maximum=frame_max)
+
+    def _blocked(self, what: str, written: int) -> BackendFull:
+        tail = (f"; {written} message(s) already written may still be queued when it ends"
+                if written else "; nothing was sent")
+        return BackendFull(
+            f"{what}: the broker blocks publishing ({self._pub_blocked}): a memory or disk "
+            f"alarm is in effect; consumers can still dequeue, ack and nack{tail}")
+
     # -- one attempt -----------------------------------------------------------------------
-    def _publish_once(self, outs: list[Outgoing]) -> list[Outgoing]:
+    def _publish_once(self, what: str, outs: list[Outgoing], hard: float) -> list[Outgoing]:
         """Publish ``outs`` and wait for every confirm; return those the broker refused."""
-        ch = self._pch
-        for ms in sorted({o.delay_ms for o in outs if o.delay_ms}):
-            last = self._declared_delays.get(ms)
-            if last is None or time.monotonic() - last > DELAY_REDECLARE:
-                self._declare_delay(ms, ch)
+        conn, ch = self._pconn, self._pch
         self._cbase, self._cstatus, self._clow = self._pub_seq, bytearray(len(outs)), 0
         self._returned.clear()
         try:
-            self._write_publishes(outs)
-            self._wait_confirms()
+            self._arm(conn, hard)
+            self._pump_conn(conn, self._ppoller)  # a connection.blocked/unblocked that came
+            if self._pub_blocked is not None:
+                raise self._blocked(what, 0)
+            self._check_limits(outs)
+            for ms in sorted({o.delay_ms for o in outs if o.delay_ms}):
+                last = self._declared_delays.get(ms)
+                if last is None or time.monotonic() - last > DELAY_REDECLARE:
+                    self._declare_delay(ms, ch)
+            self._write_publishes(what, outs)
+            self._wait_confirms(what, hard)
+        except TimeoutError:
+            raise
         except CONN_ERRORS as exc:
             st = self._cstatus
             raise _Interrupted([o for k, o in enumerate(outs) if st[k] != 1], exc) from exc
@@ -159,7 +241,7 @@ class PublishingMixin(ConnectionMixin):
         return [o for k, o in enumerate(outs)
                 if st[k] == 2 or o.msg.properties.get("message_id") in self._returned]
 
-    def _write_publishes(self, outs: list[Outgoing]) -> None:
+    def _write_publishes(self, what: str, outs: list[Outgoing]) -> None:
         """Write the basic.publish frames of ``outs`` to the socket, many per write.
 
         Each message is three frames (method, content header, body; more body frames past
@@ -168,10 +250,10 @@ class PublishingMixin(ConnectionMixin):
         per message in a batch; here the method frame is encoded once per destination and
         the frames of many messages go out in one write. The properties are still
         serialised by py-amqp, so the bytes on the wire are the ones it would send. No
-        per-publish read either (py-amqp's check for ``connection.blocked``): ``_pump``
-        reads pending confirms between writes.
+        per-publish read either (py-amqp's check for ``connection.blocked``): ``_pump_conn``
+        reads pending confirms, and a ``connection.blocked``, between writes.
         """
-        ch, raw = self._pch, self._raw
+        ch, raw = self._pch, self._pconn
         if ch.connection is None:  # as send_method: the channel was closed under us
             raise amqp_exc.RecoverableConnectionError("connection already closed")
         cid, write = ch.channel_id, compat.raw_writer(raw)
@@ -192,44 +274,64 @@ class PublishingMixin(ConnectionMixin):
                 parts.clear()
                 size = 0
                 if k != len(outs) - 1:
-                    self._pump()  # confirms so far; a connection.close the broker sent
+                    # Confirms so far; a connection.close or connection.blocked the broker sent.
+                    self._pump_conn(raw, self._ppoller)
+                    if self._pub_blocked is not None:
+                        raise self._blocked(what, k + 1)
 
-    def _wait_confirms(self) -> None:
-        deadline = time.monotonic() + self.options.confirm_timeout
+    def _wait_confirms(self, what: str, hard: float) -> None:
+        """Wait for the confirms of the batch in flight, at most until ``hard``.
+
+        A stalled broker (no frame for ``socket_timeout``) or the deadline raises
+        ``TimeoutError``; a ``connection.blocked`` raises ``BackendFull``.
+        """
+        raw, stall = self._pconn, self.options.socket_timeout
         while self._clow < len(self._cstatus):
-            left = deadline - time.monotonic()
+            if self._pub_blocked is not None:
+                raise self._blocked(what, len(self._cstatus) - self._clow)
+            left = hard - time.monotonic()
             if left <= 0:
-                n = len(self._cstatus) - self._clow
-                self._drop()
-                raise QueueTimeout(
-                    f"the broker did not confirm {n} message(s) within "
-                    f"{self.options.confirm_timeout}s; they may or may not be queued"
-                )
-            with contextlib.suppress(TimeoutError):
-                self._raw.drain_events(timeout=left)
+                raise TimeoutError(f"no confirm for {len(self._cstatus) - self._clow} "
+                                   "message(s) by the deadline")
+            raw.drain_events(timeout=min(left, stall))  # TimeoutError: nothing came
 
     # -- with retries ----------------------------------------------------------------------
-    def _publish(self, what: str, outs: list[Outgoing], *, retry: bool = True) -> None:
+    def _publish(self, what: str, outs: list[Outgoing], *, hard: float,
+                 start: float | None = None) -> None:
         """Publish with confirms (under the lock); never returns before all are confirmed.
 
-        After a lost connection, only the unconfirmed messages are published again on the new
-        one (so a message whose confirm was lost may be queued twice: at-least-once).
+        ``hard`` is the deadline (monotonic) of the whole call, reconnects included. After a
+        lost connection, only the unconfirmed messages are published again on a new one (so
+        a message whose confirm was lost may be queued twice: at-least-once).
+
+        Raises:
+            LimitExceeded: A message breaks a limit of the broker; nothing was sent.
+            BackendFull: The broker blocks publishing (memory or disk alarm).
+            BackendTimeout: No answer within ``socket_timeout`` or by ``hard``; the
+                messages may or may not be queued.
         """
-        start = time.monotonic()
+        start = time.monotonic() if start is None else start
         refused_once = False
+        interrupts = 0
         while outs:
-            self._ensure()
+            self._ensure_pub(what, start, hard)
             try:
-                refused = self._publish_once(outs)
+                refused = self._publish_once(what, outs, hard)
+            except TimeoutError as exc:
+                self._drop_pub()
+                raise self._timed_out(
+                    f"{what} (the message(s) may or may not be queued)", exc) from exc
             except _Interrupted as exc:
-                self._drop()
+                self._drop_pub()
+                interrupts += 1
                 late = time.monotonic() - start >= self.options.reconnect_timeout
-                if not retry or late or not retryable(exc.cause):
+                if (late or time.monotonic() >= hard or interrupts >= _MAX_INTERRUPTS
+                        or not retryable(exc.cause)):
                     raise translate(exc.cause, what) from exc.cause
                 outs = exc.unconfirmed
                 continue
             except amqp_exc.AMQPError as exc:
-                self._drop()
+                self._drop_pub()
                 raise translate(exc, what) from exc
             if refused and refused_once:
                 raise BackendError(
@@ -249,6 +351,7 @@ class PublishingMixin(ConnectionMixin):
             if key.startswith(RESERVED_PREFIX):
                 raise InvalidArgument(f"header names starting with {RESERVED_PREFIX!r} are "
                                       f"reserved by the amqp driver: {key!r}")
+        bound = _FIXED_BOUND + headers_bound(req.headers) if req.headers else _FIXED_BOUND
         headers: dict[str, Any] = dict(req.headers)
         headers[H_ATTEMPT] = 0
         headers[H_ENQUEUED] = now
@@ -258,23 +361,36 @@ class PublishingMixin(ConnectionMixin):
         }
         if req.priority is not None:
             props["priority"] = req.priority
-        return self._route(amqp.Message(req.body, **props), req.delay)
+        out = self._route(amqp.Message(req.body, **props), req.delay)
+        out.bound = bound
+        return out
 
     def _route(self, msg: Any, delay: float) -> Outgoing:
         ms = math.ceil(delay * 1000) if delay > 0 else 0
+        if ms > MAX_DELAY_MS:
+            raise LimitExceeded(
+                f"delay of {delay}s: RabbitMQ's timers allow at most {MAX_DELAY_MS / 1000:.0f}s "
+                "(a delay queue expires 2·delay + 60 s after its last use, within 2^32-1 ms)",
+                limit="delay", size=0, maximum=0)
         if ms:  # via the default exchange, addressed by the delay queue's name
             return Outgoing(msg, "", self._delay_queue(ms), ms)
         return Outgoing(msg, self._x, self._q, 0)
 
     def _enqueue(self, req: EnqueueRequest) -> str:
         out = self._message(req, time.time())
+        start = time.monotonic()
         with self._lock:
-            self._publish("enqueue", [out])
+            self._check_open()
+            self._publish("enqueue", [out], start=start,
+                          hard=start + self.options.confirm_timeout)
         return req.job_id
 
     def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
         now = time.time()
         outs = [self._message(r, now) for r in reqs]
+        start = time.monotonic()
         with self._lock:
-            self._publish("enqueue_many", outs)
+            self._check_open()
+            self._publish("enqueue_many", outs, start=start,
+                          hard=start + self.options.confirm_timeout)
         return [r.job_id for r in reqs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Self
 
@@ -22,7 +23,7 @@ class AmqpQueue(ConsumingMixin):
         Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY | Capability.PRIORITY
         | Capability.BATCH | Capability.BLOCKING_DEQUEUE | Capability.HEADERS
         | Capability.DURABLE | Capability.CROSS_PROCESS | Capability.DISTRIBUTED
-        | Capability.NATIVE_SYNC
+        | Capability.NATIVE_SYNC | Capability.RELEASE
     )
 
     @classmethod
@@ -47,18 +48,18 @@ class AmqpQueue(ConsumingMixin):
     # -- inspection ------------------------------------------------------------------------
     def _size(self) -> int:
         def count() -> int:
-            ready = self._pch.queue_declare(self._q, passive=True).message_count
-            delayed = sum(self._declare_delay(ms, self._pch) for ms in self._known_delay_ms())
+            ready = self._cch.queue_declare(self._q, passive=True).message_count
+            delayed = sum(self._declare_delay(ms, self._cch) for ms in self._known_delay_ms())
             return int(ready) + delayed + len(self._buffer)
 
         return self._call("size", count)
 
     def _purge(self) -> int:
         def purge() -> int:
-            n = int(self._pch.queue_purge(self._q) or 0)
+            n = int(self._cch.queue_purge(self._q) or 0)
             for ms in self._known_delay_ms():
-                self._declare_delay(ms, self._pch)
-                n += int(self._pch.queue_purge(self._delay_queue(ms)) or 0)
+                self._declare_delay(ms, self._cch)
+                n += int(self._cch.queue_purge(self._delay_queue(ms)) or 0)
             # Prefetched but not handed out: waiting jobs too, held by our channel.
             while self._buffer:
                 msg = self._buffer.popleft()
@@ -70,22 +71,34 @@ class AmqpQueue(ConsumingMixin):
 
     # -- closing ---------------------------------------------------------------------------
     def _close(self) -> None:
+        # The whole close gets one socket_timeout: a stalled broker must not hold it longer.
+        hard = time.monotonic() + self.options.socket_timeout
         with self._lock:
             self._cond.notify_all()  # ends the lease thread
-            if self._conn is None:
-                return
-            try:
-                if self._consumer_tag is not None:
-                    self._cch.basic_cancel(self._consumer_tag)
-                    self._consumer_tag = None
-                # Held jobs go back as if nacked (exact attempt count); prefetched ones that
-                # the application never saw are rejected back to their place in the queue.
-                self._return_held(list(self._held.items()), 0.0)
-                for msg in self._buffer:
-                    self._cch.basic_reject(msg.delivery_info["delivery_tag"], requeue=True)
-                self._buffer.clear()
-                self._conn.release()
-            except Exception:
-                pass  # the broker returns whatever we still hold when the connection goes
-            finally:
-                self._drop()
+            if self._conn is not None:
+                try:
+                    self._arm(self._conn, hard)
+                    if self._consumer_tag is not None:
+                        self._cch.basic_cancel(self._consumer_tag)
+                        self._consumer_tag = None
+                    # Held jobs go back as if nacked (exact attempt count); prefetched ones that
+                    # the application never saw go back first, their attempt unchanged.
+                    unseen = list(self._buffer)
+                    self._buffer.clear()
+                    self._return_held(list(self._held.items()), 0.0, hard=hard,
+                                      unseen=unseen)
+                    self._arm(self._conn, hard)
+                    self._conn.close()
+                except Exception:
+                    pass  # the broker returns whatever we still hold when the connection goes
+                finally:
+                    self._drop()
+            if self._pconn is not None:
+                try:
+                    if self._pub_blocked is None:  # a blocked connection would not answer
+                        self._arm(self._pconn, hard)
+                        self._pconn.close()
+                except Exception:
+                    pass
+                finally:
+                    self._drop_pub()

@@ -56,11 +56,17 @@ class AmqpState(QueueBase):
         self._dead = f"{options.queue}.dead"
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._conn: Any = None  # kombu.Connection
-        self._raw: Any = None  # its py-amqp connection
-        self._pch: Any = None  # publish channel (confirm mode)
-        self._cch: Any = None  # consume channel (qos, consume, get, ack)
-        self._poller = select.poll()  # readability of the connection's socket
+        # The consume connection (py-amqp; ``_raw`` is the same object) and its channel
+        # (qos, consume, get, ack, size, purge); its deliveries are the handle's leases.
+        self._conn: Any = None
+        self._raw: Any = None
+        self._cch: Any = None
+        self._poller = select.poll()  # readability of the consume connection's socket
+        # The publish connection and its channel (confirm mode), opened at the first publish.
+        self._pconn: Any = None
+        self._pch: Any = None
+        self._ppoller = select.poll()
+        self._pub_blocked: str | None = None  # connection.blocked reason (memory/disk alarm)
         self._epoch = 0
         self._handle = uuid.uuid4().hex  # receipts name the handle and connection they need
         self._ever_connected = False
