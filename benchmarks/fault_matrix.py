@@ -75,6 +75,10 @@ NA: dict[tuple[str, str], str] = {
 #: "stranded" (not back in the drain window) and then comes back within ``lease_wait``.
 LEASE = 5
 
+#: Per-driver slack (seconds past a verb's timeout) where a driver documents a bound other
+#: than ``--slack``; e.g. ``{"redis": 5.0}`` if its page promised timeout + socket_timeout.
+SLACK: dict[str, float] = {}
+
 #: Lowest retry limit per driver, so a shutdown counted as a failure would dead-letter.
 LOW_RETRY: dict[str, dict[str, str]] = {
     "redis": {"max_retry": "0"},
@@ -260,7 +264,7 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
         driver: One of :data:`DRIVERS`.
         fault: One of :data:`FAULTS`.
         face: ``"sync"`` or ``"async"``.
-        slack: Seconds a verb may overrun its timeout.
+        slack: Seconds a verb may overrun its timeout (unless :data:`SLACK` names the driver).
 
     Returns:
         The cell (n/a with the reason, or the measured outcome).
@@ -273,6 +277,7 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
         cell.na = "a blocking call cannot be cancelled"
         return cell
     quick = rig.quick
+    slack = SLACK.get(driver, slack)
     cap = 10.0 if quick else 30.0
     wait = LEASE + 5.0
     try:
