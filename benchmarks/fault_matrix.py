@@ -14,6 +14,8 @@ ones). Results go to ``benchmarks/results/fault_matrix[_quick].json`` and ``.md`
 Faults (the ``--faults`` names):
 
 * ``frozen``: the server process group gets ``SIGSTOP`` during ``dequeue(timeout=1)``.
+* ``frozen_enqueue``: the same during ``enqueue``, with the driver's own deadline set to
+  1 s in the URL (``socket_timeout``, ``confirm_timeout``, ``timeout``; 3 s on Faktory).
 * ``dropped``: a Toxiproxy ``timeout`` toxic drops every byte both ways (TCP drivers).
 * ``reset``: a Toxiproxy ``limit_data`` toxic closes the connection 512 bytes into a reply
   carrying 4 KiB jobs (TCP drivers).
@@ -55,15 +57,15 @@ from unifiedq.testing.servers import FaktoryServer, RabbitMQServer, RedisServer
 from unifiedq.testing.toxiproxy import Proxy, ToxiproxyServer, proxied_url
 
 DRIVERS = ("memory", "shm", "redis", "amqp", "faktory", "quic")
-FAULTS = ("frozen", "dropped", "reset", "oversized_header", "oversized_body", "shutdown",
-          "cancel", "restart")
+FAULTS = ("frozen", "frozen_enqueue", "dropped", "reset", "oversized_header", "oversized_body",
+          "shutdown", "cancel", "restart")
 FACES: tuple[uqf.Face, ...] = ("sync", "async")
 TCP = ("redis", "amqp", "faktory")
 
 #: Why a fault does not apply to a driver (or a face).
 NA: dict[tuple[str, str], str] = {
     **{(d, f): "in-process: no server or network" for d in ("memory", "shm")
-       for f in ("frozen", "dropped", "reset")},
+       for f in ("frozen", "frozen_enqueue", "dropped", "reset")},
     ("quic", "dropped"): "UDP: Toxiproxy is TCP-only (frozen covers a silent server)",
     ("quic", "reset"): "UDP: Toxiproxy is TCP-only",
     ("memory", "restart"): "not durable by design (docs/drivers/memory.md)",
@@ -74,6 +76,15 @@ NA: dict[tuple[str, str], str] = {
 #: Lease used where the driver lets us choose it, so a stranded job shows up as
 #: "stranded" (not back in the drain window) and then comes back within ``lease_wait``.
 LEASE = 5
+
+#: URL options that set a driver's own deadline for verbs without a timeout argument
+#: (``frozen_enqueue``): the deadline, in seconds, and the options that configure it.
+VERB_DEADLINE: dict[str, tuple[float, dict[str, str]]] = {
+    "redis": (1.0, {"socket_timeout": "1"}),
+    "amqp": (1.0, {"confirm_timeout": "1"}),
+    "faktory": (3.0, {"timeout": "3"}),  # must exceed the 2 s of a server-side FETCH
+    "quic": (1.0, {"timeout": "1"}),
+}
 
 #: Per-driver slack (seconds past a verb's timeout) where a driver documents a bound other
 #: than ``--slack``; e.g. ``{"redis": 5.0}`` if its page promised timeout + socket_timeout.
@@ -286,6 +297,11 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
             out = uqf.verb_deadline_under_stall(
                 rig.url(driver), rig.freeze(driver), "dequeue", 1.0, face=face, slack=slack,
                 hard_cap=cap, lease_wait=wait)
+        elif fault == "frozen_enqueue":
+            deadline, opts = VERB_DEADLINE[driver]
+            out = uqf.verb_deadline_under_stall(
+                rig.url(driver, opts=opts), rig.freeze(driver), "enqueue", deadline, face=face,
+                slack=slack, hard_cap=cap, lease_wait=wait)
         elif fault == "dropped":
             with rig.proxy(rig.url(driver)) as (url, proxy):
                 out = uqf.verb_under_fault(
