@@ -469,3 +469,69 @@ def test_cancelled_waiters_strand_nothing(server: ServerProcess) -> None:
                     await p.ack(job)
 
     asyncio.run(main())
+
+
+def _response_hook(q: Any, before: Callable[[int], None] | None,
+                   after: Callable[[int], None] | None) -> Callable[[], None]:
+    """Run ``before``/``after`` around the client's handling of each complete response: the
+    exact loop turn in which a caller's cancellation or timeout races its response."""
+    from aioquic.quic import events
+
+    proto = q._proto
+    original = proto.quic_event_received
+
+    def hook(event: Any) -> None:
+        done = isinstance(event, events.StreamDataReceived) and event.end_stream \
+            and event.stream_id in proto.pending
+        if done and before is not None:
+            before(event.stream_id)
+        original(event)
+        if done and after is not None:
+            after(event.stream_id)
+
+    proto.quic_event_received = hook
+    return lambda: setattr(proto, "quic_event_received", original)
+
+
+def test_cancel_in_the_turn_the_jobs_arrive_releases_them(server: ServerProcess) -> None:
+    url = _url(server, _q())
+
+    async def main() -> None:
+        async with unifiedq.connect_async(url) as q:
+            jid = await q.enqueue(b"x")
+            task: asyncio.Future[Any] | None = None
+            # The response is in (its future resolved), then the caller is cancelled before
+            # it runs: the jobs must not vanish with it.
+            undo = _response_hook(q, None, lambda _sid: task.cancel() if task else None)
+            task = asyncio.ensure_future(q.dequeue(timeout=5))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            undo()
+            job = await q.dequeue(timeout=2)  # back at once, not after the 30 s lease
+            assert job is not None and job.id == jid and job.attempt == 1
+            await q.ack(job)
+
+    asyncio.run(main())
+
+
+def test_timeout_in_the_turn_the_jobs_arrive_releases_them(server: ServerProcess) -> None:
+    from unifiedq.drivers.quic.client import _expire
+
+    url = _url(server, _q())
+
+    async def main() -> None:
+        async with unifiedq.connect_async(url) as q:
+            assert isinstance(q, QuicQueue)
+            jid = await q.enqueue(b"x")
+            proto = q._proto
+            assert proto is not None
+            # The request's timer fires in the same loop turn, just before the response.
+            undo = _response_hook(q, lambda sid: _expire(proto.pending[sid].fut), None)
+            with pytest.raises(BackendTimeout):
+                await q.dequeue(timeout=5)
+            undo()
+            job = await q.dequeue(timeout=2)
+            assert job is not None and job.id == jid and job.attempt == 1
+            await q.ack(job)
+
+    asyncio.run(main())
