@@ -438,3 +438,37 @@ def test_full_storage_producers_get_backend_full(server_factory: ServerFactory) 
     finally:
         r.config_set("maxmemory", 0)
         q.close()
+
+
+# ----------------------------------------------------------------------------- measured table
+
+
+@pytest.mark.slow
+def test_frozen_server_table(server: FaktoryServer) -> None:
+    """Print the docs' table: each call against a frozen server, 3 rounds (~90 s)."""
+    calls: dict[str, Callable[[FaktoryQueue, Job], object]] = {
+        **VERBS,
+        "dequeue(0)": lambda q, j: q.dequeue(timeout=0),
+        "dequeue(0.4)": lambda q, j: q.dequeue(timeout=0.4),
+        "dequeue(1)": lambda q, j: q.dequeue(timeout=1),
+        "dequeue(3)": lambda q, j: q.dequeue(timeout=3),
+        "dequeue(None)": lambda q, j: q.dequeue(timeout=None),
+        "new handle enqueue": lambda q, j: _open(server, q.name).enqueue(b"z"),
+        "close": lambda q, j: q.close(),
+    }
+    rows: dict[str, list[tuple[str, float]]] = {}
+    for _ in range(3):
+        for verb, call in calls.items():
+            q = _open(server, _name())
+            q.enqueue(b"x")
+            job = q.dequeue(timeout=5)
+            assert job is not None
+            with server.frozen():
+                out, took = _timed(lambda: call(q, job))  # noqa: B023 - called at once
+            q.close()
+            name = type(out).__name__ if out is not None else "None"
+            rows.setdefault(verb, []).append((name, took))
+            assert took <= (4.5 if verb == "dequeue(None)" else max(T, 3.0)) + CI
+    for verb, rs in rows.items():
+        kinds = ", ".join(sorted({k for k, _ in rs}))
+        print(f"| `{verb}` | {kinds} | {min(t for _, t in rs):.3f} | {max(t for _, t in rs):.3f} |")

@@ -5,7 +5,9 @@ Features: leases (Faktory reservations, ``reserve_for``) with ack/nack and redel
 order, because Faktory removed per-job priority), batch enqueue (``PUSHB``), blocking dequeue
 (``FETCH``), headers, a heartbeat (``BEAT``) while a consumer connection is open, server-side
 retries and the dead set, sizes from ``INFO`` and queue latency from ``QUEUE LATENCY``
-(``stats()``, for ``unifiedq inspect``).
+(``stats()``, for ``unifiedq inspect``), and release (a job handed back without consuming an
+attempt: a copy keeping the attempt number and Faktory's retry count is pushed, then the
+original acked).
 Durable, cross-process and distributed. Not supported: peek (Faktory has no command that shows
 a job without taking it), extending a lease (no such command in Faktory OSS), caller-chosen job
 ids (Faktory OSS does not detect duplicate ids) and bounded queues.
@@ -32,6 +34,14 @@ Mapping onto Faktory (details in ``docs/drivers/faktory.md``):
   at once (``nack_mode=fail`` uses ``FAIL`` instead: Faktory's retry with its backoff).
 * ``size()`` counts ready jobs (``INFO``); Faktory has no per-queue count of its scheduled and
   retry sets, so delayed and retrying jobs are not included.
+
+Faults (``docs/drivers/faktory.md``, "Faults, deadlines and limits"): each verb has one
+deadline (``timeout``; a dequeue's own timeout, at least 0.5 s) shared by connecting and all
+its round trips, after which it raises ``BackendTimeout``; a reply that comes after its caller
+gave up is read by the next call on that connection (a job in a late FETCH reply is kept for
+the next dequeue), so a stalled server neither desyncs a connection nor strands a job. Jobs
+over ``max_job`` raise ``LimitExceeded`` before anything is sent; Faktory's "OOM" refusals
+(its Redis at ``maxmemory``) raise ``BackendFull``.
 
 Workarounds for pyfaktory (0.2.x): its TLS does not verify certificates (we wrap the socket in
 a verifying ``ssl`` context ourselves); its reply reader re-decodes the whole buffer after every
@@ -823,6 +833,9 @@ class FaktoryQueue(QueueBase):
             if conn.state != State.IDENTIFIED:
                 # The operator quieted or stopped this worker (Web UI): no new jobs.
                 time.sleep(max(0.0, min(deadline - time.monotonic(), _FETCH_BLOCK)))
+                return None
+            conn.drain()  # a late FETCH reply may bring a job: hand that out first
+            if self._stash:
                 return None
             started = time.monotonic()
             raw = conn.fetch(self._queues)
