@@ -675,8 +675,7 @@ def release_on_shutdown(
     Returns:
         The measured outcome.
     """
-    from .._async.worker import AsyncWorker
-    from .._sync.worker import Worker
+    from ..worker import AsyncWorker, Worker  # late: the worker module is not needed otherwise
 
     out = FaultOutcome(case="release_on_shutdown", driver=_driver(url), face=face,
                        verb="worker.stop", deadline=grace + DEFAULT_SLACK)
