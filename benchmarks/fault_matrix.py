@@ -329,7 +329,7 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
                        else contextlib.nullcontext())
                 with tox:
                     out = uqf.cancellation_ledger(url2, n, n, seed=20, max_delay=0.03,
-                                                drain_window=wait)
+                                                  drain_window=3.0, lease_wait=wait)
         elif fault == "restart":
             n = 500 if quick else 10_000
             out = uqf.restart_ledger(rig.url(driver), rig.server(driver).restart,

@@ -755,6 +755,7 @@ def cancellation_ledger(
     max_delay: float = 0.02,
     timeout: float = 1.0,
     drain_window: float = 3.0,
+    lease_wait: float = 0.0,
     options: dict[str, Any] | None = None,
 ) -> FaultOutcome:
     """Cancel async dequeues at random points; every job must end up delivered exactly once.
@@ -776,7 +777,9 @@ def cancellation_ledger(
         seed: Seed of the random cancellation points.
         max_delay: Longest delay before a cancellation, in seconds.
         timeout: The dequeue timeout of each call.
-        drain_window: Seconds the final drain waits.
+        drain_window: Seconds the final drain waits (a job not back by then is stranded).
+        lease_wait: Extra seconds to wait for stranded jobs (past a lease) before calling
+            them lost.
         options: Driver options.
 
     Returns:
@@ -821,8 +824,12 @@ def cancellation_ledger(
     out.elapsed = time.monotonic() - t_start
     later = drain(url, window=drain_window, expect=set(ids) - {j.id for j in first},
                   options=options)
-    _ledger(out, ids, first, later, [])
-    out.attempt_bumped = sum(1 for j in [*first, *later] if j.attempt > 1)
+    late: list[Job] = []
+    missing = set(ids) - {j.id for j in [*first, *later]}
+    if lease_wait > 0 and missing:
+        late = drain(url, window=lease_wait, expect=missing, options=options)
+    _ledger(out, ids, first, later, late)
+    out.attempt_bumped = sum(1 for j in [*first, *later, *late] if j.attempt > 1)
     out.returned = f"{cancelled}/{cancellations} calls cancelled"
     out.ok = out.stranded == 0 and out.duplicated == 0 and out.attempt_bumped == 0
     return out
