@@ -116,16 +116,16 @@ def test_proxy_lifecycle_and_errors(toxiproxy: ProxyFactory, echo: EchoServer) -
 def test_latency_toxic_delays_and_is_removed(toxiproxy: ProxyFactory, echo: EchoServer) -> None:
     proxy = toxiproxy(echo.url)
     with _connect(proxy) as sock:
-        with proxy.toxic("latency", latency=300) as name:
+        with proxy.toxic("latency", latency=1000) as name:
             assert [t.name for t in proxy.toxics()] == [name]
-            assert proxy.toxics()[0].attributes["latency"] == 300
+            assert proxy.toxics()[0].attributes["latency"] == 1000
             t0 = time.monotonic()
             assert _roundtrip(sock, b"slow") == b"slow"
-            assert time.monotonic() - t0 >= 0.28
+            assert time.monotonic() - t0 >= 0.98
         assert proxy.toxics() == []
         t0 = time.monotonic()
         assert _roundtrip(sock, b"fast") == b"fast"
-        assert time.monotonic() - t0 < 0.25
+        assert time.monotonic() - t0 < 0.8  # generous: a loaded CI machine, not the toxic
 
 
 def test_timeout_toxic_stalls_an_open_connection(toxiproxy: ProxyFactory,
