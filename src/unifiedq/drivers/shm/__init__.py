@@ -37,12 +37,13 @@ from ._core import _W_HEAD as _W_HEAD
 from ._core import _W_INIT as _W_INIT
 from ._core import _W_OWNER0 as _W_OWNER0
 from ._core import _W_TAIL as _W_TAIL
-from ._core import EnqueueTimeout, ShmOptions, exists, unlink
+from ._core import CapacityExceeded, EnqueueTimeout, ShmOptions, exists, unlink
 from ._core import _proc_stat as _proc_stat
 from ._sync.queue import ShmQueue
 
 __all__ = [
     "AsyncShmQueue",
+    "CapacityExceeded",
     "EnqueueTimeout",
     "ShmOptions",
     "ShmQueue",

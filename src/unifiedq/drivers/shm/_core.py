@@ -40,7 +40,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
-__all__ = ["EnqueueTimeout", "ShmOptions", "exists", "unlink"]
+__all__ = ["CapacityExceeded", "EnqueueTimeout", "ShmOptions", "exists", "unlink"]
 
 T = TypeVar("T")
 #: An enqueue path that may wait: yields (fn, timeout) or (None, seconds); see _ShmCommon.
@@ -217,6 +217,15 @@ class EnqueueTimeout(QueueFull, QueueTimeout):
 
     It is both a :class:`~unifiedq.QueueFull` and a :class:`~unifiedq.QueueTimeout`, so either
     ``except`` clause catches it.
+    """
+
+
+class CapacityExceeded(LimitExceeded, QueueFull):
+    """An all-or-nothing batch (``overflow=reject``) is larger than the ring's capacity.
+
+    Waiting would never help, so it is a :class:`~unifiedq.LimitExceeded` (``limit`` is
+    ``"capacity"``, ``size`` and ``maximum`` count jobs, not bytes); it is also a
+    :class:`~unifiedq.QueueFull`, which is what such a batch raised before.
     """
 
 
@@ -878,7 +887,7 @@ class _ShmCommon:
             # All-or-nothing can never hold more than the ring: a shape error, not a full ring
             # (block streams a larger batch through as consumers make room; drop_oldest keeps
             # its last ``capacity`` jobs).
-            raise LimitExceeded(
+            raise CapacityExceeded(
                 f"enqueue_many() of {n} jobs on shm queue {self._name!r} with "
                 f"overflow='reject' can never fit its capacity of {cap} jobs; nothing was "
                 f"enqueued", limit="capacity", size=n, maximum=cap)
