@@ -380,16 +380,6 @@ def test_async_worker_stopped_mid_handler_consumes_no_attempt(amqp_url: str) -> 
 
 
 # ---------------------------------------------------------------- a full backend still drains
-@contextlib.contextmanager
-def _memory_alarm(broker: RabbitMQServer) -> Iterator[None]:
-    r = broker.rabbitmqctl("set_vm_memory_high_watermark", "0.000001")
-    assert r.returncode == 0, r.stderr
-    try:
-        yield
-    finally:
-        broker.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
-
-
 def test_memory_alarm_producers_full_consumers_drain(broker: RabbitMQServer) -> None:
     name = _name()
     url = f"{broker.url}?queue={name}&socket_timeout=5&confirm_timeout=5"
@@ -399,7 +389,7 @@ def test_memory_alarm_producers_full_consumers_drain(broker: RabbitMQServer) -> 
         ids = producer.enqueue_many([b"%d" % i for i in range(20)])
         held = consumer.dequeue(timeout=5)
         assert held is not None
-        with _memory_alarm(broker):
+        with broker.memory_alarm():
             t0 = time.monotonic()
             with pytest.raises(BackendFull):
                 producer.enqueue(b"refused")  # written, then blocked: may land later

@@ -36,9 +36,11 @@ Internals touched, exactly:
 
 Everything else the driver uses is public API: py-amqp's ``Message`` (``properties``,
 ``delivery_info``, ``body``), its exceptions, ``Connection.drain_events``, ``frame_max`` and
-``sock``, and ``Channel``'s ``channel_id``, ``connection``, ``confirm_select``, ``basic_*``,
-``exchange_declare``, ``queue_*``; kombu's ``Connection`` (``connect``, ``connection``,
-``collect``, ``release``). No kombu internal is used, so there is no ``_compat/kombu.py``;
+``sock``, ``Connection(...)`` with its ``connect``, ``channel``, ``close``, ``collect`` and
+``on_blocked``/``on_unblocked`` callbacks, and ``Channel``'s ``channel_id``, ``connection``,
+``confirm_select``, ``basic_*``, ``exchange_declare``, ``queue_*``. The driver no longer
+connects through kombu's ``Connection`` (its ``connect()`` retries once after a 2 s pause,
+which doubled a deadline); no kombu internal is used, so there is no ``_compat/kombu.py``;
 kombu is capped in ``pyproject.toml`` at the minors the broker suite ran on. The method id of
 ``basic.publish`` is the AMQP constant ``(60, 40)`` in the driver, no longer read from
 ``amqp.spec``.

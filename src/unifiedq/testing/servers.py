@@ -967,6 +967,31 @@ class RabbitMQServer(ManagedServer):
             check=False,
         )
 
+    def set_memory_alarm(self, on: bool) -> None:
+        """Raise or clear the node's memory alarm (RabbitMQ then blocks publishing connections).
+
+        Sets the memory high watermark to a millionth of RAM (always exceeded) or back to
+        RabbitMQ's default of 0.4.
+
+        Args:
+            on: True raises the alarm, False clears it.
+
+        Raises:
+            RuntimeError: ``rabbitmqctl`` failed.
+        """
+        done = self.rabbitmqctl("set_vm_memory_high_watermark", "0.000001" if on else "0.4")
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl set_vm_memory_high_watermark failed: {done.stderr}")
+
+    @contextlib.contextmanager
+    def memory_alarm(self) -> Iterator[None]:
+        """``with server.memory_alarm(): ...`` raises the memory alarm for the block."""
+        self.set_memory_alarm(True)
+        try:
+            yield
+        finally:
+            self.set_memory_alarm(False)
+
     def _before_terminate(self) -> None:
         self.rabbitmqctl("stop", timeout=self.stop_timeout)
 

@@ -1,4 +1,4 @@
-"""RabbitMQ driver (``amqp://``, ``amqps://``) through kombu and py-amqp.
+"""RabbitMQ driver (``amqp://``, ``amqps://``) through py-amqp (kombu's AMQP client).
 
 Features: a durable queue of persistent messages behind a durable direct exchange (routing
 key equal to the queue name); publisher confirms on every publish, with ``enqueue_many``
@@ -6,9 +6,13 @@ confirming a whole batch in one wait; consumption with prefetch (``basic.qos``) 
 acks; exact attempt counts across nacks and lease expiry; a dead-letter queue declared with
 the queue (``nack(requeue=False)`` and exhausted ``max_attempts``); priorities 0..9 through
 ``x-max-priority``; delays through per-delay TTL queues that dead-letter into the main
-queue; string headers; reconnection with backoff; TLS with certificate verification. No
-peek (RabbitMQ has none that does not disturb the message) and no caller-chosen ids (the
-broker cannot refuse a duplicate). Blocking face only; ``connect_async`` bridges it.
+queue; string headers; ``release`` without consuming an attempt; reconnection with backoff;
+deadlines on every verb (``socket_timeout``: a stalled broker raises ``BackendTimeout``);
+broker limits checked before sending (``LimitExceeded``); publishing on its own connection, so
+that a memory or disk alarm gives producers ``BackendFull`` while consumers drain; TLS with
+certificate verification. No peek (RabbitMQ has none that does not disturb the message)
+and no caller-chosen ids (the broker cannot refuse a duplicate). Blocking face only;
+``connect_async`` bridges it.
 
 Connection string::
 
@@ -46,10 +50,13 @@ subclasses the one below it, so a module only calls what its own or a lower laye
 * :mod:`.state`: :class:`~.state.AmqpState`, every attribute of a handle, set in
   ``__init__``, and the hooks;
 * :mod:`.topology`: declaring the exchange, the main, dead-letter and delay queues;
-* :mod:`.connection`: connecting (TLS), dropping a lost connection, reconnecting with
-  backoff, the locked ``_call`` every verb runs in, reading frames that arrived;
-* :mod:`.publishing`: messages, priorities and delays, batch frames, publisher confirms;
-* :mod:`.consuming`: consumer, prefetch and ``basic.get``; leases; ack, nack, extend_lease;
+* :mod:`.connection`: the consume and publish connections (TLS), deadlines, dropping a lost
+  connection, reconnecting with backoff, the locked ``_call`` every verb runs in, reading
+  frames that arrived;
+* :mod:`.publishing`: messages, priorities and delays, limits, batch frames, publisher
+  confirms, ``connection.blocked``;
+* :mod:`.consuming`: consumer, prefetch and ``basic.get``; leases; ack, nack, release,
+  extend_lease;
 * :mod:`.queue`: :class:`AmqpQueue` itself: ``from_url``, ``size``, ``purge``, ``close``.
 
 The py-amqp internals the driver needs (to write batch frames itself) live in

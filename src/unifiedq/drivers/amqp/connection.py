@@ -33,7 +33,7 @@ import amqp
 import amqp.exceptions as amqp_exc
 
 from ..._compat import amqp as compat
-from ..._errors import BackendTimeout
+from ..._errors import BackendError, BackendTimeout
 from .errors import CONN_ERRORS, retryable, translate
 from .topology import TopologyMixin
 
@@ -223,10 +223,10 @@ class ConnectionMixin(TopologyMixin):
                     self._arm(self._conn, hard)
                     self._expire()
                     return fn()
-                except TimeoutError as exc:  # a stalled broker, or BackendTimeout from below
+                except BackendError:
+                    raise  # from publishing (its own connection): this one is fine
+                except TimeoutError as exc:  # a stalled broker
                     self._drop()
-                    if isinstance(exc, BackendTimeout):
-                        raise
                     raise self._timed_out(what, exc) from exc
                 except CONN_ERRORS as exc:
                     self._drop()

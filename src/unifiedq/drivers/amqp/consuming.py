@@ -29,12 +29,11 @@ import amqp.exceptions as amqp_exc
 from ..._errors import (
     BackendError,
     BackendFull,
-    BackendTimeout,
     JobNotLeased,
     LimitExceeded,
 )
 from ..._job import Job
-from .errors import SETTLE_ERRORS, translate
+from .errors import CONN_ERRORS, translate
 from .publishing import (
     BROKER_HEADERS,
     H_ATTEMPT,
@@ -216,12 +215,14 @@ class ConsumingMixin(PublishingMixin):
                 self._pump()
                 self._expire()
                 fn()
-            except (TimeoutError, BackendTimeout) as exc:
+            except BackendError:
+                # From publishing a nack's or release's copy (its own connection): the job is
+                # back in the queue by basic.reject, and this connection and its leases are fine.
+                raise
+            except TimeoutError as exc:
                 self._drop()  # the broker returns what we held when it notices
-                if isinstance(exc, BackendTimeout):
-                    raise
                 raise self._timed_out(what, exc) from exc
-            except SETTLE_ERRORS as exc:
+            except CONN_ERRORS as exc:
                 self._drop()
                 raise JobNotLeased(
                     f"{what}: the connection to the broker was lost, which ends every lease; "

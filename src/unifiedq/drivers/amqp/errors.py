@@ -16,7 +16,7 @@ from ..._errors import (
     BackendTimeout,
 )
 
-__all__ = ["CONN_ERRORS", "SETTLE_ERRORS", "retryable", "translate"]
+__all__ = ["CONN_ERRORS", "retryable", "translate"]
 
 #: Errors after which the connection is unusable and a new one may succeed.
 CONN_ERRORS: tuple[type[BaseException], ...] = (
@@ -24,10 +24,6 @@ CONN_ERRORS: tuple[type[BaseException], ...] = (
     amqp_exc.RecoverableConnectionError,
     amqp_exc.IrrecoverableConnectionError,
 )
-
-#: A settle (ack/nack/extend) that loses the connection has lost its lease.
-SETTLE_ERRORS: tuple[type[BaseException], ...] = (*CONN_ERRORS, BackendConnectionError)
-
 
 def translate(exc: BaseException, what: str) -> BaseException:
     """Map a kombu/py-amqp/socket error to the unifiedq error tree (the one place we do)."""

@@ -52,7 +52,7 @@ class AmqpOptions:
     confirm_timeout: float = 30.0
     connect_timeout: float = 10.0
     reconnect_timeout: float = 30.0
-    socket_timeout: float = 10.0
+    socket_timeout: float = 5.0
     max_body: int | None = DEFAULT_MAX_BODY
     ca_file: str | None = None
     cert_file: str | None = None
