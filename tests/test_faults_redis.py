@@ -30,6 +30,7 @@ import redis
 
 from unifiedq import (
     AsyncWorker,
+    BackendConnectionError,
     BackendFull,
     BackendTimeout,
     Job,
@@ -231,6 +232,66 @@ def test_heartbeat_survives_a_freeze(server: RedisServer, qname: str, face: str)
         q.ack(job)
     finally:
         q.close()
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_reply_cut_mid_dequeue_strands_nothing(
+    server: RedisServer, qname: str, face: str, toxiproxy: Any
+) -> None:
+    """The connection closes 512 bytes into a 4 KiB job (reconnections too): the job the
+    script took is given back at once (small replies still pass), attempt unchanged."""
+    url, proxy = toxiproxy.url(f"{server.url}?queue={qname}&socket_timeout={ST}")
+    q = _open(url, face)
+    try:
+        q.enqueue(b"j" * 4096)
+        with proxy.toxic("limit_data", bytes=512):
+            t0 = time.monotonic()
+            with pytest.raises(BackendConnectionError):
+                q.dequeue(timeout=1.0)
+            took = time.monotonic() - t0
+        print(f"reply cut: dequeue on {face} raised after {took:.3f} s")
+        assert took <= 1.0 + ST + SLACK
+        stats = q.stats()  # type: ignore[attr-defined]
+        assert (stats["pending"], stats["active"]) == (1, 0)
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.attempt == 1 and len(job.body) == 4096
+        q.ack(job)
+    finally:
+        q.close()
+
+
+def test_resent_dequeue_returns_what_the_lost_reply_carried(
+    server: RedisServer, qname: str
+) -> None:
+    """The dequeue script's resend mode: same token and lease score -> the same jobs again."""
+    from unifiedq._url import parse_url
+    from unifiedq.drivers.redis import _core, _scripts
+
+    url = f"{server.url}?queue={qname}"
+    core = _core.Core(*_core.parse(parse_url(url), {}))
+    raw = _raw(server)
+    with connect(url) as q:
+        q.enqueue_many([b"a", b"b", b"c"])
+    call, token = core.dequeue_call(2)
+    script, keys, args = call
+    first = raw.eval(script.source, len(keys), *keys, *args)  # its reply is "lost"
+    _, _, again = core.dequeue_resend(call)
+    second = raw.eval(script.source, len(keys), *keys, *again)
+    first_jobs, _ = core.dequeue_result(first, token)
+    second_jobs, _ = core.dequeue_result(second, token)
+    assert [j.id for j in second_jobs] == [j.id for j in first_jobs]  # not two more jobs
+    assert [j.body for j in second_jobs] == [b"a", b"b"]
+    # The untake script gives them back (no attempt counted), e.g. when the resend failed too.
+    u_script, u_keys, u_args = core.untake_call(call)
+    assert u_script is _scripts.UNTAKE
+    assert raw.eval(u_script.source, len(u_keys), *u_keys, *u_args) == 2
+    with connect(url) as q:
+        jobs = q.dequeue_many(3, timeout=5)
+        assert sorted(j.body for j in jobs) == [b"a", b"b", b"c"]
+        assert {j.attempt for j in jobs} == {1}
+        for j in jobs:
+            q.ack(j)
+        assert q.stats()["active"] == 0  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- cancellation

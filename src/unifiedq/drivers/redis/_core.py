@@ -426,9 +426,26 @@ class Core:
         token = os.urandom(8).hex()
         args = [
             self.qname, repr(now), time.time_ns(), repr(now + o.visibility_timeout), token,
-            max_jobs, repr(now - o.lease_grace), *self._stats(now),
+            max_jobs, repr(now - o.lease_grace), *self._stats(now), "0",
         ]  # fmt: skip
         return (_scripts.DEQUEUE, [self.levels_key], args), token
+
+    @staticmethod
+    def dequeue_resend(call: Call) -> Call:
+        """The same dequeue, sent again after a lost reply: it also returns what it took."""
+        script, keys, args = call
+        return script, keys, [*args[:-1], "1"]
+
+    def untake_call(self, call: Call) -> Call:
+        """Give back what the dequeue ``call`` took, if it ran and its reply was lost."""
+        args = call[2]
+        return (_scripts.UNTAKE, [self.levels_key, self.wake_key],
+                [self.qname, args[3], args[4], time.time_ns(), _WAKE_CAP])
+
+    @staticmethod
+    def untake_expired(call: Call) -> bool:
+        """Whether the lease of that dequeue's jobs ran out (lease recovery took over)."""
+        return float(call[2][3]) < time.time()
 
     def _stats(self, now: float) -> tuple[str, int, int]:
         date = time.strftime("%Y-%m-%d", time.gmtime(now))

@@ -25,7 +25,7 @@ import hashlib
 
 __all__ = [
     "ACK", "ALL", "DEQUEUE", "ENQUEUE", "EXTEND", "NACK", "PEEK", "PURGE", "SIZE", "STATS",
-    "Script",
+    "UNTAKE", "Script",
 ]
 
 
@@ -180,7 +180,9 @@ end
 DEQUEUE = Script("dequeue", allow_oom=True, source=_HELPERS + _LEVELS + r"""
 -- KEYS: 1 levels set
 -- ARGV: 1 queue name, 2 now (s, float), 3 now (ns), 4 lease until, 5 token, 6 max jobs,
---       7 lease-expiry cutoff, 8 UTC date, 9 stats expiry, 10 archive cutoff
+--       7 lease-expiry cutoff, 8 UTC date, 9 stats expiry, 10 archive cutoff,
+--       11 "1" when this is a resend after a lost reply (hand out again what the first
+--       attempt took: same token, same lease score)
 -- Returns {n, next_due | false, then per job: level, id, msg, enqueued_at, pending_since}.
 local name, now, now_ns = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_until, token, max_n = ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -243,6 +245,23 @@ end
 
 local out = {0, false}
 local n = 0
+if ARGV[11] == "1" then
+  for _, lv in ipairs(levels) do
+    local P = lv[1]
+    for _, id in ipairs(redis.call("ZRANGEBYSCORE", P .. "lease", lease_until, lease_until)) do
+      local tk = P .. "t:" .. id
+      if redis.call("HGET", tk, "uq_token") == token then
+        local v = redis.call("HMGET", tk, "msg", "uq_enqueued", "pending_since")
+        n = n + 1
+        out[#out + 1] = tostring(lv[2])
+        out[#out + 1] = id
+        out[#out + 1] = v[1]
+        out[#out + 1] = v[2]
+        out[#out + 1] = v[3]
+      end
+    end
+  end
+end
 for _, lv in ipairs(levels) do
   if n >= max_n then break end
   local P = lv[1]
@@ -429,4 +448,32 @@ end
 return c
 """)
 
-ALL = (ENQUEUE, DEQUEUE, ACK, NACK, EXTEND, SIZE, PURGE, PEEK, STATS)
+UNTAKE = Script("untake", allow_oom=True, source=_LEVELS + r"""
+-- KEYS: 1 levels set, 2 wake list
+-- ARGV: 1 queue name, 2 lease score of a dequeue whose reply was lost, 3 its token,
+--       4 now (ns), 5 wake cap
+-- Gives back what that dequeue took, as asynq's shutdown requeue does (no retry counted), so
+-- a reply cut by the network does not leave jobs in active until their lease lapses.
+local n = 0
+for _, lv in ipairs(uq_levels(KEYS[1], ARGV[1])) do
+  local P = lv[1]
+  for _, id in ipairs(redis.call("ZRANGEBYSCORE", P .. "lease", ARGV[2], ARGV[2])) do
+    local tk = P .. "t:" .. id
+    if redis.call("HGET", tk, "uq_token") == ARGV[3] then
+      redis.call("ZREM", P .. "lease", id)
+      redis.call("LREM", P .. "active", 0, id)
+      redis.call("HDEL", tk, "uq_token")
+      redis.call("RPUSH", P .. "pending", id)
+      redis.call("HSET", tk, "state", "pending", "pending_since", ARGV[4])
+      n = n + 1
+    end
+  end
+end
+if n > 0 then
+  local cap = tonumber(ARGV[5])
+  if redis.call("LPUSH", KEYS[2], "1") > cap then redis.call("LTRIM", KEYS[2], 0, cap - 1) end
+end
+return n
+""")
+
+ALL = (ENQUEUE, DEQUEUE, ACK, NACK, EXTEND, SIZE, PURGE, PEEK, STATS, UNTAKE)

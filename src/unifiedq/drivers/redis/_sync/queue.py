@@ -25,7 +25,7 @@ from redis import exceptions as rexc
 
 from ...._base import QueueBase
 from ...._concurrency import SyncRuntime, SyncTask
-from ...._errors import JobNotLeased
+from ...._errors import BackendConnectionError, JobNotLeased
 from ...._job import EnqueueRequest, Job
 from ...._url import URL
 from .. import _scripts
@@ -73,6 +73,7 @@ class RedisQueue(QueueBase):
         self._conns = 0  # connections made (idle or in use)
         self._pool_closed = False
         self._legacy = False  # Redis < 7: scripts without their allow-oom shebang
+        self._suspects: list[Call] = []  # dequeues whose reply was lost (see _take_once)
         self._hb: SyncTask | None = None
         self._hb_stop = SyncRuntime.Event()
 
@@ -147,11 +148,14 @@ class RedisQueue(QueueBase):
         self._put(conn)
         return out
 
-    def _send(self, data: bytes, n: int, deadline: float) -> tuple[list[Any], bool]:
+    def _send(
+        self, data: bytes, n: int, deadline: float, again: bytes | None = None
+    ) -> tuple[list[Any], bool]:
         """:meth:`_roundtrip`, retried once on a broken connection within the same deadline.
 
-        A timeout is not retried: it used the whole deadline. Returns the replies and whether
-        the commands went out twice.
+        ``again``: what to send on the retry instead of ``data``. A timeout is not retried:
+        it used the whole deadline. Returns the replies and whether the commands went out
+        twice.
         """
         try:
             return self._roundtrip(data, n, deadline), False
@@ -160,16 +164,19 @@ class RedisQueue(QueueBase):
         except rexc.ConnectionError:
             if deadline - time.monotonic() <= 0:
                 raise
-            return self._roundtrip(data, n, deadline), True
+            return self._roundtrip(data if again is None else again, n, deadline), True
 
     def _variant(self, script: _scripts.Script) -> _scripts.Script:
         return script.legacy if self._legacy and script.legacy is not None else script
 
-    def _eval(self, call: Call, deadline: float) -> Any:
+    def _eval(self, call: Call, deadline: float, resend: Call | None = None) -> Any:
         script, keys, args = call
+        sha = self._variant(script).sha
         for _ in range(2):
-            data = pack(("EVALSHA", self._variant(script).sha, len(keys), *keys, *args))
-            reply = (self._send(data, 1, deadline))[0][0]
+            data = pack(("EVALSHA", sha, len(keys), *keys, *args))
+            again = None if resend is None else pack(("EVALSHA", sha, len(keys), *keys,
+                                                      *resend[2]))
+            reply = (self._send(data, 1, deadline, again))[0][0]
             if not isinstance(reply, rexc.NoScriptError):
                 break
             self._load(script, deadline)  # first use, or the server lost its cache
@@ -200,6 +207,8 @@ class RedisQueue(QueueBase):
 
     def _beat(self) -> None:
         while not self._hb_stop.wait(self._core.heartbeat_interval):
+            if self._suspects:
+                self._untake(self._deadline())
             for call in self._core.heartbeat_calls():
                 try:
                     with translating():  # bounded like a verb: a frozen server cannot wedge it
@@ -252,17 +261,42 @@ class RedisQueue(QueueBase):
         """One dequeue script call; run shielded, so a cancelled caller cannot strand jobs.
 
         If the caller went away while the script ran, the jobs it took go straight back to
-        pending without counting an attempt (asynq's shutdown requeue).
+        pending without counting an attempt (asynq's shutdown requeue). If its reply was
+        lost (a reset, a stall), a resend returns what the first attempt took, and when that
+        fails too, what it took is given back (now, or by a later call once Redis answers).
         """
-        call, token = self._core.dequeue_call(max_jobs)
-        with translating():
-            reply = self._eval(call, self._deadline())
-        jobs, next_due = self._core.dequeue_result(reply, token)
+        core = self._core
+        deadline = self._deadline()
+        if self._suspects:
+            self._untake(deadline)
+        call, token = core.dequeue_call(max_jobs)
+        try:
+            with translating():
+                reply = self._eval(call, deadline, core.dequeue_resend(call))
+        except BackendConnectionError:  # includes BackendTimeout: the script may have run
+            with self._lock:
+                self._suspects.append(call)
+            self._untake(deadline)
+            raise
+        jobs, next_due = core.dequeue_result(reply, token)
         state.jobs = jobs  # no await between this and the check below
         if state.abandoned and jobs:
             self._give_back(jobs)
             return [], next_due
         return jobs, next_due
+
+    def _untake(self, deadline: float) -> None:
+        """Give back what dequeues with lost replies took; keep those Redis did not confirm."""
+        with self._lock:
+            suspects = list(self._suspects)
+        for call in suspects:
+            if not self._core.untake_expired(call):
+                try:
+                    self._eval(self._core.untake_call(call), deadline)
+                except (rexc.RedisError, OSError):
+                    return  # Redis still does not answer: try again later
+            with self._lock, contextlib.suppress(ValueError):
+                self._suspects.remove(call)
 
     def _give_back(self, jobs: list[Job]) -> None:
         for job in jobs:
