@@ -16,7 +16,8 @@ Connection string::
 
 Options (see :class:`RedisOptions`): ``queue``, ``task_type``, ``visibility_timeout``,
 ``heartbeat``, ``timeout``, ``max_retry``, ``backoff``, ``retention``, ``unique_ttl``,
-``lease_grace``, ``poll_interval``, ``max_body``, socket and ``ssl_*`` settings.
+``lease_grace``, ``poll_interval``, ``max_body``, ``proto_max_bulk_len``, socket (every verb
+keeps a deadline of ``socket_timeout``, 5 s by default) and ``ssl_*`` settings.
 
 The asynq task type of a job is its ``type`` header (default: the ``task_type`` option);
 every dequeued job carries its task type in ``headers["type"]``. Delivery is at-least-once.
