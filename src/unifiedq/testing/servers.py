@@ -967,30 +967,39 @@ class RabbitMQServer(ManagedServer):
             check=False,
         )
 
-    def set_memory_alarm(self, on: bool) -> None:
-        """Raise or clear the node's memory alarm (RabbitMQ then blocks publishing connections).
+    def set_alarm(self, kind: str, on: bool) -> None:
+        """Raise or clear one of the node's resource alarms (RabbitMQ then blocks publishers).
 
-        Sets the memory high watermark to a millionth of RAM (always exceeded) or back to
-        RabbitMQ's default of 0.4.
+        ``"memory"`` sets the memory high watermark to a millionth of RAM (always exceeded)
+        or back to RabbitMQ's default of 0.4; ``"disk"`` sets the free disk limit to an
+        exabyte or back to the rig's 50 MB. Both take effect at once.
 
         Args:
+            kind: ``"memory"`` or ``"disk"``.
             on: True raises the alarm, False clears it.
 
         Raises:
+            ValueError: Another ``kind``.
             RuntimeError: ``rabbitmqctl`` failed.
         """
-        done = self.rabbitmqctl("set_vm_memory_high_watermark", "0.000001" if on else "0.4")
+        if kind == "memory":
+            args = ("set_vm_memory_high_watermark", "0.000001" if on else "0.4")
+        elif kind == "disk":
+            args = ("set_disk_free_limit", str(10**18) if on else "50MB")
+        else:
+            raise ValueError(f"kind must be 'memory' or 'disk', not {kind!r}")
+        done = self.rabbitmqctl(*args)
         if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl set_vm_memory_high_watermark failed: {done.stderr}")
+            raise RuntimeError(f"rabbitmqctl {args[0]} failed: {done.stderr}")
 
     @contextlib.contextmanager
-    def memory_alarm(self) -> Iterator[None]:
-        """``with server.memory_alarm(): ...`` raises the memory alarm for the block."""
-        self.set_memory_alarm(True)
+    def alarm(self, kind: str = "memory") -> Iterator[None]:
+        """``with server.alarm("disk"): ...`` raises a resource alarm for the block."""
+        self.set_alarm(kind, True)
         try:
             yield
         finally:
-            self.set_memory_alarm(False)
+            self.set_alarm(kind, False)
 
     def _before_terminate(self) -> None:
         self.rabbitmqctl("stop", timeout=self.stop_timeout)

@@ -73,7 +73,10 @@ class ConnectionMixin(TopologyMixin):
         left = hard - time.monotonic()
         if left <= 0:
             raise TimeoutError("the verb's deadline passed")
-        conn.sock.settimeout(min(self.options.socket_timeout, left))
+        timeout = min(self.options.socket_timeout, left)
+        sock = conn.sock
+        if sock.gettimeout() != timeout:  # settimeout is a system call; most verbs repeat it
+            sock.settimeout(timeout)
 
     def _timed_out(self, what: str, exc: BaseException | None = None) -> BackendTimeout:
         return BackendTimeout(

@@ -209,7 +209,7 @@ class ConsumingMixin(PublishingMixin):
                 fn()  # no connection: _held_for raises JobNotLeased
                 return
             try:
-                self._arm(self._conn, time.monotonic() + self.options.socket_timeout)
+                self._arm(self._conn, math.inf)  # each wait: socket_timeout
                 # Read what the broker already sent first: a connection.close it sent us means
                 # the lease is gone, and an ack written now would vanish without an error.
                 self._pump()
