@@ -28,8 +28,9 @@ Faults (the ``--faults`` names):
 * ``restart``: the broker restarts in the middle of a producer/consumer run.
 
 A cell is ``OK`` when the call returned or raised a typed error within its deadline (timeout
-+ ``--slack``) and no job was lost, stranded or duplicated beyond the at-least-once window;
-``n/a`` cells say why the fault does not apply.
++ ``--slack``, plus the driver's documented :data:`DEQUEUE_SLACK` for a stalled dequeue) and
+no job was lost, stranded or duplicated beyond the at-least-once window; ``n/a`` cells say
+why the fault does not apply.
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ VERB_DEADLINE: dict[str, tuple[float, dict[str, str]]] = {
     "quic": (1.0, {"timeout": "1"}),
 }
 
-#: Per-driver slack (seconds past a verb's timeout) where a driver documents a bound other
-#: than ``--slack``; e.g. ``{"redis": 5.0}`` if its page promised timeout + socket_timeout.
-SLACK: dict[str, float] = {}
+#: Documented slack of ``dequeue(timeout=t)`` under a stall, per driver page ("Faults,
+#: deadlines and limits"): ``t + socket_timeout`` (redis, amqp: 5 s by default) or
+#: ``t + timeout`` (quic: 10 s). Used by the ``frozen``, ``dropped`` and ``reset`` cells, on
+#: top of ``--slack`` (scheduling on a loaded machine). Other drivers and cells: ``--slack``.
+DEQUEUE_SLACK: dict[str, float] = {"redis": 5.0, "amqp": 5.0, "quic": 10.0}
 
 #: Lowest retry limit per driver, so a shutdown counted as a failure would dead-letter.
 LOW_RETRY: dict[str, dict[str, str]] = {
@@ -275,7 +278,8 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
         driver: One of :data:`DRIVERS`.
         fault: One of :data:`FAULTS`.
         face: ``"sync"`` or ``"async"``.
-        slack: Seconds a verb may overrun its timeout (unless :data:`SLACK` names the driver).
+        slack: Seconds a verb may overrun its timeout (plus :data:`DEQUEUE_SLACK` for a
+            dequeue under a stall).
 
     Returns:
         The cell (n/a with the reason, or the measured outcome).
@@ -288,15 +292,15 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
         cell.na = "a blocking call cannot be cancelled"
         return cell
     quick = rig.quick
-    slack = SLACK.get(driver, slack)
+    dq_slack = slack + DEQUEUE_SLACK.get(driver, 0.0)
     cap = 10.0 if quick else 30.0
     wait = LEASE + 5.0
     try:
         out: uqf.FaultOutcome
         if fault == "frozen":
             out = uqf.verb_deadline_under_stall(
-                rig.url(driver), rig.freeze(driver), "dequeue", 1.0, face=face, slack=slack,
-                hard_cap=cap, lease_wait=wait)
+                rig.url(driver), rig.freeze(driver), "dequeue", 1.0, face=face,
+                slack=dq_slack, hard_cap=cap, lease_wait=wait)
         elif fault == "frozen_enqueue":
             deadline, opts = VERB_DEADLINE[driver]
             out = uqf.verb_deadline_under_stall(
@@ -306,11 +310,11 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
             with rig.proxy(rig.url(driver)) as (url, proxy):
                 out = uqf.verb_under_fault(
                     url, lambda: _dropped(proxy), verb="dequeue", timeout=1.0, face=face,
-                    slack=slack, hard_cap=cap, lease_wait=wait, case="dropped")
+                    slack=dq_slack, hard_cap=cap, lease_wait=wait, case="dropped")
         elif fault == "reset":
             with rig.proxy(rig.url(driver)) as (url, proxy):
                 out = uqf.reset_mid_reply(url, proxy, after_bytes=512, timeout=1.0, face=face,
-                                        slack=slack, hard_cap=cap, lease_wait=wait)
+                                          slack=dq_slack, hard_cap=cap, lease_wait=wait)
         elif fault == "oversized_header":
             out = uqf.oversized_input(rig.url(driver), face=face, header_size=140_000)
         elif fault == "oversized_body":
