@@ -108,6 +108,20 @@ def test_redis_frozen_enqueue_keeps_socket_timeout(rig: Any) -> None:
 
 
 # -- cells waiting for the driver fixes (flip when they land) -----------------------------------
+# Measured 3 of 3 runs failing on 2026-11-30 (40 cancellations each): a cancelled dequeue
+# leaves a job taken (stranded until its lease or reservation ends) or bumps its attempt.
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + " (faktory: a cancelled dequeue strands a "
+                   "reserved job or consumes an attempt)")
+def test_faktory_cancelled_dequeue_strands_nothing(rig: Any) -> None:
+    _check(rig, "faktory", "cancel", "async")
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + " (quic: a cancelled dequeue leaves its job "
+                   "leased until the visibility timeout, then delivers it with attempt 2)")
+def test_quic_cancelled_dequeue_strands_nothing(rig: Any) -> None:
+    _check(rig, "quic", "cancel", "async")
 
 
 def test_matrix_renders_every_requested_cell(rig: Any) -> None:
