@@ -7,15 +7,18 @@ clients), so that every byte it sends and every reply it waits for is bounded by
 deadline and nothing retries behind its back. The one real difference between the faces is
 how a read is bounded:
 
-* redis.asyncio applies a connection's ``socket_timeout`` attribute to each send and read,
-  raising ``TimeoutError`` (an explicit ``timeout=`` would return ``None`` instead, which is
-  also a valid reply);
-* redis-py (blocking) fixes the socket's timeout when it connects and takes a per-read
-  ``timeout=``.
+* asyncio: one ``asyncio.timeout`` around the whole round trip (connect, write, every reply).
+  The connections' own ``socket_timeout`` is off: redis.asyncio would otherwise start a
+  timeout per reply (and a task per write), which costs more than the rest of a batch;
+* redis-py (blocking): the socket's timeout is set when it connects (bounding writes) and
+  each read takes what is left of the deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
@@ -35,6 +38,15 @@ def disconnect(conn: Any) -> None:
     conn.disconnect()
 
 
+@contextlib.asynccontextmanager
+async def _within(timeout: float) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError as exc:  # the block was cancelled; its connection dropped itself
+        raise redis.exceptions.TimeoutError(f"no reply within {timeout:.3f} s") from exc
+
+
 class AsyncWire:
     """Bounded I/O on one redis.asyncio connection."""
 
@@ -42,30 +54,38 @@ class AsyncWire:
     def connection(kwargs: dict[str, Any], ssl: bool) -> Any:
         """A new, unconnected connection that never retries on its own."""
         cls = aredis.SSLConnection if ssl else aredis.Connection
-        return cls(**kwargs, retry=aredis.retry.Retry(NoBackoff(), 0))
+        kw = {**kwargs, "socket_timeout": None}  # within() bounds each round trip
+        return cls(**kw, retry=aredis.retry.Retry(NoBackoff(), 0))
+
+    @staticmethod
+    def within(timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """Bound a round trip: redis' TimeoutError once ``timeout`` seconds have passed."""
+        return _within(timeout)
 
     @staticmethod
     async def connect(conn: Any, timeout: float) -> None:
-        """Connect (TCP/TLS, handshake) unless connected; each step within ``timeout``."""
+        """Connect (TCP/TLS, handshake) unless connected."""
         conn.socket_connect_timeout = timeout
-        conn.socket_timeout = timeout
         await conn.connect()
 
     @staticmethod
     async def send(conn: Any, data: bytes, timeout: float) -> None:
-        """Write pre-packed commands within ``timeout`` seconds."""
-        conn.socket_timeout = timeout
+        """Write pre-packed commands (bounded by :meth:`within`)."""
         await conn.send_packed_command([data], check_health=False)
 
     @staticmethod
     async def read(conn: Any, timeout: float) -> Any:
-        """Read one reply within ``timeout`` seconds (redis' TimeoutError after it)."""
-        conn.socket_timeout = timeout
+        """Read one reply (bounded by :meth:`within`)."""
         return await conn.read_response()
 
 
 class SyncWire:
     """Bounded I/O on one redis-py (blocking) connection."""
+
+    @staticmethod
+    def within(timeout: float) -> contextlib.AbstractContextManager[None]:
+        """Nothing to do: each step below is bounded by its own socket timeout."""
+        return contextlib.nullcontext()
 
     @staticmethod
     def connection(kwargs: dict[str, Any], ssl: bool) -> Any:

@@ -45,16 +45,6 @@ __all__ = ["RedisQueue"]
 log = logging.getLogger("unifiedq.drivers.redis")
 
 
-class _Take:
-    """What one dequeue script call handed out, and whether its caller is still waiting."""
-
-    __slots__ = ("abandoned", "jobs")
-
-    def __init__(self) -> None:
-        self.abandoned = False
-        self.jobs: list[Job] | None = None
-
-
 class RedisQueue(QueueBase):
     """A handle on an asynq-compatible Redis queue (see the package docstring)."""
 
@@ -133,19 +123,20 @@ class RedisQueue(QueueBase):
         step gets what is left of ``deadline``; a connection that failed or timed out in the
         middle is dropped, never pooled (its replies would answer the next caller).
         """
-        conn = self._acquire(deadline)
-        try:
-            SyncWire.send(conn, data, self._left(deadline))
-            out: list[Any] = []
-            for _ in range(n):
-                try:
-                    out.append(SyncWire.read(conn, self._left(deadline)))
-                except rexc.ResponseError as exc:  # the reply was read; the stream is in step
-                    out.append(exc)
-        except BaseException:
-            self._put(conn, broken=True)
-            raise
-        self._put(conn)
+        with SyncWire.within(self._left(deadline)):
+            conn = self._acquire(deadline)
+            try:
+                SyncWire.send(conn, data, self._left(deadline))
+                out: list[Any] = []
+                for _ in range(n):
+                    try:
+                        out.append(SyncWire.read(conn, self._left(deadline)))
+                    except rexc.ResponseError as exc:  # the reply was read: still in step
+                        out.append(exc)
+            except BaseException:
+                self._put(conn, broken=True)
+                raise
+            self._put(conn)
         return out
 
     def _send(
@@ -257,13 +248,15 @@ class RedisQueue(QueueBase):
         return [core.enqueue_result(c, r.job_id, resent=resent and not r.custom_id)
                 for c, r in zip(replies, reqs, strict=True)]
 
-    def _take_once(self, max_jobs: int, state: _Take) -> tuple[list[Job], float | None]:
-        """One dequeue script call; run shielded, so a cancelled caller cannot strand jobs.
+    def _take_once(self, max_jobs: int) -> tuple[list[Job], float | None]:
+        """One dequeue script call, safe to cancel and to lose the reply of.
 
-        If the caller went away while the script ran, the jobs it took go straight back to
-        pending without counting an attempt (asynq's shutdown requeue). If its reply was
-        lost (a reset, a stall), a resend returns what the first attempt took, and when that
-        fails too, what it took is given back (now, or by a later call once Redis answers).
+        A resend after a broken connection returns what the first attempt took. If the call
+        still fails, or its caller is cancelled while it runs (``wait_for``, ``cancel()``, a
+        TaskGroup abort), the script may have taken jobs nobody will receive: they are given
+        back at once, without counting an attempt (asynq's requeue), or by a later call once
+        Redis answers again. Once the reply is read, nothing awaits before the jobs reach the
+        caller, so a cancellation cannot land between the two.
         """
         core = self._core
         deadline = self._deadline()
@@ -273,17 +266,12 @@ class RedisQueue(QueueBase):
         try:
             with translating():
                 reply = self._eval(call, deadline, core.dequeue_resend(call))
-        except BackendConnectionError:  # includes BackendTimeout: the script may have run
+        except (BackendConnectionError, SyncRuntime.Cancelled):  # the script may have run
             with self._lock:
                 self._suspects.append(call)
-            self._untake(deadline)
+            SyncRuntime.shield(self._untake, deadline)
             raise
-        jobs, next_due = core.dequeue_result(reply, token)
-        state.jobs = jobs  # no await between this and the check below
-        if state.abandoned and jobs:
-            self._give_back(jobs)
-            return [], next_due
-        return jobs, next_due
+        return core.dequeue_result(reply, token)
 
     def _untake(self, deadline: float) -> None:
         """Give back what dequeues with lost replies took; keep those Redis did not confirm."""
@@ -298,25 +286,11 @@ class RedisQueue(QueueBase):
             with self._lock, contextlib.suppress(ValueError):
                 self._suspects.remove(call)
 
-    def _give_back(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            try:
-                self._release(job)
-            except Exception as exc:  # the lease will lapse and the job come back
-                log.warning("could not give back job %r of queue %r: %s", job.id, self.name, exc)
-
     def _take(self, max_jobs: int, timeout: float | None) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
         while True:
-            state = _Take()
-            try:
-                jobs, next_due = SyncRuntime.shield(self._take_once, max_jobs, state)
-            except SyncRuntime.Cancelled:
-                state.abandoned = True
-                if state.jobs:  # taken, but the caller was cancelled before it got them
-                    SyncRuntime.shield(self._give_back, state.jobs)
-                raise
+            jobs, next_due = self._take_once(max_jobs)
             if jobs:
                 self._start_heartbeat()
                 return jobs
