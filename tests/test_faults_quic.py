@@ -476,8 +476,8 @@ def test_cancelled_waiters_strand_nothing(server: ServerProcess) -> None:
     asyncio.run(main())
 
 
-def _response_hook(q: Any, before: Callable[[int], None] | None,
-                   after: Callable[[int], None] | None) -> Callable[[], None]:
+def _response_hook(q: Any, before: Callable[[int], object] | None,
+                   after: Callable[[int], object] | None) -> Callable[[], None]:
     """Run ``before``/``after`` around the client's handling of each complete response: the
     exact loop turn in which a caller's cancellation or timeout races its response."""
     from aioquic.quic import events
@@ -507,7 +507,11 @@ def test_cancel_in_the_turn_the_jobs_arrive_releases_them(server: ServerProcess)
             task: asyncio.Future[Any] | None = None
             # The response is in (its future resolved), then the caller is cancelled before
             # it runs: the jobs must not vanish with it.
-            undo = _response_hook(q, None, lambda _sid: task.cancel() if task else None)
+            def cancel(_sid: int) -> None:
+                if task is not None:
+                    task.cancel()
+
+            undo = _response_hook(q, None, cancel)
             task = asyncio.ensure_future(q.dequeue(timeout=5))
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -538,5 +542,39 @@ def test_timeout_in_the_turn_the_jobs_arrive_releases_them(server: ServerProcess
             job = await q.dequeue(timeout=2)
             assert job is not None and job.id == jid and job.attempt == 1
             await q.ack(job)
+
+    asyncio.run(main())
+
+
+def test_request_arriving_after_its_stop_sending_is_not_run(server: ServerProcess) -> None:
+    """A request whose packet was lost and resent after the client already gave up on it
+    (STOP_SENDING first): the server must not start it — a waiting dequeue would take the
+    next job for nobody."""
+    from unifiedq.drivers.quic._common import ERR_CANCELLED
+    from unifiedq.drivers.quic.wire import KIND_REQUEST, encode_frame
+
+    name = _q()
+    url = _url(server, name)
+
+    async def main() -> None:
+        async with unifiedq.connect_async(url) as q, unifiedq.connect_async(url) as p:
+            assert isinstance(q, QuicQueue)
+            await q.size()
+            proto = q._proto
+            assert proto is not None
+            sid = proto.quic.get_next_available_stream_id()
+            proto.quic.send_stream_data(sid, b"", end_stream=False)  # open it, no data yet
+            proto.quic.stop_stream(sid, ERR_CANCELLED)
+            proto.transmit()
+            await asyncio.sleep(0.2)
+            proto.quic.send_stream_data(sid, encode_frame(KIND_REQUEST, {
+                "op": "dequeue", "queue": name, "options": "", "timeout": None, "max": 1,
+                "lease": True}), end_stream=True)
+            proto.transmit()
+            await asyncio.sleep(0.2)
+            jid = await p.enqueue(b"x")
+            job = await p.dequeue(timeout=3)
+            assert job is not None and job.id == jid
+            await p.ack(job)
 
     asyncio.run(main())

@@ -100,6 +100,8 @@ _MAX_VALIDATED = 10_000
 _DRAIN = 32
 # Most responses one connection holds back while its batch is read (see _ServerProtocol._reply).
 _FLUSH_MAX = 16
+# Streams remembered as stopped by the client before their request arrived (see _stopped).
+_EARLY_STOPS = 4096
 # Encoded bytes of a job besides its body, id and headers (field names, numbers, lease
 # token: 146 counted, rounded up), and of a dequeue response besides its jobs.
 _JOB_OVERHEAD = 160
@@ -355,6 +357,8 @@ class _ServerProtocol(_aq.QuicProtocol):
         self.leases: set[str] = set()
         self._readers: dict[int, FrameReader] = {}
         self._aborted: set[int] = set()
+        #: Streams the client stopped before their request arrived (oldest first, bounded).
+        self._early_stops: dict[int, None] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._waiting: set[int] = set()
         self._buffered = 0
@@ -411,6 +415,15 @@ class _ServerProtocol(_aq.QuicProtocol):
         if reader is None:
             if sid in self._tasks:
                 return  # data after FIN would be a QUIC error; aioquic rejects it first
+            if self._early_stops and sid in self._early_stops:
+                # The client gave up on this request before it got here (its packet was
+                # lost and resent after the STOP_SENDING): do not run it, not even a dequeue
+                # that would take jobs for nobody.
+                if end:
+                    del self._early_stops[sid]
+                else:
+                    self._aborted.add(sid)
+                return
             if end:  # the whole request in one piece: no buffering, no reader
                 try:
                     kind, payload = decode_frame(data, limit=self.server.config.max_frame)
@@ -464,6 +477,12 @@ class _ServerProtocol(_aq.QuicProtocol):
         """
         if self.leases:
             self.server._return_stream(self, sid)
+        if sid not in self._tasks and sid not in self._readers:
+            # Answered already, or its request has not arrived yet (lost, resent later):
+            # remember it so that a late request is not run (see _on_data).
+            self._early_stops[sid] = None
+            if len(self._early_stops) > _EARLY_STOPS:
+                del self._early_stops[next(iter(self._early_stops))]
 
     def _start(self, sid: int, kind: int, payload: dict[str, Any]) -> None:
         coro = self._serve(sid, kind, payload)
@@ -578,6 +597,17 @@ def _job_cost(job: Job) -> int:
     for k, v in job.headers.items():
         cost += len(k.encode()) + len(v.encode()) + 10
     return cost
+
+
+def _fitting(jobs: list[Job], limit: int) -> int:
+    """How many of ``jobs``, in order, fit one response frame of ``limit`` bytes."""
+    budget, keep = limit - _RESPONSE_OVERHEAD, 0
+    for job in jobs:
+        budget -= _job_cost(job)
+        if budget < 0:
+            break
+        keep += 1
+    return keep
 
 
 def _bad_frame(exc: WireError) -> UnifiedQError:
@@ -875,10 +905,15 @@ class JobServer:
         jobs = await self._take(b, n, timeout)
         if not jobs:
             return {"jobs": []}
+        keep = _fitting(jobs, conn.max_frame)
+        if keep == len(jobs) and not conn.closed and (
+                want_lease or Capability.ACK not in b.caps):
+            # The common case never awaits from here, so it cannot be cancelled half-way.
+            return {"jobs": [self._lease(conn, sid, b, job, want_lease) for job in jobs]}
         # Once taken, the jobs must reach the client or go back: a cancellation from here on
         # (the client's STOP_SENDING, a shutdown) lets this step finish, then returns the
         # leases of the response that will never be sent.
-        step = asyncio.ensure_future(self._hand_out(conn, sid, b, jobs, want_lease))
+        step = asyncio.ensure_future(self._hand_out(conn, sid, b, jobs, keep, want_lease))
         try:
             return await asyncio.shield(step)
         except asyncio.CancelledError:
@@ -892,17 +927,19 @@ class JobServer:
         if tokens:
             self._spawn(self._return_leases(conn, tokens, True))
 
+    def _lease(self, conn: _ServerProtocol, sid: int, b: _Backend, job: Job,
+               want_lease: bool) -> dict[str, Any]:
+        token = None
+        if want_lease and Capability.ACK in b.caps:
+            token = secrets.token_urlsafe(18)
+            self._leases[token] = _Lease(job, b, conn, sid)
+            conn.leases.add(token)
+            b.users += 1  # until the lease is settled or returned
+        return job_to_wire(job, token)
+
     async def _hand_out(self, conn: _ServerProtocol, sid: int, b: _Backend, jobs: list[Job],
-                        want_lease: bool) -> dict[str, Any]:
-        # Keep the response under the client's frame limit; jobs that do not fit go back.
-        limit = conn.max_frame
-        budget, keep = limit - _RESPONSE_OVERHEAD, 0
-        for job in jobs:
-            cost = _job_cost(job)
-            if cost > budget:
-                break
-            budget -= cost
-            keep += 1
+                        keep: int, want_lease: bool) -> dict[str, Any]:
+        # Jobs beyond ``keep`` do not fit the client's frame limit: they go back.
         spare, jobs = jobs[keep:], jobs[:keep]
         if conn.closed:  # the client left while we waited: nothing may stay leased to it
             spare, jobs = spare + jobs, []
@@ -911,19 +948,13 @@ class JobServer:
         if not jobs and spare and not conn.closed:
             # Even the first job alone is too large for this client: say so (it stays queued).
             raise _too_large(f"the next job ({len(spare[0].body)}-byte body)",
-                             _job_cost(spare[0]) + _RESPONSE_OVERHEAD, limit)
+                             _job_cost(spare[0]) + _RESPONSE_OVERHEAD, conn.max_frame)
         out = []
         for job in jobs:
-            token = None
-            if Capability.ACK in b.caps:
-                if want_lease:
-                    token = secrets.token_urlsafe(18)
-                    self._leases[token] = _Lease(job, b, conn, sid)
-                    conn.leases.add(token)
-                    b.users += 1  # until the lease is settled or returned
-                else:  # the client declared no ACK: it gets at-most-once delivery
-                    await b.fast.ack(job)
-            out.append(job_to_wire(job, token))
+            if not want_lease and Capability.ACK in b.caps:
+                # The client declared no ACK: it gets at-most-once delivery.
+                await b.fast.ack(job)
+            out.append(self._lease(conn, sid, b, job, want_lease))
         return {"jobs": out}
 
     async def _give_back(self, b: _Backend, job: Job) -> None:
