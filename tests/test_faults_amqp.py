@@ -136,6 +136,8 @@ def test_other_broker_limits_rejected_up_front(
     assert info.value.limit == "delay"
     with pytest.raises(BodyTooLarge):  # max_body (the broker's max_message_size)
         q.enqueue(b"x" * 1001)
+    with pytest.raises(LimitExceeded):  # a nack's delay too: the job stays leased
+        q.nack(held, delay=30 * 86400)
     q.enqueue(b"x", headers={"k" * 255: "v"}, delay=0.05)  # the edges are fine
     q.ack(held)
     got = _drain(q)

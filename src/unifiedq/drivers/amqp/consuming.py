@@ -1,4 +1,4 @@
-"""Consuming: prefetch and dequeue, leases, ack/nack/extend_lease.
+"""Consuming: prefetch and dequeue, leases, ack/nack/release/extend_lease.
 
 A blocking dequeue starts a consumer (``basic.consume`` with ``basic.qos`` prefetch) whose
 deliveries wait in the handle's buffer; a polling dequeue, or one on a saturated consumer,
@@ -7,7 +7,8 @@ Its receipt names the handle and the connection (epoch) it came on: an AMQP deli
 be acked on its channel, and a lost connection ends every lease.
 
 Attempts are exact: a requeue publishes a copy whose ``x-uq-attempt`` header counts the
-deliveries so far (and acks the original), rather than rejecting it back. With
+deliveries so far (and acks the original), rather than rejecting it back; a release's copy
+counts one less, so its next delivery has the same attempt. With
 ``visibility_timeout`` a lease thread returns held jobs whose time ran out, and the prefetch
 buffer of a handle whose application stopped asking for jobs; ``max_attempts`` dead-letters
 a job instead of requeueing it.
@@ -241,6 +242,8 @@ class ConsumingMixin(PublishingMixin):
         self._settle("ack", do)
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        self._delay_ms(delay)  # LimitExceeded before the lease is touched
+
         def do() -> None:
             tag, h = self._held_for(job)
             if requeue:

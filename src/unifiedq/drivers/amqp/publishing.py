@@ -342,7 +342,11 @@ class PublishingMixin(ConnectionMixin):
             if refused:  # e.g. a delay queue expired or the queue was deleted: declare, retry
                 refused_once = True
                 self._declared_delays.clear()
-                self._declare_main(self._pch)
+                try:
+                    self._declare_main(self._pch)
+                except (*CONN_ERRORS, amqp_exc.AMQPError) as exc:
+                    self._drop_pub()
+                    raise translate(exc, what) from exc
             outs = refused
 
     # -- messages --------------------------------------------------------------------------
@@ -365,13 +369,23 @@ class PublishingMixin(ConnectionMixin):
         out.bound = bound
         return out
 
-    def _route(self, msg: Any, delay: float) -> Outgoing:
+    @staticmethod
+    def _delay_ms(delay: float) -> int:
+        """A delay in whole milliseconds (rounded up), checked against RabbitMQ's timers.
+
+        Raises:
+            LimitExceeded: Past :data:`MAX_DELAY_MS`.
+        """
         ms = math.ceil(delay * 1000) if delay > 0 else 0
         if ms > MAX_DELAY_MS:
             raise LimitExceeded(
                 f"delay of {delay}s: RabbitMQ's timers allow at most {MAX_DELAY_MS / 1000:.0f}s "
                 "(a delay queue expires 2·delay + 60 s after its last use, within 2^32-1 ms)",
                 limit="delay", size=0, maximum=0)
+        return ms
+
+    def _route(self, msg: Any, delay: float) -> Outgoing:
+        ms = self._delay_ms(delay)
         if ms:  # via the default exchange, addressed by the delay queue's name
             return Outgoing(msg, "", self._delay_queue(ms), ms)
         return Outgoing(msg, self._x, self._q, 0)
