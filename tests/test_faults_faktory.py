@@ -444,8 +444,9 @@ def test_full_storage_producers_get_backend_full(server_factory: ServerFactory) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_frozen_server_table(server: FaktoryServer) -> None:
-    """Print the docs' table: each call against a frozen server, 3 rounds (~90 s)."""
+    """Print the docs' table: each call against a frozen server, 3 rounds (~110 s)."""
     calls: dict[str, Callable[[FaktoryQueue, Job], object]] = {
         **VERBS,
         "dequeue(0)": lambda q, j: q.dequeue(timeout=0),

@@ -259,6 +259,7 @@ class _Conn(_pf.Client):
         self.on_late_job: Callable[[dict[str, Any], float], None] | None = None
         #: A command was cut mid-send: the stream cannot be resynchronised.
         self.broken = False
+        self._sock_wait = -1.0  # the socket's timeout as last set (-1: unknown)
 
     # -- socket -------------------------------------------------------------------------
     def connect(self, deadline: float = math.inf) -> bool:
@@ -291,6 +292,7 @@ class _Conn(_pf.Client):
             raw.close()
             raise
         self.sock = sock
+        self._sock_wait = -1.0
         self._inflight = (False, time.monotonic())  # HI is the reply to connecting
         greeting = self.read_reply()
         self.check_reply(greeting)
@@ -319,32 +321,23 @@ class _Conn(_pf.Client):
                              daemon=True).start()
         return True
 
-    @contextlib.contextmanager
-    def using(self, deadline: float) -> Iterator[Self]:
-        """Hold the connection (``rlock``) for one verb whose replies are due by ``deadline``.
+    def using(self, deadline: float) -> _Using:
+        """``with conn.using(deadline):`` hold the connection (``rlock``) for one verb.
 
-        Waiting for the lock counts against the deadline too (another thread's FETCH may
+        Its replies are due by ``deadline`` (monotonic). Waiting for the lock counts against
+        the deadline too (another thread's FETCH may
         hold it for up to 2 s).
         """
-        left = deadline - time.monotonic()
-        if not self.rlock.acquire(timeout=max(0.0, min(left, threading.TIMEOUT_MAX))):
-            raise _Overdue("the connection stayed busy with another call until the deadline",
-                           broken=False, late=True)
-        outer = self.deadline
-        self.deadline = min(outer, deadline)
-        try:
-            yield self
-        finally:
-            self.deadline = outer
-            self.rlock.release()
+        return _Using(self, deadline)
 
     def send_command(self, command: str) -> None:
         # No debug logging of the command: HELLO carries the password hash.
-        self.drain()  # replies of calls that gave up waiting come first: stay in sync
+        if self._pending:
+            self.drain()  # replies of calls that gave up waiting come first: stay in sync
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise _Overdue("no time left to send", broken=False, late=False)
-        self.sock.settimeout(min(left, _MAX_SOCKET_WAIT))
+        self._wait_at_most(left)
         try:
             self.sock.sendall(command.encode("utf-8"))
         except TimeoutError as exc:  # part of a command may be out: the stream is lost
@@ -393,13 +386,13 @@ class _Conn(_pf.Client):
         # for the reply of an earlier call).
         due = sent + (_FETCH_BLOCK if is_fetch else 0.0)
         limit = min(self.deadline, max(due, time.monotonic()) + self.timeout)
-        while (reply := self._parse()) is None:
+        while not self._buf or (reply := self._parse()) is None:
             left = limit - time.monotonic()
             if left <= 0:
                 late = time.monotonic() >= due + _LATE
                 raise _Overdue("no reply from the Faktory server before the deadline",
                                broken=False, late=late)
-            self.sock.settimeout(min(left, _MAX_SOCKET_WAIT))
+            self._wait_at_most(left)
             try:
                 n = self.sock.recv_into(self._chunk)
             except TimeoutError:
@@ -408,6 +401,17 @@ class _Conn(_pf.Client):
                 raise ConnectionResetError("the Faktory server closed the connection")
             self._buf += self._chunk_view[:n]
         return reply
+
+    def _wait_at_most(self, left: float) -> None:
+        """Make the next socket wait end by ``left`` s from now (5 ms tolerance).
+
+        ``settimeout`` is a system call: skip it while the current value is close enough,
+        and never so short that the wait would spin.
+        """
+        cur = self._sock_wait
+        if cur > left + 0.005 or cur < left * 0.5:
+            cur = self._sock_wait = min(left, _MAX_SOCKET_WAIT)
+            self.sock.settimeout(cur)
 
     def _parse(self) -> str | None:
         """Take one complete RESP reply off the buffer, or None (nothing consumed) if partial.
@@ -504,6 +508,33 @@ class _Conn(_pf.Client):
         with contextlib.suppress(Exception):
             self.sock.close()
         self.state = State.DISCONNECTED
+
+
+class _Using:
+    """What :meth:`_Conn.using` returns (a class: it runs around every command)."""
+
+    __slots__ = ("conn", "deadline", "outer")
+
+    def __init__(self, conn: _Conn, deadline: float) -> None:
+        self.conn = conn
+        self.deadline = deadline
+        self.outer = math.inf
+
+    def __enter__(self) -> _Conn:
+        conn = self.conn
+        lock = conn.rlock
+        if not lock.acquire(blocking=False):
+            left = self.deadline - time.monotonic()
+            if not lock.acquire(timeout=max(0.0, min(left, threading.TIMEOUT_MAX))):
+                raise _Overdue("the connection stayed busy with another call until the "
+                               "deadline", broken=False, late=True)
+        self.outer = conn.deadline
+        conn.deadline = min(self.outer, self.deadline)
+        return conn
+
+    def __exit__(self, et: object, exc: object, tb: object) -> None:
+        self.conn.deadline = self.outer
+        self.conn.rlock.release()
 
 
 #: JSON string literal of a str (the C encoder json.dumps uses for strings).
@@ -834,9 +865,10 @@ class FaktoryQueue(QueueBase):
                 # The operator quieted or stopped this worker (Web UI): no new jobs.
                 time.sleep(max(0.0, min(deadline - time.monotonic(), _FETCH_BLOCK)))
                 return None
-            conn.drain()  # a late FETCH reply may bring a job: hand that out first
-            if self._stash:
-                return None
+            if conn.pending:
+                conn.drain()  # a late FETCH reply may bring a job: hand that out first
+                if self._stash:
+                    return None
             started = time.monotonic()
             raw = conn.fetch(self._queues)
         if raw is None:
