@@ -294,6 +294,76 @@ def test_resent_dequeue_returns_what_the_lost_reply_carried(
         assert q.stats()["active"] == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_restart_with_several_pooled_connections(qname: str, face: str) -> None:
+    """After a restart every pooled connection is dead; concurrent verbs still succeed (each
+    retries once, on its own dropped connection, reconnected)."""
+    require_binary("redis-server")
+    s = RedisServer(persistent=True)
+    s.start()
+    try:
+        url = f"{s.url}?queue={qname}&socket_timeout=2"
+        if face == "sync":
+            with connect(url) as q:
+                threads = [threading.Thread(target=q.size) for _ in range(4)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                assert len(q._idle) >= 2  # type: ignore[attr-defined]
+                s.restart()
+                errors: list[BaseException] = []
+
+                def produce(i: int) -> None:
+                    try:
+                        for k in range(3):
+                            q.enqueue(b"%d-%d" % (i, k))
+                    except BaseException as exc:
+                        errors.append(exc)
+
+                threads = [threading.Thread(target=produce, args=(i,)) for i in range(4)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                assert not errors, errors
+                assert q.size() == 12
+        else:
+            async def run() -> None:  # one loop: the asyncio face's connections belong to it
+                async with connect_async(url) as aq:
+                    await asyncio.gather(*(aq.size() for _ in range(4)))
+                    assert len(aq._idle) == 4  # type: ignore[attr-defined]
+                    await asyncio.to_thread(s.restart)
+                    await asyncio.gather(*(aq.enqueue(b"%d" % i) for i in range(4)))
+                    assert await aq.size() == 4
+
+            asyncio.run(run())
+    finally:
+        s.stop()
+
+
+def test_forked_child_does_not_share_pooled_connections(server: RedisServer, qname: str) -> None:
+    url = f"{server.url}?queue={qname}"
+    with connect(url) as q:
+        q.enqueue(b"parent")
+        pid = os.fork()
+        if pid == 0:  # the child uses the parent's handle: it must open its own sockets
+            code = 0
+            try:
+                for i in range(20):
+                    q.enqueue(b"child-%d" % i)
+                code = 0 if q.size() == 21 else 3
+            except BaseException:
+                code = 2
+            os._exit(code)
+        for _ in range(20):
+            assert q.size() >= 1  # the parent's connection stays in step meanwhile
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert q.size() == 21
+        q.purge()
+
+
 # --------------------------------------------------------------------------- cancellation
 
 

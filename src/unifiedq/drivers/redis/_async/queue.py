@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -61,6 +62,7 @@ class AsyncRedisQueue(AsyncQueueBase):
         self._idle: list[Any] = []  # connections ready for use (connected or not)
         self._conns = 0  # connections made (idle or in use)
         self._pool_closed = False
+        self._pid = os.getpid()
         self._legacy = False  # Redis < 7: scripts without their allow-oom shebang
         self._suspects: list[Call] = []  # dequeues whose reply was lost (see _take_once)
         self._hb: AsyncTask | None = None
@@ -88,6 +90,8 @@ class AsyncRedisQueue(AsyncQueueBase):
         with self._pool_lock:
             if self._pool_closed:
                 raise rexc.ConnectionError("the handle was closed")
+            if self._pid != os.getpid():  # a forked child must not share the parent's sockets
+                self._pid, self._idle, self._conns = os.getpid(), [], 0
             conn = self._idle.pop() if self._idle else None
             if conn is None:
                 cap = self.options.max_connections
@@ -154,6 +158,8 @@ class AsyncRedisQueue(AsyncQueueBase):
         except rexc.ConnectionError:
             if deadline - time.monotonic() <= 0:
                 raise
+            # The failed connection went back to the top of the pool, dropped: the retry takes
+            # it and reconnects, rather than another (after a restart, also dead) idle one.
             return await self._roundtrip(data if again is None else again, n, deadline), True
 
     def _variant(self, script: _scripts.Script) -> _scripts.Script:
@@ -204,7 +210,8 @@ class AsyncRedisQueue(AsyncQueueBase):
                     with translating():  # bounded like a verb: a frozen server cannot wedge it
                         lost = await self._eval(call, self._deadline())
                 except Exception as exc:  # keep beating; the next tick retries
-                    log.warning("lease heartbeat for queue %r failed: %s", self.name, exc)
+                    if not self._hb_stop.is_set():  # not the handle closing under it
+                        log.warning("lease heartbeat for queue %r failed: %s", self.name, exc)
                     continue
                 self._core.lost(call, lost)
 
