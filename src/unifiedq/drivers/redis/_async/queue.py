@@ -46,7 +46,14 @@ log = logging.getLogger("unifiedq.drivers.redis")
 
 
 class AsyncRedisQueue(AsyncQueueBase):
-    """A handle on an asynq-compatible Redis queue (see the package docstring)."""
+    """A handle on an asynq-compatible Redis queue (see the package docstring).
+
+    Every verb returns or raises within ``socket_timeout`` seconds (a waiting dequeue within
+    its ``timeout`` plus that): ``BackendTimeout`` when Redis does not answer in time,
+    ``BackendConnectionError`` when it cannot be reached, ``BackendFull`` when an enqueue
+    meets Redis at ``maxmemory`` (consumers keep draining), ``LimitExceeded`` before sending
+    a task larger than ``proto_max_bulk_len``. ``release()`` is asynq's shutdown requeue.
+    """
 
     driver = "redis"
     capabilities = CAPABILITIES
