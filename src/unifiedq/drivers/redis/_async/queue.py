@@ -394,6 +394,8 @@ class AsyncRedisQueue(AsyncQueueBase):
             for call in self._core.held_jobs_calls():  # give held jobs back, no retry counted
                 with contextlib.suppress(rexc.ResponseError):
                     await self._eval(call, deadline)
+            if self._suspects:  # and what dequeues with lost replies took
+                await self._untake(deadline)
         with self._pool_lock:
             self._pool_closed = True
             idle, self._idle = self._idle, []
