@@ -72,7 +72,15 @@ class SyncToAsync(AsyncQueueBase):
         result = fut.result()
         jobs = result if isinstance(result, list) else [result] if result is not None else []
         for job in jobs:
+            self._hand_back(job)
+
+    def _hand_back(self, job: Job) -> None:
+        """Give ``job`` back from a thread: it was taken for a caller that was cancelled."""
+        try:
             self._pool.submit(self._give_back, job)
+        except RuntimeError:  # the pool is shut down (closed meanwhile): one thread of its own
+            threading.Thread(target=self._give_back, args=(job,), daemon=True,
+                             name=f"unifiedq-{self.driver}-give-back").start()
 
     def _give_back(self, job: Job) -> None:
         # A dequeue cancelled after the driver took the job: nobody saw it, so it goes back
@@ -97,10 +105,15 @@ class SyncToAsync(AsyncQueueBase):
 
     async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
         first = await self._dequeue(timeout)
-        if first is None:
-            return []
-        rest = await self._take(lambda _t: self.inner._dequeue_many(max_jobs - 1, 0.0), 0.0) \
-            if max_jobs > 1 else []
+        if first is None or max_jobs == 1:
+            return [] if first is None else [first]
+        try:
+            rest = await self._take(lambda _t: self.inner._dequeue_many(max_jobs - 1, 0.0), 0.0)
+        except asyncio.CancelledError:
+            # ``first`` is ours, and the caller will never see it (``rest`` is rescued by
+            # _take): without this it stayed leased until its visibility timeout.
+            self._hand_back(first)
+            raise
         return [first, *rest]
 
     async def _peek(self) -> Job | None:

@@ -118,27 +118,36 @@ class _Store:
         return self.leases[0][0] if self.leases else None
 
     def lease(self, e: _Entry, seconds: float) -> None:
-        """Start a lease (``e.token`` set) or extend one (its old heap item turns stale)."""
+        """Start a lease (``e.token`` set) or extend one (then call :meth:`compact`)."""
         e.deadline = time.monotonic() + seconds
         heapq.heappush(self.leases, (e.deadline, e.token, e.id))
-        self.compact()
 
     def unlease(self, e: _Entry) -> None:
         """End ``e``'s lease (settled, released, expired or given back at close)."""
         if e.holder is not None:
             e.holder.pop(e.token, None)
-            e.holder = None
         e.token = 0
         self.leased -= 1
-        self.compact()
+        # Its heap item is stale now. Without compaction every settled job left one (and its
+        # id) behind until its visibility timeout passed: memory grew as rate x timeout at
+        # peak (issue 20).
+        if len(self.leases) > 2 * self.leased + _COMPACT_SLACK:
+            self.compact()
 
     def compact(self) -> None:
-        # Without this, every settled job left its heap item (and id) behind until its
-        # visibility timeout passed: memory grew as rate x timeout at peak (issue 20). Each
-        # stale item is dropped by exactly one compaction, and one runs only when at least
-        # half the heap is stale, so the cost is amortised O(1) per verb.
-        if len(self.leases) > 2 * self.leased + _COMPACT_SLACK:
-            self.leases = [item for item in self.leases if self._live(item)]
+        """Drop stale lease-heap items once they outnumber live leases by the slack.
+
+        Each stale item is dropped by exactly one compaction, and one runs only when at least
+        half the heap is stale, so the cost is amortised O(1) per verb.
+        """
+        if len(self.leases) <= 2 * self.leased + _COMPACT_SLACK:
+            return
+        if not self.leased:
+            self.leases = []  # all stale: nothing to look at (a fast producer-consumer loop)
+        else:
+            get = self.entries.get  # _live() inlined: this loop is the whole cost
+            self.leases = [it for it in self.leases if (e := get(it[2])) is not None
+                           and e.token == it[1] and e.deadline == it[0]]
             heapq.heapify(self.leases)
 
     def waiting(self) -> int:
@@ -319,9 +328,15 @@ class MemoryQueue(QueueBase):
         with self._s.cond:
             self._promote()  # an expired lease must not be ackable
             e = self._leased(job)
-            self._s.unlease(e)
-            del self._s.entries[e.id]
-            self._s.cond.notify()
+            s = self._s
+            # s.unlease(e), inlined on this hottest settle path.
+            if e.holder is not None:
+                e.holder.pop(e.token, None)
+            s.leased -= 1
+            del s.entries[e.id]
+            if len(s.leases) > 2 * s.leased + _COMPACT_SLACK:
+                s.compact()
+            s.cond.notify()
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         with self._s.cond:
@@ -349,6 +364,7 @@ class MemoryQueue(QueueBase):
         with self._s.cond:
             self._promote()
             self._s.lease(self._leased(job), seconds)
+            self._s.compact()  # the lease's previous heap item is stale now
 
     def _size(self) -> int:
         with self._s.cond:
