@@ -260,6 +260,30 @@ def test_reply_cut_mid_dequeue_strands_nothing(
         q.close()
 
 
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_late_dequeue_reply_is_given_back_later(
+    server: RedisServer, qname: str, face: str, toxiproxy: Any
+) -> None:
+    """Redis ran the dequeue but its reply came after the deadline (and so would the
+    give-back's): the next dequeue, once replies flow again, gives the job back first."""
+    url, proxy = toxiproxy.url(f"{server.url}?queue={qname}&socket_timeout={ST}")
+    q = _open(url, face)
+    try:
+        assert q.dequeue() is None  # the dequeue script is loaded (no NOSCRIPT round trip)
+        q.enqueue(b"slow")
+        with proxy.toxic("latency", latency=int((ST + 0.5) * 1000)), \
+                pytest.raises(BackendTimeout):
+            q.dequeue()
+        stats = q.stats()  # type: ignore[attr-defined]
+        assert stats["active"] == 1  # taken by the dequeue whose reply was late
+        job = q.dequeue(timeout=2)  # gives it back first, then takes it again
+        assert job is not None and job.body == b"slow" and job.attempt == 1
+        q.ack(job)
+        assert q.stats()["active"] == 0  # type: ignore[attr-defined]
+    finally:
+        q.close()
+
+
 def test_resent_dequeue_returns_what_the_lost_reply_carried(
     server: RedisServer, qname: str
 ) -> None:
