@@ -5,6 +5,7 @@ Usage::
     python benchmarks/fault_matrix.py            # full: restart runs of 10,000 jobs, ~15 min
     python benchmarks/fault_matrix.py --quick    # CI-sized: 500-job restarts, short caps
     python benchmarks/fault_matrix.py --quick --drivers redis,memory --faults frozen,cancel
+    python benchmarks/fault_matrix.py --update --drivers redis --faults restart  # one row again
 
 Every cell runs one case of :mod:`unifiedq.testing.faults` against real servers that this
 script starts itself with the test rig (Redis with AOF ``appendfsync always``, RabbitMQ,
@@ -389,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces", default=",".join(FACES))
     ap.add_argument("--slack", type=float, default=uqf.DEFAULT_SLACK)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--update", action="store_true",
+                    help="re-measure only the selected cells; keep the others of the last run")
     args = ap.parse_args(argv)
     drivers = [d for d in args.drivers.split(",") if d]
     faults_ = [f for f in args.faults.split(",") if f]
@@ -422,6 +425,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "fault_matrix_quick" if args.quick else "fault_matrix"
+    previous = args.out / f"{stem}.json"
+    if args.update and previous.exists():
+        old = json.loads(previous.read_text())
+        fresh = {(c.driver, c.fault, c.face) for c in cells}
+        kept = [Cell(**c) for c in old["cells"]
+                if (c["driver"], c["fault"], c["face"]) not in fresh]
+        cells = kept + cells
+        meta["command"] = f"{old['meta']['command']}; then {meta['command']}"
+        meta["date"] = f"{old['meta']['date']}, updated {meta['date']}"
+        meta["seconds"] += old["meta"]["seconds"]
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"meta": meta, "cells": [dataclasses.asdict(c) for c in cells]}, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(render_markdown(cells, meta))

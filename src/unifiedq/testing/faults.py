@@ -874,9 +874,10 @@ def restart_ledger(
         retry_for: Seconds a producer keeps retrying one enqueue.
         idle: Seconds without a delivery after which the run ends.
         max_wait: Longest run after the producer finished, in seconds.
-        stranded_after: A job first delivered later than this many seconds after the
-            producer finished counts as stranded (e.g. held by a lease until it expired);
-            reported, but within the at-least-once contract, so not a failure.
+        stranded_after: A job first delivered later than this many seconds after a
+            consumer first found the queue empty (once the producer finished) counts as
+            stranded: it was held by a lease or reservation, not waiting in the backlog.
+            Reported, but within the at-least-once contract, so not a failure.
         options: Driver options.
 
     Returns:
@@ -895,6 +896,9 @@ def restart_ledger(
     half = threading.Event()
     last_delivery = [time.monotonic()]
     first_seen: dict[int, float] = {}
+    # When a consumer first found the queue empty after the producer finished: a job first
+    # delivered well after that was hidden (held by a lease or reservation), not backlog.
+    drained_at: list[float] = []
 
     def produce() -> None:
         for seq in range(n_jobs):
@@ -925,6 +929,8 @@ def restart_ledger(
                 counters["dequeue_errors"] += 1
                 time.sleep(0.05)
                 continue
+            if not res.value and producer_done.is_set() and not drained_at:
+                drained_at.append(time.monotonic())
             for job in _jobs_of(res.value):
                 try:
                     head, _, num = job.body.decode().partition(":")
@@ -975,8 +981,9 @@ def restart_ledger(
     out.delivered = sum(1 for s in returned if seen[s])
     out.lost = len(returned - set(seen))
     out.duplicated = sum(n - 1 for n in seen.values() if n > 1)
+    hidden_after = (drained_at[0] if drained_at else produced) + stranded_after
     out.stranded = sum(1 for s in returned
-                       if s not in first_seen or first_seen[s] > produced + stranded_after)
+                       if s not in first_seen or first_seen[s] > hidden_after)
     out.allowed_duplicates = (counters["ack_failed"] + counters["enqueue_retried"]
                               + consumers * 50)
     out.note = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v)
