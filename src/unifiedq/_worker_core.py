@@ -47,6 +47,9 @@ ATTEMPT_HEADER = "x-unifiedq-attempt"
 #: Header carrying the last error on re-enqueued and dead-lettered copies.
 ERROR_HEADER = "x-unifiedq-error"
 _MAX_ERROR = 500
+# Attempt numbers remembered for copies re-enqueued on drivers without HEADERS. A copy that
+# another process dequeues is never looked up here, so the oldest are forgotten beyond this.
+_MAX_LOCAL_ATTEMPTS = 10_000
 
 SyncHandler: TypeAlias = Callable[[Job], object]
 AsyncHandler: TypeAlias = Callable[[Job], Awaitable[object]]
@@ -411,6 +414,14 @@ class WorkerCore:
         if log.isEnabledFor(level):
             extra = {"event": event, **self._fields(e, **more)}
             log.log(level, msg, exc_info=exc_info, extra=extra)
+
+    def _remember_attempt(self, job_id: str, attempt: int) -> None:
+        """Remember the attempt number of a re-enqueued copy (drivers without HEADERS)."""
+        with self._stats_lock:
+            d = self._local_attempts
+            d[job_id] = attempt
+            if len(d) > _MAX_LOCAL_ATTEMPTS:
+                del d[next(iter(d))]  # the oldest: insertion order
 
     def _entry(self, job: Job) -> _Entry:
         attempt = job.attempt

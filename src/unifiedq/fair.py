@@ -21,7 +21,9 @@ driver::
 Tenants appear dynamically: on a local ``enqueue`` for a new tenant, through ``add_tenant``,
 ``weights``/``tenants`` given up front, or a ``discover`` callable polled every
 ``discover_interval`` seconds (e.g. reading tenant ids from your database). A tenant that is
-not configured and stays empty for ``idle_ttl`` seconds is forgotten (its handle closed).
+not configured and stays empty for ``idle_ttl`` seconds is forgotten: its handle is closed and
+its :meth:`~FairQueue.served` count and (full) rate-limit bucket dropped, so tenants that come
+and go leave nothing behind.
 Tenant names are 1..64 characters of ``A-Z a-z 0-9 _ . -`` so they are safe in any URL.
 
 **Fairness guarantee: local, not global.** The DRR state (the pointer and deficits) lives in
@@ -130,6 +132,7 @@ class _DRR:
         if i < self.ptr:
             self.ptr -= 1
         del self.weight[tenant], self.deficit[tenant]
+        self.served.pop(tenant, None)  # tenants that come and go must not pile up here
         self._tried.discard(tenant)
 
     def begin(self) -> None:
@@ -356,6 +359,8 @@ class _FairCore(Generic[Q]):
             del self.tenants[t.name]
             self.by_queue.pop(t.queue.name, None)  # type: ignore[attr-defined]
             self.drr.remove(t.name)
+            if isinstance(self.rate_limit, KeyedLimiter):
+                self.rate_limit._forget(t.name)
         return gone
 
     def served(self) -> dict[str, int]:

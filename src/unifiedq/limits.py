@@ -25,6 +25,7 @@ scheduler, without losing its turn's credit).
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -36,6 +37,10 @@ from ._errors import InvalidArgument
 from ._sync.limits import acquire as _acquire_sync
 
 __all__ = ["KeyedLimiter", "RateLimiter", "RedisTokenBucket", "TokenBucket"]
+
+# Least recently used buckets a KeyedLimiter looks at for a full one when it must forget one:
+# a bound, so a new key never costs a scan of all ``max_keys`` buckets.
+_EVICT_SCAN = 32
 
 
 @runtime_checkable
@@ -155,8 +160,10 @@ class KeyedLimiter:
         rate: Default tokens per second for a key.
         burst: Default capacity for a key.
         overrides: Per-key ``(rate, burst)`` that replace the defaults.
-        max_keys: Buckets kept at most; the least recently used full bucket is forgotten
-            beyond it (a full bucket carries no state worth keeping).
+        max_keys: Buckets kept at most, a hard bound on memory. Beyond it a full bucket
+            among the least recently used is forgotten (a full bucket carries no state worth
+            keeping); if none of those is full, the least recently used one is (its key
+            starts with a full bucket if it comes back).
     """
 
     def __init__(self, rate: float, burst: float = 1.0, *,
@@ -183,10 +190,19 @@ class KeyedLimiter:
             return b
 
     def _evict(self) -> None:
-        for k, b in list(self._buckets.items()):
+        for k in itertools.islice(self._buckets, _EVICT_SCAN):
+            b = self._buckets[k]
             if b.tokens >= b.burst:
-                del self._buckets[k]
+                del self._buckets[k]  # and stop iterating: the dict just changed
                 return
+        del self._buckets[next(iter(self._buckets))]
+
+    def _forget(self, key: str) -> None:
+        """Drop ``key``'s bucket if it is full (its owner, e.g. a tenant, went away)."""
+        with self._lock:
+            b = self._buckets.get(key)
+            if b is not None and b.tokens >= b.burst:
+                del self._buckets[key]
 
     def try_acquire(self, key: str, n: float = 1.0) -> bool:
         """Take ``n`` tokens from ``key``'s bucket if available now."""

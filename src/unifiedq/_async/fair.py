@@ -187,7 +187,7 @@ class AsyncFairQueue:
             return list(self._core.drr.ring)
 
     def served(self) -> dict[str, int]:
-        """Jobs dequeued per tenant by this object so far."""
+        """Jobs dequeued per known tenant by this object so far (forgotten tenants drop out)."""
         with self._guard:
             return self._core.served()
 

@@ -434,8 +434,7 @@ class AsyncWorker(WorkerCore):
         new_id = await self.queue.enqueue(e.job.body, headers=hdrs,
                                           delay=delay if delay > 0 else None)
         if hdrs is None:
-            with self._stats_lock:
-                self._local_attempts[new_id] = e.attempt + 1
+            self._remember_attempt(new_id, e.attempt + 1)
 
     def _hold(self, e: _Entry, delay: float) -> None:
         """Keep a leased job (its lease extended) until its backoff is over."""

@@ -188,7 +188,7 @@ class FairQueue:
             return list(self._core.drr.ring)
 
     def served(self) -> dict[str, int]:
-        """Jobs dequeued per tenant by this object so far."""
+        """Jobs dequeued per known tenant by this object so far (forgotten tenants drop out)."""
         with self._guard:
             return self._core.served()
 
