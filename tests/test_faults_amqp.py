@@ -311,6 +311,24 @@ def test_release_keeps_the_attempt_across_redelivery(
         assert dead.size() == 0
 
 
+def test_close_releases_held_and_prefetched_jobs(amqp_url: str) -> None:
+    """Closing is not a failure: at max_attempts=1 nothing a closing handle had is lost."""
+    name = _name()
+    url = f"{amqp_url}?queue={name}&max_attempts=1"
+    with unifiedq.connect(url) as q:
+        ids = q.enqueue_many([b"%d" % i for i in range(5)])
+    a = unifiedq.connect(url)
+    held = a.dequeue(timeout=5)  # a consumer: the other four sit in a's prefetch buffer
+    assert held is not None and held.id == ids[0]
+    a.close()
+    with unifiedq.connect(url) as b:
+        got = _drain(b)
+    assert sorted(j.id for j in got) == sorted(ids)
+    assert [j.attempt for j in got] == [1] * 5
+    with unifiedq.connect(f"{amqp_url}?queue={name}.dead") as dead:
+        assert dead.size() == 0
+
+
 def _wait_for(pred: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -81,11 +81,11 @@ class AmqpQueue(ConsumingMixin):
                     if self._consumer_tag is not None:
                         self._cch.basic_cancel(self._consumer_tag)
                         self._consumer_tag = None
-                    # Held jobs go back as if nacked (exact attempt count); prefetched ones that
-                    # the application never saw go back first, their attempt unchanged.
+                    # Held jobs are released (a shutdown is not a failure: no attempt counted,
+                    # as on redis://); prefetched ones nobody saw go back first, unchanged too.
                     unseen = list(self._buffer)
                     self._buffer.clear()
-                    self._return_held(list(self._held.items()), 0.0, hard=hard,
+                    self._return_held(list(self._held.items()), 0.0, count=False, hard=hard,
                                       unseen=unseen)
                     self._arm(self._conn, hard)
                     self._conn.close()
