@@ -225,15 +225,17 @@ def test_endless_dequeue_ends_at_the_idle_timeout(frozen_server: ServerProcess) 
             await q.size()
             with frozen_server.frozen():
                 start = time.monotonic()
-                with pytest.raises(BackendTimeout, match="sent nothing"):
+                # ours after 2/3 of it, or aioquic's own at all of it on a stalled loop
+                with pytest.raises(BackendTimeout, match=r"sent nothing|idle timeout"):
                     await q.dequeue(timeout=None)
                 took = time.monotonic() - start
                 print(f"dequeue(timeout=None) with idle_timeout=2 gave up after {took:.3f} s")
                 # Given up between 2/3 of the idle timeout and all of it after the last packet.
                 assert 1.2 <= took <= 2 + SLACK, took
-            # Thawed: the next verb opens a new connection.
+            # Thawed: the next verb opens a new connection. (Had aioquic's silent idle close
+            # won, the server's stale wait could hold the job until its own idle timeout.)
             jid = await q.enqueue(b"x")
-            job = await q.dequeue(timeout=5)
+            job = await q.dequeue(timeout=10)
             assert job is not None and job.id == jid
             await q.ack(job)
 
