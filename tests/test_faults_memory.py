@@ -341,6 +341,42 @@ def test_local_attempts_map_is_bounded() -> None:
     q.close()
 
 
+def test_metrics_label_sets_do_not_grow_with_jobs() -> None:
+    prom = pytest.importorskip("prometheus_client")
+    from unifiedq.metrics import PrometheusMetrics
+    reg = prom.CollectorRegistry()
+    q = unifiedq.connect(f"memory://{_name()}")
+
+    def samples() -> int:
+        return sum(len(m.samples) for m in reg.collect())
+
+    counts = []
+    with Worker(q, lambda j: None, metrics=PrometheusMetrics(reg), poll_interval=0.05,
+                depth_interval=0.01) as w:
+        for total in (100, 1000):
+            q.enqueue_many([b"x"] * (total - w.stats().processed))
+            _wait(lambda t=total: w.stats().processed == t, 20, "jobs processed")  # type: ignore[misc]
+            time.sleep(0.05)  # a depth sample
+            counts.append(samples())
+    assert counts[0] == counts[1]  # labels are queue and driver only, never per job
+    q.close()
+
+
+def test_dropped_metrics_registries_are_forgotten() -> None:
+    prom = pytest.importorskip("prometheus_client")
+    import gc
+
+    from unifiedq import metrics
+    for _ in range(50):
+        metrics.PrometheusMetrics(prom.CollectorRegistry()).processed("q", "memory", 0.1)
+    gc.collect()
+    assert len(metrics._collectors) <= 2  # the default registry, maybe; not 50 dead ones
+    reg = prom.CollectorRegistry()
+    metrics.PrometheusMetrics(reg).processed("q", "memory", 0.1)  # a new registry gets its own
+    assert reg.get_sample_value("unifiedq_jobs_processed_total",
+                                {"queue": "q", "driver": "memory"}) == 1.0
+
+
 # -- cancellation of memory's bridged asyncio face -------------------------------------------------
 @pytest.mark.parametrize("seed", [1, 2])
 def test_cancelled_dequeues_strand_nothing(seed: int) -> None:

@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 from ._errors import DriverUnavailable
@@ -73,7 +74,10 @@ class NullMetrics(Metrics):
 
 
 _registry_lock = threading.Lock()
-_collectors: dict[int, dict[str, Any]] = {}
+# registry -> namespace -> collectors. Weak keys: a dropped registry takes its collectors with
+# it (keyed by id() they stayed forever, and a new registry reusing the id got the old one's).
+_collectors: weakref.WeakKeyDictionary[Any, dict[str, dict[str, Any]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def _prom() -> Any:
@@ -131,10 +135,10 @@ class PrometheusMetrics(Metrics):
         p = _prom()
         reg = p.REGISTRY if registry is None else registry
         with _registry_lock:
-            key = id(reg)
-            if key not in _collectors:
-                _collectors[key] = _make(reg, namespace)
-            self._c = _collectors[key]
+            by_ns = _collectors.setdefault(reg, {})
+            if namespace not in by_ns:
+                by_ns[namespace] = _make(reg, namespace)
+            self._c = by_ns[namespace]
         self.registry = reg
 
     def processed(self, queue: str, driver: str, duration: float) -> None:
