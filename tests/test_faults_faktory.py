@@ -24,6 +24,7 @@ import pytest
 
 import unifiedq
 from unifiedq import (
+    BackendConnectionError,
     BackendFull,
     BackendTimeout,
     BodyTooLarge,
@@ -34,7 +35,7 @@ from unifiedq import (
     Worker,
 )
 from unifiedq.drivers.faktory import FaktoryQueue
-from unifiedq.testing.fixtures import ServerFactory, require_binary
+from unifiedq.testing.fixtures import ProxyFactory, ServerFactory, require_binary
 from unifiedq.testing.servers import FaktoryServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -220,6 +221,53 @@ def test_frozen_server_close_is_bounded(server: FaktoryServer) -> None:
         out, took = _timed(q.close)
     assert out is None and took <= T + CI, (out, took)
     assert q.closed
+
+
+# ----------------------------------------------------------------------------- network faults
+
+
+def test_dropped_replies_keep_deadlines_and_the_handle_recovers(
+    server: FaktoryServer, toxiproxy: ProxyFactory
+) -> None:
+    """Toxiproxy drops every reply byte (a partition): deadlines hold; healed, it recovers."""
+    url, proxy = toxiproxy.url(f"{server.url}?queue={_name()}&timeout={T}")
+    with unifiedq.connect(url) as q:
+        q.enqueue(b"before")
+        with proxy.toxic("timeout", timeout=0):
+            out, took = _timed(lambda: q.enqueue(b"lost reply"))
+            assert isinstance(out, BackendTimeout) and took <= T + CI, (out, took)
+            out, took = _timed(lambda: q.size())
+            assert isinstance(out, BackendTimeout) and took <= T + CI, (out, took)
+        # The dropped reply never comes: once it is `timeout` overdue the driver gives up on
+        # the connection and reconnects, so the handle works again within a bounded time.
+        start = time.monotonic()
+        while True:
+            try:
+                size = q.size()
+                break
+            except BackendTimeout:
+                assert time.monotonic() - start <= 2 * T + CI
+        assert size in (1, 2)  # the enqueue whose reply was dropped may have been applied
+        q.purge()
+
+
+def test_reply_cut_mid_way_is_a_connection_error_then_recovers(
+    server: FaktoryServer, toxiproxy: ProxyFactory
+) -> None:
+    url, proxy = toxiproxy.url(f"{server.url}?queue={_name()}&timeout={T}")
+    with unifiedq.connect(url) as q:
+        q.enqueue(b"big" * 100_000)  # a 300 kB job: its FETCH reply is ~400 kB
+        assert q.size() == 1
+        with proxy.toxic("limit_data", bytes=50_000):
+            out, took = _timed(lambda: q.dequeue(timeout=5))
+        assert isinstance(out, BackendConnectionError), out
+        assert not isinstance(out, BackendTimeout) and took <= CI  # at once, not a hang
+        q.enqueue(b"small")  # reconnects
+        # Documented limitation: the job whose FETCH reply was cut stays reserved by
+        # Faktory for the lost connection until reserve_for (then retried, counted).
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == b"small"
+        q.ack(job)
 
 
 # ----------------------------------------------------------------------------- limits

@@ -259,6 +259,8 @@ class _Conn(_pf.Client):
         self.on_late_job: Callable[[dict[str, Any], float], None] | None = None
         #: A command was cut mid-send: the stream cannot be resynchronised.
         self.broken = False
+        #: Seconds a late FETCH reply is still worth waiting for (the reservation).
+        self.reserve_for = float(_SERVER_DEFAULT_RESERVE)
         self._sock_wait = -1.0  # the socket's timeout as last set (-1: unknown)
 
     # -- socket -------------------------------------------------------------------------
@@ -325,8 +327,7 @@ class _Conn(_pf.Client):
         """``with conn.using(deadline):`` hold the connection (``rlock``) for one verb.
 
         Its replies are due by ``deadline`` (monotonic). Waiting for the lock counts against
-        the deadline too (another thread's FETCH may
-        hold it for up to 2 s).
+        the deadline too (another thread's FETCH may hold it for up to 2 s).
         """
         return _Using(self, deadline)
 
@@ -369,7 +370,20 @@ class _Conn(_pf.Client):
         """
         while self._pending:
             is_fetch, sent = self._pending[0]
-            reply = self._read_one(is_fetch, sent)
+            try:
+                reply = self._read_one(is_fetch, sent)
+            except _Overdue as exc:
+                # Give up on a reply that is long overdue (a proxy may have lost it): drop
+                # the connection so the next call reconnects, instead of waiting forever.
+                # For a FETCH, only once its reservation is over anyway (the job is
+                # Faktory's to retry by then).
+                stale = sent + (_FETCH_BLOCK + self.reserve_for if is_fetch else self.timeout)
+                if time.monotonic() > stale:
+                    self.broken = True
+                    raise _Overdue(f"gave up on a reply overdue for {time.monotonic() - sent:.3g}"
+                                   " s: the next call reconnects", broken=True,
+                                   late=True) from exc
+                raise
             self._pending.popleft()
             if is_fetch and reply.startswith("$") and reply != "$-1" and self.on_late_job:
                 with contextlib.suppress(ValueError, IndexError):
@@ -741,6 +755,7 @@ class FaktoryQueue(QueueBase):
         conn = _Conn(host=self._host, port=self._port, password=self._password, role=role,
                      timeout=o.timeout, beat_period=o.beat_period, tls=self._ssl_context(),
                      server_name=o.tls_server_name)
+        conn.reserve_for = o.reserve_for
         if role != "producer":
             conn.on_late_job = self._late_job
         try:
