@@ -270,10 +270,29 @@ def test_frozen_broker_async_dequeue_and_enqueue(broker: RabbitMQServer) -> None
             await aq.aclose()
 
     results = asyncio.run(run())
+    print([(what, round(elapsed, 3), type(result).__name__) for what, elapsed, result in results])
     for what, elapsed, result in results:
         assert elapsed < (0.5 if what == "dequeue" else 0) + S + CI, (what, elapsed, result)
         assert result is None or isinstance(result, BackendTimeout | Job), (what, result)
     assert isinstance(results[1][2], BackendTimeout)
+
+
+def test_frozen_broker_ends_a_dequeue_without_timeout(broker: RabbitMQServer) -> None:
+    """An idle consumer's dequeue(timeout=None) notices a stall (its periodic round trip)."""
+    q = unifiedq.connect(f"{broker.url}?queue={_name()}&socket_timeout={S}")
+    try:
+        assert q.dequeue(timeout=0.3) is None  # the consumer runs: idle, nothing pushed
+        outcome: list[tuple[float, Any]] = []
+        with broker.frozen():
+            t = threading.Thread(target=lambda: outcome.append(_timed(lambda: q.dequeue(
+                timeout=None))))
+            t.start()
+            t.join(2 * S + CI + 5)
+        assert outcome, "dequeue(timeout=None) still blocked on a frozen broker"
+        elapsed, result = outcome[0]
+        assert isinstance(result, BackendTimeout) and elapsed < 2 * S + CI, outcome
+    finally:
+        q.close()
 
 
 def test_reconnects_never_multiply_a_dequeue_timeout(broker: RabbitMQServer) -> None:

@@ -142,6 +142,9 @@ class ConsumingMixin(PublishingMixin):
         hard = math.inf if deadline is None else deadline + self.options.socket_timeout
         out: list[Job] = []
         self._last_take = start
+        # An idle consumer hears nothing from a stalled broker either: a round trip every
+        # socket_timeout of waiting tells the two apart (and takes a job if one is there).
+        probe = [start + self.options.socket_timeout]
         while True:
             # One slice per lock acquisition, so other threads using this handle get a turn.
             def step() -> bool:
@@ -161,6 +164,10 @@ class ConsumingMixin(PublishingMixin):
                     # `prefetch` un-acked jobs): poll with basic.get, once per slice.
                     self._get()
                     self._fill(out, n)
+                elif not out and time.monotonic() >= probe[0]:
+                    self._get()
+                    self._fill(out, n)
+                    probe[0] = time.monotonic() + self.options.socket_timeout
                 if not out:
                     self._start_consumer()
                     with contextlib.suppress(TimeoutError):
