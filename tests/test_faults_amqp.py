@@ -43,6 +43,8 @@ from unifiedq.drivers.amqp import AmqpOptions, AmqpQueue
 from unifiedq.testing.fixtures import ServerFactory
 from unifiedq.testing.servers import RabbitMQServer
 
+# The private broker's max_message_size (bytes).
+BROKER_MAX = 1024 * 1024
 # Slack for a loaded 2-core CI machine on top of every bound below (seconds).
 CI = 1.5
 # The fault handles' socket_timeout and connect_timeout (seconds).
@@ -58,7 +60,9 @@ def broker() -> Iterator[RabbitMQServer]:
     """A private broker for this module: the tests freeze it and raise its alarms."""
     factory = ServerFactory()
     try:
-        yield factory.rabbitmq()
+        # A max_message_size below the driver's default max_body (128 MiB), as a broker
+        # configured by someone else may have.
+        yield factory.rabbitmq(config=f"max_message_size = {BROKER_MAX}")
     finally:
         factory.close()
 
@@ -162,6 +166,30 @@ def test_a_hard_connection_error_is_not_retried_and_keeps_leases(
     assert "FRAME_ERROR" in str(info.value) or "Frame" in str(info.value)
     q.ack(held)  # publishing has its own connection: the lease lived on
     assert q.size() == 0
+
+
+def test_a_body_over_the_brokers_max_message_size(broker: RabbitMQServer) -> None:
+    """The broker's own limit, when max_body is left above it: a channel error, not a loop."""
+    name = _name()
+    q = unifiedq.connect(f"{broker.url}?queue={name}")
+    try:
+        q.enqueue(b"keep")
+        held = q.dequeue(timeout=5)
+        assert held is not None
+        t0 = time.monotonic()
+        with pytest.raises(BackendError) as info:
+            q.enqueue(b"x" * (BROKER_MAX + 1))
+        assert time.monotonic() - t0 < 2 and "max" in str(info.value).lower()
+        q.ack(held)  # publishing has its own connection: the lease lived on
+        q.enqueue(b"small")  # and publishing works again on a new channel
+        assert [j.body for j in _drain(q)] == [b"small"]
+    finally:
+        q.close()
+    # Told the broker's limit, the driver refuses up front.
+    with unifiedq.connect(f"{broker.url}?queue={name}&max_body={BROKER_MAX}") as q2:
+        with pytest.raises(BodyTooLarge) as too_big:
+            q2.enqueue(b"x" * (BROKER_MAX + 1))
+        assert (too_big.value.limit, too_big.value.maximum) == ("max_body", BROKER_MAX)
 
 
 # ------------------------------------------------------------------- deadlines under stalls
