@@ -456,7 +456,7 @@ def test_cancelled_waiters_strand_nothing(server: ServerProcess) -> None:
 
     async def main() -> None:
         async with unifiedq.connect_async(url) as q, unifiedq.connect_async(url) as p:
-            for round_ in range(5):
+            for round_ in range(3):
                 waiters = [asyncio.ensure_future(q.dequeue(timeout=5)) for _ in range(20)]
                 await asyncio.sleep(0.05)
                 ids = await p.enqueue_many([b"%d" % i for i in range(10)])
