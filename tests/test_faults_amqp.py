@@ -43,8 +43,9 @@ from unifiedq.drivers.amqp import AmqpOptions, AmqpQueue
 from unifiedq.testing.fixtures import ServerFactory
 from unifiedq.testing.servers import RabbitMQServer
 
-# The private broker's max_message_size (bytes).
+# The private broker's max_message_size and frame_max (bytes).
 BROKER_MAX = 1024 * 1024
+FRAME_MAX = 8192
 # Slack for a loaded 2-core CI machine on top of every bound below (seconds).
 CI = 1.5
 # The fault handles' socket_timeout and connect_timeout (seconds).
@@ -62,7 +63,7 @@ def broker() -> Iterator[RabbitMQServer]:
     try:
         # A max_message_size below the driver's default max_body (128 MiB), as a broker
         # configured by someone else may have.
-        yield factory.rabbitmq(config=f"max_message_size = {BROKER_MAX}")
+        yield factory.rabbitmq(config=f"max_message_size = {BROKER_MAX}\nframe_max = {FRAME_MAX}")
     finally:
         factory.close()
 
@@ -166,6 +167,19 @@ def test_a_hard_connection_error_is_not_retried_and_keeps_leases(
     assert "FRAME_ERROR" in str(info.value) or "Frame" in str(info.value)
     q.ack(held)  # publishing has its own connection: the lease lived on
     assert q.size() == 0
+
+
+def test_header_limit_is_the_negotiated_frame_max(broker: RabbitMQServer) -> None:
+    name = _name()
+    with unifiedq.connect(f"{broker.url}?queue={name}") as q:
+        with pytest.raises(LimitExceeded) as info:
+            q.enqueue(b"x", headers={"trace": "h" * 9000})
+        assert (info.value.limit, info.value.maximum) == ("frame_max", FRAME_MAX)
+        body = bytes(range(256)) * 100  # 25,600 bytes: four body frames of at most 8 KiB
+        q.enqueue(body, headers={"trace": "h" * 7000})
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == body and len(job.headers["trace"]) == 7000
+        q.ack(job)
 
 
 def test_a_body_over_the_brokers_max_message_size(broker: RabbitMQServer) -> None:
