@@ -120,8 +120,8 @@ class LimitExceeded(InvalidArgument):
 
     Attributes:
         limit: What the limit is, e.g. ``"frame_max"`` or ``"slot_size"``.
-        size: The offending size in bytes (0 where it is not a size).
-        maximum: The limit in bytes (0 where it is not a size).
+        size: The offending size: bytes, or jobs for ``limit="capacity"`` (0 if not a size).
+        maximum: The limit, in the same unit as ``size`` (0 if not a size).
     """
 
     def __init__(self, message: str, *, limit: str = "", size: int = 0,
