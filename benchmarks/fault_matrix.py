@@ -26,6 +26,9 @@ Faults (the ``--faults`` names):
   retry limit is the lowest the driver has.
 * ``cancel``: asyncio dequeues cancelled at random points (async face; behind a Toxiproxy
   ``latency`` toxic for the TCP drivers, which widens the window).
+* ``full``: the backend is out of memory: Redis (and Faktory's Redis) at ``maxmemory`` with
+  ``noeviction``, a RabbitMQ memory alarm; an ``enqueue`` must get ``BackendFull`` and the
+  backlog must drain meanwhile.
 * ``restart``: the broker restarts in the middle of a producer/consumer run.
 
 A cell is ``OK`` when the call returned or raised a typed error within its deadline (timeout
@@ -60,7 +63,7 @@ from unifiedq.testing.toxiproxy import Proxy, ToxiproxyServer, proxied_url
 
 DRIVERS = ("memory", "shm", "redis", "amqp", "faktory", "quic")
 FAULTS = ("frozen", "frozen_enqueue", "dropped", "reset", "oversized_header", "oversized_body",
-          "shutdown", "cancel", "restart")
+          "shutdown", "cancel", "full", "restart")
 FACES: tuple[uqf.Face, ...] = ("sync", "async")
 TCP = ("redis", "amqp", "faktory")
 
@@ -70,9 +73,18 @@ NA: dict[tuple[str, str], str] = {
        for f in ("frozen", "frozen_enqueue", "dropped", "reset")},
     ("quic", "dropped"): "UDP: Toxiproxy is TCP-only (frozen covers a silent server)",
     ("quic", "reset"): "UDP: Toxiproxy is TCP-only",
+    ("memory", "full"): "in-process: no backend to fill (maxsize gives QueueFull)",
+    ("shm", "full"): "fixed ring: a full ring is the overflow policy (docs/drivers/shm.md)",
+    ("quic", "full"): "memory:// backend; a backend's own row applies",
     ("memory", "restart"): "not durable by design (docs/drivers/memory.md)",
     ("shm", "restart"): "no broker; the segment outlives processes (see shm crash story)",
     ("quic", "restart"): "memory:// backend is not durable; a durable backend's row applies",
+}
+
+#: Failing cells that a driver's page documents as a limitation (shown with the verdict).
+LIMITATIONS: dict[tuple[str, str], str] = {
+    ("faktory", "full"): "documented limitation (faktory.md: a full Faktory Redis refuses "
+                         "FETCH; set no maxmemory on it)",
 }
 
 #: Lease used where the driver lets us choose it, so a stranded job shows up as
@@ -127,7 +139,10 @@ class Cell:
         if self.crashed:
             return f"FAIL: case crashed: {self.crashed}"
         assert self.outcome is not None
-        return uqf.FaultOutcome(**self.outcome).describe()
+        text = uqf.FaultOutcome(**self.outcome).describe()
+        if not self.ok and (self.driver, self.fault) in LIMITATIONS:
+            text += f"; {LIMITATIONS[(self.driver, self.fault)]}"
+        return text
 
 
 class Rig:
@@ -241,6 +256,36 @@ class Rig:
         finally:
             proxy.delete()
 
+    def full(self, driver: str) -> uqf.Fault:
+        """The ``full`` fault of ``driver``: its Redis at ``maxmemory`` or a RabbitMQ alarm.
+
+        Redis and Faktory's private Redis get ``maxmemory 1`` with ``noeviction``; RabbitMQ
+        gets a memory alarm.
+        """
+        if driver == "amqp":
+            srv: RabbitMQServer = self.server("amqp")
+            return lambda: srv.alarm("memory")
+        import redis
+
+        if driver == "redis":
+            client = redis.Redis.from_url(self.server("redis").url)
+        else:  # Faktory's private Redis listens on a Unix socket in its data dir
+            client = redis.Redis(unix_socket_path=str(self.server("faktory").data_dir
+                                                      / "redis.sock"))
+
+        @contextlib.contextmanager
+        def full() -> Iterator[None]:
+            policy = str(client.config_get("maxmemory-policy")["maxmemory-policy"])
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 1)  # every write that may grow memory is refused
+            try:
+                yield
+            finally:
+                client.config_set("maxmemory", 0)
+                client.config_set("maxmemory-policy", policy)
+
+        return full
+
     def freeze(self, driver: str) -> uqf.Fault:
         """The ``frozen`` fault of ``driver``: SIGSTOP of its server's process group."""
         if driver == "quic":
@@ -337,6 +382,8 @@ def run_cell(rig: Rig, driver: str, fault: str, face: uqf.Face, *, slack: float 
                 with tox:
                     out = uqf.cancellation_ledger(url2, n, n, seed=20, max_delay=0.03,
                                                   drain_window=3.0, lease_wait=wait)
+        elif fault == "full":
+            out = uqf.backend_full(rig.url(driver), rig.full(driver), face=face, slack=slack)
         elif fault == "restart":
             n = 500 if quick else 10_000
             out = uqf.restart_ledger(rig.url(driver), rig.server(driver).restart,

@@ -82,6 +82,11 @@ def test_shm_oversized_body_is_refused_up_front(rig: Any) -> None:
     _check(rig, "shm", "oversized_body", "sync")
 
 
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_full_redis_refuses_producers_and_drains(rig: Any, face: str) -> None:
+    _check(rig, "redis", "full", face)
+
+
 def test_redis_restart_ledger_500_jobs(rig: Any) -> None:
     _check(rig, "redis", "restart", "sync")
 

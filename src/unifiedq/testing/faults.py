@@ -52,7 +52,7 @@ from typing import Any, Literal, TypeVar
 
 from .._capabilities import Capability
 from .._connect import connect, connect_async
-from .._errors import LimitExceeded, UnifiedQError, UnsupportedOperation
+from .._errors import BackendFull, LimitExceeded, UnifiedQError, UnsupportedOperation
 from .._job import Job
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "FaceHandle",
     "Fault",
     "FaultOutcome",
+    "backend_full",
     "cancellation_ledger",
     "drain",
     "no_fault",
@@ -642,6 +643,95 @@ def oversized_input(
     out.note = "; ".join(notes)
     fast = out.elapsed is not None and out.elapsed <= deadline
     out.ok = intact and ((rejected and fast) or accepted_back)
+    return out
+
+
+# --------------------------------------------------------------------------- full backend
+
+
+def backend_full(
+    url: str,
+    full: Fault,
+    *,
+    face: Face = "sync",
+    n_jobs: int = 20,
+    deadline: float = 1.0,
+    slack: float = DEFAULT_SLACK,
+    drain_window: float = 10.0,
+    options: dict[str, Any] | None = None,
+) -> FaultOutcome:
+    """Fill the backend (out of memory or disk); producers must be refused, consumers drain.
+
+    ``n_jobs`` jobs are enqueued and one is dequeued before ``full`` starts (e.g. Redis'
+    ``CONFIG SET maxmemory 1`` with ``noeviction``, or ``RabbitMQServer.alarm("memory")``).
+    While it holds: one ``enqueue`` is timed, the held job is acked, and the backlog is
+    dequeued and acked. After it ends, an ``enqueue`` must succeed again.
+
+    ``ok`` means: the enqueue raised :class:`~unifiedq.BackendFull` within ``deadline +
+    slack``, the ack worked, every job was drained while the backend was full (none
+    stranded or lost), and producers were accepted afterwards.
+
+    Args:
+        url: Queue URL (a fresh queue).
+        full: Context-manager factory that makes the backend full for its block.
+        face: ``"sync"`` or ``"async"``.
+        n_jobs: Backlog enqueued before the backend fills.
+        deadline: Seconds within which a producer must be refused.
+        slack: Seconds of overrun allowed.
+        drain_window: Seconds the consumer may take to drain the backlog while full.
+        options: Driver options.
+
+    Returns:
+        The measured outcome (``verb`` is the refused ``enqueue``).
+    """
+    out = FaultOutcome(case="backend_full", driver=_driver(url), face=face, verb="enqueue",
+                       deadline=deadline + slack)
+    notes: list[str] = []
+    first: list[Job] = []
+    later: list[Job] = []
+    with FaceHandle(url, face, **(options or {})) as h:
+        ids = list(h("enqueue_many", [b"f%d" % i for i in range(n_jobs)], cap=60))
+        held = h("dequeue", timeout=5.0, cap=30)
+        acks = Capability.ACK in h.q.capabilities
+        with full():
+            res = h.call("enqueue", b"refused?", cap=deadline + slack + 30)
+            out.elapsed = res.elapsed
+            out.error = _err_name(res.error)
+            out.typed = _typed(res.error)
+            refused = isinstance(res.error, BackendFull)
+            if res.error is None and isinstance(res.value, str):
+                notes.append("accepted while full")
+            if held is not None:
+                first.append(held)
+                if acks:
+                    ack = h.call("ack", held, cap=30)
+                    if ack.error is not None or ack.hung:
+                        notes.append(f"ack while full: {_err_name(ack.error) or 'hung'}")
+            end = time.monotonic() + drain_window
+            missing = set(ids) - {j.id for j in first}
+            while missing and (left := end - time.monotonic()) > 0:
+                got = h.call("dequeue_many", 10, timeout=min(left, 1.0), cap=left + 30)
+                if got.error is not None or got.hung:
+                    notes.append(f"dequeue while full: {_err_name(got.error) or 'hung'}")
+                    break
+                for job in _jobs_of(got.value):
+                    first.append(job)
+                    missing.discard(job.id)
+                    if acks:
+                        h.call("ack", job, cap=30)
+        after = h.call("enqueue", b"after", cap=60)
+        if after.error is not None or after.hung:
+            notes.append(f"enqueue after: {_err_name(after.error) or 'hung'}")
+        else:
+            ids.append(str(after.value))
+    missing = set(ids) - {j.id for j in first}
+    later = drain(url, window=3.0, expect=missing, options=options)
+    _ledger(out, ids[:n_jobs], first, later, [])
+    out.stranded = len(set(ids[:n_jobs]) - {j.id for j in first})
+    out.note = "; ".join(notes)
+    in_time = out.elapsed is not None and out.elapsed <= deadline + slack
+    out.ok = (refused and in_time and not notes and out.stranded == 0 and out.lost == 0
+              and out.duplicated == 0)
     return out
 
 
