@@ -57,6 +57,7 @@ from .._job import Job
 
 __all__ = [
     "DEFAULT_SLACK",
+    "CallResult",
     "Face",
     "FaceHandle",
     "Fault",
