@@ -31,6 +31,7 @@ from unifiedq import (
     InvalidArgument,
     InvalidURL,
     Job,
+    JobNotLeased,
     LimitExceeded,
     Worker,
 )
@@ -268,6 +269,23 @@ def test_reply_cut_mid_way_is_a_connection_error_then_recovers(
         job = q.dequeue(timeout=5)
         assert job is not None and job.body == b"small"
         q.ack(job)
+
+
+def test_dequeue_many_keeps_what_it_took_when_a_later_fetch_fails(
+    server: FaktoryServer, toxiproxy: ProxyFactory
+) -> None:
+    """A FETCH cut mid-reply after two jobs: dequeue_many returns the two, not an error."""
+    url, proxy = toxiproxy.url(f"{server.url}?queue={_name()}&timeout={T}")
+    with unifiedq.connect(url) as q:
+        bodies = [bytes([65 + i]) * 100_000 for i in range(5)]  # FETCH replies of ~133 kB
+        q.enqueue_many(bodies)
+        with proxy.toxic("limit_data", bytes=300_000):  # per connection: cut in the 3rd
+            jobs = q.dequeue_many(5, timeout=5)
+        assert [j.body for j in jobs] == bodies[:2]
+        for job in jobs:
+            q.ack(job)  # the consumer connection is gone; settling uses the producer one
+        with pytest.raises(JobNotLeased):
+            q.ack(jobs[0])
 
 
 # ----------------------------------------------------------------------------- limits

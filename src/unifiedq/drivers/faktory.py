@@ -880,15 +880,18 @@ class FaktoryQueue(QueueBase):
                 # The operator quieted or stopped this worker (Web UI): no new jobs.
                 time.sleep(max(0.0, min(deadline - time.monotonic(), _FETCH_BLOCK)))
                 return None
+            self._check_open()  # close() took the connection before us: no more FETCH
             if conn.pending:
                 conn.drain()  # a late FETCH reply may bring a job: hand that out first
                 if self._stash:
                     return None
             started = time.monotonic()
             raw = conn.fetch(self._queues)
-        if raw is None:
-            return None
-        return self._to_job(raw, started + self.options.reserve_for)
+            if raw is None:
+                return None
+            # Registered while the connection is held, so a concurrent close() (which takes
+            # the connection first) sees the job and gives it back.
+            return self._to_job(raw, started + self.options.reserve_for)
 
     def _late_job(self, raw: dict[str, Any], sent: float) -> None:
         """A FETCH reply that came after its dequeue gave up: keep the job for the next one."""
@@ -938,6 +941,24 @@ class FaktoryQueue(QueueBase):
             if remaining <= 0:
                 return self._from_stash()
             time.sleep(min(self.options.poll_interval, remaining))
+
+    def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        # No batch FETCH: one job at a time. If a later FETCH fails, return what was taken
+        # (the next call reports the error): raising would strand those jobs, reserved
+        # for this handle and seen by nobody, until reserve_for.
+        first = self._dequeue(timeout)
+        if first is None:
+            return []
+        jobs = [first]
+        while len(jobs) < max_jobs:
+            try:
+                job = self._dequeue(0.0)
+            except BackendError:
+                break
+            if job is None:
+                break
+            jobs.append(job)
+        return jobs
 
     def _to_job(self, raw: Mapping[str, Any], deadline: float) -> Job:
         fjid = raw["jid"]
@@ -1168,23 +1189,27 @@ class FaktoryQueue(QueueBase):
 
     # -- close --------------------------------------------------------------------------
     def _close(self) -> None:
-        # Give back what this handle still holds at once (as nack would), instead of letting
-        # the reservations run out; best effort within one `timeout` for everything: what
-        # fails comes back after reserve_for. First read a FETCH reply that came late (its
-        # job would otherwise stay reserved until reserve_for).
+        # Give back what this handle still holds at once, without counting an attempt (as
+        # release), instead of letting the reservations run out; best effort within one
+        # `timeout` for everything: what fails comes back after reserve_for. Take the
+        # consumer connection first: that waits for a FETCH another thread has in flight
+        # (a cancelled async dequeue) and reads a reply that came late, so their jobs are
+        # given back too.
         deadline = self._deadline()
         self._giving_back = True
         try:
             cconn = self._cconn
-            if cconn is not None and cconn.pending:
+            if cconn is not None:
                 with contextlib.suppress(Exception), cconn.using(deadline):
-                    cconn.drain()
+                    if cconn.pending:
+                        cconn.drain()
             self._stash.clear()  # its jobs are in _mine too
             for job in list(self._mine.values()):
                 if time.monotonic() >= deadline:
                     break
                 with contextlib.suppress(Exception):
-                    self._nack_by(job, True, 0.0, deadline)
+                    r = self._claim(job)
+                    self._push_back("close", job, r, 0.0, False, deadline)
         finally:
             self._mine.clear()
             self._giving_back = False
