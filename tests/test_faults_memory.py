@@ -269,6 +269,92 @@ def test_worker_stop_releases_without_consuming_an_attempt(face: str) -> None:
     assert stats.returned == 1 and stats.dead == 0 and stats.failed == 0  # type: ignore[attr-defined]
 
 
+class _NoDelay(memory.MemoryQueue):
+    """memory:// without DELAY: the worker holds a failed job for its backoff itself."""
+
+    capabilities = memory.MemoryQueue.capabilities & ~Capability.DELAY
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_held_retry_counts_its_attempt(face: str) -> None:
+    # A held retry failed: handing it back with release() would not count that attempt, so
+    # a job that always fails was retried forever instead of dead-lettered after 3.
+    q = _NoDelay(_name(), memory.MemoryOptions())
+    q.enqueue(b"x")
+    seen: list[int] = []
+    retry = Retry(max_attempts=3, backoff=0.01, jitter=0)
+    if face == "sync":
+        def boom(job: Job) -> None:
+            seen.append(job.attempt)
+            raise RuntimeError("always")
+
+        with Worker(q, boom, retry=retry, poll_interval=0.05) as w:
+            _wait(lambda: w.stats().dead == 1 or len(seen) > 10, 20, "the job dead")
+        dead = w.stats().dead
+    else:
+        async def main() -> int:
+            aq = SyncToAsync(q)
+
+            async def aboom(job: Job) -> None:
+                seen.append(job.attempt)
+                raise RuntimeError("always")
+
+            async with AsyncWorker(aq, aboom, retry=retry, poll_interval=0.05) as aw:
+                end = time.monotonic() + 20
+                while aw.stats().dead == 0 and len(seen) <= 10 and time.monotonic() < end:
+                    await asyncio.sleep(0.01)
+            return aw.stats().dead
+        dead = asyncio.run(main())
+    assert seen == [1, 2, 3] and dead == 1
+
+
+_STOP_WITH_HELD = textwrap.dedent("""
+    import asyncio, json, sys, threading, time
+    sys.path.insert(0, "tests")
+    from test_faults_memory import _NoDelay
+    from unifiedq._bridge import SyncToAsync
+    from unifiedq.drivers import memory
+    from unifiedq.worker import AsyncWorker, Retry
+
+    async def main():
+        q = _NoDelay("held", memory.MemoryOptions())
+        q.enqueue(b"fails")
+        q.enqueue(b"blocks")
+        go = asyncio.Event()
+
+        async def handler(job):
+            if job.body == b"fails":
+                raise RuntimeError("held for its 0.2 s backoff")
+            await go.wait()
+
+        w = AsyncWorker(SyncToAsync(q), handler, concurrency=2, poll_interval=0.05,
+                        retry=Retry(max_attempts=3, backoff=0.2, jitter=0))
+        w.start()
+        while w.stats().failed < 1 or w.stats().in_flight < 1:
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        await w.stop(grace=1.0)  # the held retry falls due while the grace runs
+        took = time.monotonic() - t0
+        jobs = sorted((j.body.decode(), j.attempt) for j in q.dequeue_many(10))
+        print(json.dumps({"took": took, "jobs": jobs, "returned": w.stats().returned}))
+
+    asyncio.run(main())
+""")
+
+
+def test_stop_with_a_held_retry_due_does_not_wedge_the_loop() -> None:
+    # The housekeeper, stopping, skipped due held retries (the shutdown flushes them) yet
+    # still woke for them: it spun without awaiting, starving the event loop (the shutdown
+    # took 20 s here, as long as the grace kept the retry held, in steps of lease beats).
+    r = subprocess.run([sys.executable, "-c", _STOP_WITH_HELD], capture_output=True,
+                       text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["took"] < 10
+    # The failed one counts its attempt (nack); the one stopped mid-handler does not.
+    assert res["jobs"] == [["blocks", 1], ["fails", 2]] and res["returned"] == 1
+
+
 # -- worker and fair-queue structures ------------------------------------------------------------
 @pytest.mark.parametrize("face", ["sync", "async"])
 def test_worker_keeps_no_per_job_state(face: str) -> None:

@@ -479,6 +479,10 @@ class WorkerCore:
                           exc_info=True)
 
     def _bind(self, driver: str, name: str, caps: Capability) -> None:
+        if Capability.ACK not in caps:
+            # RELEASE hands a lease back: without ACK there is none (a wrapper that drops ACK
+            # may keep the flag), so shutdown re-enqueues as on any at-most-once driver.
+            caps &= ~Capability.RELEASE
         self.driver, self.queue_name, self.caps = driver, name, caps
         if Capability.ACK not in caps:
             self._log(logging.INFO, "at_most_once",

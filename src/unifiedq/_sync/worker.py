@@ -447,9 +447,9 @@ class Worker(WorkerCore):
     def _release(self, e: _Entry) -> None:
         """A held retry is due (or we are stopping): give it back to the queue."""
         try:
-            if Capability.RELEASE in self.caps:  # no attempt consumed: a deploy kills no job
-                self.queue.release(e.job)
-            elif Capability.ACK in self.caps:  # the driver's page says this counts an attempt
+            # nack, never release: this attempt failed and must count, or a job that always
+            # fails would be retried forever on drivers with ACK but without DELAY.
+            if Capability.ACK in self.caps:
                 self.queue.nack(e.job)
             else:
                 self._reenqueue(e, e.job.headers.get(ERROR_HEADER, ""), 0.0)
@@ -517,8 +517,8 @@ class Worker(WorkerCore):
                 beat = [x for x in (*self._inflight, *(h[2] for h in self._held))
                         if not x.lease_lost] if extend and now >= next_beat else []
                 waits = [next_beat - now]
-                if self._held:
-                    waits.append(self._held[0][0] - now)
+                if self._held and not self._stopping.is_set():  # stopping: the shutdown
+                    waits.append(self._held[0][0] - now)  # flushes them (this would spin)
                 if track_depth:
                     waits.append(next_depth - now)
             if not due and min(waits) > 0:
