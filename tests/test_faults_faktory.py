@@ -206,7 +206,10 @@ def test_frozen_server_forever_dequeue_and_new_handle_are_bounded(server: Faktor
         fresh = _open(server, name)
         fresh.enqueue(b"y")
         job = q.dequeue(timeout=5)
-        assert job is not None and job.body == b"y"
+        cc = q._cconn
+        why = (cc.pending if cc else None, len(q._stash), fresh.size(),
+               q.server_info()["faktory"]["sets"])
+        assert job is not None and job.body == b"y", why
         q.ack(job)
         fresh.close()
     finally:
@@ -286,6 +289,20 @@ def test_dequeue_many_keeps_what_it_took_when_a_later_fetch_fails(
             q.ack(job)  # the consumer connection is gone; settling uses the producer one
         with pytest.raises(JobNotLeased):
             q.ack(jobs[0])
+
+
+def test_ack_survives_a_server_restart(server_factory: ServerFactory) -> None:
+    """Faktory keeps reservations across a restart; the driver's ACK retries once."""
+    server = server_factory.faktory()
+    with _open(server, "rs") as q:
+        q.enqueue_many([b"a", b"b"])
+        jobs = [q.dequeue(timeout=5), q.dequeue(timeout=5)]
+        server.restart()
+        for job in jobs:
+            assert job is not None
+            q.ack(job)  # no BackendConnectionError: the dead socket is replaced once
+        assert q.server_info()["faktory"]["sets"]["working"] == 0
+        assert q.dequeue(timeout=0.5) is None
 
 
 # ----------------------------------------------------------------------------- limits

@@ -1024,20 +1024,37 @@ class FaktoryQueue(QueueBase):
         self._mine[r.fjid] = job
 
     def _settle(self, what: str, job: Job, r: _Receipt, fn: Callable[[_Conn], None],
-                deadline: float) -> None:
+                deadline: float, idempotent: bool = False) -> None:
         try:
-            cconn = self._cconn
-            # Settle on the consumer connection when it is idle (one connection, as a plain
-            # worker does); when another thread is blocked in FETCH on it, use the producer
-            # connection, so a settle never waits behind a FETCH.
-            if cconn is not None and cconn.rlock.acquire(blocking=False):
-                try:
-                    with _translate(what, lambda: self._drop(True)), cconn.using(deadline):
-                        fn(cconn)
-                finally:
-                    cconn.rlock.release()
-            else:
-                self._p(what, fn, deadline)
+            try:
+                cconn = self._cconn
+                # Settle on the consumer connection when it is idle (one connection, as a
+                # plain worker does); when another thread is blocked in FETCH on it, use the
+                # producer connection, so a settle never waits behind a FETCH.
+                if cconn is not None and cconn.rlock.acquire(blocking=False):
+                    try:
+                        with _translate(what, lambda: self._drop(True)), \
+                                cconn.using(deadline):
+                            fn(cconn)
+                    finally:
+                        cconn.rlock.release()
+                else:
+                    self._p(what, fn, deadline)
+            except BackendConnectionError as exc:
+                if (not idempotent or isinstance(exc, BackendTimeout)
+                        or time.monotonic() >= deadline):
+                    raise
+                # The connection was closed or reset (e.g. a server restart; Faktory keeps
+                # reservations across restarts). ACK is idempotent (Faktory answers OK for
+                # a jid it no longer holds): once more on a connection of its own (the
+                # handle's others may be stale too), within the same deadline.
+                with _translate(what, lambda: None):
+                    conn = self._open("producer", deadline)
+                    try:
+                        with conn.using(deadline):
+                            fn(conn)
+                    finally:
+                        conn.shutdown()
         except BackendConnectionError:
             self._unclaim(job, r)
             raise
@@ -1050,7 +1067,7 @@ class FaktoryQueue(QueueBase):
 
     def _ack(self, job: Job) -> None:
         r = self._claim(job)
-        self._settle("ack", job, r, lambda c: c.ack_jid(r.fjid), self._deadline())
+        self._settle("ack", job, r, lambda c: c.ack_jid(r.fjid), self._deadline(), True)
 
     def _copy(self, job: Job, r: _Receipt, delay: float, counted: bool) -> dict[str, Any]:
         """The job as it should be pushed again: new Faktory jid, same unifiedq id.
@@ -1081,7 +1098,7 @@ class FaktoryQueue(QueueBase):
         except BackendError:
             self._unclaim(job, r)
             raise
-        self._settle(what, job, r, lambda c: c.ack_jid(r.fjid), deadline)
+        self._settle(what, job, r, lambda c: c.ack_jid(r.fjid), deadline, True)
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._nack_by(job, requeue, delay, self._deadline())
