@@ -271,6 +271,8 @@ class MemoryQueue(QueueBase):
     def _dequeue(self, timeout: float | None) -> Job | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._s.cond:
+            if self._closed:  # e.g. a bridge's next wait slice: a closed handle takes nothing
+                self._check_open()
             while True:
                 nxt = self._promote()
                 job = self._take()
