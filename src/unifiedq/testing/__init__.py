@@ -7,6 +7,11 @@
 * :mod:`unifiedq.testing.servers` — real Redis, RabbitMQ and Faktory servers on free loopback
   ports, started from installed binaries.
 * :mod:`unifiedq.testing.fixtures` — pytest fixtures over those servers.
+* :mod:`unifiedq.testing.toxiproxy` — a real Toxiproxy server and a typed client of its REST
+  API, to put latency, stalls and connection resets between a client and a TCP server.
+* :mod:`unifiedq.testing.faults` — driver-independent fault cases (a verb's deadline under a
+  stall, a reset mid-reply, cancelled dequeues, shutdown release, broker restart and full
+  backend ledgers), each returning a measured outcome; a third-party driver's tests call them.
 * :mod:`unifiedq.testing.quic` — a real ``unifiedq serve`` process and a throwaway PKI (needs
   the ``quic`` extra).
 

@@ -247,6 +247,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         ("redis-server", lambda: RedisServer().binary_version()),
         ("rabbitmq-server", lambda: RabbitMQServer().binary_version()),
         ("faktory", lambda: FaktoryServer().binary_version()),
+        ("toxiproxy-server", lambda: ToxiproxyServer().binary_version()),
     ]
     for name, probe in probes:
         try:

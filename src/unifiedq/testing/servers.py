@@ -73,6 +73,10 @@ INSTALL_HINTS: Mapping[str, str] = {
     "epmd": (
         "run `bash scripts/install.sh` from the repository root, or `apt-get install erlang-base`"
     ),
+    "toxiproxy-server": (
+        "run `bash scripts/install.sh` from the repository root (builds Toxiproxy v2.5.0 "
+        "with Go into /usr/local/bin/toxiproxy-server)"
+    ),
 }
 
 # Directories searched after PATH: Debian puts the RabbitMQ tools in /usr/sbin,
