@@ -1046,15 +1046,9 @@ class FaktoryQueue(QueueBase):
                     raise
                 # The connection was closed or reset (e.g. a server restart; Faktory keeps
                 # reservations across restarts). ACK is idempotent (Faktory answers OK for
-                # a jid it no longer holds): once more on a connection of its own (the
-                # handle's others may be stale too), within the same deadline.
-                with _translate(what, lambda: None):
-                    conn = self._open("producer", deadline)
-                    try:
-                        with conn.using(deadline):
-                            fn(conn)
-                    finally:
-                        conn.shutdown()
+                # a jid it no longer holds): again on a connection of its own (the handle's
+                # others may be stale too) until it works or the same deadline passes.
+                self._retry_on_fresh(what, fn, deadline)
         except BackendConnectionError:
             self._unclaim(job, r)
             raise
@@ -1064,6 +1058,24 @@ class FaktoryQueue(QueueBase):
                     f"{what}: Faktory no longer holds a reservation for job {r.fjid!r}"
                 ) from exc
             raise
+
+    def _retry_on_fresh(self, what: str, fn: Callable[[_Conn], None], deadline: float) -> None:
+        """Run an idempotent ``fn`` on new connections until it works or ``deadline``."""
+        while True:
+            try:
+                with _translate(what, lambda: None):
+                    conn = self._open("producer", deadline)
+                    try:
+                        with conn.using(deadline):
+                            fn(conn)
+                        return
+                    finally:
+                        conn.shutdown()
+            except BackendConnectionError as exc:
+                # Refused while the server restarts: wait a little, within the deadline.
+                if isinstance(exc, BackendTimeout) or time.monotonic() + 0.1 >= deadline:
+                    raise
+                time.sleep(0.1)
 
     def _ack(self, job: Job) -> None:
         r = self._claim(job)
