@@ -580,3 +580,104 @@ def test_request_arriving_after_its_stop_sending_is_not_run(server: ServerProces
             await p.ack(job)
 
     asyncio.run(main())
+
+
+# -- 5. a request given up on while the server could not answer -----------------------------------
+def test_request_stopped_in_the_batch_that_starts_it_returns_its_job(
+        frozen_server: ServerProcess) -> None:
+    """A waiting dequeue's request and then its STOP_SENDING, read in one batch (what a server
+    thawed after a freeze reads): the server starts the dequeue (the memory backend's thread
+    takes the job) and cancels it in the same loop turn. The job must be back at once with its
+    attempt unchanged — the cancellation once hit a task that had not started, so the dequeue
+    never ran its give-back and the job stayed leased to nobody until the lease expired."""
+    from unifiedq.drivers.quic._common import ERR_CANCELLED
+    from unifiedq.drivers.quic.wire import KIND_REQUEST, encode_frame
+
+    name = _q()
+    url = _url(frozen_server, name, backend_options="visibility_timeout=60")
+
+    async def main() -> None:
+        async with unifiedq.connect_async(url) as q, unifiedq.connect_async(url) as p:
+            assert isinstance(q, QuicQueue)
+            for round_ in range(3):
+                jid = await p.enqueue(b"x")
+                await q.size()
+                proto = q._proto
+                assert proto is not None
+                sid = proto.quic.get_next_available_stream_id()
+                with frozen_server.frozen():  # both datagrams wait in its socket buffer
+                    proto.quic.send_stream_data(sid, encode_frame(KIND_REQUEST, {
+                        "op": "dequeue", "queue": name, "options": "visibility_timeout=60",
+                        "timeout": 5, "max": 1, "lease": True}), end_stream=True)
+                    proto.transmit()
+                    proto.quic.stop_stream(sid, ERR_CANCELLED)
+                    proto.transmit()
+                    await asyncio.sleep(0.05)
+                start = time.monotonic()
+                job = await p.dequeue(timeout=5)
+                took = time.monotonic() - start
+                assert job is not None and job.id == jid, (round_, job)
+                assert job.attempt == 1, (round_, job.attempt)
+                assert took < 3, (round_, took)  # released, not back at the 60 s lease
+                await p.ack(job)
+
+    asyncio.run(main())
+
+
+def test_aioquic_peer_closed_pin() -> None:
+    """unifiedq._compat.aioquic internal 9: the peer's close is known while draining."""
+    from aioquic.quic.connection import QuicConnection, QuicConnectionState
+
+    from unifiedq._compat import aioquic as _aq
+
+    assert "_close_event" in QuicConnection.__init__.__code__.co_names
+    assert QuicConnectionState.DRAINING.name == "DRAINING"
+    quic = QuicConnection.__new__(QuicConnection)
+    quic._state = QuicConnectionState.CONNECTED
+    quic._close_event = None
+    assert _aq.peer_closed(quic) is None
+    quic._state = QuicConnectionState.DRAINING
+    quic._close_event = sentinel = object()  # type: ignore[assignment]
+    assert _aq.peer_closed(quic) is sentinel
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.5], ids=["timeout=0", "timeout=0.5"])
+@pytest.mark.parametrize("face", ["async", "sync"])
+def test_frozen_dequeue_strands_nothing_after_the_thaw(frozen_server: ServerProcess,
+                                                       face: str, wait: float) -> None:
+    """dequeue() against a frozen server times out; the server, thawed, reads the request and
+    then the client's STOP_SENDING (and its close, which here follows at once). No job may be
+    taken for nobody: it is back at once with its attempt unchanged (issue 20, the fault
+    matrix's ``frozen`` cell). ``timeout=0`` is answered inline, so only the STOP_SENDING can
+    save it (the close used to drop it when it followed in the same loop turn); ``0.5``
+    waits on the backend's thread, cancelled in the turn that started it."""
+    name = _q()
+    url = _url(frozen_server, name, timeout=str(T), backend_options="visibility_timeout=60")
+    with unifiedq.connect(url) as p:
+        jid = p.enqueue(b"x")
+
+    def give_up_while_frozen() -> None:
+        if face == "sync":
+            with unifiedq.connect(url) as q:
+                q.size()
+                with frozen_server.frozen(), pytest.raises(BackendTimeout):
+                    q.dequeue(timeout=wait)
+            return
+
+        async def main() -> None:
+            async with unifiedq.connect_async(url) as q:
+                await q.size()
+                with frozen_server.frozen(), pytest.raises(BackendTimeout):
+                    await q.dequeue(timeout=wait)
+
+        asyncio.run(main())
+
+    give_up_while_frozen()  # closed right after the thaw
+    with unifiedq.connect(url) as p:
+        start = time.monotonic()
+        job = p.dequeue(timeout=5)
+        took = time.monotonic() - start
+        assert job is not None and job.id == jid, job
+        assert job.attempt == 1, job.attempt
+        assert took < 3, took  # back at once, not at the 60 s lease
+        p.ack(job)

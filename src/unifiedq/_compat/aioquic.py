@@ -40,6 +40,11 @@ Internals touched, exactly:
 8. ``tls.Context._peer_certificate`` and ``._peer_certificate_chain``: the client's
    certificate and chain as parsed, given to the check, and read after the handshake
    (:func:`peer_certificate`) to name the client in logs.
+9. ``QuicConnection._close_event`` and ``._state`` (:func:`peer_closed`): the peer's
+   CONNECTION_CLOSE as soon as it arrives. aioquic reports it (``ConnectionTerminated``) only
+   after the draining period of 3 PTOs, which a server thawed after a freeze computes from an
+   RTT sample that includes the freeze (tens of seconds); the server returns the client's
+   leases at once instead. Pinned in ``tests/test_faults_quic.py``.
 
 Public API used where internals were used before: the protocols keep the ``QuicConnection``
 they are constructed with (:attr:`QuicProtocol.quic`, was ``_quic``) and the running loop
@@ -59,7 +64,8 @@ from typing import Any, cast
 
 from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from cryptography import x509
 
 __all__ = [
@@ -161,3 +167,10 @@ def check_client_certificates(quic: QuicConnection, check: CertificateCheck) -> 
 def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
     """The certificate the peer presented (after the handshake), or None (internal 8)."""
     return quic.tls._peer_certificate
+
+
+def peer_closed(quic: QuicConnection) -> events.ConnectionTerminated | None:
+    """The peer's CONNECTION_CLOSE if one arrived (draining), else None (internal 9)."""
+    if quic._state is not QuicConnectionState.DRAINING:
+        return None
+    return quic._close_event

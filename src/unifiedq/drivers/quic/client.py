@@ -753,6 +753,10 @@ class QuicQueue(AsyncQueueBase):
             # Bounded waits: a frozen server answers neither the give-backs nor the close.
             if self._returns:
                 await asyncio.wait(list(self._returns), timeout=_CLOSE_WAIT)
+            # Send what is queued first: a STOP_SENDING of a request given up on in this loop
+            # turn would be dropped by the close (aioquic then sends only CONNECTION_CLOSE),
+            # and the server would count the jobs it took for it as a failed attempt.
+            proto.transmit()
             proto.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_WAIT):

@@ -32,10 +32,9 @@ import secrets
 import signal
 import socket
 import sys
-import types
 import urllib.parse
-from collections.abc import Coroutine, Generator
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, cast
 
 from aioquic import tls
 from aioquic.asyncio.server import QuicServer
@@ -239,26 +238,54 @@ def _start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None
         first = coro.send(None)
     except StopIteration:
         return None
-    return asyncio.get_running_loop().create_task(_resume(coro, first))
+    return asyncio.get_running_loop().create_task(
+        cast("Coroutine[Any, Any, None]", _Resumed(coro, first)))
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], first: Any) -> Generator[Any, Any, None]:
-    """Continue a started coroutine under a task: re-yield what it waits on, relay results."""
-    pending = first
-    while True:
-        try:
-            sent = yield pending
-        except BaseException as exc:  # cancellation or an error thrown in by the task
-            try:
-                pending = coro.throw(exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            pending = coro.send(sent)
-        except StopIteration:
-            return
+class _Resumed:
+    """The rest of a started coroutine, for a task: re-yields what it waits on, relays the rest.
+
+    Not a generator: a task cancelled before its first step throws ``CancelledError`` into
+    its coroutine, and a generator that has not started yet raises it without running a line
+    (the started coroutine would never see it). A request stopped by the client (or its
+    connection closed) in the very datagram batch that started it is cancelled like that: a
+    bridged dequeue then never ran its cancellation handler, and the job its thread took
+    stayed leased to nobody until the lease expired. ``throw`` here goes straight to the
+    coroutine at the point where it waits.
+    """
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def send(self, value: Any) -> Any:
+        first, self._first = self._first, None
+        if first is not None:
+            return first  # the task's first step: wait for what the coroutine waits on
+        return self._coro.send(value)
+
+    def throw(self, exc: BaseException, *_: Any) -> Any:
+        first, self._first = self._first, None
+        if first is not None and isinstance(first, asyncio.Future):
+            first.cancel()  # nobody else waits for it (the task never did)
+        return self._coro.throw(exc)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> _Resumed:
+        return self
+
+    def __iter__(self) -> _Resumed:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+
+Coroutine.register(_Resumed)  # what asyncio.iscoroutine() (and so create_task) accepts
 
 
 class _Inline:
@@ -381,6 +408,13 @@ class _ServerProtocol(_aq.QuicProtocol):
         """Handle a datagram; send now, or after the listener's batch (see _Listener)."""
         self.quic.receive_datagram(data, addr, now=self.loop.time())  # type: ignore[arg-type]
         self.process_events()
+        if not self.closed:
+            # The client closed: act now, not when aioquic reports it after its draining
+            # period (3 PTOs: tens of seconds after a freeze, whose length inflates the RTT
+            # sample), or a request it gave up on would hold its job leased that long.
+            closed = _aq.peer_closed(self.quic)
+            if closed is not None:
+                self._on_terminated(closed)
         dirty = self.server._dirty
         if dirty is None:
             self.transmit()
