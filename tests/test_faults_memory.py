@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import unifiedq
-from unifiedq import Capability, Job
+from unifiedq import BackendConnectionError, Capability, Job, parse_url
 from unifiedq._bridge import SyncToAsync
 from unifiedq.drivers import memory
 from unifiedq.fair import FairQueue
@@ -506,3 +506,27 @@ def test_cancelled_dequeues_strand_nothing(seed: int) -> None:
     assert set(acked.values()) == {1}  # each exactly once
     assert set(attempts) == {1}  # a cancelled dequeue gave its jobs back without an attempt
     assert s.leased == 0 and not s.entries
+
+
+class _RestFails(memory.MemoryQueue):
+    """A driver whose batch fetch fails after its first job was taken (a lost connection)."""
+
+    def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
+        raise BackendConnectionError("connection lost while fetching the rest")
+
+
+def test_bridged_dequeue_many_keeps_the_first_job_when_the_rest_fails() -> None:
+    """The caller gets the job already taken; raising would strand it leased to nobody."""
+    name = f"rest-fails-{uuid.uuid4().hex[:8]}"
+    inner = _RestFails.from_url(parse_url(f"memory://{name}"), {})
+    aq = SyncToAsync(inner)
+
+    async def scenario() -> list[Job]:
+        await aq.enqueue_many([b"a", b"b"])
+        try:
+            return await aq.dequeue_many(2, timeout=1)
+        finally:
+            await aq.aclose()
+
+    jobs = asyncio.run(scenario())
+    assert [j.body for j in jobs] == [b"a"]

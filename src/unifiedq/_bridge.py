@@ -114,6 +114,10 @@ class SyncToAsync(AsyncQueueBase):
             # _take): without this it stayed leased until its visibility timeout.
             self._hand_back(first)
             raise
+        except Exception:
+            # Fetching the rest failed (a timeout, a lost connection): the caller still gets
+            # what was taken; raising would strand ``first`` leased to nobody.
+            return [first]
         return [first, *rest]
 
     async def _peek(self) -> Job | None:
