@@ -12,7 +12,6 @@ Needs the ``quic`` extra. Example::
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import re
@@ -21,10 +20,10 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..drivers.quic.certs import issue, make_ca, write_pair
+from .servers import Freezable
 
 __all__ = ["Pki", "ServerProcess"]
 
@@ -72,7 +71,7 @@ class Pki:
         return urllib.parse.urlencode(params, safe="/")
 
 
-class ServerProcess:
+class ServerProcess(Freezable):
     """``python -m unifiedq.drivers.quic.server`` as a child process.
 
     Args:
@@ -163,15 +162,6 @@ class ServerProcess:
         """Resume a server frozen by :meth:`freeze` (SIGCONT)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
-
-    @contextlib.contextmanager
-    def frozen(self) -> Iterator[None]:
-        """``with server.frozen(): ...`` freezes the server for the block, then thaws it."""
-        self.freeze()
-        try:
-            yield
-        finally:
-            self.thaw()
 
     def restart(self) -> None:
         """Stop and start again on the same port."""

@@ -40,6 +40,7 @@ __all__ = [
     "INSTALL_HINTS",
     "ExternalServer",
     "FaktoryServer",
+    "Freezable",
     "ManagedServer",
     "RabbitMQServer",
     "RedisServer",
@@ -292,7 +293,28 @@ atexit.register(_atexit_stop_all)
 # --------------------------------------------------------------------------- base class
 
 
-class ManagedServer(abc.ABC):
+class Freezable:
+    """``frozen()`` for a server rig that can ``freeze()`` (SIGSTOP) and ``thaw()`` (SIGCONT)."""
+
+    def freeze(self) -> None:
+        """Stop the server process from running (a stalled or partitioned host)."""
+        raise NotImplementedError
+
+    def thaw(self) -> None:
+        """Let a frozen server run again."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """``with server.frozen(): ...`` freezes the server for the block, then thaws it."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
+
+
+class ManagedServer(Freezable, abc.ABC):
     """Base class: a server process owned by the test rig.
 
     Subclasses describe the command line, environment and readiness probe; this
@@ -472,15 +494,6 @@ class ManagedServer(abc.ABC):
             if self._proc is not None:
                 _signal_group(self._proc.pid, signal.SIGCONT)
 
-    @contextlib.contextmanager
-    def frozen(self) -> Iterator[None]:
-        """``with server.frozen(): ...`` freezes the server for the block, then thaws it."""
-        self.freeze()
-        try:
-            yield
-        finally:
-            self.thaw()
-
     def read_log(self) -> str:
         """Return the server log so far (empty if there is none)."""
         if self._tmpdir is None:
@@ -516,10 +529,10 @@ class ManagedServer(abc.ABC):
         if self._port is None:
             self._port = find_free_port(self.host)
 
-    def _release_ports(self) -> None:  # noqa: B027 - optional hook
+    def _release_ports(self) -> None:
         """Forget automatically allocated auxiliary ports (called by stop())."""
 
-    def _prepare(self) -> None:  # noqa: B027 - optional hook
+    def _prepare(self) -> None:
         """Write config files etc. into the temp dir before every launch."""
 
     @abc.abstractmethod
@@ -533,10 +546,10 @@ class ManagedServer(abc.ABC):
     def _probe(self) -> bool:
         """Return True once the server answers like a ready server."""
 
-    def _before_terminate(self) -> None:  # noqa: B027 - optional hook
+    def _before_terminate(self) -> None:
         """Ask the server to shut down gracefully before signals are sent."""
 
-    def _after_stop(self) -> None:  # noqa: B027 - optional hook
+    def _after_stop(self) -> None:
         """Clean up helpers that left the process group (e.g. epmd)."""
 
     # ----------------------------------------------------------------- internals
