@@ -245,6 +245,15 @@ end
 
 local out = {0, false}
 local n = 0
+-- One taken job in the reply: level, id, msg, uq_enqueued, pending_since.
+local function emit(level, id, v)
+  n = n + 1
+  out[#out + 1] = tostring(level)
+  out[#out + 1] = id
+  out[#out + 1] = v[1]
+  out[#out + 1] = v[2]
+  out[#out + 1] = v[3]
+end
 if ARGV[11] == "1" then
   for _, lv in ipairs(levels) do
     local P = lv[1]
@@ -252,12 +261,7 @@ if ARGV[11] == "1" then
       local tk = P .. "t:" .. id
       if redis.call("HGET", tk, "uq_token") == token then
         local v = redis.call("HMGET", tk, "msg", "uq_enqueued", "pending_since")
-        n = n + 1
-        out[#out + 1] = tostring(lv[2])
-        out[#out + 1] = id
-        out[#out + 1] = v[1]
-        out[#out + 1] = v[2]
-        out[#out + 1] = v[3]
+        emit(lv[2], id, v)
       end
     end
   end
@@ -277,12 +281,7 @@ for _, lv in ipairs(levels) do
         redis.call("HSET", tk, "state", "active", "uq_token", token)
         redis.call("HDEL", tk, "pending_since")
         redis.call("ZADD", P .. "lease", lease_until, id)
-        n = n + 1
-        out[#out + 1] = tostring(lv[2])
-        out[#out + 1] = id
-        out[#out + 1] = v[1]
-        out[#out + 1] = v[2]
-        out[#out + 1] = v[3]
+        emit(lv[2], id, v)
       end
     end
   end
