@@ -443,7 +443,7 @@ class AsyncWorker(WorkerCore):
             heapq.heappush(self._held, (e.due, next(self._seq), e))
         self._wake.set()
 
-    async def _release(self, e: _Entry) -> None:
+    async def _retry_held(self, e: _Entry) -> None:
         """A held retry is due (or we are stopping): give it back to the queue."""
         try:
             # nack, never release: this attempt failed and must count, or a job that always
@@ -462,7 +462,7 @@ class AsyncWorker(WorkerCore):
         with self._lock:
             held, self._held = self._held, []
         for _, _, e in held:
-            await self._release(e)
+            await self._retry_held(e)
 
     async def _dead(self, e: _Entry, d: _Decision) -> None:
         if self._dl is not None:
@@ -524,7 +524,7 @@ class AsyncWorker(WorkerCore):
                 await self._wake.wait(min(min(waits), 1.0))
                 continue
             for e in due:
-                await self._release(e)
+                await self._retry_held(e)
             for e in beat:
                 if e.settled and e not in self._inflight:
                     continue

@@ -444,7 +444,7 @@ class Worker(WorkerCore):
             heapq.heappush(self._held, (e.due, next(self._seq), e))
         self._wake.set()
 
-    def _release(self, e: _Entry) -> None:
+    def _retry_held(self, e: _Entry) -> None:
         """A held retry is due (or we are stopping): give it back to the queue."""
         try:
             # nack, never release: this attempt failed and must count, or a job that always
@@ -463,7 +463,7 @@ class Worker(WorkerCore):
         with self._lock:
             held, self._held = self._held, []
         for _, _, e in held:
-            self._release(e)
+            self._retry_held(e)
 
     def _dead(self, e: _Entry, d: _Decision) -> None:
         if self._dl is not None:
@@ -525,7 +525,7 @@ class Worker(WorkerCore):
                 self._wake.wait(min(min(waits), 1.0))
                 continue
             for e in due:
-                self._release(e)
+                self._retry_held(e)
             for e in beat:
                 if e.settled and e not in self._inflight:
                     continue
