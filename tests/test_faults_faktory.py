@@ -208,7 +208,7 @@ def test_frozen_server_forever_dequeue_and_new_handle_are_bounded(server: Faktor
         job = q.dequeue(timeout=5)
         cc = q._cconn
         why = (cc.pending if cc else None, len(q._stash), fresh.size(),
-               q.server_info()["faktory"]["sets"])
+               q.server_info()["faktory"]["sets"], server.read_log()[-3000:])
         assert job is not None and job.body == b"y", why
         q.ack(job)
         fresh.close()

@@ -126,6 +126,9 @@ class SyncToAsync(AsyncQueueBase):
     async def _ack(self, job: Job) -> None:
         await self._run(self.inner._ack, job)
 
+    async def _ack_many(self, jobs: list[Job]) -> None:
+        await self._run(self.inner._ack_many, jobs)
+
     async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         await self._run(self.inner._nack, job, requeue, delay)
 
@@ -212,6 +215,9 @@ class AsyncToSync(QueueBase):
 
     def _ack(self, job: Job) -> None:
         self._run(self.inner._ack(job))
+
+    def _ack_many(self, jobs: list[Job]) -> None:
+        self._run(self.inner._ack_many(jobs))
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._run(self.inner._nack(job, requeue, delay))

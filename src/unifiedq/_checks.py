@@ -13,7 +13,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Self, TypeGuard
 
 from ._capabilities import Capability, require
-from ._errors import InvalidArgument, QueueClosed, UnsupportedOperation, WrongQueue
+from ._errors import (
+    InvalidArgument,
+    JobNotLeased,
+    QueueClosed,
+    UnsupportedOperation,
+    WrongQueue,
+)
 from ._job import EnqueueRequest, Job, check_delay, check_timeout
 from ._url import URL
 
@@ -165,6 +171,14 @@ class QueueChecks:
             )
         return job
 
+    def _prepare_settle_many(self, jobs: object) -> list[Job]:
+        self._check_open()
+        self._need(Capability.ACK, "ack_many()")
+        items = check_jobs(jobs, "ack_many")
+        for job in items:
+            self._prepare_settle(job, "ack_many")
+        return items
+
     def _prepare_nack(self, job: object, requeue: object, delay: object) -> tuple[Job, float]:
         j = self._prepare_settle(job, "nack")
         if not isinstance(requeue, bool):
@@ -192,3 +206,27 @@ class QueueChecks:
     def _unsupported(self, what: str, cap: Capability) -> UnsupportedOperation:
         require(Capability(0), cap, driver=self.driver, what=what)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_jobs(jobs: object, verb: str) -> list[Job]:
+    """Check the list argument of a settle-many verb: Jobs, each once, at most MAX_BATCH."""
+    if isinstance(jobs, Job) or not isinstance(jobs, Iterable):
+        raise InvalidArgument(f"{verb}() takes an iterable of Jobs, not {jobs!r}")
+    items = list(jobs)
+    if len(items) > MAX_BATCH:
+        raise InvalidArgument(f"{verb}() takes at most {MAX_BATCH} jobs per call")
+    seen: set[str] = set()
+    for job in items:
+        if not isinstance(job, Job):
+            raise InvalidArgument(f"{verb}() takes Jobs returned by dequeue(), not {job!r}")
+        if job.id in seen:
+            raise InvalidArgument(f"{verb}() got job {job.id!r} twice")
+        seen.add(job.id)
+    return items
+
+
+def not_leased_many(lost: list[str], total: int) -> JobNotLeased:
+    """The error of an ``ack_many()`` in which some of ``total`` jobs were not leased."""
+    shown = ", ".join(repr(i) for i in lost[:5]) + (" ..." if len(lost) > 5 else "")
+    return JobNotLeased(f"ack_many(): {len(lost)} of {total} jobs were no longer leased "
+                        f"({shown}); the others were acked", job_ids=tuple(lost))

@@ -157,7 +157,16 @@ class WrongQueue(JobError, ValueError):
 
 
 class JobNotLeased(JobError, LookupError):
-    """The job is not leased: already acked/nacked, or its lease expired and it was redelivered."""
+    """The job is not leased: already acked/nacked, or its lease expired and it was redelivered.
+
+    Attributes:
+        job_ids: The ids of the jobs concerned (several for ``ack_many()``, whose other jobs
+            were acked).
+    """
+
+    def __init__(self, message: str = "", *, job_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
 
 
 class DuplicateJob(JobError, ValueError):

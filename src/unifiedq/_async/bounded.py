@@ -211,6 +211,10 @@ class AsyncBoundedQueue(_BoundedState):
         """Ack on the wrapped queue."""
         await self.inner.ack(job)
 
+    async def ack_many(self, jobs: Iterable[Job]) -> None:
+        """Ack several jobs on the wrapped queue."""
+        await self.inner.ack_many(jobs)
+
     async def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
         """Nack on the wrapped queue (a requeued job may briefly exceed a client-side bound)."""
         await self.inner.nack(job, requeue=requeue, delay=delay)

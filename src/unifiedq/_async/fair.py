@@ -18,9 +18,10 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from .._capabilities import Capability, require
+from .._checks import check_jobs, not_leased_many
 from .._concurrency import AsyncEvent, AsyncRuntime
 from .._connect import connect_async
-from .._errors import InvalidArgument, QueueClosed
+from .._errors import InvalidArgument, JobNotLeased, QueueClosed
 from .._job import EnqueueRequest, Job, check_timeout
 from .._protocol import AsyncQueue, Delay
 from ..fair import _PASS, TENANT_HEADER, _FairCore, _Tenant, check_tenant
@@ -363,6 +364,30 @@ class AsyncFairQueue:
         with self._guard:
             q = self._core.sub_for(job)
         await q.ack(job)
+
+    async def ack_many(self, jobs: Iterable[Job]) -> None:
+        """Ack jobs on their tenants' sub-queues (one ``ack_many`` per sub-queue).
+
+        Raises:
+            JobNotLeased: Some leases were lost (the other jobs were acked); ``job_ids``
+                names them across every sub-queue.
+        """
+        groups: dict[int, tuple[AsyncQueue, list[Job]]] = {}
+        items = check_jobs(jobs, "ack_many")
+        with self._guard:
+            for job in items:
+                q = self._core.sub_for(job)
+                groups.setdefault(id(q), (q, []))[1].append(job)
+        lost: list[str] = []
+        total = 0
+        for q, group in groups.values():
+            total += len(group)
+            try:
+                await q.ack_many(group)
+            except JobNotLeased as exc:
+                lost.extend(exc.job_ids)
+        if lost:
+            raise not_leased_many(lost, total)
 
     async def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
         """Nack a job on its tenant's sub-queue."""

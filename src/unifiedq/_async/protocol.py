@@ -84,6 +84,10 @@ class AsyncQueue(Protocol):
         """Settle a leased job as done."""
         ...
 
+    async def ack_many(self, jobs: Iterable[Job]) -> None:
+        """Settle several jobs as done, in one round trip where the driver can."""
+        ...
+
     async def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
         """Return a leased job (``requeue=True``) or dead-letter it."""
         ...

@@ -9,7 +9,8 @@ from types import TracebackType
 from typing import Self
 
 from .._capabilities import Capability
-from .._checks import QueueChecks
+from .._checks import QueueChecks, not_leased_many
+from .._errors import JobNotLeased
 from .._job import Delay, EnqueueRequest, Job, _plain_request, new_job_id
 
 __all__ = ["QueueBase"]
@@ -85,6 +86,27 @@ class QueueBase(QueueChecks):
     def ack(self, job: Job) -> None:
         """Settle a job returned by ``dequeue()`` as done (ACK)."""
         self._ack(self._prepare_settle(job, "ack"))
+
+    def ack_many(self, jobs: Iterable[Job]) -> None:
+        """Settle several jobs returned by ``dequeue()`` as done (ACK).
+
+        One round trip where the driver can batch (redis: one pipeline; amqp: one
+        ``basic.ack`` with ``multiple`` where the tags allow); the others ack one by one.
+        Every job is checked before anything is sent, so a bad argument acks nothing.
+
+        Args:
+            jobs: Jobs leased from this queue, each at most once (at most ``MAX_BATCH`` per call).
+
+        Raises:
+            UnsupportedOperation: The driver lacks ACK.
+            InvalidArgument, WrongQueue: Not jobs dequeued from this queue, or a job twice
+                (nothing was acked).
+            JobNotLeased: Some leases were already settled or lost; the other jobs were
+                acked, and ``job_ids`` names the ones that were not.
+        """
+        js = self._prepare_settle_many(jobs)
+        if js:
+            self._ack_many(js)
 
     def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
         """Return a leased job to the queue, after ``delay`` if given, or dead-letter it (ACK)."""
@@ -173,6 +195,17 @@ class QueueBase(QueueChecks):
 
     def _ack(self, job: Job) -> None:
         raise self._unsupported("ack()", Capability.ACK)
+
+    def _ack_many(self, jobs: list[Job]) -> None:
+        # The default: one ack per job; drivers that can batch override it.
+        lost: list[str] = []
+        for job in jobs:
+            try:
+                self._ack(job)
+            except JobNotLeased:
+                lost.append(job.id)
+        if lost:
+            raise not_leased_many(lost, len(jobs))
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         raise self._unsupported("nack()", Capability.ACK)

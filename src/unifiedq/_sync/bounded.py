@@ -212,6 +212,10 @@ class BoundedQueue(_BoundedState):
         """Ack on the wrapped queue."""
         self.inner.ack(job)
 
+    def ack_many(self, jobs: Iterable[Job]) -> None:
+        """Ack several jobs on the wrapped queue."""
+        self.inner.ack_many(jobs)
+
     def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
         """Nack on the wrapped queue (a requeued job may briefly exceed a client-side bound)."""
         self.inner.nack(job, requeue=requeue, delay=delay)

@@ -85,6 +85,10 @@ class Queue(Protocol):
         """Settle a leased job as done."""
         ...
 
+    def ack_many(self, jobs: Iterable[Job]) -> None:
+        """Settle several jobs as done, in one round trip where the driver can."""
+        ...
+
     def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
         """Return a leased job (``requeue=True``) or dead-letter it."""
         ...

@@ -491,6 +491,44 @@ class QueueConformance:
             q.nack(job)
 
     @requires(Capability.ACK)
+    def test_ack_many_settles_each_and_names_lost_leases(self, harness: Harness) -> None:
+        q = harness.open()
+        for i in range(5):
+            q.enqueue(b"%d" % i)
+        jobs = [q.dequeue(timeout=5) for _ in range(5)]
+        held = [j for j in jobs if j is not None]
+        assert len(held) == 5
+        q.ack_many([])  # nothing to do
+        q.ack_many(held[:3])
+        q.ack(held[3])
+        with pytest.raises(JobNotLeased) as info:
+            q.ack_many([held[0], held[4]])
+        assert info.value.job_ids == (held[0].id,)
+        with pytest.raises(JobNotLeased):  # acked by the call that raised
+            q.ack(held[4])
+        assert q.dequeue(timeout=0.5) is None
+        assert q.size() == 0
+
+    @requires(Capability.ACK)
+    def test_ack_many_bad_input_acks_nothing(self, harness: Harness) -> None:
+        q = harness.open()
+        other = harness.open(harness.url.replace(q.name, q.name + "-other"))
+        q.enqueue(b"a")
+        q.enqueue(b"b")
+        a, b = q.dequeue(timeout=5), q.dequeue(timeout=5)
+        assert a is not None and b is not None
+        with pytest.raises(InvalidArgument):
+            q.ack_many([a, a])
+        with pytest.raises(InvalidArgument):
+            q.ack_many([a, "not a job"])  # type: ignore[list-item]
+        with pytest.raises(InvalidArgument):
+            q.ack_many(a)  # type: ignore[arg-type]
+        with pytest.raises(WrongQueue):
+            other.ack_many([a])
+        q.ack(a)  # both still leased: the refused calls touched nothing
+        q.ack(b)
+
+    @requires(Capability.ACK)
     def test_nack_requeues(self, harness: Harness) -> None:
         q = harness.open()
         jid = q.enqueue(b"a")
@@ -579,7 +617,8 @@ class QueueConformance:
         q.enqueue(b"a")
         job = q.dequeue(timeout=5)
         assert job is not None
-        calls: list[Callable[[], None]] = [lambda: q.ack(job), lambda: q.nack(job)]
+        calls: list[Callable[[], None]] = [lambda: q.ack(job), lambda: q.nack(job),
+                                           lambda: q.ack_many([job])]
         for call in calls:
             with pytest.raises(UnsupportedOperation) as info:
                 call()
