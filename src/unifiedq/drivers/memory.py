@@ -35,6 +35,7 @@ from typing import Self
 
 from .._base import QueueBase
 from .._capabilities import Capability
+from .._checks import not_leased_many
 from .._errors import DuplicateJob, InvalidURL, JobNotLeased, QueueFull
 from .._job import EnqueueRequest, Job
 from .._url import URL, parse_options
@@ -329,16 +330,32 @@ class MemoryQueue(QueueBase):
     def _ack(self, job: Job) -> None:
         with self._s.cond:
             self._promote()  # an expired lease must not be ackable
-            e = self._leased(job)
-            s = self._s
-            # s.unlease(e), inlined on this hottest settle path.
-            if e.holder is not None:
-                e.holder.pop(e.token, None)
-            s.leased -= 1
-            del s.entries[e.id]
-            if len(s.leases) > 2 * s.leased + _COMPACT_SLACK:
-                s.compact()
-            s.cond.notify()
+            self._settle_done(self._leased(job))
+            self._s.cond.notify()
+
+    def _ack_many(self, jobs: list[Job]) -> None:
+        # One lock acquisition for the batch (the Worker's settle path).
+        lost: list[str] = []
+        with self._s.cond:
+            self._promote()
+            for job in jobs:
+                try:
+                    self._settle_done(self._leased(job))
+                except JobNotLeased:
+                    lost.append(job.id)
+            self._s.cond.notify(len(jobs))
+        if lost:
+            raise not_leased_many(lost, len(jobs))
+
+    def _settle_done(self, e: _Entry) -> None:
+        s = self._s
+        # s.unlease(e), inlined on this hottest settle path.
+        if e.holder is not None:
+            e.holder.pop(e.token, None)
+        s.leased -= 1
+        del s.entries[e.id]
+        if len(s.leases) > 2 * s.leased + _COMPACT_SLACK:
+            s.compact()
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         with self._s.cond:
