@@ -565,6 +565,29 @@ class Core:
                 msg.unique_key]
         return _scripts.ACK, [r.prefix + "t:" + msg.id], args
 
+    def ack_many_calls(self, jobs: Sequence[Job]) -> list[Call]:
+        """The ack_many script calls: one per asynq queue (priority level) the jobs came from.
+
+        Each call does what :meth:`ack_call` does for every job of one level; a script never
+        touches the keys of two queues (asynq's keys of one queue share a hash tag).
+        """
+        now = time.time()
+        date, expire, _ = self._stats(now)
+        calls: dict[str, Call] = {}
+        for job in jobs:
+            r = self.receipt(job)
+            msg = r.msg
+            call = calls.get(r.prefix)
+            if call is None:
+                call = calls[r.prefix] = (_scripts.ACK_MANY, [], [r.prefix, date, expire])
+            done_msg, score = b"", 0
+            if msg.retention:
+                done_msg = _proto.encode(dataclasses.replace(msg, completed_at=int(now)))
+                score = int(now) + msg.retention
+            call[1].append(r.prefix + "t:" + msg.id)
+            call[2].extend((msg.id, r.token, msg.retention, score, done_msg, msg.unique_key))
+        return list(calls.values())
+
     def nack_call(self, job: Job, requeue: bool, delay: float, *, shutdown: bool = False) -> Call:
         """The nack script call: retry (pending or retry set), archive, or plain requeue."""
         r = self.receipt(job)

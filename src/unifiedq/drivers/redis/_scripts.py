@@ -24,8 +24,8 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
-    "ACK", "ALL", "DEQUEUE", "ENQUEUE", "EXTEND", "NACK", "PEEK", "PURGE", "SIZE", "STATS",
-    "UNTAKE", "Script",
+    "ACK", "ACK_MANY", "ALL", "DEQUEUE", "ENQUEUE", "EXTEND", "NACK", "PEEK", "PURGE", "SIZE",
+    "STATS", "UNTAKE", "Script",
 ]
 
 
@@ -323,6 +323,46 @@ if ARGV[9] ~= "" and redis.call("GET", ARGV[9]) == id then redis.call("DEL", ARG
 return 1
 """)
 
+ACK_MANY = Script("ack_many", allow_oom=True, source=r"""
+-- ack_many(): ACK's steps for several jobs of ONE asynq queue (its keys share the hash tag),
+-- so a batch costs one script call and one round trip instead of one per job.
+-- KEYS: the jobs' task hashes
+-- ARGV: 1 queue prefix, 2 UTC date, 3 stats expiry, then 6 per job: id, token, retention
+--       (0 = none), completed-set score, completed msg, unique lock key ("" = none)
+-- Returns the ids no longer leased by that delivery (the others are acked).
+local P = ARGV[1]
+local ak, lk = P .. "active", P .. "lease"
+local lost, done = {}, 0
+for i, tk in ipairs(KEYS) do
+  local a = 4 + (i - 1) * 6
+  local id = ARGV[a]
+  -- LREM from the tail (count -1): the oldest deliveries sit there, so it stops early.
+  if redis.call("HGET", tk, "uq_token") ~= ARGV[a + 1]
+      or redis.call("LREM", ak, -1, id) == 0 then
+    lost[#lost + 1] = id
+  else
+    redis.call("ZREM", lk, id)
+    if ARGV[a + 2] ~= "0" then
+      redis.call("ZADD", P .. "completed", ARGV[a + 3], id)
+      redis.call("HSET", tk, "msg", ARGV[a + 4], "state", "completed")
+      redis.call("HDEL", tk, "uq_token")
+    else
+      redis.call("DEL", tk)
+    end
+    local uk = ARGV[a + 5]
+    if uk ~= "" and redis.call("GET", uk) == id then redis.call("DEL", uk) end
+    done = done + 1
+  end
+end
+if done > 0 then
+  -- asynq's counters (see uq_count), bumped once by the batch's size.
+  local daily = P .. "processed:" .. ARGV[2]
+  if redis.call("INCRBY", daily, done) == done then redis.call("EXPIREAT", daily, ARGV[3]) end
+  redis.call("INCRBY", P .. "processed", done)
+end
+return lost
+""")
+
 NACK = Script("nack", allow_oom=True, source=_HELPERS + r"""
 -- KEYS: 1 task hash, 2 wake list
 -- ARGV: 1 queue prefix, 2 id, 3 token, 4 mode (pending|retry|archive|requeue), 5 new msg,
@@ -475,4 +515,4 @@ end
 return n
 """)
 
-ALL = (ENQUEUE, DEQUEUE, ACK, NACK, EXTEND, SIZE, PURGE, PEEK, STATS, UNTAKE)
+ALL = (ENQUEUE, DEQUEUE, ACK, ACK_MANY, NACK, EXTEND, SIZE, PURGE, PEEK, STATS, UNTAKE)

@@ -24,6 +24,7 @@ from typing import Any, Self
 from redis import exceptions as rexc
 
 from ...._base import AsyncQueueBase
+from ...._checks import not_leased_many
 from ...._concurrency import AsyncRuntime, AsyncTask
 from ...._errors import BackendConnectionError, JobNotLeased
 from ...._job import EnqueueRequest, Job
@@ -187,6 +188,31 @@ class AsyncRedisQueue(AsyncQueueBase):
             raise reply
         return reply
 
+    async def _eval_many(self, calls: list[Call], deadline: float) -> list[Any]:
+        """Several script calls in one round trip (a pipeline); their replies, in order.
+
+        Raises the first error reply (after every reply was read).
+        """
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
+            data = b"".join(pack(("EVALSHA", self._variant(calls[i][0]).sha,
+                                  len(calls[i][1]), *calls[i][1], *calls[i][2]))
+                            for i in todo)
+            got, _ = await self._send(data, len(todo), deadline)
+            for i, r in zip(todo, got, strict=True):
+                replies[i] = r
+            missing = [i for i in todo if isinstance(replies[i], rexc.NoScriptError)]
+            if not missing:
+                break
+            for script in {calls[i][0] for i in missing}:  # first use, or a lost cache
+                await self._load(script, deadline)
+            todo = missing
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
     async def _load(self, script: _scripts.Script, deadline: float) -> None:
         s = self._variant(script)
         reply = (await self._send(pack(("SCRIPT", "LOAD", s.source)), 1, deadline))[0][0]
@@ -341,6 +367,20 @@ class AsyncRedisQueue(AsyncQueueBase):
 
     async def _ack(self, job: Job) -> None:
         await self._settle(job, self._core.ack_call(job))
+
+    async def _ack_many(self, jobs: list[Job]) -> None:
+        # One ack_many script per priority level, all in one round trip.
+        core = self._core
+        receipts = [core.receipt(job) for job in jobs]
+        try:
+            with translating():
+                replies = await self._eval_many(core.ack_many_calls(jobs), self._deadline())
+        finally:
+            for r, job in zip(receipts, jobs, strict=True):
+                core.release(r, job.id)
+        lost = [raw.decode() for reply in replies for raw in reply]
+        if lost:
+            raise not_leased_many(lost, len(jobs))
 
     async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         await self._settle(job, self._core.nack_call(job, requeue, delay))
