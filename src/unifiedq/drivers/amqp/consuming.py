@@ -16,8 +16,10 @@ a job instead of requeueing it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
+import struct
 import threading
 import time
 import uuid
@@ -27,6 +29,8 @@ from typing import Any
 import amqp
 import amqp.exceptions as amqp_exc
 
+from ..._checks import not_leased_many
+from ..._compat import amqp as compat
 from ..._errors import (
     BackendError,
     BackendFull,
@@ -48,6 +52,15 @@ from .state import Held
 __all__ = ["ConsumingMixin"]
 
 _SLICE = 0.2  # longest a blocking read holds the handle's lock
+
+
+# AMQP 0-9-1 framing (spec 4.2.3): a basic.ack method frame (class 60, method 80) with a
+# 64-bit delivery tag and the ``multiple`` bit, as py-amqp's ``basic_ack`` encodes it.
+_ACK_FRAME = struct.Struct(">BHIHHQBB")
+
+
+def _ack_frame(channel_id: int, tag: int, multiple: bool) -> bytes:
+    return _ACK_FRAME.pack(1, channel_id, 13, 60, 80, tag, multiple, 0xCE)
 
 
 def _header_str(value: object) -> str | None:
@@ -156,8 +169,10 @@ class ConsumingMixin(PublishingMixin):
                     self._fill(out, n)
                 left = None if deadline is None else deadline - time.monotonic()
                 if not out and left is not None and left <= 0:
-                    self._get()  # polling: one round trip, and no prefetch buffer
+                    self._get()  # polling: one round trip per job, and no prefetch buffer
                     self._fill(out, n)
+                    while out and len(out) < n and self._consumer_tag is None and self._get():
+                        self._fill(out, n)
                     return True
                 if not out and len(self._held) >= self.options.prefetch:
                     # The consumer is saturated (the broker pushes nothing while we hold
@@ -175,9 +190,14 @@ class ConsumingMixin(PublishingMixin):
                                                else min(left, _SLICE))
                     self._fill(out, n)
                 if out:
-                    while len(out) < n and self._get():  # top up a batch
-                        self._fill(out, n)
+                    # Take what already arrived (a prefetching consumer's burst) without
+                    # waiting. Round trips (basic.get, one job each) top a batch up only when
+                    # nothing else can: no consumer (polling) or a saturated one.
+                    self._pump()
                     self._fill(out, n)
+                    if self._consumer_tag is None or len(self._held) >= self.options.prefetch:
+                        while len(out) < n and self._get():
+                            self._fill(out, n)
                     return True
                 return False
 
@@ -247,6 +267,55 @@ class ConsumingMixin(PublishingMixin):
             del self._held[tag]
 
         self._settle("ack", do)
+
+    def _ack_many(self, jobs: list[Job]) -> None:
+        lost: list[str] = []
+
+        def do() -> None:
+            tags: list[int] = []
+            for job in jobs:
+                try:
+                    tags.append(self._held_for(job)[0])
+                except JobNotLeased:
+                    lost.append(job.id)
+            if tags:
+                self._ack_tags(tags)
+
+        try:
+            self._settle("ack_many", do)
+        except JobNotLeased as exc:  # the connection was lost: every lease with it
+            raise not_leased_many([j.id for j in jobs], len(jobs)) from exc
+        if lost:
+            raise not_leased_many(lost, len(jobs))
+
+    def _ack_tags(self, tags: list[int]) -> None:
+        """Ack held deliveries in as few frames as is exactly right, in one socket write.
+
+        ``basic.ack(multiple=True)`` acks *every* unacked delivery of the channel up to its
+        tag, so it covers only the sorted tags below the lowest unacked delivery that is not
+        being acked (held by another caller, or prefetched and not handed out yet); the rest
+        get one frame each. Deliveries not read yet have higher tags than any we hold (the
+        broker numbers them in order), so they are never covered by mistake.
+        """
+        tags.sort()
+        want = set(tags)
+        top = tags[-1]
+        keep = min((t for t in self._held if t <= top and t not in want), default=None)
+        for msg in self._buffer:
+            t = msg.delivery_info["delivery_tag"]
+            if t <= top and (keep is None or t < keep):
+                keep = t
+        split = len(tags) if keep is None else bisect.bisect_left(tags, keep)
+        frames: list[bytes] = []
+        if split > 1:
+            frames.append(_ack_frame(self._cch.channel_id, tags[split - 1], True))
+            singles = tags[split:]
+        else:
+            singles = tags
+        frames.extend(_ack_frame(self._cch.channel_id, t, False) for t in singles)
+        compat.raw_writer(self._conn)(b"".join(frames))
+        for t in tags:
+            del self._held[t]
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._delay_ms(delay)  # LimitExceeded before the lease is touched
