@@ -3,7 +3,8 @@
 The command line of the worker runtime in :mod:`unifiedq.worker`: load APP (a
 :class:`~unifiedq.worker.Router` or a callable taking a Job), build a
 :class:`~unifiedq.worker.Worker` or :class:`~unifiedq.worker.AsyncWorker` from the options,
-and run it until SIGTERM/SIGINT.
+and run it until SIGTERM/SIGINT. With ``--processes N`` (N > 1) the command is a
+:class:`~unifiedq.supervisor.Supervisor` of N such single-process workers instead.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from typing import Any
 
 from .._errors import ConfigurationError, InvalidArgument, UnifiedQError
 from .._worker_core import _is_async
 from ..limits import TokenBucket
 from ..metrics import Metrics
+from ..supervisor import SUPERVISOR_LOG_FIELDS, SUPERVISOR_PID_ENV, Supervisor
 from ..worker import AsyncWorker, JsonLogFormatter, Retry, Router, Worker
 
 __all__ = ["worker_main"]
@@ -52,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("app", help="package.module:attribute")
     p.add_argument("--url", required=True, help="queue URL, e.g. redis://localhost/0?queue=q")
     p.add_argument("--concurrency", "-c", type=int, default=1)
+    p.add_argument("--processes", "-p", type=int, default=1,
+                   help="worker processes, each with --concurrency slots, under a supervisor "
+                        "that restarts dead ones (default 1: no supervisor)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="per-attempt timeout in seconds (0 = none)")
     p.add_argument("--max-attempts", type=int, default=5)
@@ -79,14 +88,21 @@ def worker_main(argv: list[str] | None = None) -> int:
     Returns:
         The process exit code: 0 after a clean shutdown, 1 on error, 2 on bad arguments.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on errors
         return int(exc.code or 0)
+    if args.processes < 1:
+        parser.print_usage(sys.stderr)
+        print(f"unifiedq worker: error: --processes must be >= 1, not {args.processes}",
+              file=sys.stderr)
+        return 2
     handler = logging.StreamHandler()
     if args.log_json:
-        handler.setFormatter(JsonLogFormatter())
+        handler.setFormatter(_SupervisorJsonFormatter() if args.processes > 1
+                             else JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                "%(message)s [%(event)s]", defaults={"event": "-"}))
@@ -94,6 +110,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())
     try:
+        if args.processes > 1:
+            return _supervise(args, argv)
+        _watch_supervisor()
         app = _load_target(args.app)
         if not isinstance(app, Router) and not callable(app):
             raise InvalidArgument(f"{args.app} is neither a Router nor a callable")
@@ -124,3 +143,54 @@ def worker_main(argv: list[str] | None = None) -> int:
     finally:
         root.removeHandler(handler)
     return 0
+
+
+class _SupervisorJsonFormatter(JsonLogFormatter):
+    """The worker's JSON lines plus the supervisor's fields (slot, pid, exit_code, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as JSON."""
+        line = super().format(record)
+        extra = {k: v for k in SUPERVISOR_LOG_FIELDS
+                 if (v := record.__dict__.get(k)) is not None}
+        if not extra:
+            return line
+        doc = json.loads(line)
+        return json.dumps({**doc, **{k: v for k, v in extra.items() if k not in doc}},
+                          default=str)
+
+
+def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``--processes`` copies of this command with ``--processes 1`` under a Supervisor."""
+    base = [sys.executable, "-m", "unifiedq", "worker", *argv]
+
+    def command(slot: int) -> list[str]:
+        cmd = [*base, "--processes", "1"]  # argparse keeps the last value of an option
+        if args.metrics_port is not None:  # one port per child: they cannot share one
+            cmd += ["--metrics-port", str(args.metrics_port + slot)]
+        return cmd
+
+    # The supervisor imports nothing of the app: each child does, so a broken app is a
+    # crash loop of children (reported as such), and the parent stays small.
+    return Supervisor(command, args.processes, grace=args.grace, url=args.url).run()
+
+
+def _watch_supervisor() -> None:
+    """In a supervised child: stop gracefully, as on SIGTERM, once the supervisor is gone.
+
+    Children run in their own session (so that a terminal's Ctrl-C reaches only the
+    supervisor), so nothing else stops them if the supervisor is SIGKILLed.
+    """
+    raw = os.environ.pop(SUPERVISOR_PID_ENV, None)  # not inherited by the app's subprocesses
+    if not raw or not raw.isdigit():
+        return
+    parent = int(raw)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("the supervisor (pid %d) is gone: stopping", parent,
+                    extra={"event": "supervisor_gone"})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="unifiedq-supervisor-watch", daemon=True).start()
