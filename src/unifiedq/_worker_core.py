@@ -135,11 +135,16 @@ class Route:
     fn: Handler
     timeout: float | None = _UNSET
     retry: Retry | None = None
+    # Looked up once: inspect's checks cost ~5 µs, and the worker asks for every job.
+    _async: bool = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_async", _is_async(self.fn))
 
     @property
     def is_async(self) -> bool:
         """True when ``fn`` is a coroutine function."""
-        return _is_async(self.fn)
+        return self._async
 
 
 def _is_async(fn: object) -> bool:
@@ -282,6 +287,12 @@ class _Entry:
     settled: bool = False
     lease_lost: bool = False
     due: float = 0.0  # for held retries: monotonic time to release it
+    # Set while a blocking handler runs on its slot's own thread (the housekeeper's watchdog
+    # times it out): its route, the slot, and the monotonic start and deadline.
+    route: Route | None = None
+    slot: int = -1
+    started: float = 0.0
+    deadline: float | None = None
 
     @property
     def view(self) -> Job:
@@ -341,6 +352,15 @@ def open_queue(source: str | _Q, what: str, kind: type[Any], opener: Callable[..
 
 class WorkerCore:
     """Configuration, policy, logging and counters shared by both faces (no I/O)."""
+
+    #: Most jobs one fetch takes (fewer when fewer slots are idle; 1 with a ``rate_limit``).
+    prefetch_max = 32
+    #: Acks of finished jobs are sent together (``ack_many``, drivers with BATCH) once this
+    #: many are waiting, when a slot is about to wait for work, or ``ack_window`` s after
+    #: the first of them, whichever comes first.
+    ack_batch = 32
+    #: Longest time an ack waits for its batch, in seconds (see ``ack_batch``).
+    ack_window = 0.005
 
     def __init__(
         self,

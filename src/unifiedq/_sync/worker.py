@@ -8,6 +8,7 @@ are tasks; on the blocking face they are threads (``AsyncRuntime`` becomes ``Syn
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import itertools
@@ -36,6 +37,7 @@ from .._worker_core import (
     WorkerCore,
     _Decision,
     _Entry,
+    log,
     open_queue,
 )
 from ..limits import RateLimiter
@@ -127,6 +129,20 @@ class Worker(WorkerCore):
         self._stopper: SyncTask | None = None
         self._started = False
         self._deadline: float | None = None  # grace deadline (monotonic) once stopping
+        # Fetching: one slot at a time fetches, for itself and the idle slots queued behind
+        # it on _fetch_lock; what it took beyond its own job waits in _buf (with the monotonic
+        # time it was fetched) for them. _idle counts the slots inside _next_job.
+        self._fetch_lock = SyncRuntime.Lock()
+        self._buf: collections.deque[tuple[Job, float]] = collections.deque()
+        self._idle = 0
+        self._acks: list[tuple[_Entry, float]] = []  # succeeded, waiting for ack_many
+        self._acks_sent = 0  # acks flushed so far (the housekeeper ticks while it grows)
+        self._hk_wake_at = 0.0  # when the housekeeper next wakes by itself (monotonic)
+        self._abandoned: set[int] = set()  # slots whose thread hangs in a handler, not replaced
+        self._slot_gen = itertools.count(1)
+        self._batch_fetch = False
+        self._batch_ack = False
+        self._metered = True
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,6 +158,11 @@ class Worker(WorkerCore):
             self._started = True
         if self.router.is_async and not SyncRuntime.RUNS_COROUTINES:
             raise InvalidArgument("every handler is async: use AsyncWorker")
+        # Decided here, not in __init__: tests (and wrappers) may narrow caps or swap metrics.
+        batch = Capability.BATCH in self.caps
+        self._batch_fetch = batch and self.rate_limit is None  # a limit is one token a fetch
+        self._batch_ack = batch and Capability.ACK in self.caps
+        self._metered = not isinstance(self.metrics, NullMetrics)
         self._log(logging.INFO, "worker_start",
                   f"worker starting: {self.concurrency} slots on {self.driver}:{self.queue_name}",
                   concurrency=self.concurrency)
@@ -227,26 +248,39 @@ class Worker(WorkerCore):
 
     def _shutdown(self) -> None:
         with self._lock:  # waits for a start() in progress: every slot is then in the list
-            slots, hk = list(self._slots), self._hk
-        for t in slots:  # let running handlers finish within the grace period
-            while not t.done():
-                left = (self._deadline or 0.0) - time.monotonic()
-                if left <= 0:  # re-read each step: a second signal shortens it
-                    break
-                t.join(min(left, 0.1))
+            hk = self._hk
+        while True:  # let running handlers finish within the grace period
+            busy = [t for t in self._live_slots() if not t.done()]
+            left = (self._deadline or 0.0) - time.monotonic()
+            if not busy or left <= 0:  # re-read each step: a second signal shortens it
+                break
+            busy[0].join(min(left, 0.1))
         with self._lock:
             running = list(self._inflight)
         for e in running:  # still running after the grace: hand them back
             if e.claim():
+                if e.slot >= 0:  # its blocking handler holds the slot's thread: abandon it
+                    with self._lock:
+                        self._abandoned.add(e.slot)
+                    self._drop_inflight(e)
                 self._return(e, "grace period over")
+        slots = self._live_slots()
         for t in slots:
             t.cancel()  # tasks are cancelled; threads notice their job was taken and exit
         for t in slots:
             t.join(5.0)
+        with self._lock:  # prefetched for slots that stopped instead: never started
+            left_over, self._buf = list(self._buf), collections.deque()
+        for job, _ in left_over:
+            e = self._entry(job)
+            e.claim()
+            self._return(e, "prefetched but not started")
+        self._flush_acks()
         self._flush_held()
         self._wake.set()
         if hk is not None and not hk.join(5.0):
             hk.cancel()
+        self._flush_acks()  # any the housekeeper had not sent yet
         if self._owns_queue:
             self._safe(self.queue.close)
         if self._dl is not None and self._owns_dl:
@@ -255,6 +289,11 @@ class Worker(WorkerCore):
             self.stats()))
         self._done.set()
 
+    def _live_slots(self) -> list[SyncTask]:
+        """The slots, less those abandoned to a hung handler after the stop began."""
+        with self._lock:
+            return [t for i, t in enumerate(self._slots) if i not in self._abandoned]
+
     def _safe(self, close: Callable[[], Any]) -> None:
         try:
             close()
@@ -262,15 +301,77 @@ class Worker(WorkerCore):
             self._log(logging.WARNING, "close_error", "error while closing", exc_info=True)
 
     # -- slots ---------------------------------------------------------------------------------
-    def _fetch(self) -> Job | None:
-        if self.rate_limit is not None and not self._limit_wait(self.rate_limit):
+    def _next_job(self) -> Job | None:
+        """The next job for this idle slot: one prefetched for it, or one it fetches.
+
+        One slot fetches at a time (``_fetch_lock``), taking up to as many jobs as there are
+        idle slots (itself and those queued behind it): so no more jobs are prefetched than
+        slots are free to start them at once, and leases and fairness stay honest.
+        """
+        with self._lock:
+            if self._buf:
+                job, at = self._buf.popleft()
+                return self._fresh(job, at)
+            self._idle += 1
+        try:
+            with self._fetch_lock:
+                with self._lock:
+                    got = self._buf.popleft() if self._buf else None
+                    k = min(self._idle, self.prefetch_max) if self._batch_fetch else 1
+                if got is None:
+                    if self._stopping.is_set():
+                        return None
+                    jobs = self._fetch(k)
+                    if not jobs:
+                        return None
+                    if len(jobs) > 1:
+                        now = time.monotonic()
+                        with self._lock:
+                            self._buf.extend((j, now) for j in jobs[1:])
+                    return jobs[0]
+        finally:
+            with self._lock:
+                self._idle -= 1
+        return self._fresh(*got)
+
+    def _fresh(self, job: Job, fetched: float) -> Job | None:
+        """A prefetched job, unless its lease may have run out while it waited (then None).
+
+        It waits only for a slot that was already idle when it was fetched, so this is a
+        microsecond in practice; past ``lease_extend / 3`` (the heartbeat period, which
+        assumes leases last longer) the lease is extended first on LEASE_EXTEND drivers, and a
+        job whose lease is already gone is not run (the queue has handed it out again).
+        """
+        if time.monotonic() - fetched <= self.lease_extend / 3.0 or \
+                Capability.LEASE_EXTEND not in self.caps:
+            return job
+        try:
+            self.queue.extend_lease(job, self.lease_extend)
+        except JobNotLeased:
+            self._count(lease_lost=1)
+            self._log(logging.WARNING, "lease_lost", "a prefetched job lost its lease before "
+                      "a slot was free; not running it", job_id=job.id)
             return None
-        if Capability.BLOCKING_DEQUEUE in self.caps:
-            return self.queue.dequeue(timeout=self.poll_interval)
-        job = self.queue.dequeue(timeout=0)
-        if job is None:
-            self._stopping.wait(min(self.poll_interval, 0.05))
+        except Exception:
+            self._log(logging.WARNING, "extend_error", "extend_lease failed", exc_info=True)
         return job
+
+    def _fetch(self, k: int) -> list[Job]:
+        if self.rate_limit is not None and not self._limit_wait(self.rate_limit):
+            return []
+        jobs = self._take(k, 0.0)  # a busy queue answers at once: the cheap call
+        if not jobs:
+            if Capability.BLOCKING_DEQUEUE in self.caps:
+                jobs = self._take(k, self.poll_interval)
+            else:
+                self._stopping.wait(min(self.poll_interval, 0.05))
+        return jobs
+
+    def _take(self, k: int, wait: float) -> list[Job]:
+        if k > 1:
+            return self.queue.dequeue_many(k, timeout=wait)
+        job = self.queue.dequeue(timeout=wait)
+        return [job] if job is not None else []
 
     def _limit_wait(self, limit: RateLimiter) -> bool:
         if limit.try_acquire():
@@ -284,7 +385,7 @@ class Worker(WorkerCore):
         try:
             while not self._stopping.is_set():
                 try:
-                    job = self._fetch()
+                    job = self._next_job()
                     errors = 0
                 except Exception:
                     errors += 1
@@ -300,22 +401,24 @@ class Worker(WorkerCore):
                         self._return(e, "fetched during shutdown")
                     break
                 route = self.router.route(job)
-                if runner is None and route is not None and not route.is_async:
+                if runner is None and route is not None and not route.is_async and \
+                        SyncRuntime.RUNS_COROUTINES:
                     runner = Runner(f"unifiedq-worker-{i}")
-                if not self._process(e, route, runner):
-                    if runner is not None:
-                        runner.retire()  # stuck in a hung handler: it exits when that returns
+                if not self._process(e, route, runner, i):
+                    if runner is None:
+                        return  # blocking face: this thread hung and the slot has a new one
+                    runner.retire()  # stuck in a hung handler: it exits when that returns
                     runner = None
         finally:
             if runner is not None:
                 runner.retire()
 
-    def _process(self, e: _Entry, route: Route | None, runner: Runner | None) -> bool:
-        """Run one job; return False if ``runner`` was abandoned to a hung handler."""
+    def _process(self, e: _Entry, route: Route | None, runner: Runner | None,
+                       slot: int) -> bool:
+        """Run one job; return False if its thread was abandoned to a hung handler."""
         with self._lock:
             self._inflight.add(e)
-        self._count(in_flight=1)
-        self.metrics.in_flight(self.queue_name, self.driver, 1)
+            self._stats_in_flight(1)
         start = time.monotonic()
         try:
             if route is None:
@@ -327,8 +430,11 @@ class Worker(WorkerCore):
                                     0.0)
                 return True
             limit = self._timeout_for(route)
-            self._log(logging.DEBUG, "job_start", "job started", e)
+            if log.isEnabledFor(logging.DEBUG):
+                self._log(logging.DEBUG, "job_start", "job started", e)
             view = e.view
+            if runner is None and not route.is_async:
+                return self._run_here(e, route, view, limit, start, slot)
             fn = route.fn
 
             def call() -> Any:
@@ -341,13 +447,7 @@ class Worker(WorkerCore):
             if outcome is CallOutcome.GAVE_UP:  # shutdown handed the job back meanwhile
                 return running.runner_free
             if outcome is CallOutcome.TIMEOUT:
-                self._count(timed_out=1)
-                self.metrics.timed_out(self.queue_name, self.driver)
-                self._log(logging.WARNING, "job_timeout", "handler timed out" + (
-                    "" if running.runner_free else "; its thread is abandoned"), e,
-                    duration=duration)
-                self._failure(e, route, TimeoutError(
-                    f"handler ran past its {limit:g}s timeout"), duration)
+                self._timed_out(e, route, duration, not running.runner_free)
                 return running.runner_free
             if running.error is None:
                 self._success(e, duration)
@@ -360,16 +460,81 @@ class Worker(WorkerCore):
                 SyncRuntime.shield(self._return, e, "worker cancelled")
             raise
         finally:
+            self._drop_inflight(e)
+
+    def _run_here(self, e: _Entry, route: Route, view: Job, limit: float | None,
+                        start: float, slot: int) -> bool:
+        """Blocking face: run the handler on this slot's own thread (no hand-off per job).
+
+        The housekeeper enforces ``limit``: past the deadline it claims the job, fails it as
+        timed out and gives the slot a new thread; this one, stuck in the handler, sees the job
+        claimed when the handler returns, drops the result and exits (returns False).
+        """
+        e.route, e.slot, e.started = route, slot, start
+        if limit is not None:
             with self._lock:
-                self._inflight.discard(e)
-            self._count(in_flight=-1)
-            self.metrics.in_flight(self.queue_name, self.driver, -1)
+                e.deadline = start + limit
+                wake = e.deadline < self._hk_wake_at
+            if wake:
+                self._wake.set()
+        error: BaseException | None = None
+        try:
+            if self.middleware:
+                self._hook_before(view)
+            route.fn(view)
+        except BaseException as exc:  # SystemExit etc. from a handler: a failure too
+            error = exc
+        duration = time.monotonic() - start
+        if limit is not None and duration > limit:  # before the watchdog saw it: same outcome
+            return self._timed_out(e, route, duration, False)
+        if error is None:
+            return self._success(e, duration)
+        return self._failure(e, route, error, duration)
+
+    def _drop_inflight(self, e: _Entry) -> None:
+        """Stop counting ``e`` as running (once: the slot, watchdog or shutdown may each try)."""
+        with self._lock:
+            if e not in self._inflight:
+                return
+            self._inflight.discard(e)
+            self._stats_in_flight(-1)
+
+    def _stats_in_flight(self, delta: int) -> None:
+        # Every caller holds self._lock, which serialises the writers of this one counter
+        # (the others are written under _stats_lock).
+        self._stats.in_flight += delta
+        if self._metered:
+            self.metrics.in_flight(self.queue_name, self.driver, delta)
+
+    def _replace_slot(self, i: int) -> None:
+        """Give slot ``i`` a new thread: the old one hangs in a handler the watchdog timed out."""
+        with self._lock:
+            if self._stopping.is_set():
+                self._abandoned.add(i)  # no new work: the shutdown must not wait for it
+                return
+            self._slots[i] = SyncRuntime.spawn(self._slot, i,
+                                                name=f"unifiedq-worker-{i}.{next(self._slot_gen)}")
 
     # -- settling ------------------------------------------------------------------------------
-    def _success(self, e: _Entry, duration: float) -> None:
+    def _success(self, e: _Entry, duration: float) -> bool:
+        """Settle a job whose handler returned; False if someone else settled it first."""
         if not e.claim():
-            return
-        self._hook_after(e, duration)
+            return False
+        if self.middleware:
+            self._hook_after(e, duration)
+        if self._batch_ack:
+            # Batched: acked within ack_window (or sooner); a crash meanwhile redelivers it.
+            with self._lock:
+                self._acks.append((e, duration))
+                n = len(self._acks)
+                # The first waiting ack wakes a sleeping housekeeper (it then ticks every
+                # ack_window while acks flow, so this is rare under load).
+                wake = n == 1 and self._hk_wake_at > time.monotonic() + self.ack_window
+            if n >= self.ack_batch:
+                self._flush_acks()
+            elif wake:
+                self._wake.set()
+            return True
         if Capability.ACK in self.caps:
             try:
                 self.queue.ack(e.job)
@@ -380,14 +545,81 @@ class Worker(WorkerCore):
             except Exception:
                 self._log(logging.ERROR, "ack_error", "ack failed; the job will come back "
                           "after its lease", e, exc_info=True)
-        self._count(processed=1)
-        self.metrics.processed(self.queue_name, self.driver, duration)
-        self._log(logging.INFO, "job_done", "job done", e, duration=round(duration, 6))
+        self._done_jobs([(e, duration)])
+        return True
+
+    def _flush_acks(self) -> None:
+        """Ack every succeeded job waiting for its batch, in one ``ack_many``."""
+        with self._lock:
+            if not self._acks:
+                return
+            batch, self._acks = self._acks, []
+            self._acks_sent += len(batch)
+        lost: set[str] = set()
+        try:
+            try:
+                self.queue.ack_many([e.job for e, _ in batch])
+            except InvalidArgument:
+                # The same job id twice (a lease expired and this worker got the job again):
+                # ack_many refuses the batch, so ack them one by one.
+                for e, _ in batch:
+                    try:
+                        self.queue.ack(e.job)
+                    except JobNotLeased:
+                        lost.add(e.job.id)
+        except JobNotLeased as err:
+            lost = set(err.job_ids) or {e.job.id for e, _ in batch}
+        except Exception:
+            self._log(logging.ERROR, "ack_error", f"ack_many of {len(batch)} jobs failed; "
+                      "they will come back after their lease", exc_info=True)
+        if lost:
+            self._count(lease_lost=len(lost))
+            for e, _ in batch:
+                if e.job.id in lost:
+                    self._log(logging.WARNING, "lease_lost", "job finished but its lease had "
+                              "expired; it may run again", e)
+        self._done_jobs(batch)
+
+    def _done_jobs(self, done: list[tuple[_Entry, float]]) -> None:
+        """Count, meter and log succeeded jobs (after their ack was sent)."""
+        with self._stats_lock:
+            self._stats.processed += len(done)
+        if self._metered:
+            for _, d in done:
+                self.metrics.processed(self.queue_name, self.driver, d)
+        if log.isEnabledFor(logging.INFO):
+            for e, d in done:
+                self._log(logging.INFO, "job_done", "job done", e, duration=round(d, 6))
+
+    def _timed_out(self, e: _Entry, route: Route, duration: float,
+                         abandoned: bool) -> bool:
+        """Fail a job whose handler ran past its timeout; False if already settled."""
+        if not e.claim():
+            return False
+        self._settle_timeout(e, route, duration, abandoned)
+        return True
+
+    def _settle_timeout(self, e: _Entry, route: Route, duration: float,
+                              abandoned: bool) -> None:
+        self._count(timed_out=1)
+        if self._metered:
+            self.metrics.timed_out(self.queue_name, self.driver)
+        self._log(logging.WARNING, "job_timeout", "handler timed out" + (
+            "; its thread is abandoned" if abandoned else ""), e, duration=duration)
+        limit = self._timeout_for(route)
+        self._settle_failure(e, route, TimeoutError(
+            f"handler ran past its {limit or 0:g}s timeout"), duration)
 
     def _failure(self, e: _Entry, route: Route | None, exc: BaseException,
-                       duration: float) -> None:
+                       duration: float) -> bool:
+        """Settle a failed attempt (retry or dead-letter); False if already settled."""
         if not e.claim():
-            return
+            return False
+        self._settle_failure(e, route, exc, duration)
+        return True
+
+    def _settle_failure(self, e: _Entry, route: Route | None, exc: BaseException,
+                              duration: float) -> None:
         d = self._decide(e, route, exc)
         self._count(failed=1)
         self.metrics.failed(self.queue_name, self.driver, duration)
@@ -504,11 +736,12 @@ class Worker(WorkerCore):
         next_beat = time.monotonic() + every
         next_depth = time.monotonic()
         track_depth = not isinstance(self.metrics, NullMetrics)
+        acks_seen = -1
         while True:
             self._wake.clear()  # before looking: a set() from now on ends the wait below
             with self._lock:
                 if self._stopping.is_set() and not self._inflight and (
-                        self._done.is_set() or all(t.done() for t in self._slots)):
+                        self._done.is_set() or all(t.done() for t in self._live_slots())):
                     return
                 now = time.monotonic()
                 due: list[_Entry] = []
@@ -516,14 +749,38 @@ class Worker(WorkerCore):
                     due.append(heapq.heappop(self._held)[2])
                 beat = [x for x in (*self._inflight, *(h[2] for h in self._held))
                         if not x.lease_lost] if extend and now >= next_beat else []
+                # The watchdog: blocking handlers run on their slot's thread, so their
+                # timeouts are enforced here.
+                overdue: list[_Entry] = []
                 waits = [next_beat - now]
+                for x in self._inflight:
+                    if x.deadline is not None:
+                        if x.deadline <= now:
+                            overdue.append(x)
+                        else:
+                            waits.append(x.deadline - now)
+                # While acks flow, tick every ack_window so no slot has to wake us per batch.
+                flush = bool(self._acks) and acks_seen == self._acks_sent
+                if self._acks or acks_seen != self._acks_sent:
+                    waits.append(self.ack_window)
+                acks_seen = self._acks_sent
                 if self._held and not self._stopping.is_set():  # stopping: the shutdown
                     waits.append(self._held[0][0] - now)  # flushes them (this would spin)
                 if track_depth:
                     waits.append(next_depth - now)
-            if not due and min(waits) > 0:
-                self._wake.wait(min(min(waits), 1.0))
+                wait = min(min(waits), 1.0)
+                idle = not due and not overdue and not flush and wait > 0
+                self._hk_wake_at = now + wait if idle else now
+            if idle:
+                self._wake.wait(wait)
                 continue
+            for x in overdue:
+                if x.route is not None and x.claim():
+                    self._drop_inflight(x)
+                    self._replace_slot(x.slot)
+                    self._settle_timeout(x, x.route, now - x.started, True)
+            if flush:
+                self._flush_acks()
             for e in due:
                 self._retry_held(e)
             for e in beat:
