@@ -136,6 +136,7 @@ class Worker(WorkerCore):
         self._buf: collections.deque[tuple[Job, float]] = collections.deque()
         self._idle = 0
         self._acks: list[tuple[_Entry, float]] = []  # succeeded, waiting for ack_many
+        self._acks_since = 0.0  # when the oldest of them was added (monotonic)
         self._acks_sent = 0  # acks flushed so far (the housekeeper ticks while it grows)
         self._hk_wake_at = 0.0  # when the housekeeper next wakes by itself (monotonic)
         self._abandoned: set[int] = set()  # slots whose thread hangs in a handler, not replaced
@@ -527,9 +528,11 @@ class Worker(WorkerCore):
             with self._lock:
                 self._acks.append((e, duration))
                 n = len(self._acks)
-                # The first waiting ack wakes a sleeping housekeeper (it then ticks every
-                # ack_window while acks flow, so this is rare under load).
-                wake = n == 1 and self._hk_wake_at > time.monotonic() + self.ack_window
+                wake = False
+                if n == 1:  # the housekeeper sends it at the latest ack_window from now
+                    self._acks_since = time.monotonic()
+                    # It wakes by itself that soon while acks flow; else wake it.
+                    wake = self._hk_wake_at > self._acks_since + self.ack_window
             if n >= self.ack_batch:
                 self._flush_acks()
             elif wake:
@@ -759,9 +762,13 @@ class Worker(WorkerCore):
                             overdue.append(x)
                         else:
                             waits.append(x.deadline - now)
-                # While acks flow, tick every ack_window so no slot has to wake us per batch.
-                flush = bool(self._acks) and acks_seen == self._acks_sent
-                if self._acks or acks_seen != self._acks_sent:
+                # Acks waiting ack_window are sent; while acks flow, tick every ack_window so
+                # that no slot has to wake us for each batch.
+                flush = False
+                if self._acks:
+                    flush = now - self._acks_since >= self.ack_window
+                    waits.append(self._acks_since + self.ack_window - now)
+                elif acks_seen != self._acks_sent:
                     waits.append(self.ack_window)
                 acks_seen = self._acks_sent
                 if self._held and not self._stopping.is_set():  # stopping: the shutdown
