@@ -7,10 +7,11 @@ Starts its own ``redis-server`` on a free port (the test rig; ``--redis-url`` us
 and then measures no server CPU). Each run: a fresh queue, paused (asynq's ``paused`` key,
 which the dequeue script honours), with ``--jobs`` 64-byte no-op jobs; then the real command
 ``python -m unifiedq worker bench_app:app --url URL --processes N --concurrency C``
-(``bench_app.app`` does nothing); once every process holds a Redis connection the queue is
-unpaused, and the run is timed until every job is acked (asynq's pending and active sets
-both empty, polled every 5 ms), then SIGTERM. Pausing keeps the children's staggered
-interpreter start-up (which would be half of a 10,000-job run) out of the rate.
+(``bench_app.app`` does nothing); once every process has imported the app and holds a Redis
+connection (and 0.2 s more) the queue is unpaused, and the run is timed until every job is
+acked (asynq's pending and active sets both empty, polled every 5 ms), then SIGTERM. Pausing
+keeps the children's staggered interpreter start-up (which would be half of a 10,000-job
+run) out of the rate.
 
 Reported per configuration, as medians and ranges over rounds (runs interleaved: each round
 runs every configuration once, in a rotated order, so drift in the shared machine's load hits
@@ -58,7 +59,10 @@ import unifiedq  # noqa: E402
 from unifiedq.testing.servers import RedisServer  # noqa: E402
 
 BODY = b"x" * 64
-APP = "def app(job):\n    pass\n"
+# The app marks each process that imported it (READY_DIR/<pid>), then does nothing per job.
+APP = ("import os, pathlib\n"
+       "pathlib.Path(os.environ['READY_DIR'], str(os.getpid())).touch()\n"
+       "def app(job):\n    pass\n")
 
 
 def _cpu_of(pid: int | None) -> float:
@@ -98,15 +102,19 @@ def run_once(base_url: str, app_dir: Path, n: int, procs: int, conc: int, flavou
     _fill(q, n)
     cmd = [sys.executable, "-m", "unifiedq", "worker", "bench_app:app", "--url", url,
            "--concurrency", str(conc), "--flavour", flavour, "--log-level", "WARNING"]
-    env = {**os.environ, "PYTHONPATH": f"{app_dir}{os.pathsep}{ROOT / 'src'}"}
+    ready = app_dir / qname
+    ready.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{app_dir}{os.pathsep}{ROOT / 'src'}",
+           "READY_DIR": str(ready)}
     cpu0, clients0 = _children_cpu(), _clients(r)
     t_start = time.monotonic()
     commands = [cmd] * procs if plain else [[*cmd, "--processes", str(procs)]]
     ps = [subprocess.Popen(c, cwd=app_dir, env=env, stdin=subprocess.DEVNULL) for c in commands]
     t_first = t10 = t90 = None
     try:
-        # Up = every process holds a Redis connection (it opens one for its first dequeue).
-        while _clients(r) < clients0 + procs:
+        # Up = every process imported the app, and as many Redis connections as processes
+        # are open (a worker opens its first for its first dequeue, just after the import).
+        while len(list(ready.iterdir())) < procs or _clients(r) < clients0 + procs:
             if any(p.poll() is not None for p in ps) or time.monotonic() - t_start > 60:
                 raise RuntimeError(f"the workers did not start: {[p.poll() for p in ps]}")
             time.sleep(0.01)

@@ -162,7 +162,6 @@ class Supervisor:
         self._log = logger or logging.getLogger("unifiedq.worker")
         self._slots = [_Slot(i) for i in range(processes)]
         self._stops = 0            # stop requests so far (signals or request_stop calls)
-        self._lock = threading.Lock()
 
     @classmethod
     def for_worker(
@@ -206,9 +205,12 @@ class Supervisor:
 
     def pids(self) -> dict[int, int]:
         """Return ``{slot: pid}`` of the children alive now."""
-        with self._lock:
-            return {s.index: s.proc.pid for s in self._slots
-                    if s.proc is not None and s.proc.poll() is None}
+        out = {}
+        for s in self._slots:
+            proc = s.proc  # one read: run() may replace it meanwhile on another thread
+            if proc is not None and proc.poll() is None:
+                out[s.index] = proc.pid
+        return out
 
     @property
     def restarts(self) -> int:
@@ -309,8 +311,7 @@ class Supervisor:
             slot.proc = None
             self._schedule_restart(slot, time.monotonic(), early=True)
             return
-        with self._lock:
-            slot.proc = proc
+        slot.proc = proc
         slot.started = time.monotonic()
         self._event(logging.INFO, "child_start",
                     f"worker process {slot.index} started (pid {proc.pid})",
