@@ -7,6 +7,7 @@ on a private server, so no other test's traffic is counted.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -189,3 +190,128 @@ def test_ack_many_after_script_flush(server: RedisServer, raw: redis.Redis, qnam
         raw.script_flush()
         q.ack_many(jobs)
         assert _active(q) == 0
+
+
+# --------------------------------------------------------------------------- idle pickup
+
+
+def test_idle_pickup_is_one_request_after_the_wake(
+    server: RedisServer, raw: redis.Redis, qname: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dequeue script rides behind the BLPOP: after its first (empty) take, a waiting
+    # consumer sends ONE request in all (before: the BLPOP, then the take once woken).
+    from unifiedq.drivers.redis import _clients
+
+    sends: list[bytes] = []
+    real = _clients.SyncWire.send
+
+    def counting(conn: Any, data: bytes, timeout: float) -> None:
+        if threading.current_thread().name == "consumer":
+            sends.append(data)
+        real(conn, data, timeout)
+
+    monkeypatch.setattr(_clients.SyncWire, "send", staticmethod(counting))
+    got: list[Job | None] = []
+    with connect(_url(server, qname, heartbeat="false", poll_interval=3)) as q:
+        q.enqueue(b"warm")
+        q.ack(_one(q))  # connected, scripts loaded
+        raw.delete(f"asynq:{{{qname}}}:uq:wake")  # warm's token would wake us at once
+        t = threading.Thread(target=lambda: got.append(q.dequeue(timeout=5)), name="consumer")
+        t.start()
+        time.sleep(0.3)  # blocked in the wait by now
+        with connect(_url(server, qname)) as producer:
+            jid = producer.enqueue(b"wake")
+        t.join(5)
+        assert got and got[0] is not None and got[0].id == jid
+        assert len(sends) == 2, [s[:60] for s in sends]  # first take; BLPOP + take at once
+        assert b"BLPOP" in sends[1] and b"EVALSHA" in sends[1]
+        q.ack(got[0])
+
+
+def test_waited_take_leases_for_the_full_visibility_timeout(
+    server: RedisServer, raw: redis.Redis, qname: str
+) -> None:
+    # Its arguments were computed before the wait: the lease is lengthened by the wait.
+    with connect(_url(server, qname, heartbeat="false", visibility_timeout=2,
+                      poll_interval=1)) as q:
+        got: list[Job | None] = []
+        t = threading.Thread(target=lambda: got.append(q.dequeue(timeout=5)))
+        t.start()
+        time.sleep(0.6)
+        with connect(_url(server, qname)) as producer:
+            jid = producer.enqueue(b"x")
+        t.join(5)
+        score = raw.zscore(f"asynq:{{{qname}}}:lease", jid)
+        assert score is not None and score - time.time() > 1.8
+        assert got and got[0] is not None
+        q.ack(got[0])
+
+
+def test_waiting_consumer_survives_a_script_flush(
+    server: RedisServer, raw: redis.Redis, qname: str
+) -> None:
+    with connect(_url(server, qname, heartbeat="false", poll_interval=3)) as q:
+        q.enqueue(b"warm")
+        q.ack(_one(q))
+        got: list[Job | None] = []
+        t = threading.Thread(target=lambda: got.append(q.dequeue(timeout=4)))
+        t.start()
+        time.sleep(0.3)
+        raw.script_flush()  # the pipelined EVALSHA meets NOSCRIPT: the next take loads it
+        with connect(_url(server, qname)) as producer:
+            jid = producer.enqueue(b"after flush")
+        t.join(5)
+        assert got and got[0] is not None and got[0].id == jid
+
+
+def test_close_during_a_wait_takes_no_job(
+    server: RedisServer, raw: redis.Redis, qname: str
+) -> None:
+    # A job the pipelined take grabs after close() is given back at once: pending again,
+    # attempt unchanged, nothing in active.
+    q = connect(_url(server, qname, heartbeat="false", poll_interval=3))
+    q.enqueue(b"warm")
+    q.ack(_one(q))
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            q.dequeue(timeout=5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.3)
+    q.close()
+    with connect(_url(server, qname, heartbeat="false")) as producer:
+        jid = producer.enqueue(b"late")
+        t.join(5)
+        assert errors and type(errors[0]).__name__ == "QueueClosed"
+        assert raw.llen(f"asynq:{{{qname}}}:active") == 0
+        job = producer.dequeue(timeout=1)
+        assert job is not None and job.id == jid and job.attempt == 1
+        producer.ack(job)
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+def test_due_task_is_forwarded_while_the_queue_stays_busy(
+    server: RedisServer, raw: redis.Redis, qname: str
+) -> None:
+    # Maintenance is skipped while every call finds ready jobs, but runs at least every
+    # MAINTAIN_EVERY seconds: a due delayed job reaches pending before the backlog drains.
+    with connect(_url(server, qname, heartbeat="false")) as q:
+        q.enqueue_many([b"busy"] * 300)
+        late = q.enqueue(b"late", delay=0.2)
+        held = [_one(q)]
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            held.append(_one(q))
+            time.sleep(0.005)
+        assert raw.zcard(f"asynq:{{{qname}}}:scheduled") == 0
+        assert raw.hget(f"asynq:{{{qname}}}:t:{late}", "state") == b"pending"
+        assert q.size() > 100  # the backlog never drained
+        q.ack_many(held)
+        q.purge()

@@ -64,6 +64,10 @@ Call = tuple[_scripts.Script, list[str], list[Any]]
 _DAY = 86_400
 _STATS_TTL = 90 * _DAY  # asynq keeps daily counters and archived tasks for 90 days
 _WAKE_CAP = 64  # wake tokens kept at most; more would only cause spurious wake-ups
+#: Seconds between the dequeue script's maintenance passes (forward due scheduled/retry tasks,
+#: recover expired leases) while every call finds ready jobs; a call that comes up short
+#: always runs one.
+MAINTAIN_EVERY = 0.1
 ALL_QUEUES = "asynq:queues"
 
 
@@ -274,6 +278,7 @@ class Core:
         base = prefix(options.queue)
         self.levels_key = base + "uq:levels"
         self.wake_key = base + "uq:wake"
+        self.stamp_key = base + "uq:maintained"
         o = options
         self._levels: list[_Level] = []
         # A plain enqueue is 13 RESP bulks: EVALSHA sha 4 KEYS[1..4] ARGV[1..6].
@@ -419,22 +424,28 @@ class Core:
         raise ProtocolError(f"unexpected reply from the enqueue script: {code!r}")
 
     # -- dequeue ---------------------------------------------------------------------------
-    def dequeue_call(self, max_jobs: int) -> tuple[Call, str]:
-        """Return the dequeue script call and the lease token it hands out."""
+    def dequeue_call(self, max_jobs: int, wait: float = 0.0) -> tuple[Call, str]:
+        """Return the dequeue script call and the lease token it hands out.
+
+        ``wait``: seconds the call may wait in Redis before it runs (pipelined behind a
+        BLPOP); its lease is lengthened by that much, so it is never shorter than
+        ``visibility_timeout``.
+        """
         o = self.options
         now = time.time()
         token = os.urandom(8).hex()
         args = [
-            self.qname, repr(now), time.time_ns(), repr(now + o.visibility_timeout), token,
-            max_jobs, repr(now - o.lease_grace), *self._stats(now), "0",
+            self.qname, repr(now), time.time_ns(), repr(now + wait + o.visibility_timeout),
+            token,
+            max_jobs, repr(now - o.lease_grace), *self._stats(now), "0", repr(MAINTAIN_EVERY),
         ]  # fmt: skip
-        return (_scripts.DEQUEUE, [self.levels_key], args), token
+        return (_scripts.DEQUEUE, [self.levels_key, self.stamp_key], args), token
 
     @staticmethod
     def dequeue_resend(call: Call) -> Call:
         """The same dequeue, sent again after a lost reply: it also returns what it took."""
         script, keys, args = call
-        return script, keys, [*args[:-1], "1"]
+        return script, keys, [*args[:10], "1", *args[11:]]
 
     def untake_call(self, call: Call) -> Call:
         """Give back what the dequeue ``call`` took, if it ran and its reply was lost."""

@@ -312,6 +312,67 @@ class AsyncRedisQueue(AsyncQueueBase):
             raise
         return core.dequeue_result(reply, token)
 
+    async def _wait_take(
+        self, max_jobs: int, wait: float
+    ) -> tuple[list[Job], float | None] | None:
+        """Wait up to ``wait`` seconds for a wake-up token, then take jobs: ONE round trip.
+
+        The dequeue script is pipelined behind the BLPOP on the wake list: Redis runs it as
+        soon as the BLPOP returns (token or timeout), so the enqueue that wakes us is followed
+        by one reply, not a reply and another round trip. The script's arguments are computed
+        before the wait, so its lease ends ``wait`` seconds later than a plain dequeue's (it
+        lasts at least ``visibility_timeout``), and tasks that fell due during the wait are
+        forwarded by the next call (``next_due`` says when). The server answers after
+        ``wait``: the read may take that long plus the usual socket_timeout, so a waiting
+        dequeue ends within timeout + socket_timeout. A lost reply or a cancellation is
+        handled as in :meth:`_take_once`; jobs taken after the handle was closed are given
+        back on the same connection, so a closed handle never holds jobs. Returns None when
+        Redis lost the script (its cache was flushed): :meth:`_take_once` loads it.
+        """
+        core = self._core
+        call, token = core.dequeue_call(max_jobs, wait)
+        script, keys, args = call
+        data = (pack(("BLPOP", core.wake_key, repr(wait)))
+                + pack(("EVALSHA", self._variant(script).sha, len(keys), *keys, *args)))
+        deadline = time.monotonic() + wait + self._st
+        try:
+            with translating():
+                reply = await self._blpop_then(data, call, deadline)
+        except (BackendConnectionError, AsyncRuntime.Cancelled):  # the script may have run
+            with self._lock:
+                self._suspects.append(call)
+            await AsyncRuntime.shield(self._untake, self._deadline())
+            raise
+        return None if reply is None else core.dequeue_result(reply, token)
+
+    async def _blpop_then(self, data: bytes, call: Call, deadline: float) -> Any:
+        """Send a BLPOP and the dequeue ``call`` behind it; the dequeue's reply (None: NOSCRIPT)."""
+        async with AsyncWire.within(self._left(deadline)):
+            conn = await self._acquire(deadline)
+            try:
+                await AsyncWire.send(conn, data, self._left(deadline))
+                await AsyncWire.read(conn, self._left(deadline))  # the token, or nil
+                try:
+                    reply = await AsyncWire.read(conn, self._left(deadline))
+                except rexc.NoScriptError:
+                    reply = None
+                if self._closed and reply and int(reply[0]):
+                    await self._give_back(conn, call, deadline)
+                    reply = [0, False]
+            except BaseException:
+                await self._put(conn, broken=True)
+                raise
+            await self._put(conn)
+        return reply
+
+    async def _give_back(self, conn: Any, call: Call, deadline: float) -> None:
+        # EVAL with the source: the pool is closed, so this connection is all there is, and
+        # a NOSCRIPT cannot be answered by a load on another one.
+        script, keys, args = self._core.untake_call(call)
+        await AsyncWire.send(conn, pack(("EVAL", self._variant(script).source, len(keys),
+                                         *keys, *args)), self._left(deadline))
+        await AsyncWire.read(conn, self._left(deadline))
+
     async def _untake(self, deadline: float) -> None:
         """Give back what dequeues with lost replies took; keep those Redis did not confirm."""
         with self._lock:
@@ -328,8 +389,8 @@ class AsyncRedisQueue(AsyncQueueBase):
     async def _take(self, max_jobs: int, timeout: float | None) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
+        jobs, next_due = await self._take_once(max_jobs)
         while True:
-            jobs, next_due = await self._take_once(max_jobs)
             if jobs:
                 self._start_heartbeat()
                 return jobs
@@ -338,12 +399,10 @@ class AsyncRedisQueue(AsyncQueueBase):
             wait = core.wait_seconds(next_due, deadline)
             if wait is None:
                 return []
-            # The server answers a BLPOP after ``wait``: the read may take that long plus the
-            # usual socket_timeout, so a waiting dequeue ends within timeout + socket_timeout.
-            with translating():
-                await self._roundtrip(pack(("BLPOP", core.wake_key, repr(wait))), 1,
-                                      time.monotonic() + wait + self._st)
+            got = await self._wait_take(max_jobs, wait)
             self._check_open()
+            # None: the script cache was flushed; _take_once loads the script.
+            jobs, next_due = got if got is not None else await self._take_once(max_jobs)
 
     async def _dequeue(self, timeout: float | None) -> Job | None:
         jobs = await self._take(1, timeout)
