@@ -35,6 +35,7 @@ RENAMES = {
     "AsyncQueue": "Queue",
     "AsyncQueueBase": "QueueBase",
     "AsyncWorker": "Worker",
+    "AsyncScheduler": "Scheduler",
     "AsyncFairQueue": "FairQueue",
     "AsyncBoundedQueue": "BoundedQueue",
     "AsyncRedisQueue": "RedisQueue",

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .codecs import JsonCodec, MsgpackCodec, TypedQueue
     from .fair import AsyncFairQueue, FairQueue
     from .limits import KeyedLimiter, TokenBucket
+    from .scheduler import AsyncScheduler, Scheduler
     from .worker import AsyncWorker, Middleware, Retry, RetryLater, Router, SkipRetry, Worker
 
 __version__ = "0.1.0"
@@ -67,6 +68,7 @@ _LAZY = {
     "BoundedQueue": "bounded", "AsyncBoundedQueue": "bounded", "ShedEvent": "bounded",
     "TokenBucket": "limits", "KeyedLimiter": "limits",
     "TypedQueue": "codecs", "JsonCodec": "codecs", "MsgpackCodec": "codecs",
+    "Scheduler": "scheduler", "AsyncScheduler": "scheduler",
 }
 
 
@@ -125,6 +127,7 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then the lazily imported tool
     "register_driver",
     "AsyncBoundedQueue",
     "AsyncFairQueue",
+    "AsyncScheduler",
     "AsyncWorker",
     "BoundedQueue",
     "FairQueue",
@@ -135,6 +138,7 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then the lazily imported tool
     "Retry",
     "RetryLater",
     "Router",
+    "Scheduler",
     "ShedEvent",
     "SkipRetry",
     "TokenBucket",

@@ -53,10 +53,12 @@ def _delegate(module: str, func: str, what: str) -> Callable[[Sequence[str]], in
 _serve = _delegate("unifiedq.drivers.quic.server", "serve_main", "serve")
 _certs = _delegate("unifiedq.drivers.quic.certs", "certs_main", "certs")
 _worker = _delegate("unifiedq.cli.worker", "worker_main", "worker")
+_scheduler = _delegate("unifiedq.cli.scheduler", "scheduler_main", "scheduler")
 
 # Subcommands whose own parser takes every argument after the name.
 _PASSTHROUGH: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": _cmd_bench, "serve": _serve, "certs": _certs, "worker": _worker,
+    "scheduler": _scheduler,
 }
 
 
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("certs", help="make a CA and certificates for serve (see 'unifiedq certs "
                                  "--help')", add_help=False)
     sub.add_parser("worker", help="run handlers over a queue (see 'unifiedq worker --help')",
+                   add_help=False)
+    sub.add_parser("scheduler", help="enqueue periodic jobs (see 'unifiedq scheduler --help')",
                    add_help=False)
     return p
 
