@@ -192,31 +192,49 @@ def main(argv: list[str] | None = None) -> int:
     configs: list[tuple[str, int, bool]] = [(f"--processes {c}", c, False) for c in counts]
     if not args.no_plain:
         configs += [(f"plain x{c}", c, True) for c in counts if c > 1]
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in configs}
+    # One entry per round; None where that run failed (it is reported, not hidden).
+    results: dict[str, list[dict[str, float] | None]] = {name: [] for name, _, _ in configs}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, _redis(args.redis_url) as (url, rpid, rver):
         app_dir = Path(tmp)
         (app_dir / "bench_app.py").write_text(APP)
         for r in range(args.rounds):
             order = configs[r % len(configs):] + configs[:r % len(configs)]
             for name, c, plain in order:
-                res = run_once(url, app_dir, args.jobs, c, args.concurrency, args.flavour,
-                               plain, rpid)
+                try:
+                    res = run_once(url, app_dir, args.jobs, c, args.concurrency, args.flavour,
+                                   plain, rpid)
+                except (RuntimeError, unifiedq.UnifiedQError) as exc:
+                    print(f"round {r + 1}/{args.rounds} {name:>14}: FAILED: {exc}", flush=True)
+                    results[name].append(None)
+                    continue
                 results[name].append(res)
                 print(f"round {r + 1}/{args.rounds} {name:>14}: {res['rate']:8.0f} jobs/s "
                       f"(mid {res['mid_rate']:.0f}, start {res['startup_s']:.2f} s), worker CPU "
                       f"{res['worker_cpu_per_10k']:.2f} s/10k, redis CPU "
                       f"{res['redis_cpu_per_10k']:.2f} s/10k", flush=True)
     base = f"--processes {counts[0]}"
+
+    def ratio(a: str, b: str) -> dict[str, float] | None:
+        # Per round: both runs shared that round's machine load.
+        rs = [x["rate"] / y["rate"] for x, y in zip(results[a], results[b], strict=True)
+              if x is not None and y is not None]
+        return _summary(rs) if rs else None
+
     table: dict[str, Any] = {}
-    for name, _, _ in configs:
-        runs = results[name]
-        row = {k: _summary([x[k] for x in runs]) for k in runs[0]}
-        ratios = [x["rate"] / b["rate"] for x, b in zip(runs, results[base], strict=True)]
-        row["ratio_to_base"] = _summary(ratios)
+    for name, c, plain in configs:
+        runs = [x for x in results[name] if x is not None]
+        row: dict[str, Any] = {k: _summary([x[k] for x in runs]) for k in runs[0]} if runs \
+            else {}
+        row["failed_runs"] = len(results[name]) - len(runs)
+        row["ratio_to_base"] = ratio(name, base)
+        if not plain and c > 1 and f"plain x{c}" in results:
+            row["ratio_to_plain"] = ratio(name, f"plain x{c}")
         table[name] = row
     command = "python benchmarks/worker_processes.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     env = {"cpus": os.cpu_count(), "machine": platform.machine(),
+           "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "python": platform.python_version(), "redis": rver,
            "cpu_model": _cpu_model(), "commit": _git_commit(), "unifiedq": unifiedq.__version__}
     doc = {"command": command.strip(), "environment": env, "jobs": args.jobs,
@@ -249,17 +267,37 @@ def _markdown(doc: dict[str, Any], base: str) -> str:
         "",
         f"Python {env['python']}, Redis {env['redis']}, commit {env['commit']}.",
         "",
+        f"Load average (1, 5, 15 min) before: {_load(env['load_average_before'])}, after: "
+        f"{_load(env['load_average_after'])}.",
+        "",
         f"| configuration | jobs/s (first pickup → last ack) | mid-run jobs/s | start-up s "
-        f"| worker CPU s / 10k | redis CPU s / 10k | rate / `{base}` |",
-        "|---|---|---|---|---|---|---|",
+        f"| worker CPU s / 10k | redis CPU s / 10k | rate / `{base}` | rate / `plain xN` "
+        "| failed runs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in doc["results"].items():
+        if "rate" not in row:
+            lines.append(f"| `{name}` | - | - | - | - | - | - | - | {row['failed_runs']} |")
+            continue
+        to_plain = row.get("ratio_to_plain")
         lines.append(f"| `{name}` | {_fmt(row['rate'])} | {_fmt(row['mid_rate'])} | "
                      f"{_fmt(row['startup_s'], 2)} | {_fmt(row['worker_cpu_per_10k'], 2)} | "
                      f"{_fmt(row['redis_cpu_per_10k'], 2)} | "
-                     f"{_fmt(row['ratio_to_base'], 2)} |")
-    lines.append("")
+                     f"{_fmt(row['ratio_to_base'], 2) if row['ratio_to_base'] else '-'} | "
+                     f"{_fmt(to_plain, 2) if to_plain else '-'} | {row['failed_runs']} |")
+    lines += [
+        "",
+        "Ratios are medians of per-round ratios (the two runs of a round shared its machine "
+        "load). `plain xN` is N independent `unifiedq worker` commands without a supervisor; "
+        "`rate / plain xN` compares `--processes N` with it. Worker CPU includes each "
+        "interpreter's start-up (and the supervisor's own, for `--processes N > 1`).",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _load(avg: Any) -> str:
+    return ", ".join(f"{x:.1f}" for x in avg)
 
 
 def _cpu_model() -> str:
