@@ -23,6 +23,7 @@ Writes ``OUT.json`` (every round's raw numbers, versions, the command) and ``OUT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -87,6 +88,7 @@ SYSTEMS = [
            note="RabbitmqBroker defaults: confirm_delivery=False"),
 ]
 BY_NAME = {s.name: s for s in SYSTEMS}
+TIMES, DASH = "\u00d7", "\u2013"  # for the markdown tables
 
 
 class PhaseError(RuntimeError):
@@ -173,10 +175,8 @@ class Runner:
     @staticmethod
     def stop(proc: Any, log: Any) -> None:
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
@@ -279,11 +279,11 @@ def fmt(cell: dict[str, Any] | None, digits: int = 0, scale: float = 1.0) -> str
     med, lo, hi = (cell[k] * scale for k in ("median", "min", "max"))
     if cell["n"] == 1:
         return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+    return f"{med:,.{digits}f} ({lo:,.{digits}f}{DASH}{hi:,.{digits}f})"
 
 
 def ratio(cell: dict[str, Any] | None) -> str:
-    return f"{cell['median']:.2f}×" if cell else "—"
+    return f"{cell['median']:.2f}{TIMES}" if cell else "—"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -303,12 +303,13 @@ def render(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']['cpus']} CPU(s), {report['machine']['cpu_model']}, "
         f"{report['machine']['platform']} (shared: absolute numbers are noisy, ratios less so).",
         "",
-        "Medians, with min–max over rounds in parentheses. Ratios are medians of per-round "
+        f"Medians, with min{DASH}max over rounds in parentheses. Ratios are medians of per-round "
         "ratios (both systems measured in the same round).",
         "",
         "## End to end, CPU and pickup latency",
         "",
-        "| system | jobs/s end to end | × Go asynq | × unifiedq Worker | worker CPU s / 10k jobs "
+        f"| system | jobs/s end to end | {TIMES} Go asynq | {TIMES} unifiedq Worker "
+        "| worker CPU s / 10k jobs "
         "| pickup p50 ms | pickup p99 ms |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -322,7 +323,7 @@ def render(report: dict[str, Any]) -> str:
     amqp = [n for n in report["systems"] if BY_NAME[n].backend == "amqp"]
     if amqp:
         lines += ["", "## Same RabbitMQ", "",
-                  "| system | jobs/s end to end | × Dramatiq on RabbitMQ |", "|---|---|---|"]
+                  f"| system | jobs/s end to end | {TIMES} Dramatiq on RabbitMQ |", "|---|---|---|"]
         for name in amqp:
             lines.append(f"| {BY_NAME[name].label} | {fmt(summ[name].get('e2e_rate'))} | "
                          f"{ratio(summ[name].get('e2e_vs_dramatiq-amqp'))} |")
@@ -383,31 +384,37 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpu_model": model, "platform": platform.platform()}
 
 
+FULL = {"rounds": 3, "jobs": 10_000, "samples": 200, "warmup": 20, "gap": 0.02, "timeout": 300.0}
+QUICK = {"rounds": 1, "jobs": 500, "samples": 30, "warmup": 5, "gap": 0.01, "timeout": 60.0}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--systems", default=",".join(s.name for s in SYSTEMS),
                    help="comma-separated subset of: " + ", ".join(BY_NAME))
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=10_000, help="jobs per enqueue/work phase")
-    p.add_argument("--samples", type=int, default=200, help="pickup samples per round")
-    p.add_argument("--warmup", type=int, default=20, help="unmeasured jobs before sampling")
-    p.add_argument("--gap", type=float, default=0.02, help="seconds between pickup samples")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (3; --quick: 1)")
+    p.add_argument("--jobs", type=int, help="jobs per enqueue/work phase (10,000; --quick: 500)")
+    p.add_argument("--samples", type=int, help="pickup samples per round (200; --quick: 30)")
+    p.add_argument("--warmup", type=int, help="unmeasured jobs before sampling (20; --quick: 5)")
+    p.add_argument("--gap", type=float,
+                   help="seconds between pickup samples (0.02; --quick: 0.01)")
     p.add_argument("--size", type=int, default=64, help="payload bytes")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--batch", type=int, default=100, help="jobs per batched enqueue call")
     p.add_argument("--asynq-check", default="1ms", help="asynq TaskCheckInterval, latency run")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
+    p.add_argument("--timeout", type=float, help="seconds per phase (300; --quick: 60)")
     p.add_argument("--tree", default="",
                    help="measure unifiedq from this checkout (e.g. a `git worktree` of a "
                         "commit) instead of the working tree")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 round, 500 jobs, 30 samples")
+                   help="smoke run: fewer rounds, jobs and samples (explicit flags win)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers"),
                    help="output path without extension (.json and .md are written)")
     a = p.parse_args(argv)
-    if a.quick:
-        a.rounds, a.jobs, a.samples, a.warmup, a.gap = 1, 500, 30, 5, 0.01
-        a.timeout = min(a.timeout, 60.0)
+    defaults = QUICK if a.quick else FULL
+    for key, value in defaults.items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     names = [n.strip() for n in a.systems.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
