@@ -448,8 +448,9 @@ class WorkerCore:
         hdr = job.headers.get(ATTEMPT_HEADER)
         if hdr is not None and hdr.isdigit():
             attempt = max(attempt, int(hdr))
-        with self._stats_lock:
-            attempt = max(attempt, self._local_attempts.pop(job.id, 0))
+        if self._local_attempts:  # only ever filled on drivers without HEADERS
+            with self._stats_lock:
+                attempt = max(attempt, self._local_attempts.pop(job.id, 0))
         return _Entry(job, attempt, job.headers.get(self.router.type_header))
 
     def _decide(self, e: _Entry, route: Route | None, exc: BaseException) -> _Decision:

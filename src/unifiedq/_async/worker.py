@@ -264,10 +264,11 @@ class AsyncWorker(WorkerCore):
                         self._abandoned.add(e.slot)
                     self._drop_inflight(e)
                 await self._return(e, "grace period over")
-        slots = self._live_slots()
-        for t in slots:
+        with self._lock:
+            every = list(self._slots)
+        for t in every:
             t.cancel()  # tasks are cancelled; threads notice their job was taken and exit
-        for t in slots:
+        for t in self._live_slots():
             await t.join(5.0)
         with self._lock:  # prefetched for slots that stopped instead: never started
             left_over, self._buf = list(self._buf), collections.deque()
@@ -309,29 +310,36 @@ class AsyncWorker(WorkerCore):
         slots are free to start them at once, and leases and fairness stay honest.
         """
         with self._lock:
-            if self._buf:
-                job, at = self._buf.popleft()
-                return await self._fresh(job, at)
-            self._idle += 1
+            got = self._buf.popleft() if self._buf else None
+            if got is None:
+                self._idle += 1
+        if got is not None:
+            return await self._fresh(*got)
+        counted = True  # this slot is in _idle (until it holds a job, under the same lock)
         try:
             async with self._fetch_lock:
                 with self._lock:
                     got = self._buf.popleft() if self._buf else None
+                    if got is not None:
+                        self._idle -= 1
+                        counted = False
                     k = min(self._idle, self.prefetch_max) if self._batch_fetch else 1
                 if got is None:
                     if self._stopping.is_set():
                         return None
                     jobs = await self._fetch(k)
-                    if not jobs:
-                        return None
-                    if len(jobs) > 1:
-                        now = time.monotonic()
-                        with self._lock:
+                    with self._lock:
+                        # Before the fetch lock goes: the next fetcher counts idle slots.
+                        self._idle -= 1
+                        counted = False
+                        if len(jobs) > 1:
+                            now = time.monotonic()
                             self._buf.extend((j, now) for j in jobs[1:])
-                    return jobs[0]
+                    return jobs[0] if jobs else None
         finally:
-            with self._lock:
-                self._idle -= 1
+            if counted:
+                with self._lock:
+                    self._idle -= 1
         return await self._fresh(*got)
 
     async def _fresh(self, job: Job, fetched: float) -> Job | None:
@@ -433,7 +441,7 @@ class AsyncWorker(WorkerCore):
             if log.isEnabledFor(logging.DEBUG):
                 self._log(logging.DEBUG, "job_start", "job started", e)
             view = e.view
-            if runner is None and not route.is_async:
+            if route.is_async is AsyncRuntime.RUNS_COROUTINES:  # this face's kind of handler
                 return await self._run_here(e, route, view, limit, start, slot)
             fn = route.fn
 
@@ -464,11 +472,12 @@ class AsyncWorker(WorkerCore):
 
     async def _run_here(self, e: _Entry, route: Route, view: Job, limit: float | None,
                         start: float, slot: int) -> bool:
-        """Blocking face: run the handler on this slot's own thread (no hand-off per job).
+        """Run the handler right here, in the slot (no hand-off to another thread or task).
 
         The housekeeper enforces ``limit``: past the deadline it claims the job, fails it as
-        timed out and gives the slot a new thread; this one, stuck in the handler, sees the job
-        claimed when the handler returns, drops the result and exits (returns False).
+        timed out and gives the slot a new thread (task: the old one is cancelled); the old
+        one, once its handler returns (or swallows the cancellation), sees the job claimed,
+        drops the result and exits (returns False).
         """
         e.route, e.slot, e.started = route, slot, start
         if limit is not None:
@@ -481,7 +490,9 @@ class AsyncWorker(WorkerCore):
         try:
             if self.middleware:
                 self._hook_before(view)
-            route.fn(view)
+            await route.fn(view)
+        except AsyncRuntime.Cancelled:
+            raise  # the watchdog or a hard stop: _process hands the job back if still ours
         except BaseException as exc:  # SystemExit etc. from a handler: a failure too
             error = exc
         duration = time.monotonic() - start
@@ -509,6 +520,7 @@ class AsyncWorker(WorkerCore):
     def _replace_slot(self, i: int) -> None:
         """Give slot ``i`` a new thread: the old one hangs in a handler the watchdog timed out."""
         with self._lock:
+            self._slots[i].cancel()  # a task's handler is cancelled; a thread cannot be
             if self._stopping.is_set():
                 self._abandoned.add(i)  # no new work: the shutdown must not wait for it
                 return
@@ -607,7 +619,7 @@ class AsyncWorker(WorkerCore):
         if self._metered:
             self.metrics.timed_out(self.queue_name, self.driver)
         self._log(logging.WARNING, "job_timeout", "handler timed out" + (
-            "; its thread is abandoned" if abandoned else ""), e, duration=duration)
+            "; its slot starts afresh" if abandoned else ""), e, duration=duration)
         limit = self._timeout_for(route)
         await self._settle_failure(e, route, TimeoutError(
             f"handler ran past its {limit or 0:g}s timeout"), duration)
@@ -756,7 +768,7 @@ class AsyncWorker(WorkerCore):
                 overdue: list[_Entry] = []
                 waits = [next_beat - now]
                 for x in self._inflight:
-                    if x.deadline is not None:
+                    if x.deadline is not None and not x.settled:  # settled: its slot is done
                         if x.deadline <= now:
                             overdue.append(x)
                         else:

@@ -265,10 +265,11 @@ class Worker(WorkerCore):
                         self._abandoned.add(e.slot)
                     self._drop_inflight(e)
                 self._return(e, "grace period over")
-        slots = self._live_slots()
-        for t in slots:
+        with self._lock:
+            every = list(self._slots)
+        for t in every:
             t.cancel()  # tasks are cancelled; threads notice their job was taken and exit
-        for t in slots:
+        for t in self._live_slots():
             t.join(5.0)
         with self._lock:  # prefetched for slots that stopped instead: never started
             left_over, self._buf = list(self._buf), collections.deque()
@@ -310,29 +311,36 @@ class Worker(WorkerCore):
         slots are free to start them at once, and leases and fairness stay honest.
         """
         with self._lock:
-            if self._buf:
-                job, at = self._buf.popleft()
-                return self._fresh(job, at)
-            self._idle += 1
+            got = self._buf.popleft() if self._buf else None
+            if got is None:
+                self._idle += 1
+        if got is not None:
+            return self._fresh(*got)
+        counted = True  # this slot is in _idle (until it holds a job, under the same lock)
         try:
             with self._fetch_lock:
                 with self._lock:
                     got = self._buf.popleft() if self._buf else None
+                    if got is not None:
+                        self._idle -= 1
+                        counted = False
                     k = min(self._idle, self.prefetch_max) if self._batch_fetch else 1
                 if got is None:
                     if self._stopping.is_set():
                         return None
                     jobs = self._fetch(k)
-                    if not jobs:
-                        return None
-                    if len(jobs) > 1:
-                        now = time.monotonic()
-                        with self._lock:
+                    with self._lock:
+                        # Before the fetch lock goes: the next fetcher counts idle slots.
+                        self._idle -= 1
+                        counted = False
+                        if len(jobs) > 1:
+                            now = time.monotonic()
                             self._buf.extend((j, now) for j in jobs[1:])
-                    return jobs[0]
+                    return jobs[0] if jobs else None
         finally:
-            with self._lock:
-                self._idle -= 1
+            if counted:
+                with self._lock:
+                    self._idle -= 1
         return self._fresh(*got)
 
     def _fresh(self, job: Job, fetched: float) -> Job | None:
@@ -434,7 +442,7 @@ class Worker(WorkerCore):
             if log.isEnabledFor(logging.DEBUG):
                 self._log(logging.DEBUG, "job_start", "job started", e)
             view = e.view
-            if runner is None and not route.is_async:
+            if route.is_async is SyncRuntime.RUNS_COROUTINES:  # this face's kind of handler
                 return self._run_here(e, route, view, limit, start, slot)
             fn = route.fn
 
@@ -465,11 +473,12 @@ class Worker(WorkerCore):
 
     def _run_here(self, e: _Entry, route: Route, view: Job, limit: float | None,
                         start: float, slot: int) -> bool:
-        """Blocking face: run the handler on this slot's own thread (no hand-off per job).
+        """Run the handler right here, in the slot (no hand-off to another thread or task).
 
         The housekeeper enforces ``limit``: past the deadline it claims the job, fails it as
-        timed out and gives the slot a new thread; this one, stuck in the handler, sees the job
-        claimed when the handler returns, drops the result and exits (returns False).
+        timed out and gives the slot a new thread (task: the old one is cancelled); the old
+        one, once its handler returns (or swallows the cancellation), sees the job claimed,
+        drops the result and exits (returns False).
         """
         e.route, e.slot, e.started = route, slot, start
         if limit is not None:
@@ -483,6 +492,8 @@ class Worker(WorkerCore):
             if self.middleware:
                 self._hook_before(view)
             route.fn(view)
+        except SyncRuntime.Cancelled:
+            raise  # the watchdog or a hard stop: _process hands the job back if still ours
         except BaseException as exc:  # SystemExit etc. from a handler: a failure too
             error = exc
         duration = time.monotonic() - start
@@ -510,6 +521,7 @@ class Worker(WorkerCore):
     def _replace_slot(self, i: int) -> None:
         """Give slot ``i`` a new thread: the old one hangs in a handler the watchdog timed out."""
         with self._lock:
+            self._slots[i].cancel()  # a task's handler is cancelled; a thread cannot be
             if self._stopping.is_set():
                 self._abandoned.add(i)  # no new work: the shutdown must not wait for it
                 return
@@ -608,7 +620,7 @@ class Worker(WorkerCore):
         if self._metered:
             self.metrics.timed_out(self.queue_name, self.driver)
         self._log(logging.WARNING, "job_timeout", "handler timed out" + (
-            "; its thread is abandoned" if abandoned else ""), e, duration=duration)
+            "; its slot starts afresh" if abandoned else ""), e, duration=duration)
         limit = self._timeout_for(route)
         self._settle_failure(e, route, TimeoutError(
             f"handler ran past its {limit or 0:g}s timeout"), duration)
@@ -757,7 +769,7 @@ class Worker(WorkerCore):
                 overdue: list[_Entry] = []
                 waits = [next_beat - now]
                 for x in self._inflight:
-                    if x.deadline is not None:
+                    if x.deadline is not None and not x.settled:  # settled: its slot is done
                         if x.deadline <= now:
                             overdue.append(x)
                         else:
