@@ -9,6 +9,9 @@ from __future__ import annotations
 import collections
 import importlib.metadata
 import inspect
+import socket
+import struct
+import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +24,7 @@ import amqp.transport
 from packaging.requirements import Requirement
 
 from unifiedq._compat import amqp as compat
+from unifiedq.drivers.amqp.consuming import _ack_frame
 from unifiedq.drivers.amqp.publishing import content_frames, method_frame
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -133,6 +137,52 @@ def test_channel_events_dispatch_confirms_and_returns() -> None:
     channel._on_basic_return(312, "NO_ROUTE", "x", "q", amqp.Message(b"b"))
     assert seen == [("ack", 5, False), ("nack", 6, True), ("return", "x", "q", b"b")], changed(
         "the dispatch of Channel.events")
+
+
+# -- 7. transport._quick_recv -----------------------------------------------------------------
+def test_quick_recv_read_ahead_keeps_the_surplus() -> None:
+    for cls, attr in ((amqp.transport.TCPTransport, "recv"), (amqp.transport.SSLTransport, "read")):
+        assert f"self._quick_recv = self.sock.{attr}" in inspect.getsource(
+            cls._setup_transport), changed(f"{cls.__name__}._setup_transport's _quick_recv")
+        assert "recv = self._quick_recv" in inspect.getsource(cls._read), changed(
+            f"{cls.__name__}._read's use of _quick_recv")
+    a, b = socket.socketpair()
+    with a, b:
+        transport = amqp.transport.TCPTransport("127.0.0.1:5672")  # no I/O before connect()
+        transport.sock = a
+        transport._quick_recv = a.recv  # as _setup_transport does
+        asked: list[int] = []
+        real = a.recv
+
+        def counting(n: int) -> bytes:
+            asked.append(n)
+            return real(n)
+
+        transport._quick_recv = counting
+        compat.read_ahead(SimpleNamespace(transport=transport), chunk=64)
+        frames = [(1, 1, b"m" * 5), (2, 1, b"h" * 20), (3, 1, b"b" * 100)]
+        b.sendall(b"".join(struct.pack(">BHI", t, c, len(p)) + p + b"\xce"
+                           for t, c, p in frames))
+        time.sleep(0.05)
+        assert transport.read_frame() == frames[0], changed("read_frame with read-ahead")
+        assert asked == [64], changed("_read's request size")  # one recv for several frames
+        assert len(transport._read_buffer) == 64 - 13, changed("_read's surplus buffer")
+        assert [transport.read_frame() for _ in range(2)] == frames[1:], changed(
+            "read_frame with read-ahead")
+        # Nine frame parts in three reads: the rest of the 100-byte payload (84 > 64 bytes
+        # were missing), then a chunk for the end byte.
+        assert asked == [64, 84, 64] and transport._read_buffer == b"", changed(
+            "_read's surplus buffer")
+
+
+def test_ack_frame_equals_py_amqp_basic_ack() -> None:
+    for tag, multiple in ((1, False), (2**40 + 7, True)):
+        written: list[bytes] = []
+        conn = SimpleNamespace(frame_max=4096, bytes_sent=0)
+        write_frame = amqp.method_framing.frame_writer(
+            conn, SimpleNamespace(write=lambda data, out=written: out.append(bytes(data))))
+        write_frame(1, 3, (60, 80), amqp.serialization.dumps("Lb", (tag, multiple)), None)
+        assert _ack_frame(3, tag, multiple) == b"".join(written), changed("basic.ack frames")
 
 
 # -- all of them: the driver's batch frames are the bytes py-amqp would write ------------------

@@ -33,6 +33,11 @@ Internals touched, exactly:
 6. ``Channel.events``: the callback sets through which py-amqp hands ``basic.ack``,
    ``basic.nack`` and ``basic.return`` to the application (kombu's ``Producer`` uses it
    too); :func:`on_publish_events` registers the driver's publisher-confirm callbacks there.
+7. ``transport._quick_recv``: the socket read py-amqp's ``_read(n)`` calls until it has
+   ``n`` bytes, keeping any surplus in ``_read_buffer`` (internal 5). py-amqp asks for
+   exactly one frame part at a time (header, payload, end byte: nine ``recv`` system calls
+   per delivered message); :func:`read_ahead` makes each call ask for a chunk instead, so a
+   burst of prefetched deliveries costs one ``recv`` per chunk.
 
 Everything else the driver uses is public API: py-amqp's ``Message`` (``properties``,
 ``delivery_info``, ``body``), its exceptions, ``Connection.drain_events``, ``frame_max`` and
@@ -60,6 +65,7 @@ __all__ = [
     "on_publish_events",
     "publish_arguments",
     "raw_writer",
+    "read_ahead",
     "serialize_properties",
 ]
 
@@ -128,3 +134,20 @@ def on_publish_events(
     events["basic_ack"].add(on_ack)
     events["basic_nack"].add(on_nack)
     events["basic_return"].add(on_return)
+
+
+def read_ahead(connection: Any, chunk: int = 16384) -> None:
+    """Make ``connection`` read its socket ``chunk`` bytes at a time (internal 7).
+
+    py-amqp's ``_read(n)`` loops on ``_quick_recv(n - have)`` until it has ``n`` bytes and
+    keeps whatever came beyond ``n`` in ``_read_buffer`` for the next read, so asking the
+    socket for more is safe; a read still returns as soon as *some* bytes arrived. The chunk
+    is kept small because py-amqp copies the rest of its buffer on every read.
+    """
+    transport = connection.transport
+    recv = transport._quick_recv
+
+    def recv_ahead(n: int) -> bytes:
+        return bytes(recv(n if n > chunk else chunk))
+
+    transport._quick_recv = recv_ahead

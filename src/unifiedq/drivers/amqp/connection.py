@@ -101,6 +101,7 @@ class ConnectionMixin(TopologyMixin):
         try:
             conn.connect()
             conn.sock.settimeout(timeout)  # the channel setup too
+            compat.read_ahead(conn)  # one recv per burst of frames, not three per frame
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.collect()
@@ -242,15 +243,26 @@ class ConnectionMixin(TopologyMixin):
 
     def _pump_conn(self, conn: Any, poller: select.poll) -> None:
         """Process frames that already arrived on ``conn``, without waiting."""
-        while True:
-            # A poll() is far cheaper than py-amqp's timeout=0 read (which raises), and this
-            # runs on every ack; bytes py-amqp or TLS already buffered are checked first.
-            if not compat.input_pending(conn) and not poller.poll(0):
-                return
-            try:
-                conn.drain_events(timeout=0)
-            except TimeoutError:
-                return
+        # A poll() is far cheaper than py-amqp's timeout=0 read (which raises), and this
+        # runs on every ack; bytes py-amqp or TLS already buffered are checked first.
+        if not compat.input_pending(conn) and not poller.poll(0):
+            return
+        # Non-blocking once for the whole burst: drain_events(timeout=0) would otherwise set
+        # and restore the socket's timeout around every frame (two system calls each).
+        sock = conn.sock
+        prev = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            while True:
+                try:
+                    conn.drain_events(timeout=0)
+                except TimeoutError:
+                    return
+                if not compat.input_pending(conn) and not poller.poll(0):
+                    return
+        finally:
+            with contextlib.suppress(OSError):  # the frames may have closed the connection
+                sock.settimeout(prev)
 
     def _pump(self) -> None:
         """Process frames that already arrived on the consume connection."""
