@@ -56,14 +56,18 @@ def _phase(r: Any, name: str, n_jobs: int, fn: Any) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     cpu1, cmds = _server_stats(r)
     ev = cmds.get("cmdstat_evalsha", {})
-    out = {
+    counts = {k[8:]: int(v["calls"]) for k, v in cmds.items()
+              if k not in ("cmdstat_info", "cmdstat_config")}
+    out: dict[str, Any] = {
         "phase": name, "jobs": n_jobs, "wall_s": wall, "jobs_per_s": n_jobs / wall,
         "server_cpu_us_per_job": (cpu1 - cpu0) / n_jobs * 1e6,
         "evalsha_calls": int(ev.get("calls", 0)),
         "evalsha_usec_per_call": float(ev.get("usec_per_call", 0.0)),
-        "commands": {k[8:]: int(v["calls"]) for k, v in cmds.items()
-                     if k not in ("cmdstat_info", "cmdstat_config")},
+        "commands": counts,
     }  # fmt: skip
+    # Commands Redis ran per job (inside scripts too, not counting EVALSHA itself): a count,
+    # immune to the shared machine's noise, unlike the two timings.
+    out["cmds_per_job"] = sum(v for k, v in counts.items() if k != "evalsha") / n_jobs
     return out
 
 
@@ -106,6 +110,27 @@ def _raw_verbs(r: Any, name: str, n: int) -> list[dict[str, Any]]:
     enq()
     phases.append(_phase(r, "take32", n, take32))
     phases.append(_phase(r, "ack32", n, ack32))
+
+    def loop1() -> None:
+        for b in bodies:
+            c("LMOVE", pend, act, "RIGHT", "LEFT")
+            c("LREM", act, -1, b)
+
+    def loop32() -> None:
+        take32_one = r.pipeline(transaction=False)
+        for _ in range(32):
+            take32_one.lmove(pend, act, "RIGHT", "LEFT")
+        for i in range(0, n, 32):
+            take32_one.execute()
+            p = r.pipeline(transaction=False)
+            for b in bodies[i:i + 32]:
+                p.lrem(act, -1, b)
+            p.execute()
+
+    enq()
+    phases.append(_phase(r, "loop1", n, loop1))
+    enq()
+    phases.append(_phase(r, "loop32", n, loop32))
     return phases
 
 
@@ -153,6 +178,19 @@ def child_verbs(url: str, variant: str, n: int) -> list[dict[str, Any]]:
     enq()
     phases.append(_phase(r, "take32", n, take32))
     phases.append(_phase(r, "ack32", n, ack32))
+
+    def loop1() -> None:  # a plain consumer: few jobs in flight
+        for _ in range(n):
+            q.ack(q.dequeue())  # type: ignore[arg-type]
+
+    def loop32() -> None:
+        for _ in range(0, n, 32):
+            q.ack_many(q.dequeue_many(32))
+
+    enq()
+    phases.append(_phase(r, "loop1", n, loop1))
+    enq()
+    phases.append(_phase(r, "loop32", n, loop32))
     assert q.size() == 0
     q.close()
     return phases
@@ -185,14 +223,15 @@ def child_pickup(url: str, variant: str, n: int) -> dict[str, Any]:
         out.close()
         os._exit(0)
     os.close(wr)
-    sent: dict[str, int] = {}
+    sent: dict[str, tuple[int, int]] = {}  # enqueue call start, return
     if variant == "raw":
         rp = redis.Redis.from_url(url)
         time.sleep(0.3)
         for i in range(n + 1):
             time.sleep(random.uniform(0.002, 0.004))
+            t0 = time.monotonic_ns()
             rp.lpush(f"raw:{name}", str(i))
-            sent[str(i)] = time.monotonic_ns()
+            sent[str(i)] = (t0, time.monotonic_ns())
     else:
         from unifiedq import connect
 
@@ -200,19 +239,24 @@ def child_pickup(url: str, variant: str, n: int) -> dict[str, Any]:
             time.sleep(0.3)  # the consumer is blocked by now
             for i in range(n + 1):
                 time.sleep(random.uniform(0.002, 0.004))
+                t0 = time.monotonic_ns()
                 p.enqueue(str(i).encode())
-                sent[str(i)] = time.monotonic_ns()
+                sent[str(i)] = (t0, time.monotonic_ns())
     lines = os.fdopen(rd).read().split("\n")
     os.waitpid(pid, 0)
-    lat = []
+    lat, lat0 = [], []
     for line in lines:
         if line:
             idx, stamp = line.split()
             if idx != "0":  # the first one also pays for connecting
-                lat.append((int(stamp) - sent[idx]) / 1e6)
+                lat.append((int(stamp) - sent[idx][1]) / 1e6)
+                lat0.append((int(stamp) - sent[idx][0]) / 1e6)
     lat.sort()
+    lat0.sort()
     return {"samples": len(lat), "p50_ms": statistics.median(lat),
-            "p99_ms": lat[int(len(lat) * 0.99) - 1], "max_ms": lat[-1]}
+            "p99_ms": lat[int(len(lat) * 0.99) - 1], "max_ms": lat[-1],
+            "from_start_p50_ms": statistics.median(lat0),
+            "from_start_p99_ms": lat0[int(len(lat0) * 0.99) - 1]}
 
 
 # --------------------------------------------------------------------------- parent side
@@ -313,7 +357,8 @@ def report(a: argparse.Namespace, trees: dict[str, str], verbs: dict[str, Any],
         "`usec/call`: EVALSHA `usec_per_call` from `INFO commandstats` (the script's server "
         "time); `CPU us/job`: `used_cpu_sys+user` delta of the whole server per job; "
         "`jobs/s`: client side, one blocking client.", "",
-        "| variant | phase | usec/call | CPU us/job | jobs/s |", "|---|---|---|---|---|",
+        "| variant | phase | usec/call | CPU us/job | cmds/job | jobs/s |",
+        "|---|---|---|---|---|---|",
     ]
     summary: dict[str, Any] = {}
     for name, rounds in verbs.items():
@@ -322,27 +367,37 @@ def report(a: argparse.Namespace, trees: dict[str, str], verbs: dict[str, Any],
             cpu = [p["server_cpu_us_per_job"] for p in per]
             usec = [p["evalsha_usec_per_call"] for p in per]
             rate = [p["jobs_per_s"] for p in per]
+            cmds = statistics.median(p["cmds_per_job"] for p in per)
             summary.setdefault(name, {})[ph["phase"]] = {
                 "usec_per_call": statistics.median(usec), "cpu_us_per_job": statistics.median(cpu),
-                "jobs_per_s": statistics.median(rate)}
+                "cmds_per_job": cmds, "jobs_per_s": statistics.median(rate)}
             lines.append(f"| {name} | {ph['phase']} | {med(usec) if any(usec) else '-'} | "
-                         f"{med(cpu)} | {med(rate)} |")
+                         f"{med(cpu)} | {cmds:.2f} | {med(rate, 0)} |")
     lines += ["", "## Server CPU per 10k jobs (enqueue + take + ack)", "",
-              "| variant | one at a time (s) | batches of 32 (s) |", "|---|---|---|"]
+              "From the split phases (10k jobs in flight at the ack) and from the loops (a "
+              "consumer that acks what it took before taking more).", "",
+              "| variant | one at a time (s) | batches of 32 (s) | enqueue + loop1 (s) | "
+              "enqueue + loop32 (s) |", "|---|---|---|---|---|"]
     for name, ph in summary.items():
         if "work" in ph:
             total = (ph["enqueue"]["cpu_us_per_job"] + ph["work"]["cpu_us_per_job"]) / 100
-            lines.append(f"| {name} (asynq server, concurrency 8) | {total:.2f} | - |")
+            lines.append(f"| {name} (asynq server, concurrency 8) | - | - | {total:.2f} | - |")
             continue
         one = sum(ph[k]["cpu_us_per_job"] for k in ("enqueue", "take1", "ack1")) / 100
         b32 = sum(ph[k]["cpu_us_per_job"] for k in ("enqueue", "take32", "ack32")) / 100
-        lines.append(f"| {name} | {one:.2f} | {b32:.2f} |")
+        l1 = sum(ph[k]["cpu_us_per_job"] for k in ("enqueue", "loop1")) / 100
+        l32 = sum(ph[k]["cpu_us_per_job"] for k in ("enqueue", "loop32")) / 100
+        lines.append(f"| {name} | {one:.2f} | {b32:.2f} | {l1:.2f} | {l32:.2f} |")
     lines += ["", f"## Idle pickup ({a.pickups // a.rounds} samples per round)", "",
-              "enqueue return -> dequeue return, consumer blocked in `dequeue(timeout=5)`.", "",
-              "| variant | p50 ms | p99 ms | max ms |", "|---|---|---|---|"]
+              "Consumer blocked in `dequeue(timeout=5)` (raw: `BRPOP`) until its `dequeue` "
+              "returns, from the producer's `enqueue` return (negative: the consumer had the "
+              "job before the producer had parsed its own reply) and from its call start.", "",
+              "| variant | p50 ms | p99 ms | max ms | from start p50 ms | from start p99 ms |",
+              "|---|---|---|---|---|---|"]
     for name, rounds in pickups.items():
         lines.append(f"| {name} | " + " | ".join(
-            med([r[k] for r in rounds], 2) for k in ("p50_ms", "p99_ms", "max_ms"))
+            med([r[k] for r in rounds], 2) for k in (
+                "p50_ms", "p99_ms", "max_ms", "from_start_p50_ms", "from_start_p99_ms"))
             + " |")
     text = "\n".join(lines) + "\n"
     print(text)

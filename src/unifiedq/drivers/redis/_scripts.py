@@ -382,7 +382,17 @@ ACK_MANY = Script("ack_many", allow_oom=True, source=r"""
 -- Returns the ids no longer leased by that delivery (the others are acked).
 local P = ARGV[1]
 local ak, lk = P .. "active", P .. "lease"
-local lost, done = {}, 0
+local lost, done, gone, dead = {}, 0, {}, {}
+-- One ZREM / DEL for many members or keys (in chunks: unpack() has a stack limit).
+local function flush(cmd, key, items)
+  for i = 1, #items, 1000 do
+    if key then
+      redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+    else
+      redis.call(cmd, unpack(items, i, math.min(i + 999, #items)))
+    end
+  end
+end
 for i, tk in ipairs(KEYS) do
   local a = 4 + (i - 1) * 6
   local id = ARGV[a]
@@ -391,19 +401,21 @@ for i, tk in ipairs(KEYS) do
       or redis.call("LREM", ak, -1, id) == 0 then
     lost[#lost + 1] = id
   else
-    redis.call("ZREM", lk, id)
+    gone[#gone + 1] = id
     if ARGV[a + 2] ~= "0" then
       redis.call("ZADD", P .. "completed", ARGV[a + 3], id)
       redis.call("HSET", tk, "msg", ARGV[a + 4], "state", "completed")
       redis.call("HDEL", tk, "uq_token")
     else
-      redis.call("DEL", tk)
+      dead[#dead + 1] = tk
     end
     local uk = ARGV[a + 5]
     if uk ~= "" and redis.call("GET", uk) == id then redis.call("DEL", uk) end
     done = done + 1
   end
 end
+flush("ZREM", lk, gone)
+flush("DEL", nil, dead)
 if done > 0 then
   -- asynq's counters (see uq_count), bumped once by the batch's size.
   local daily = P .. "processed:" .. ARGV[2]
