@@ -8,7 +8,8 @@ does not do:
 * a wake-up list (``asynq:{q}:uq:wake``) that enqueues push to and idle consumers BLPOP on,
   so pickup takes one round trip instead of asynq's ~1 s poll;
 * forwarding of due scheduled/retry tasks and recovery of expired leases *inside* the dequeue
-  script, so nothing waits for a background loop;
+  script, so nothing waits for a background loop (on every call that comes up short, and at
+  most every 0.1 s otherwise: ``asynq:{q}:uq:maintained`` holds the last pass's time);
 * recovery of ids in ``active`` that have no ``lease`` entry (asynq issue #1144).
 
 Two private hash fields are added to task hashes: ``uq_token`` (which delivery holds the lease,
