@@ -254,7 +254,9 @@ class Entry:
     def _skip_repeat(self, at: dt.datetime) -> bool:
         # On a fall-back day croniter yields a fixed-hour time (02:30) twice, once per UTC
         # offset; like Vixie cron we run it once. Wildcard hours are real, distinct hours.
-        return self._cron_hour_fixed and at.fold == 1
+        # (croniter sets `fold` on unambiguous times too, where it means nothing.)
+        return (self._cron_hour_fixed and at.fold == 1
+                and at.replace(fold=0).utcoffset() != at.utcoffset())
 
     def next_tick(self, after: float) -> Tick:
         """The first tick scheduled strictly after ``after`` (seconds since the epoch)."""

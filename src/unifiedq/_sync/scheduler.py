@@ -395,6 +395,8 @@ class Scheduler:
                 # claim expires and a survivor (maybe us) redoes the tick.
                 self._push(_Recheck(now + self.lease_ttl, e, t, "watch", 0))
                 return self._count("claimed_elsewhere", e, t)
+            self._log(logging.DEBUG, "tick_claimed", f"tick {t.id}: claimed", entry=e.name,
+                      tick=t.id)
         q = self._queue_of(e)
         caps = self._caps[e.name]
         headers = ({**e.headers, TICK_HEADER: t.id, SCHEDULE_HEADER: e.name}
