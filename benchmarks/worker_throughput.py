@@ -7,7 +7,8 @@ machine noise hits all alike; medians and ranges are reported:
 
 * ``memory://``: the worker's own per-job overhead. ``--memory-jobs`` no-op jobs are enqueued,
   then consumed by a ``Worker`` (concurrency 1), and by a plain ``dequeue(); ack()`` loop on one
-  thread. µs/job = wall time / jobs; overhead = worker - loop.
+  thread. µs/job = wall time / jobs; overhead = worker - loop. (``AsyncWorker`` too, for its
+  rate: memory:// is blocking-only, so each of its calls crosses the asyncio bridge.)
 * ``redis://`` (a private ``RedisServer`` from the test rig): ``--jobs`` no-op jobs with 64-byte
   bodies pre-enqueued, then consumed by ``Worker`` and ``AsyncWorker`` (``--concurrency``) and a
   plain one-thread ``dequeue_many(32)`` + ``ack_many`` loop. Reported: jobs/s end to end and the
@@ -190,7 +191,8 @@ def render() -> None:
     """Write worker_throughput.md from every worker_throughput.<label>.json in results/."""
     runs = {p.name.split(".")[1]: json.loads(p.read_text())
             for p in sorted(RESULTS.glob("worker_throughput.*.json"))}
-    order = sorted(runs, key=lambda k: (k != "before", k))
+    rank = {"before": 0, "old-worker": 1, "after": 2}
+    order = sorted(runs, key=lambda k: (rank.get(k, 3), k))
     lines = ["# Worker throughput", "",
              "Produced by `benchmarks/worker_throughput.py` (not run by CI); each label is one "
              "run, its variants interleaved round by round. Medians, ranges in brackets. The "
@@ -199,6 +201,8 @@ def render() -> None:
         res = runs[label]
         lines += [f"## {label}: commit {res['commit']}, {res['when']}", "",
                   f"Command: `{res['command']}`", ""]
+        if res.get("note"):
+            lines += [res["note"], ""]
         if "memory" in res:
             m = res["memory"]
             lines += [f"### memory://, {m['loop']['jobs']} no-op jobs, concurrency 1", "",
@@ -237,6 +241,7 @@ def main() -> None:
     ap.add_argument("--only", default="memory,redis")
     ap.add_argument("--label", default="after")
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--note", default="", help="what this label's code is (in the report)")
     a = ap.parse_args()
     if a.render_only:
         render()
@@ -248,12 +253,13 @@ def main() -> None:
             f"  (PYTHONPATH={os.environ['PYTHONPATH']})" if os.environ.get("PYTHONPATH")
             else ""),
         "python": platform.python_version(), "cpus": os.cpu_count(),
-        "concurrency": a.concurrency, "rounds": a.rounds,
+        "concurrency": a.concurrency, "rounds": a.rounds, "note": a.note,
     }
     if "memory" in only:
         out["memory"] = bench("memory", lambda: f"memory://wt-{uuid.uuid4().hex[:8]}",
                               a.memory_jobs, 1, a.rounds,
-                              {"loop": run_loop, "Worker": run_worker})
+                              {"loop": run_loop, "Worker": run_worker,
+                               "AsyncWorker": run_async_worker})
     if "redis" in only:
         server = RedisServer().start()
         try:

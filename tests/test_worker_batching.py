@@ -344,3 +344,40 @@ def test_exact_stats_with_batching_on_redis(redis_url: str, face: str) -> None:
     assert feed.size() == 0 and feed.dequeue(timeout=0) is None
     feed.close()
     dl.close()
+
+
+def test_async_watchdog_cancels_the_slot_and_abandons_a_coroutine_that_ignores_it() -> None:
+    async def main() -> tuple[list[tuple[bytes, int]], Any, int]:
+        q = unifiedq.connect_async(f"memory://{_name()}")
+        await q.enqueue(b"stubborn")
+        runs: list[tuple[bytes, int]] = []
+        swallowed = 0
+
+        async def h(job: Job) -> None:
+            nonlocal swallowed
+            runs.append((job.body, job.attempt))
+            if job.body == b"stubborn" and job.attempt == 1:
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    swallowed += 1  # ignores the cancellation and carries on a while
+                    await asyncio.sleep(0.5)
+
+        w = AsyncWorker(q, h, concurrency=1, timeout=0.2, retry=FAST, poll_interval=0.05)
+        w.start()
+        await q.enqueue(b"next")
+        t0 = time.monotonic()
+        while w.stats().processed < 2:
+            assert time.monotonic() - t0 < 10, w.stats()
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - t0
+        await asyncio.sleep(0.6)  # the stubborn call returns now: it must settle nothing
+        await w.stop(grace=5)
+        await q.aclose()
+        assert took < 0.5 + 0.2, f"the slot waited for the stubborn coroutine ({took:.2f}s)"
+        return runs, w.stats(), swallowed
+
+    runs, st, swallowed = asyncio.run(main())
+    assert swallowed == 1 and sorted(runs) == [(b"next", 1), (b"stubborn", 1), (b"stubborn", 2)]
+    assert (st.processed, st.timed_out, st.retried, st.failed) == (2, 1, 1, 1)
+    assert st.lease_lost == 0 and st.in_flight == 0

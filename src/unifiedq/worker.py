@@ -23,7 +23,10 @@ or from the command line: ``unifiedq worker myapp.tasks:app --url ... --concurre
 
 What the worker does for each job, and how it adapts to the driver's capabilities:
 
-* **Success**: ``ack()`` (ACK drivers). A handler's return value is ignored.
+* **Success**: ``ack()`` (ACK drivers; with BATCH, ``ack_many()`` of up to ``ack_batch`` jobs,
+  each sent within ``ack_window`` seconds). A handler's return value is ignored.
+* **Fetching**: one slot at a time fetches, ``dequeue_many(k)`` with ``k`` = the idle slots
+  (BATCH drivers), so no job is taken before a slot is free to run it.
 * **Failure** (exception or timeout) with attempts left: retry after an exponential backoff
   with jitter (:class:`Retry`). With ACK and DELAY: ``nack(delay=backoff)``. With ACK but
   no DELAY: the worker holds the leased job (extending its lease) and ``nack()``s it when the

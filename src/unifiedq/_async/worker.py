@@ -268,8 +268,9 @@ class AsyncWorker(WorkerCore):
             every = list(self._slots)
         for t in every:
             t.cancel()  # tasks are cancelled; threads notice their job was taken and exit
-        for t in self._live_slots():
-            await t.join(5.0)
+        live = self._live_slots()
+        for t in every:  # a moment for an abandoned one: a cancelled task ends at once
+            await t.join(5.0 if t in live else 0.1)
         with self._lock:  # prefetched for slots that stopped instead: never started
             left_over, self._buf = list(self._buf), collections.deque()
         for job, _ in left_over:
@@ -424,10 +425,20 @@ class AsyncWorker(WorkerCore):
     async def _process(self, e: _Entry, route: Route | None, runner: Runner | None,
                        slot: int) -> bool:
         """Run one job; return False if its thread was abandoned to a hung handler."""
+        start = time.monotonic()
+        limit = self._timeout_for(route) if route is not None else None
+        here = route is not None and route.is_async is AsyncRuntime.RUNS_COROUTINES
+        wake = False
         with self._lock:
             self._inflight.add(e)
             self._stats_in_flight(1)
-        start = time.monotonic()
+            if here:  # run in this slot: the watchdog needs them (one lock for both)
+                e.route, e.slot, e.started = route, slot, start
+                if limit is not None:
+                    e.deadline = start + limit
+                    wake = e.deadline < self._hk_wake_at
+        if wake:
+            self._wake.set()
         try:
             if route is None:
                 await self._failure(e, None, NoHandler(f"no handler for job type "
@@ -437,12 +448,11 @@ class AsyncWorker(WorkerCore):
                 await self._failure(e, route, SkipRetry("async handler in a threaded Worker"),
                                     0.0)
                 return True
-            limit = self._timeout_for(route)
             if log.isEnabledFor(logging.DEBUG):
                 self._log(logging.DEBUG, "job_start", "job started", e)
             view = e.view
-            if route.is_async is AsyncRuntime.RUNS_COROUTINES:  # this face's kind of handler
-                return await self._run_here(e, route, view, limit, start, slot)
+            if here:  # this face's kind of handler
+                return await self._run_here(e, route, view, limit, start)
             fn = route.fn
 
             def call() -> Any:
@@ -471,7 +481,7 @@ class AsyncWorker(WorkerCore):
             self._drop_inflight(e)
 
     async def _run_here(self, e: _Entry, route: Route, view: Job, limit: float | None,
-                        start: float, slot: int) -> bool:
+                        start: float) -> bool:
         """Run the handler right here, in the slot (no hand-off to another thread or task).
 
         The housekeeper enforces ``limit``: past the deadline it claims the job, fails it as
@@ -479,13 +489,6 @@ class AsyncWorker(WorkerCore):
         one, once its handler returns (or swallows the cancellation), sees the job claimed,
         drops the result and exits (returns False).
         """
-        e.route, e.slot, e.started = route, slot, start
-        if limit is not None:
-            with self._lock:
-                e.deadline = start + limit
-                wake = e.deadline < self._hk_wake_at
-            if wake:
-                self._wake.set()
         error: BaseException | None = None
         try:
             if self.middleware:
