@@ -82,7 +82,8 @@ class Supervisor:
     * **Crash loop**: when every slot has had ``max_early_exits`` early exits in a row, the
       supervisor logs an error and :meth:`run` returns 1 (with the defaults: five starts
       that each died within 5 s, about 8 s of backoff in all). A slot that loops while
-      others run is restarted forever at ``max_backoff`` and logged at ERROR each time.
+      others run keeps being restarted, its delay growing to ``max_backoff``, and each
+      restart is logged at ERROR.
     * **SIGTERM / SIGINT** (or :meth:`request_stop`): SIGTERM is sent to every child (the
       worker's graceful stop), and they get ``grace + stop_margin`` seconds to exit. A second
       signal sends each child a second SIGTERM (the worker's hard stop: running jobs are
@@ -114,7 +115,9 @@ class Supervisor:
         logger: Where to log (default: the ``unifiedq.worker`` logger, as the worker does).
 
     Raises:
-        InvalidArgument: ``processes`` < 1, or a negative or inconsistent time.
+        InvalidArgument: ``processes`` < 1, a negative or inconsistent time, or an empty
+            command.
+        InvalidURL: ``url`` does not parse.
     """
 
     def __init__(
