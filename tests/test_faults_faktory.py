@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import threading
 import time
@@ -203,17 +205,68 @@ def test_frozen_server_forever_dequeue_and_new_handle_are_bounded(server: Faktor
             assert took <= T + CI, took  # connecting does not get a timeout of its own
             out, took = _timed(fresh.close)
             assert out is None and took <= T + CI
+        # Let the FETCH sent while frozen be answered (nothing is queued: Faktory's BRPOP
+        # times out) before pushing: Faktory 1.9 sometimes destroys the job such a FETCH pops
+        # (test_stalled_fetch_loss_is_never_silent); here we test that the handles recover.
+        _answer_pending(q)
         fresh = _open(server, name)
         fresh.enqueue(b"y")
         job = q.dequeue(timeout=5)
-        cc = q._cconn
-        why = (cc.pending if cc else None, len(q._stash), fresh.size(),
-               q.server_info()["faktory"]["sets"], server.read_log()[-3000:])
-        assert job is not None and job.body == b"y", why
+        assert job is not None and job.body == b"y"
         q.ack(job)
         fresh.close()
     finally:
         q.close()
+
+
+def _answer_pending(q: FaktoryQueue, within: float = 20.0) -> None:
+    """Dequeue (expecting nothing) until no reply is owed on the consumer connection."""
+    end = time.monotonic() + within
+    while (cc := q._cconn) is not None and cc.pending and time.monotonic() < end:
+        with contextlib.suppress(BackendTimeout):
+            assert q.dequeue(timeout=2.5) is None
+    assert q._cconn is None or not q._cconn.pending
+
+
+@pytest.mark.slow
+def test_stalled_fetch_loss_is_never_silent(server: FaktoryServer,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Faktory 1.9: a FETCH sent while the server is stopped may destroy the job it pops.
+
+    After the thaw the server pops a job pushed meanwhile and then fails to write its
+    reservation (``cannot add element in the working set: context deadline exceeded``);
+    observed in about one of four tries. The driver cannot undo that, but it must not be
+    silent: each try either delivers the job or logs the late error reply as a WARNING.
+    """
+    lost = 0
+    for _ in range(6):
+        name = _name()
+        q = _open(server, name)
+        try:
+            q.enqueue(b"warm")
+            warm = q.dequeue(timeout=5)
+            assert warm is not None
+            q.ack(warm)
+            caplog.clear()
+            with server.frozen():
+                with contextlib.suppress(BackendTimeout):
+                    assert q.dequeue(timeout=3.0) is None
+                time.sleep(4.0)  # stalled well past Faktory's 5 s command context
+            with _open(server, name) as producer:
+                producer.enqueue(b"y")
+            job = q.dequeue(timeout=5)
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING
+                      and "may have lost the job" in r.getMessage()]
+            if job is None:
+                lost += 1
+                assert warned, "a job vanished without a warning"
+                assert _sets(server)["working"] >= 0  # the server is still usable
+            else:
+                assert job.body == b"y"
+                q.ack(job)
+        finally:
+            q.close()
+    print(f"stalled FETCH: {lost} of 6 jobs lost by Faktory, each one logged")
 
 
 def test_frozen_server_close_is_bounded(server: FaktoryServer) -> None:

@@ -385,6 +385,16 @@ class _Conn(_pf.Client):
                                    late=True) from exc
                 raise
             self._pending.popleft()
+            if reply.startswith("-"):
+                # Nobody waits for this reply any more: say it, or an error is silent. For a
+                # FETCH it means a lost job: Faktory 1.9 pops the job, then writes its
+                # reservation within a 5 s context; a FETCH sent while the server was stalled
+                # (seen after SIGSTOP/SIGCONT) or out of memory fails that write, and the
+                # popped job is gone from the server (docs/drivers/faktory.md).
+                log.warning("faktory: the late reply to an earlier %s was an error%s: %s",
+                            "FETCH" if is_fetch else "command",
+                            " (Faktory may have lost the job it popped for it)"
+                            if is_fetch else "", reply)
             if is_fetch and reply.startswith("$") and reply != "$-1" and self.on_late_job:
                 with contextlib.suppress(ValueError, IndexError):
                     self.on_late_job(json.loads(reply.split("\r\n", 1)[1]), sent)
