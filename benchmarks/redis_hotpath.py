@@ -8,7 +8,8 @@ One private redis-server serves every variant; each measurement runs in a fresh 
 (``PYTHONPATH`` = the variant's tree), rounds interleave the variants so the shared machine's
 noise hits them alike, and the median round is reported with its range. Variants:
 
-* every ``--tree`` (default: this checkout): unifiedq's ``redis://`` driver, blocking face;
+* every ``--tree`` (default: this checkout): unifiedq's ``redis://`` driver, blocking face
+  (pickup: also the asyncio face's consumer);
 * ``raw``: the floor, a bare redis-py reliable queue (LPUSH / LMOVE into a processing list /
   LREM, pipelined for batches): not asynq-compatible, no leases, no counters;
 * ``asynq``: Go asynq v0.26's own client and server (``--asynq-bin``, the peers benchmark's
@@ -210,6 +211,21 @@ def child_pickup(url: str, variant: str, n: int) -> dict[str, Any]:
             for _ in range(n + 1):
                 item: Any = rc.brpop([f"raw:{name}"], timeout=5)
                 out.write(f"{item[1].decode()} {time.monotonic_ns()}\n")
+        elif variant == "async":
+            import asyncio
+
+            from unifiedq import connect_async
+
+            async def consume() -> None:
+                async with connect_async(f"{url}?queue={name}&heartbeat=false") as q:
+                    for _ in range(n + 1):
+                        job = await q.dequeue(timeout=5)
+                        t = time.monotonic_ns()
+                        assert job is not None
+                        await q.ack(job)
+                        out.write(f"{job.body.decode()} {t}\n")
+
+            asyncio.run(consume())
         else:
             from unifiedq import connect
 
@@ -256,7 +272,7 @@ def child_pickup(url: str, variant: str, n: int) -> dict[str, Any]:
     return {"samples": len(lat), "p50_ms": statistics.median(lat),
             "p99_ms": lat[int(len(lat) * 0.99) - 1], "max_ms": lat[-1],
             "from_start_p50_ms": statistics.median(lat0),
-            "from_start_p99_ms": lat0[int(len(lat0) * 0.99) - 1]}
+            "from_start_p99_ms": lat0[int(len(lat0) * 0.99) - 1], "lat_ms": lat, "lat0_ms": lat0}
 
 
 # --------------------------------------------------------------------------- parent side
@@ -339,6 +355,9 @@ def main() -> None:
                 verbs.setdefault(name, []).append(run_child(tree, server.url, "verbs", var, a.n))
                 pickups.setdefault(name, []).append(
                     run_child(tree, server.url, "pickup", var, a.pickups // a.rounds))
+                if var == "ours":  # the asyncio face's consumer too
+                    pickups.setdefault(f"{name} (async)", []).append(
+                        run_child(tree, server.url, "pickup", "async", a.pickups // a.rounds))
     finally:
         server.stop()
     report(a, trees, verbs, pickups)
@@ -399,6 +418,16 @@ def report(a: argparse.Namespace, trees: dict[str, str], verbs: dict[str, Any],
             med([r[k] for r in rounds], 2) for k in (
                 "p50_ms", "p99_ms", "max_ms", "from_start_p50_ms", "from_start_p99_ms"))
             + " |")
+    lines += ["", "All rounds' samples pooled:", "",
+              "| variant | samples | p50 ms | p99 ms | from start p50 ms | from start p99 ms |",
+              "|---|---|---|---|---|---|"]
+    for name, rounds in pickups.items():
+        cols = []
+        for key in ("lat_ms", "lat0_ms"):
+            xs = sorted(x for r in rounds for x in r[key])
+            cols += [f"{statistics.median(xs):.2f}", f"{xs[int(len(xs) * 0.99) - 1]:.2f}"]
+        n_s = sum(len(r["lat_ms"]) for r in rounds)
+        lines.append(f"| {name} | {n_s} | " + " | ".join(cols) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(a.out + ".md").write_text(text)
