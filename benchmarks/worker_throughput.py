@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -47,12 +49,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BODY = b"x" * 64
 
 
-def _wait_processed(w: Any, n: int, limit: float = 300.0) -> None:
-    end = time.monotonic() + limit
+def _wait_processed(w: Any, n: int, handled: threading.Event, limit: float = 300.0) -> None:
+    # Block until the handler saw the last job (no polling thread competing for the
+    # interpreter lock meanwhile), then until the worker counted it (its ack was sent).
+    if not handled.wait(limit):
+        raise RuntimeError(f"worker stuck at {w.stats()}")
+    end = time.monotonic() + 10.0
     while w.stats().processed < n:
         if time.monotonic() > end:
             raise RuntimeError(f"worker stuck at {w.stats()}")
-        time.sleep(0.002)
+        time.sleep(0.0005)
+
+
+def _counting(n: int) -> tuple[Callable[[Any], None], threading.Event]:
+    """A no-op handler that sets the event when it has seen ``n`` jobs."""
+    handled = threading.Event()
+    count = itertools.count(1)
+
+    def handler(job: Any) -> None:
+        if next(count) >= n:
+            handled.set()
+
+    return handler, handled
 
 
 def _fill(url: str, n: int) -> None:
@@ -74,11 +92,12 @@ def _measure(fn: Callable[[], None]) -> tuple[float, float]:
 # -- variants: each consumes ``n`` pre-enqueued jobs from ``url`` ----------------------------
 def run_worker(url: str, n: int, conc: int) -> tuple[float, float]:
     q = unifiedq.connect(url)
-    w = Worker(q, lambda job: None, concurrency=conc, poll_interval=0.05)
+    handler, handled = _counting(n)
+    w = Worker(q, handler, concurrency=conc, poll_interval=0.05)
 
     def go() -> None:
         w.start()
-        _wait_processed(w, n)
+        _wait_processed(w, n, handled)
 
     try:
         return _measure(go)
@@ -88,16 +107,21 @@ def run_worker(url: str, n: int, conc: int) -> tuple[float, float]:
 
 
 def run_async_worker(url: str, n: int, conc: int) -> tuple[float, float]:
-    async def noop(job: unifiedq.Job) -> None:
-        return None
-
     async def main() -> tuple[float, float]:
+        handled = asyncio.Event()
+        count = itertools.count(1)
+
+        async def noop(job: unifiedq.Job) -> None:
+            if next(count) >= n:
+                handled.set()
+
         q = unifiedq.connect_async(url)
         w = AsyncWorker(q, noop, concurrency=conc, poll_interval=0.05)
         c0, t0 = time.process_time(), time.perf_counter()
         w.start()
+        await handled.wait()
         while w.stats().processed < n:
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.0005)
         out = time.perf_counter() - t0, time.process_time() - c0
         await w.stop(grace=5)
         await q.aclose()
@@ -210,8 +234,11 @@ def render() -> None:
             for k, v in m.items():
                 lines.append(_row(k, v))
             w, lp = m["Worker"]["us_per_job"]["median"], m["loop"]["us_per_job"]["median"]
-            lines += ["", f"Worker overhead over the plain loop: **{w - lp:.1f} µs/job** "
-                          f"(medians: {w:.1f} - {lp:.1f}).", ""]
+            wc = m["Worker"]["cpu_s_per_10k"]["median"] * 100  # CPU µs per job
+            lc = m["loop"]["cpu_s_per_10k"]["median"] * 100
+            lines += ["", f"Worker overhead over the plain loop: **{w - lp:.1f} µs/job** of wall "
+                          f"time (medians: {w:.1f} - {lp:.1f}), **{wc - lc:.1f} µs/job** of CPU "
+                          f"({wc:.1f} - {lc:.1f}).", ""]
         if "redis" in res:
             rd = res["redis"]
             lines += [f"### redis://, {rd['loop']['jobs']} no-op jobs, 64-byte bodies, "
@@ -236,7 +263,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=10_000, help="redis jobs per round")
-    ap.add_argument("--memory-jobs", type=int, default=50_000)
+    ap.add_argument("--memory-jobs", type=int, default=30_000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--only", default="memory,redis")
     ap.add_argument("--label", default="after")
