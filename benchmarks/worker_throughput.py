@@ -185,8 +185,13 @@ def _summary(walls: list[float], cpus: list[float], n: int) -> dict[str, Any]:
 
 
 def bench(name: str, make_url: Callable[[], str], n: int, conc: int, rounds: int,
-          variants: dict[str, Callable[[str, int, int], tuple[float, float]]]) -> dict[str, Any]:
+          variants: dict[str, Callable[[str, int, int], tuple[float, float]]],
+          earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     raw: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in variants}
+    for k, v in (earlier or {}).items():  # --append: rounds of an earlier run of this label
+        if k in raw:
+            raw[k][0].extend(v["raw_wall_s"])
+            raw[k][1].extend(v["raw_cpu_s"])
     for r in range(rounds):
         for label, fn in variants.items():
             url = make_url()
@@ -269,11 +274,16 @@ def main() -> None:
     ap.add_argument("--label", default="after")
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--note", default="", help="what this label's code is (in the report)")
+    ap.add_argument("--append", action="store_true",
+                    help="add these rounds to the label's earlier ones (to interleave labels: "
+                         "run each label for one round, in turn, several times)")
     a = ap.parse_args()
     if a.render_only:
         render()
         return
     only = set(a.only.split(","))
+    path = RESULTS / f"worker_throughput.{a.label}.json"
+    prev: dict[str, Any] = json.loads(path.read_text()) if a.append and path.exists() else {}
     out: dict[str, Any] = {
         "commit": _version(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]) + (
@@ -286,7 +296,7 @@ def main() -> None:
         out["memory"] = bench("memory", lambda: f"memory://wt-{uuid.uuid4().hex[:8]}",
                               a.memory_jobs, 1, a.rounds,
                               {"loop": run_loop, "Worker": run_worker,
-                               "AsyncWorker": run_async_worker})
+                               "AsyncWorker": run_async_worker}, prev.get("memory"))
     if "redis" in only:
         server = RedisServer().start()
         try:
@@ -294,11 +304,14 @@ def main() -> None:
                 "redis", lambda: f"{server.url}?queue=wt-{uuid.uuid4().hex[:8]}", a.jobs,
                 a.concurrency, a.rounds,
                 {"loop": run_loop, "batch_loop": run_batch_loop, "Worker": run_worker,
-                 "AsyncWorker": run_async_worker})
+                 "AsyncWorker": run_async_worker}, prev.get("redis"))
         finally:
             server.stop()
+    if prev:
+        out["rounds"] += prev.get("rounds", 0)
+        out["when"] = f"{prev['when']} to {out['when']}"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"worker_throughput.{a.label}.json").write_text(json.dumps(out, indent=1) + "\n")
+    path.write_text(json.dumps(out, indent=1) + "\n")
     render()
 
 
