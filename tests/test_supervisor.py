@@ -361,3 +361,26 @@ def test_any_exit_is_restarted_in_its_slot(caplog: pytest.LogCaptureFixture) -> 
     delays = [r.delay for r in caplog.records  # type: ignore[attr-defined]
               if getattr(r, "event", None) == "child_restart" and r.slot == 0]  # type: ignore[attr-defined]
     assert delays[:2] == [0.05, 0.1]  # then 0.2, unless the other slot gave up first
+
+
+def test_children_that_ignore_the_stop_are_killed_at_the_deadline(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="unifiedq.worker")
+    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('up', flush=True); time.sleep(60)")
+    sup = Supervisor([sys.executable, "-c", code], 2, grace=0.5, stop_margin=0.5)
+
+    def stop_when_up() -> None:
+        _wait(lambda: len(sup.pids()) == 2, 20, "two children")
+        time.sleep(0.5)  # past their start: the SIGTERMs find the ignoring handler installed
+        sup.request_stop()
+
+    stopper = threading.Thread(target=stop_when_up)
+    stopper.start()
+    t0 = time.monotonic()
+    rc = sup.run(install_signals=False)
+    stopper.join()
+    assert rc == 1  # not a clean stop: it took SIGKILL
+    killed = [r for r in caplog.records if getattr(r, "event", None) == "child_killed"]
+    assert len(killed) == 2 and all(_gone(r.pid) for r in killed)  # type: ignore[attr-defined]
+    assert time.monotonic() - t0 < 20
