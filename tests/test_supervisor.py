@@ -364,15 +364,17 @@ def test_any_exit_is_restarted_in_its_slot(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_children_that_ignore_the_stop_are_killed_at_the_deadline(
-        caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="unifiedq.worker")
-    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('up', flush=True); time.sleep(60)")
-    sup = Supervisor([sys.executable, "-c", code], 2, grace=0.5, stop_margin=0.5)
+    # Each child marks itself once its SIGTERM is ignored, then never exits by itself.
+    code = ("import os, pathlib, signal, sys, time; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "pathlib.Path(sys.argv[1], str(os.getpid())).touch(); time.sleep(60)")
+    sup = Supervisor([sys.executable, "-c", code, str(tmp_path)], 2, grace=0.5,
+                     stop_margin=0.5)
 
     def stop_when_up() -> None:
-        _wait(lambda: len(sup.pids()) == 2, 20, "two children")
-        time.sleep(0.5)  # past their start: the SIGTERMs find the ignoring handler installed
+        _wait(lambda: len(list(tmp_path.iterdir())) == 2, 20, "two children ignoring SIGTERM")
         sup.request_stop()
 
     stopper = threading.Thread(target=stop_when_up)
