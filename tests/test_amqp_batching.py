@@ -77,6 +77,7 @@ def _tags(jobs: list[Job]) -> list[int]:
 
 def _lose_connection(q: AmqpQueue) -> None:
     """End ``q``'s consume connection as a crash would: the socket closes, nothing is said."""
+    q.size()  # a round trip on the channel: the broker has read our acks before the close
     q._conn.sock.close()  # the broker sees the TCP connection end and requeues what it held
     q._drop()
 
@@ -213,18 +214,45 @@ def test_dequeue_many_takes_the_prefetch_buffer_without_round_trips(
     q.ack_many(got)
 
 
-def test_dequeue_many_polling_and_saturated_still_top_up(
+def test_dequeue_many_polling_becomes_a_consumer(
+    opened: Callable[..., AmqpQueue], qurl: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dequeue_many(k, timeout=0) in a loop: a few gets, not one per job (the Worker's call)."""
+    q = opened(qurl + "&prefetch=50")
+    ids = q.enqueue_many([b"%d" % i for i in range(40)])
+    gets: list[int] = []
+    real_get = AmqpQueue._get
+
+    def counting_get(self: AmqpQueue) -> bool:
+        gets.append(1)
+        return real_get(self)
+
+    monkeypatch.setattr(AmqpQueue, "_get", counting_get)
+    got: list[Job] = []
+    for _ in range(200):
+        batch = q.dequeue_many(8, timeout=0)
+        assert len(batch) <= 8
+        got += batch
+        if len(got) == 40:
+            break
+    assert [j.id for j in got] == ids
+    assert len(gets) <= 10, gets  # one per job before: a polling batch used basic.get only
+    q.ack_many(got)
+    assert q.dequeue(timeout=0) is None  # the single poll is still a basic.get: nothing left
+
+
+def test_dequeue_many_saturated_consumer_tops_up(
     opened: Callable[..., AmqpQueue], qurl: str
 ) -> None:
-    """Without a consumer, or with a saturated one, basic.get tops a batch up to k."""
+    """A consumer holding ``prefetch`` jobs gets nothing pushed: basic.get tops a batch up."""
     q = opened(qurl + "&prefetch=2")
     q.enqueue_many([b"%d" % i for i in range(12)])
-    polled = q.dequeue_many(3, timeout=0)  # no consumer: three gets
-    assert len(polled) == 3
-    first = _take(q, 1)  # starts the consumer; now 4 held with prefetch 2: saturated
+    polled = [q.dequeue(timeout=0) for _ in range(2)]  # single polls: no consumer
+    assert all(j is not None for j in polled) and q._consumer_tag is None
+    first = _take(q, 3)  # starts the consumer; now 5 held with prefetch 2: saturated
     more = q.dequeue_many(5, timeout=1)
     assert len(more) == 5
-    q.ack_many(polled + first + more)
+    q.ack_many([j for j in polled if j is not None] + first + more)
     rest = _drain(q, idle=0.5)
     assert len(polled + first + more + rest) == 12
 

@@ -163,6 +163,11 @@ class ConsumingMixin(PublishingMixin):
             def step() -> bool:
                 if out and out[0].receipt[1] != self._epoch:
                     out.clear()  # taken on a connection that was lost since: leases void
+                if n > 1 and self._consumer_tag is None:
+                    # A batch taker is a consumer, even when it polls: the basic.get below
+                    # (a barrier) then brings what the broker pushed ahead, up to prefetch,
+                    # and later calls take from the buffer instead of a get per job.
+                    self._start_consumer()
                 self._fill(out, n)
                 if not out and self._consumer_tag is not None:
                     self._pump()
