@@ -508,3 +508,51 @@ def test_example_runs() -> None:
     last = lines[-1].split()
     assert last[0].startswith("enqueued=") and last[1] == "duplicate=0"
     assert int(last[0].split("=")[1]) == int(last[3].split("=")[1]) >= 4
+
+
+def test_redis_lease_store_claims_releases_and_keeps_the_latest_tick(redis_url: str) -> None:
+    pytest.importorskip("redis")
+    q = unifiedq.connect(f"memory://{_name()}")
+    q.close()  # the enqueue fails: the claim must be released for the others
+    lease = f"{redis_url}?prefix={_name()}:"
+    clock = [T0 + 0.5]
+    s = Scheduler([Entry("e", q, b"x", every=10)], lease=lease, retries=0,
+                  clock=lambda: clock[0])
+    s.open()
+    store = s._store
+    assert store is not None
+    clock[0] = T0 + 10.1
+    assert [o for _, o in s.run_pending()] == ["failed"]
+    tick = f"sched:e:{int(T0) + 10}"
+    assert store.state(tick) is None  # released, not left to expire
+    assert store.claim(tick, "claimed:other", 5) is None
+    assert store.claim(tick, "claimed:mine", 5) == "claimed:other"
+    store.mark_done(tick, 5)
+    assert store.state(tick) == "done"
+    assert store.last("e") == T0 + 10
+    store.set_last("e", T0)  # never lowered
+    assert store.last("e") == T0 + 10
+    s.close()
+
+
+def test_cli_runs_an_async_schedule_and_stops_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "asched.py").write_text(textwrap.dedent("""
+        from unifiedq.scheduler import AsyncScheduler, Entry
+        schedule = AsyncScheduler([Entry("fast", "memory://cli", b"x", every=0.2)])
+    """))
+    log = tmp_path / "asched.log"
+    p = subprocess.Popen([sys.executable, "-m", "unifiedq", "scheduler", "asched:schedule",
+                          "--log-json"], cwd=tmp_path, stderr=log.open("w"))
+    try:
+        deadline = time.monotonic() + 30
+        while sum(e.get("event") == "tick_enqueued" for e in _events(log)) < 3:
+            assert time.monotonic() < deadline and p.poll() is None, log.read_text()
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0, log.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    events = _events(log)
+    assert events[-1]["event"] == "scheduler_stop" and events[-1]["enqueued"] >= 3  # type: ignore[operator]
+    assert all(e["logger"] == "unifiedq.scheduler" for e in events)

@@ -17,7 +17,13 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ._capabilities import Capability, require
-from ._errors import ConfigurationError, DriverNotFound, InvalidArgument, InvalidBody
+from ._errors import (
+    ConfigurationError,
+    DriverNotFound,
+    DriverUnavailable,
+    InvalidArgument,
+    InvalidBody,
+)
 from ._job import PRIORITY_MAX, PRIORITY_MIN
 from ._registry import get_driver
 from ._url import parse_url
@@ -116,6 +122,8 @@ class Entry:
             non-positive interval, a negative jitter or grace, or both/neither of cron/every.
         InvalidBody: ``body`` is neither bytes nor callable.
         InvalidURL: ``target`` is a malformed URL.
+        DriverUnavailable: ``cron`` is given but croniter is not installed (extra
+            ``scheduler``).
     """
 
     __slots__ = ("_cron_hour_fixed", "body", "cron", "delay", "every_ms", "grace", "headers",
@@ -163,8 +171,7 @@ class Entry:
         self.every_ms: int | None = None
         self._cron_hour_fixed = False
         if cron is not None:
-            from croniter import croniter  # the `scheduler` extra
-
+            croniter = _croniter()
             if not isinstance(cron, str) or not croniter.is_valid(cron):
                 raise InvalidArgument(f"entry {name!r}: {cron!r} is not a valid cron "
                                       f"expression (croniter syntax: 'min hour dom month dow "
@@ -302,6 +309,16 @@ class Entry:
             if len(out) == limit:
                 return out[::-1], True
             out.append(self._tick(ms, at))
+
+
+def _croniter() -> Any:
+    """The croniter class, or a DriverUnavailable naming the extra that installs it."""
+    try:
+        from croniter import croniter
+    except ImportError as exc:
+        raise DriverUnavailable("cron entries need croniter: pip install 'unifiedq[scheduler]'",
+                                extra="scheduler") from exc
+    return croniter
 
 
 def _zone(tz: object) -> dt.tzinfo:
