@@ -13,7 +13,8 @@ noise hits them alike, and the median round is reported with its range. Variants
 * ``raw``: the floor, a bare redis-py reliable queue (LPUSH / LMOVE into a processing list /
   LREM, pipelined for batches): not asynq-compatible, no leases, no counters;
 * ``asynq``: Go asynq v0.26's own client and server (``--asynq-bin``, the peers benchmark's
-  program, if built): enqueue N, then its server processes them with a no-op handler.
+  program, skipped unless built: ``cd benchmarks/peers/asynq_go && go build -o asynq_bench .``):
+  enqueue N, then its server (concurrency 8) processes them with a no-op handler.
 
 Per phase (N jobs each, 64-byte bodies, a flushed database), from the server's own counters:
 ``INFO commandstats`` (EVALSHA ``usec_per_call``: the script's server time per call) and
@@ -371,7 +372,8 @@ def report(a: argparse.Namespace, trees: dict[str, str], verbs: dict[str, Any],
         f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{a.rounds} interleaved rounds of {a.n} jobs (64-byte bodies), one private "
         "redis-server; median (min-max) over rounds.  ",
-        "Trees: " + ", ".join(f"`{k}` = {v}" for k, v in trees.items()), "",
+        "Trees: " + ", ".join(f"`{k}` = {v}" for k, v in trees.items()) + "  ",
+        "asynq: " + (f"`{a.asynq_bin}`" if "asynq" in verbs else "not built (skipped)"), "",
         "## Server cost per phase", "",
         "`usec/call`: EVALSHA `usec_per_call` from `INFO commandstats` (the script's server "
         "time); `CPU us/job`: `used_cpu_sys+user` delta of the whole server per job; "
