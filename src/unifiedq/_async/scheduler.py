@@ -262,8 +262,11 @@ class AsyncScheduler:
                            else AsyncRedisLease(self._lease_url))
         now_ms = int(self._clock() * 1000)
         for e in self._entries.values():
-            if isinstance(e.target, str) and e.target not in self._queues:
-                self._queues[e.target] = connect_async(e.target)
+            if isinstance(e.target, str):
+                if e.target not in self._queues:
+                    self._queues[e.target] = connect_async(e.target)
+                # The handle knows best (quic declares its flags in the URL).
+                self._caps[e.name] = self._queues[e.target].capabilities
             stored = await self._store.last(e.name) if self._store is not None else None
             # Restart memory: ticks since the last one any scheduler dealt with are missed
             # ticks (the policy decides); without it the first start begins now.
