@@ -1,8 +1,9 @@
 """The ``unifiedq`` command: the top-level parser and the dispatch to each subcommand.
 
 Each subcommand lives in its own module of :mod:`unifiedq.cli` (``drivers``, ``inspect``,
-``bench``, ``worker``); ``serve`` and ``certs`` come from the ``quic`` extra. Subcommands that
-parse their own arguments (bench, serve, certs, worker) get everything after their name, and
+``bench``, ``worker``, ``scheduler``); ``serve`` and ``certs`` come from the ``quic`` extra.
+Subcommands that parse their own arguments (bench, serve, certs, worker, scheduler) get
+everything after their name, and
 their modules are imported only when they run.
 """
 
