@@ -200,7 +200,8 @@ def flush_redis(url: str) -> None:
 
 def measure(r: Runner, s: System, rnd: int, a: argparse.Namespace) -> dict[str, Any]:
     """Every phase of one system for one round; errors are recorded, not raised."""
-    out: dict[str, Any] = {}
+    # The machine is shared: keep how busy it was, to read a noisy row by.
+    out: dict[str, Any] = {"load_avg_1m": round(os.getloadavg()[0], 2)}
     tag = f"peers_{s.name.replace('-', '_')}_{rnd}"
     clean = (lambda: flush_redis(r.redis_url)) if s.backend == "redis" else (lambda: None)
     try:
@@ -290,6 +291,9 @@ def render(report: dict[str, Any]) -> str:
     summ = report["summary"]
     cfg = report["config"]
     tree = report["unifiedq_tree"]
+    loads = [res["load_avg_1m"] for rd in report["rounds"] for res in rd.values()
+             if "load_avg_1m" in res]
+    load = f"{min(loads):.1f}{DASH}{max(loads):.1f}" if loads else "not recorded"
     lines = [
         "# Peer benchmark: unifiedq vs Go asynq and the Python task queues",
         "",
@@ -301,7 +305,8 @@ def render(report: dict[str, Any]) -> str:
         f"unifiedq: commit {tree['commit'][:12]}"
         f"{' plus uncommitted src/ edits' if tree['src_modified'] else ''}.  ",
         f"Machine: {report['machine']['cpus']} CPU(s), {report['machine']['cpu_model']}, "
-        f"{report['machine']['platform']} (shared: absolute numbers are noisy, ratios less so).",
+        f"{report['machine']['platform']} (shared: absolute numbers are noisy, ratios less so; "
+        f"1-minute load average when a system started: {load}).",
         "",
         f"Medians, with min{DASH}max over rounds in parentheses. Ratios are medians of per-round "
         "ratios (both systems measured in the same round).",
@@ -315,9 +320,12 @@ def render(report: dict[str, Any]) -> str:
     ]
     for name in report["systems"]:
         row = summ[name]
+        # Ratios against the Redis references only for Redis rows (amqp: next table).
+        same = BY_NAME[name].backend == "redis"
         lines.append(
             f"| {BY_NAME[name].label} | {fmt(row.get('e2e_rate'))} | "
-            f"{ratio(row.get('e2e_vs_asynq'))} | {ratio(row.get('e2e_vs_unifiedq-redis'))} | "
+            f"{ratio(row.get('e2e_vs_asynq') if same else None)} | "
+            f"{ratio(row.get('e2e_vs_unifiedq-redis') if same else None)} | "
             f"{fmt(row.get('cpu_per_10k'), 2)} | {fmt(row.get('pickup_p50_ms'), 2)} | "
             f"{fmt(row.get('pickup_p99_ms'), 2)} |")
     amqp = [n for n in report["systems"] if BY_NAME[n].backend == "amqp"]
@@ -406,11 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", default="",
                    help="measure unifiedq from this checkout (e.g. a `git worktree` of a "
                         "commit) instead of the working tree")
+    p.add_argument("--render", metavar="JSON",
+                   help="only rewrite the markdown of an earlier run's JSON (next to it)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: fewer rounds, jobs and samples (explicit flags win)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers"),
                    help="output path without extension (.json and .md are written)")
     a = p.parse_args(argv)
+    if a.render:
+        done = json.loads(Path(a.render).read_text())
+        Path(a.render).with_suffix(".md").write_text(render(done))
+        return 0
     defaults = QUICK if a.quick else FULL
     for key, value in defaults.items():
         if getattr(a, key) is None:
