@@ -17,10 +17,18 @@ machine noise hits all alike; medians and ranges are reported:
 Results go to ``benchmarks/results/worker_throughput.<label>.json``; the markdown
 (``worker_throughput.md``) is re-rendered from every label's json found there.
 
-Measure the code before a change from a worktree of that commit, with this script::
+Measure the code before a change from a worktree of that commit, with this script, and
+interleave the labels one round at a time (how the committed results were made)::
 
-    git worktree add /tmp/wt-before <commit>
-    PYTHONPATH=/tmp/wt-before/src python benchmarks/worker_throughput.py --label before
+    git worktree add /tmp/wt-before c085ab8           # the commit before the change
+    git worktree add --detach /tmp/wt-after aa3f4bb    # the change
+    git worktree add --detach /tmp/wt-oldworker aa3f4bb && (cd /tmp/wt-oldworker &&
+        git checkout c085ab8 -- src/unifiedq/_async/worker.py src/unifiedq/_sync/worker.py \
+        src/unifiedq/_worker_core.py)                  # the change's drivers, the old worker
+    for r in 1 2 3; do for l in before oldworker after; do
+        PYTHONPATH=/tmp/wt-$l/src python benchmarks/worker_throughput.py --rounds 1 --append \
+            --label ${l/oldworker/old-worker} --note "..."
+    done; done
 """
 
 from __future__ import annotations
@@ -223,9 +231,11 @@ def render() -> None:
     rank = {"before": 0, "old-worker": 1, "after": 2}
     order = sorted(runs, key=lambda k: (rank.get(k, 3), k))
     lines = ["# Worker throughput", "",
-             "Produced by `benchmarks/worker_throughput.py` (not run by CI); each label is one "
-             "run, its variants interleaved round by round. Medians, ranges in brackets. The "
-             "machine has 2 cores shared with other work: compare ratios within a run.", ""]
+             "Produced by `benchmarks/worker_throughput.py` (not run by CI). Each label's "
+             "variants run interleaved within a round; with `--append` the labels were also "
+             "interleaved, one round each in turn (below: 3 rounds, the loop in the script's "
+             "docstring). Medians, ranges in brackets. The machine has 2 cores shared with other "
+             "work (load average 5 to 7 during these runs): compare ratios within a label.", ""]
     for label in order:
         res = runs[label]
         lines += [f"## {label}: commit {res['commit']}, {res['when']}", "",
@@ -309,7 +319,7 @@ def main() -> None:
             server.stop()
     if prev:
         out["rounds"] += prev.get("rounds", 0)
-        out["when"] = f"{prev['when']} to {out['when']}"
+        out["when"] = f"{prev['when'].split(' to ')[0]} to {out['when']}"
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     render()

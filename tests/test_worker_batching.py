@@ -95,21 +95,25 @@ def test_no_job_is_prefetched_while_every_slot_is_busy() -> None:
     # Regression: a fetcher left the idle count until after it released the fetch lock, so
     # the next slot counted it as idle and took a job for a slot that was already busy.
     for round_ in range(15):
-        q = unifiedq.connect(f"memory://{_name()}")
-        q.enqueue_many([b"a", b"b", b"c"])
-        release = threading.Event()
-        w = Worker(q, lambda job: release.wait(10), concurrency=2, poll_interval=0.05)
-        w.start()
-        try:
-            wait_for(lambda: w.stats().in_flight == 2, what="two running")
-            time.sleep(0.05)
-            assert q.size() == 1, f"round {round_}: a third job was taken"
-        finally:
-            release.set()
-            w.stop(grace=5)
-        st = w.stats()
-        assert st.returned == 0 and st.processed + q.size() == 3
-        q.close()
+        _two_busy_slots_three_jobs(round_)
+
+
+def _two_busy_slots_three_jobs(round_: int) -> None:
+    q = unifiedq.connect(f"memory://{_name()}")
+    q.enqueue_many([b"a", b"b", b"c"])
+    release = threading.Event()
+    w = Worker(q, lambda job: release.wait(10), concurrency=2, poll_interval=0.05)
+    w.start()
+    try:
+        wait_for(lambda: w.stats().in_flight == 2, what="two running")
+        time.sleep(0.05)
+        assert q.size() == 1, f"round {round_}: a third job was taken"
+    finally:
+        release.set()
+        w.stop(grace=5)
+    st = w.stats()
+    assert st.returned == 0 and st.processed + q.size() == 3
+    q.close()
 
 
 def test_async_worker_prefetch_is_bounded_too() -> None:
