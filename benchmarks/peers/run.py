@@ -168,7 +168,8 @@ class Runner:
             sel.close()
         line, self._pending[proc.pid] = buf.split(b"\n", 1)
         try:
-            return json.loads(line)
+            obj: dict[str, Any] = json.loads(line)
+            return obj
         except ValueError:
             raise PhaseError(f"{what}: not JSON: {line[:200]!r}") from None
 
@@ -203,7 +204,11 @@ def measure(r: Runner, s: System, rnd: int, a: argparse.Namespace) -> dict[str, 
     # The machine is shared: keep how busy it was, to read a noisy row by.
     out: dict[str, Any] = {"load_avg_1m": round(os.getloadavg()[0], 2)}
     tag = f"peers_{s.name.replace('-', '_')}_{rnd}"
-    clean = (lambda: flush_redis(r.redis_url)) if s.backend == "redis" else (lambda: None)
+
+    def clean() -> None:
+        if s.backend == "redis":
+            flush_redis(r.redis_url)
+
     try:
         clean()
         if s.batch:
@@ -462,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if amqp_srv:
                 amqp_srv.stop()
-    report = {
+    report: dict[str, Any] = {
         "command": "python benchmarks/peers/run.py " + " ".join(
             shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),

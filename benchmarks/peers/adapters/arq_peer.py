@@ -1,5 +1,8 @@
 """arq on Redis (asyncio), max_jobs = concurrency, default poll_delay (0.5 s)."""
 
+# The peers live in benchmarks/peers/.venv only, not in the environment mypy runs in.
+# mypy: disable-error-code="untyped-decorator"
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +26,8 @@ async def noop(ctx: Any, payload: str) -> None:
 
 
 def enqueue(o: Options) -> float:
-    from arq import create_pool
-    from arq.connections import RedisSettings
+    from arq import create_pool  # type: ignore[import-not-found]
+    from arq.connections import RedisSettings  # type: ignore[import-not-found]
 
     async def main() -> float:
         pool = await create_pool(RedisSettings.from_dsn(o.redis))
@@ -51,7 +54,7 @@ def work(o: Options, rec: Recorder) -> None:
     global RECORDER
     RECORDER = rec
     from arq.connections import RedisSettings
-    from arq.worker import Worker
+    from arq.worker import Worker  # type: ignore[import-not-found]
 
     async def main() -> None:
         worker = Worker(functions=[noop], redis_settings=RedisSettings.from_dsn(o.redis),

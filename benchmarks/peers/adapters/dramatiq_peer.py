@@ -5,6 +5,9 @@ built directly so that this process is the one measured. Broker defaults are kep
 (RabbitmqBroker: ``confirm_delivery=False``).
 """
 
+# The peers live in benchmarks/peers/.venv only, not in the environment mypy runs in.
+# mypy: disable-error-code="untyped-decorator"
+
 from __future__ import annotations
 
 import threading
@@ -22,16 +25,16 @@ def versions() -> dict[str, str]:
 
 
 def _setup(o: Options) -> tuple[Any, Any]:
-    import dramatiq
+    import dramatiq  # type: ignore[import-not-found]
 
     if o.extra.get("backend") == "amqp":
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker  # type: ignore[import-not-found]
 
         # pika reads the kombu-style "//" path as vhost "", not "/".
         url = o.amqp[:-2] + "/%2F" if o.amqp.endswith("//") else o.amqp
         broker: Any = RabbitmqBroker(url=url)
     else:
-        from dramatiq.brokers.redis import RedisBroker
+        from dramatiq.brokers.redis import RedisBroker  # type: ignore[import-not-found]
 
         broker = RedisBroker(url=o.redis)
     dramatiq.set_broker(broker)

@@ -1,5 +1,8 @@
 """huey 3 (RedisHuey, blocking pop) with a consumer of ``concurrency`` thread workers."""
 
+# The peers live in benchmarks/peers/.venv only, not in the environment mypy runs in.
+# mypy: disable-error-code="untyped-decorator"
+
 from __future__ import annotations
 
 from importlib import metadata
@@ -16,7 +19,7 @@ def versions() -> dict[str, str]:
 
 
 def _setup(o: Options) -> tuple[Any, Any]:
-    from huey import RedisHuey
+    from huey import RedisHuey  # type: ignore[import-not-found]
 
     huey = RedisHuey(o.queue, url=o.redis)
 

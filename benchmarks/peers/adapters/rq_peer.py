@@ -4,6 +4,9 @@ RQ has no in-process concurrency: its default ``Worker`` forks a child per job, 
 ``rq worker-pool`` runs several worker processes. The 8-way setting does not apply here.
 """
 
+# The peers live in benchmarks/peers/.venv only, not in the environment mypy runs in.
+# mypy: disable-error-code="untyped-decorator"
+
 from __future__ import annotations
 
 import time
@@ -27,7 +30,7 @@ def noop(payload: str) -> None:
 
 def _queue(o: Options) -> Any:
     from redis import Redis
-    from rq import Queue
+    from rq import Queue  # type: ignore[import-not-found]
 
     return Queue(o.queue, connection=Redis.from_url(o.redis))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from importlib import metadata
 from typing import Any
@@ -21,10 +22,8 @@ def versions() -> dict[str, str]:
     names = ["unifiedq", "redis", "hiredis", "kombu", "amqp"]
     out = {}
     for name in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     import unifiedq
 
     out["unifiedq_src"] = unifiedq.__file__.rsplit("/unifiedq/", 1)[0]
