@@ -646,3 +646,23 @@ def test_python_consumes_go_asynq_tasks(interop_bin: Path, redis_url: str, qname
         assert (info["pending"], info["active"], info["retry"], info["archived"]) == (0, 0, 0, 1)
         assert info["tasks"]["archived"][0]["id"] == ids[3]
         assert info["processed"] == 6 and info["failed"] == 2
+
+
+def test_pause_is_asynqs_pause_both_ways(interop_bin: Path, redis_url: str, qname: str) -> None:
+    """pause()/resume() and Go asynq's Inspector.PauseQueue/UnpauseQueue are one state."""
+    with connect(_url(redis_url, qname)) as q:
+        q.enqueue(b"a")
+        q.pause()
+        (info,) = _go(interop_bin, redis_url, "inspect", qname)
+        assert info["paused"] is True
+        _go(interop_bin, redis_url, "unpause", qname)
+        assert q.is_paused() is False
+        _go(interop_bin, redis_url, "pause", qname)
+        assert q.is_paused() is True
+        assert q.dequeue(timeout=0.3) is None  # asynq's pause stops our consumers too
+        q.resume()
+        (info,) = _go(interop_bin, redis_url, "inspect", qname)
+        assert info["paused"] is False
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == b"a"
+        q.ack(job)

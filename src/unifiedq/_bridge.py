@@ -129,6 +129,15 @@ class SyncToAsync(AsyncQueueBase):
     async def _ack_many(self, jobs: list[Job]) -> None:
         await self._run(self.inner._ack_many, jobs)
 
+    async def _pause(self) -> None:
+        await self._run(self.inner._pause)
+
+    async def _resume(self) -> None:
+        await self._run(self.inner._resume)
+
+    async def _is_paused(self) -> bool:
+        return await self._run(self.inner._is_paused)
+
     async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         await self._run(self.inner._nack, job, requeue, delay)
 
@@ -218,6 +227,15 @@ class AsyncToSync(QueueBase):
 
     def _ack_many(self, jobs: list[Job]) -> None:
         self._run(self.inner._ack_many(jobs))
+
+    def _pause(self) -> None:
+        self._run(self.inner._pause())
+
+    def _resume(self) -> None:
+        self._run(self.inner._resume())
+
+    def _is_paused(self) -> bool:
+        return self._run(self.inner._is_paused())
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._run(self.inner._nack(job, requeue, delay))

@@ -36,6 +36,10 @@ class Capability(enum.Flag):
         RELEASE: ``release(job)`` hands a leased job back at once without consuming one of
             its attempts (a worker that is stopping, a consumer that took more than it can
             run). Without it the only way back is ``nack()``, which counts as an attempt.
+        PAUSE: ``pause()`` / ``resume()`` / ``is_paused()``: a paused queue still accepts
+            jobs but hands none out (a waiting ``dequeue`` waits, without polling the backend
+            faster than it otherwise would); the state is shared by every handle of the queue
+            and, where the backend has it natively, by its own tools.
         BOUNDED: the queue takes a ``maxsize`` and raises QueueFull (or applies its
             overflow policy) when it is reached.
         NATIVE_SYNC: the driver implements the blocking face itself (else it is bridged).
@@ -58,6 +62,7 @@ class Capability(enum.Flag):
     NATIVE_SYNC = enum.auto()
     NATIVE_ASYNC = enum.auto()
     RELEASE = enum.auto()
+    PAUSE = enum.auto()
 
     def names(self) -> list[str]:
         """Return the names of the individual flags set in this value, in definition order."""

@@ -5,6 +5,8 @@
 //	consume   run an asynq.Server on one queue until -count tasks finished (ok or archived)
 //	produce   enqueue tasks with asynq.Client
 //	inspect   print asynq.Inspector's view of a queue
+//	pause     pause the queue with asynq.Inspector.PauseQueue
+//	unpause   resume it with asynq.Inspector.UnpauseQueue
 package main
 
 import (
@@ -173,7 +175,7 @@ func inspect(opt asynq.RedisClientOpt, queue string) {
 		"event": "inspect", "queues": queues, "size": qi.Size, "pending": qi.Pending,
 		"active": qi.Active, "scheduled": qi.Scheduled, "retry": qi.Retry,
 		"archived": qi.Archived, "completed": qi.Completed, "processed": qi.ProcessedTotal,
-		"failed": qi.FailedTotal, "tasks": tasks,
+		"failed": qi.FailedTotal, "paused": qi.Paused, "tasks": tasks,
 	})
 }
 
@@ -199,6 +201,17 @@ func main() {
 		produce(opt, *queue, *count)
 	case "inspect":
 		inspect(opt, *queue)
+	case "pause", "unpause":
+		ins := asynq.NewInspector(opt)
+		defer ins.Close()
+		op := ins.PauseQueue
+		if os.Args[1] == "unpause" {
+			op = ins.UnpauseQueue
+		}
+		if err := op(*queue); err != nil {
+			fail("%s: %v", os.Args[1], err)
+		}
+		emit(map[string]any{"event": os.Args[1], "queue": *queue})
 	default:
 		fail("unknown subcommand %q", os.Args[1])
 	}

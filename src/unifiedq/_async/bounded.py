@@ -227,6 +227,18 @@ class AsyncBoundedQueue(_BoundedState):
         """Extend a lease on the wrapped queue."""
         await self.inner.extend_lease(job, seconds)
 
+    async def pause(self) -> None:
+        """Pause the wrapped queue (PAUSE)."""
+        await self.inner.pause()
+
+    async def resume(self) -> None:
+        """Resume the wrapped queue (PAUSE)."""
+        await self.inner.resume()
+
+    async def is_paused(self) -> bool:
+        """Whether the wrapped queue is paused (PAUSE)."""
+        return await self.inner.is_paused()
+
     async def size(self) -> int:
         """Waiting jobs in the wrapped queue."""
         return await self.inner.size()

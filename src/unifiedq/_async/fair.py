@@ -359,6 +359,22 @@ class AsyncFairQueue:
         require(Capability(0), Capability.PEEK, driver=self.driver, what="peek()")
         return None  # pragma: no cover
 
+    async def pause(self) -> None:
+        """Not supported (tenants come and go): raises UnsupportedOperation; pause sub-queues."""
+        self._check_open()
+        require(Capability(0), Capability.PAUSE, driver=self.driver, what="pause()")
+
+    async def resume(self) -> None:
+        """Not supported: raises UnsupportedOperation (QueueClosed once closed)."""
+        self._check_open()
+        require(Capability(0), Capability.PAUSE, driver=self.driver, what="resume()")
+
+    async def is_paused(self) -> bool:
+        """Not supported: raises UnsupportedOperation (QueueClosed once closed)."""
+        self._check_open()
+        require(Capability(0), Capability.PAUSE, driver=self.driver, what="is_paused()")
+        return False  # pragma: no cover
+
     async def ack(self, job: Job) -> None:
         """Ack a job on its tenant's sub-queue."""
         with self._guard:

@@ -100,6 +100,18 @@ class AsyncQueue(Protocol):
         """Keep a leased job for ``seconds`` more from now."""
         ...
 
+    async def pause(self) -> None:
+        """Stop handing out jobs (enqueue still works) until ``resume()``."""
+        ...
+
+    async def resume(self) -> None:
+        """Hand out jobs again after ``pause()``."""
+        ...
+
+    async def is_paused(self) -> bool:
+        """Whether the queue is paused (by any handle, or the backend's own tools)."""
+        ...
+
     async def size(self) -> int:
         """Number of jobs waiting (ready or delayed), not counting leased ones."""
         ...

@@ -132,6 +132,46 @@ class QueueBase(QueueChecks):
         j, s = self._prepare_extend(job, seconds)
         self._extend_lease(j, s)
 
+    def pause(self) -> None:
+        """Stop handing out jobs until :meth:`resume` (PAUSE); producers are not affected.
+
+        Every handle of the queue sees it (on redis, also Go asynq: it is asynq's per-queue
+        pause). A ``dequeue`` of a paused queue returns None after its ``timeout``, waiting
+        the way it waits on an empty queue (no faster polling). Jobs already leased are not
+        affected: they can be acked, nacked and released. Pausing a paused queue does nothing.
+
+        Raises:
+            UnsupportedOperation: The driver lacks PAUSE.
+            QueueClosed: The handle was closed.
+        """
+        self._check_open()
+        self._need(Capability.PAUSE, "pause()")
+        self._pause()
+
+    def resume(self) -> None:
+        """Hand out jobs again after :meth:`pause` (PAUSE); resuming a running queue is a no-op.
+
+        Raises:
+            UnsupportedOperation: The driver lacks PAUSE.
+            QueueClosed: The handle was closed.
+        """
+        self._check_open()
+        self._need(Capability.PAUSE, "resume()")
+        self._resume()
+
+    def is_paused(self) -> bool:
+        """Whether the queue is paused, by any handle or the backend's own tools (PAUSE).
+
+        A method, not a property: on networked drivers it asks the backend.
+
+        Raises:
+            UnsupportedOperation: The driver lacks PAUSE.
+            QueueClosed: The handle was closed.
+        """
+        self._check_open()
+        self._need(Capability.PAUSE, "is_paused()")
+        return self._is_paused()
+
     def size(self) -> int:
         """Number of waiting jobs (ready or delayed), excluding leased ones."""
         self._check_open()
@@ -212,6 +252,15 @@ class QueueBase(QueueChecks):
 
     def _release(self, job: Job) -> None:
         raise self._unsupported("release()", Capability.RELEASE)
+
+    def _pause(self) -> None:
+        raise self._unsupported("pause()", Capability.PAUSE)
+
+    def _resume(self) -> None:
+        raise self._unsupported("resume()", Capability.PAUSE)
+
+    def _is_paused(self) -> bool:
+        raise self._unsupported("is_paused()", Capability.PAUSE)
 
     def _extend_lease(self, job: Job, seconds: float) -> None:
         raise self._unsupported("extend_lease()", Capability.LEASE_EXTEND)

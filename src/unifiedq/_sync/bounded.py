@@ -228,6 +228,18 @@ class BoundedQueue(_BoundedState):
         """Extend a lease on the wrapped queue."""
         self.inner.extend_lease(job, seconds)
 
+    def pause(self) -> None:
+        """Pause the wrapped queue (PAUSE)."""
+        self.inner.pause()
+
+    def resume(self) -> None:
+        """Resume the wrapped queue (PAUSE)."""
+        self.inner.resume()
+
+    def is_paused(self) -> bool:
+        """Whether the wrapped queue is paused (PAUSE)."""
+        return self.inner.is_paused()
+
     def size(self) -> int:
         """Waiting jobs in the wrapped queue."""
         return self.inner.size()

@@ -360,6 +360,22 @@ class FairQueue:
         require(Capability(0), Capability.PEEK, driver=self.driver, what="peek()")
         return None  # pragma: no cover
 
+    def pause(self) -> None:
+        """Not supported (tenants come and go): raises UnsupportedOperation; pause sub-queues."""
+        self._check_open()
+        require(Capability(0), Capability.PAUSE, driver=self.driver, what="pause()")
+
+    def resume(self) -> None:
+        """Not supported: raises UnsupportedOperation (QueueClosed once closed)."""
+        self._check_open()
+        require(Capability(0), Capability.PAUSE, driver=self.driver, what="resume()")
+
+    def is_paused(self) -> bool:
+        """Not supported: raises UnsupportedOperation (QueueClosed once closed)."""
+        self._check_open()
+        require(Capability(0), Capability.PAUSE, driver=self.driver, what="is_paused()")
+        return False  # pragma: no cover
+
     def ack(self, job: Job) -> None:
         """Ack a job on its tenant's sub-queue."""
         with self._guard:

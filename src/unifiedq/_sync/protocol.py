@@ -101,6 +101,18 @@ class Queue(Protocol):
         """Keep a leased job for ``seconds`` more from now."""
         ...
 
+    def pause(self) -> None:
+        """Stop handing out jobs (enqueue still works) until ``resume()``."""
+        ...
+
+    def resume(self) -> None:
+        """Hand out jobs again after ``pause()``."""
+        ...
+
+    def is_paused(self) -> bool:
+        """Whether the queue is paused (by any handle, or the backend's own tools)."""
+        ...
+
     def size(self) -> int:
         """Number of jobs waiting (ready or delayed), not counting leased ones."""
         ...

@@ -95,6 +95,7 @@ class _Store:
         self.delayed: list[tuple[float, int, str]] = []  # (due, seq, id)
         self.leases: list[tuple[float, int, str]] = []  # (deadline, token, id); lazy deletion
         self.leased = 0  # entries with a lease (token != 0)
+        self.paused = False  # pause(): _take hands out nothing until resume()
         self.refs = 0  # open handles (guarded by _stores_lock)
         self.seq = itertools.count()
         self.tokens = itertools.count(1)
@@ -174,7 +175,7 @@ def _unref(name: str, s: _Store) -> None:
     """
     with _stores_lock:
         s.refs -= 1
-        if s.refs <= 0 and not s.entries and _stores.get(name) is s:
+        if s.refs <= 0 and not s.entries and not s.paused and _stores.get(name) is s:
             del _stores[name]
 
 
@@ -192,7 +193,7 @@ class MemoryQueue(QueueBase):
         Capability.PEEK | Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY
         | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
         | Capability.CUSTOM_ID | Capability.HEADERS | Capability.BOUNDED
-        | Capability.RELEASE | Capability.NATIVE_SYNC
+        | Capability.RELEASE | Capability.PAUSE | Capability.NATIVE_SYNC
     )
 
     def __init__(self, name: str, options: MemoryOptions, url: URL | None = None) -> None:
@@ -251,6 +252,8 @@ class MemoryQueue(QueueBase):
 
     def _take(self) -> Job | None:
         s = self._s
+        if s.paused:
+            return None
         while s.ready:
             _, _, jid = heapq.heappop(s.ready)
             e = s.entries.get(jid)
@@ -308,6 +311,18 @@ class MemoryQueue(QueueBase):
             while len(out) < max_jobs and (job := self._take()) is not None:
                 out.append(job)
         return out
+
+    def _pause(self) -> None:
+        with self._s.cond:
+            self._s.paused = True
+
+    def _resume(self) -> None:
+        with self._s.cond:
+            self._s.paused = False
+            self._s.cond.notify_all()  # waiting consumers take what is ready now
+
+    def _is_paused(self) -> bool:
+        return self._s.paused
 
     def _peek(self) -> Job | None:
         with self._s.cond:

@@ -571,6 +571,84 @@ class QueueConformance:
         if harness.has(Capability.ACK):
             q.ack(job)  # still leased: the refused call touched nothing
 
+    # -- PAUSE ------------------------------------------------------------------------------
+    @requires(Capability.PAUSE)
+    def test_pause_stops_consumers_not_producers(self, harness: Harness) -> None:
+        q = harness.open()
+        other = harness.open()  # another handle of the same queue sees the pause
+        q.enqueue(b"before")
+        assert q.is_paused() is False
+        q.pause()
+        q.pause()  # idempotent
+        assert q.is_paused() is True and other.is_paused() is True
+        q.enqueue(b"during")  # producers are not affected
+        start = time.monotonic()
+        assert other.dequeue(timeout=0.6) is None  # waits its timeout, hands out nothing
+        assert time.monotonic() - start >= 0.5
+        assert q.dequeue() is None
+        assert q.size() == 2
+        other.resume()
+        other.resume()  # idempotent
+        assert q.is_paused() is False
+        got = [q.dequeue(timeout=5), q.dequeue(timeout=5)]
+        assert sorted(j.body for j in got if j is not None) == [b"before", b"during"]
+        if harness.has(Capability.ACK):
+            for j in got:
+                assert j is not None
+                q.ack(j)
+
+    @requires(Capability.PAUSE)
+    @requires(Capability.BLOCKING_DEQUEUE)
+    def test_resume_wakes_a_waiting_consumer(self, harness: Harness) -> None:
+        q = harness.open()
+        q.pause()
+        q.enqueue(b"a")
+        out: list[Any] = []
+        t = threading.Thread(target=lambda: out.append(q.dequeue(timeout=10)))
+        start = time.monotonic()
+        t.start()
+        time.sleep(0.5)
+        assert not out  # still waiting: paused
+        harness.open().resume()
+        t.join(12)
+        assert out and out[0] is not None and out[0].body == b"a"
+        # Woken by the resume, not by the end of its timeout (drivers that poll: within
+        # their poll interval).
+        assert time.monotonic() - start < 5
+        if harness.has(Capability.ACK):
+            q.ack(out[0])
+
+    @requires(Capability.PAUSE)
+    @requires(Capability.ACK)
+    def test_paused_queue_still_settles_leased_jobs(self, harness: Harness) -> None:
+        q = harness.open()
+        q.enqueue(b"a")
+        q.enqueue(b"b")
+        a = q.dequeue(timeout=5)
+        b = q.dequeue(timeout=5)
+        assert a is not None and b is not None
+        q.pause()
+        q.ack(a)
+        q.nack(b)  # back in the queue, but not handed out while paused
+        assert q.dequeue(timeout=0.3) is None
+        q.resume()
+        again = q.dequeue(timeout=5)
+        assert again is not None and again.body == b"b"
+        q.ack(again)
+
+    @lacks(Capability.PAUSE)
+    def test_pause_unsupported(self, harness: Harness) -> None:
+        q = harness.open()
+        q.enqueue(b"a")
+        for call in (q.pause, q.resume, q.is_paused):
+            with pytest.raises(UnsupportedOperation) as info:
+                call()
+            assert info.value.capability == "PAUSE"
+        job = q.dequeue(timeout=5)  # nothing was paused
+        assert job is not None and job.body == b"a"
+        if harness.has(Capability.ACK):
+            q.ack(job)
+
     @requires(Capability.ACK)
     def test_nack_without_requeue_does_not_redeliver(self, harness: Harness) -> None:
         q = harness.open()

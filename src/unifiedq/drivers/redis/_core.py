@@ -51,6 +51,7 @@ __all__ = ["CAPABILITIES", "Call", "Core", "Receipt", "RedisOptions", "pack", "t
 #: What both faces support. Not BOUNDED: asynq has no queue bound to honour.
 CAPABILITIES = (
     Capability.PEEK | Capability.ACK | Capability.RELEASE | Capability.LEASE_EXTEND
+    | Capability.PAUSE
     | Capability.DELAY
     | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
     | Capability.CUSTOM_ID | Capability.HEADERS | Capability.DURABLE
@@ -304,6 +305,32 @@ class Core:
         self._held_lock = threading.Lock()
         self.connection_kwargs = _connection_kwargs(url, options)
         self.ssl = url.scheme == "rediss"
+
+    # -- pause ------------------------------------------------------------------------------
+    @property
+    def paused_key(self) -> str:
+        """The pause key asynq reads for the base queue (what ``asynq queue pause <name>`` sets)."""
+        return self._levels[0].prefix + "paused"
+
+    def pause_calls(self) -> list[tuple[str, ...]]:
+        """Set asynq's pause key (Unix seconds, as asynq writes it) on every level.
+
+        Every level, so Go asynq servers consuming a level's asynq queue stop too; NX keeps
+        the time of the first pause, as asynq's SETNX does.
+        """
+        now = str(int(time.time()))
+        return [("SET", lv.prefix + "paused", now, "NX") for lv in self._levels]
+
+    def resume_calls(self) -> list[tuple[str, ...]]:
+        """Delete every level's pause key; LLEN of each pending list (who to wake)."""
+        return [("DEL", *(lv.prefix + "paused" for lv in self._levels)),
+                *(("LLEN", lv.pending) for lv in self._levels)]
+
+    def wake_calls(self, ready: int) -> list[tuple[str, ...]]:
+        """Wake-up tokens for up to ``ready`` waiting consumers (capped like enqueue's)."""
+        n = min(ready, _WAKE_CAP)
+        return [("LPUSH", self.wake_key, *(["1"] * n)), ("LTRIM", self.wake_key, "0",
+                                                          str(_WAKE_CAP - 1))] if n else []
 
     # -- enqueue ---------------------------------------------------------------------------
     def publish_calls(self, level: int) -> list[tuple[str, str, str]]:

@@ -281,12 +281,17 @@ local function lease(lv, P, id)
   return true
 end
 
+-- asynq's pause of the base queue (`asynq queue pause <name>`, or pause(), which pauses every
+-- level) pauses the whole queue; a level paused on its own by asynq's tools is skipped.
+local base_paused = redis.call("EXISTS", levels[#levels][1] .. "paused") == 1
+
 local function take()
+  if base_paused then return end
   for _, lv in ipairs(levels) do
     if n >= max_n then break end
     local P = lv[1]
     local pk, ak, lk = P .. "pending", P .. "active", P .. "lease"
-    if redis.call("EXISTS", P .. "paused") == 0 then
+    if lv[2] == 0 or redis.call("EXISTS", P .. "paused") == 0 then
       if max_n - n == 1 or not redis.REDIS_VERSION_NUM then
         while n < max_n do  -- asynq's own steps, one id at a time
           local id = redis.call("RPOPLPUSH", pk, ak)

@@ -458,6 +458,29 @@ class RedisQueue(QueueBase):
             self._core.release(r, job.id)
             raise JobNotLeased(f"job {job.id!r} is no longer leased by this delivery")
 
+    def _commands(self, cmds: list[tuple[str, ...]]) -> list[Any]:
+        """Plain commands in one round trip; their replies (the first error reply raised)."""
+        with translating():
+            replies, _ = self._send(b"".join(pack(c) for c in cmds), len(cmds),
+                                          self._deadline())
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+        return list(replies)
+
+    def _pause(self) -> None:
+        self._commands(self._core.pause_calls())
+
+    def _resume(self) -> None:
+        replies = self._commands(self._core.resume_calls())
+        # Consumers waiting on the wake list would otherwise sleep until their timeout.
+        wake = self._core.wake_calls(sum(int(r) for r in replies[1:]))
+        if wake:
+            self._commands(wake)
+
+    def _is_paused(self) -> bool:
+        return bool((self._commands([("EXISTS", self._core.paused_key)]))[0])
+
     def _size(self) -> int:
         with translating():
             return int(self._eval(self._core.size_call(), self._deadline()))
