@@ -146,3 +146,33 @@ def test_worker_subcommand_is_wired() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--url" in out.stdout and "--concurrency" in out.stdout
+
+
+def test_pause_and_resume_commands(redis_url: str) -> None:
+    import uuid
+
+    import unifiedq
+
+    url = f"{redis_url}?queue=cli-pause-{uuid.uuid4().hex[:8]}"
+    with unifiedq.connect(url) as q:
+        q.enqueue(b"a")
+        out = run("-m", "unifiedq", "pause", url)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().endswith(": paused")
+        assert q.is_paused() and q.dequeue(timeout=0.2) is None
+        out = run("-m", "unifiedq", "resume", "--status", url)  # --status changes nothing
+        assert out.returncode == 0 and out.stdout.strip().endswith(": paused")
+        out = run("-m", "unifiedq", "resume", url)
+        assert out.returncode == 0 and out.stdout.strip().endswith(": running")
+        assert q.is_paused() is False
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        q.ack(job)
+
+
+def test_pause_refused_and_secret_kept(tmp_path: Path) -> None:
+    # shm lacks PAUSE: a typed error, exit 1; a password in a URL is never printed.
+    out = run("-m", "unifiedq", "pause", f"shm://cli-pause-{os.getpid()}", "redis://:s3cret@127.0.0.1:1/0?queue=x")
+    assert out.returncode == 1
+    assert "UnsupportedOperation" in out.stderr and "PAUSE" in out.stderr
+    assert "s3cret" not in out.stderr + out.stdout

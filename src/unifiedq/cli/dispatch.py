@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from . import drivers as _drivers
 from . import inspect as _inspect
+from . import pause as _pause
 
 __all__ = ["build_parser", "main"]
 
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     i = sub.add_parser("inspect", help="show depth, oldest job age and per-state counts")
     _inspect.add_arguments(i)
+    for verb, what in (("pause", "stop handing out a queue's jobs (producers unaffected)"),
+                       ("resume", "hand out a paused queue's jobs again")):
+        _pause.add_arguments(sub.add_parser(verb, help=what))
     sub.add_parser("serve", help="serve a backend over QUIC (see 'unifiedq serve --help')",
                    add_help=False)
     sub.add_parser("certs", help="make a CA and certificates for serve (see 'unifiedq certs "
@@ -117,5 +121,7 @@ def _main(args_list: list[str]) -> int:
         return _drivers.drivers_command(args)
     if args.command == "inspect":
         return _inspect.inspect_command(args)
+    if args.command in ("pause", "resume"):
+        return _pause.pause_command(args)
     parser.print_help()
     return 2
