@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     from .scheduler import AsyncScheduler, Scheduler
     from .worker import AsyncWorker, Middleware, Retry, RetryLater, Router, SkipRetry, Worker
 
+#: The package version, defined only here: pyproject.toml reads it at build time (the wheel's
+#: metadata) and ``unifiedq --version`` prints it. A plain string literal, so that setuptools
+#: can read it without importing the package.
 __version__ = "0.1.0"
 
 # Public names that live in submodules with heavier imports: loaded on first access.
