@@ -14,7 +14,8 @@ then the clock starts and it consumes until every job was settled. Rounds are in
 10,000 jobs. The machine is shared: compare ratios within one run, not absolute numbers.
 
 Contenders (``NAME[:pPREFETCH][@REV]``; REV ``HEAD`` is the committed tree, ``base`` the
-``--base`` revision, ``work`` the working tree):
+``--base`` revision, ``work`` the working tree, ``mixed`` the committed tree with the amqp
+driver of ``base``: what the rest of HEAD, e.g. the Worker, does without the new driver):
 
 * ``uq-batch``: ``dequeue_many(32, timeout=1)`` + ``ack_many`` loop, one thread;
 * ``uq-single``: ``dequeue(timeout=1)`` + ``ack`` loop, one thread;
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -177,6 +179,20 @@ def export(rev: str, into: Path) -> Path:
     return dest / "src"
 
 
+def mix(head: Path, base: Path, into: Path) -> Path:
+    """A copy of ``head`` whose amqp driver (and its py-amqp compat module) is ``base``'s."""
+    dest = into / "src"
+    shutil.copytree(head, dest)
+    for part in ("unifiedq/drivers/amqp", "unifiedq/_compat/amqp.py"):
+        target = dest / part
+        if target.is_dir():
+            shutil.rmtree(target)
+            shutil.copytree(base / part, target)
+        else:
+            shutil.copy2(base / part, target)
+    return dest
+
+
 def parse(spec: str) -> tuple[str, int | None, str]:
     name, _, rev = spec.partition("@")
     kind, _, p = name.partition(":p")
@@ -264,6 +280,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             srcs = {k: export(v, Path(tmp)) for k, v in revs.items()}
             srcs["work"] = ROOT / "src"
+            srcs["mixed"] = mix(srcs["HEAD"], srcs["base"], Path(tmp) / "mixed")
             for r in range(args.rounds):
                 k = r % len(specs)
                 for spec in specs[k:] + specs[:k]:  # rotate who goes first
@@ -284,7 +301,7 @@ def main() -> None:
                          "max": max(rates), "cpu_per_10k": statistics.median(cpus)}
     ref = next((s for s in specs if s.startswith("dramatiq")), None)
     raw = next((s for s in specs if s.startswith("raw")), None)
-    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    command = "python " + " ".join([str(Path(sys.argv[0])), *sys.argv[1:]])
     lines = [f"`{command}`", "",
              f"{args.jobs:,} jobs of 64-byte bodies pre-enqueued per run, {args.rounds} "
              f"interleaved rounds; HEAD = {commits['HEAD']}, base = {commits['base']} "
@@ -292,9 +309,9 @@ def main() -> None:
              "| contender | jobs/s median | range | worker CPU s / 10k | vs dramatiq | vs raw |",
              "|---|---|---|---|---|---|"]
     for spec, s in summary.items():
-        vs_d = f"{s['median'] / summary[ref]['median']:.2f}×" if ref else "—"
-        vs_r = f"{s['median'] / summary[raw]['median']:.2f}×" if raw else "—"
-        lines.append(f"| {spec} | {s['median']:,.0f} | {s['min']:,.0f}–{s['max']:,.0f} | "
+        vs_d = f"{s['median'] / summary[ref]['median']:.2f}x" if ref else "-"
+        vs_r = f"{s['median'] / summary[raw]['median']:.2f}x" if raw else "-"
+        lines.append(f"| {spec} | {s['median']:,.0f} | {s['min']:,.0f}-{s['max']:,.0f} | "
                      f"{s['cpu_per_10k']:.2f} | {vs_d} | {vs_r} |")
     # Ratios per round (both measured minutes apart at most): steadier than ratios of medians.
     if ref:
@@ -304,8 +321,8 @@ def main() -> None:
                 continue
             per = [rows[ref][i]["seconds"] / rows[spec][i]["seconds"]
                    for i in range(args.rounds)]
-            lines.append(f"- {spec} / {ref}, per round: median {statistics.median(per):.2f}× "
-                         f"(range {min(per):.2f}–{max(per):.2f})")
+            lines.append(f"- {spec} / {ref}, per round: median {statistics.median(per):.2f}x "
+                         f"(range {min(per):.2f}-{max(per):.2f})")
     text = "\n".join(lines)
     print()
     print(text)
