@@ -1,8 +1,11 @@
 """Consuming: prefetch and dequeue, leases, ack/nack/release/extend_lease.
 
-A blocking dequeue starts a consumer (``basic.consume`` with ``basic.qos`` prefetch) whose
-deliveries wait in the handle's buffer; a polling dequeue, or one on a saturated consumer,
-uses ``basic.get``. A job handed out is *held* under its delivery tag until it is settled.
+A blocking dequeue, or any ``dequeue_many`` of more than one job, starts a consumer
+(``basic.consume`` with ``basic.qos`` prefetch) whose deliveries wait in the handle's buffer;
+a batch takes what is buffered without a round trip per job. A polling single dequeue, or
+one on a saturated consumer, uses ``basic.get``. ``ack_many`` writes its acks in one socket
+write, with ``multiple=True`` only where that is exact. A job handed out is *held* under its
+delivery tag until it is settled.
 Its receipt names the handle and the connection (epoch) it came on: an AMQP delivery can only
 be acked on its channel, and a lost connection ends every lease.
 
