@@ -9,6 +9,8 @@ they, when their connection goes.
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -184,6 +186,51 @@ def test_ack_many_async_face(qurl: str, rabbitmq_server: RigServer) -> None:
             await aq.aclose()
 
     asyncio.run(run())
+
+
+def test_ack_many_from_threads_sharing_a_handle_accounts_exactly(
+    opened: Callable[..., AmqpQueue], qurl: str
+) -> None:
+    """Four threads take batches from one handle, ack them in batches and nack a few.
+
+    A ``multiple=True`` that covered another thread's delivery would show up twice: the
+    broker closes the channel when that thread acks the tag again (unknown delivery tag),
+    and its job would be missing from the ledger. Every job must be acked exactly once.
+    """
+    q = opened(qurl + "&prefetch=16")
+    ids = q.enqueue_many([b"%d" % i for i in range(400)])
+    acked: list[str] = []
+    nacked: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while jobs := q.dequeue_many(rng.randint(1, 8), timeout=0.5):
+                time.sleep(rng.uniform(0, 0.002))  # "work", while other threads take and ack
+                back = [j for j in jobs if rng.random() < 0.05]
+                for job in back:
+                    q.nack(job)
+                done = [j for j in jobs if j not in back]
+                if done:
+                    q.ack_many(done)
+                with lock:
+                    acked.extend(j.id for j in done)
+                    nacked.extend(j.id for j in back)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(acked) == sorted(ids)  # each exactly once, nacked ones after their retry
+    assert nacked  # the mix did happen
+    _lose_connection(q)  # anything acked only on paper would come back now
+    assert _drain(opened(qurl), idle=0.5) == []
 
 
 # -- dequeue_many -----------------------------------------------------------------------------
