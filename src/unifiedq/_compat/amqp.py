@@ -4,8 +4,8 @@ Verified range: py-amqp ``>=5.1.1,<5.5`` (:data:`VERSIONS`, the same cap as the 
 extra in ``pyproject.toml``). ``tests/test_compat_amqp.py`` pins every internal below with a
 test that names the installed version when it fails; the full broker suite
 (``tests/test_amqp.py``) ran on py-amqp 5.4.2 with kombu 5.7.0, and the pinning tests also on
-py-amqp 5.1.1, 5.2.0 and 5.3.1 (internal 7 included). To allow a newer py-amqp, run both test files on it, then
-raise the cap here and in ``pyproject.toml``.
+py-amqp 5.1.1, 5.2.0 and 5.3.1 (internal 7 included). To allow a newer py-amqp, run both
+test files on it, then raise the cap here and in ``pyproject.toml``.
 
 Why the driver touches internals at all: it writes the ``basic.publish`` frames of a batch
 itself, many messages per socket write, instead of one ``Channel.basic_publish`` (one
