@@ -11,8 +11,11 @@ machine noise hits all alike; medians and ranges are reported:
   rate: memory:// is blocking-only, so each of its calls crosses the asyncio bridge.)
 * ``redis://`` (a private ``RedisServer`` from the test rig): ``--jobs`` no-op jobs with 64-byte
   bodies pre-enqueued, then consumed by ``Worker`` and ``AsyncWorker`` (``--concurrency``) and a
-  plain one-thread ``dequeue_many(32)`` + ``ack_many`` loop. Reported: jobs/s end to end and the
-  process's CPU seconds per 10k jobs (``time.process_time``: user + system of every thread).
+  plain one-thread ``dequeue_many(32)`` + ``ack_many`` loop, and the same loop taking
+  ``--concurrency`` jobs per fetch on each face (``conc_loop``, ``async_conc_loop``): a worker
+  fetches at most one job per idle slot, so that is the most its fetches can amount to.
+  Reported: jobs/s end to end and the process's CPU seconds per 10k jobs
+  (``time.process_time``: user + system of every thread).
 
 Results go to ``benchmarks/results/worker_throughput.<label>.json``; the markdown
 (``worker_throughput.md``) is re-rendered from every label's json found there.
@@ -176,6 +179,46 @@ def run_batch_loop(url: str, n: int, conc: int) -> tuple[float, float]:
         q.close()
 
 
+def run_conc_loop(url: str, n: int, conc: int) -> tuple[float, float]:
+    """One thread: ``dequeue_many(concurrency)`` then ``ack_many``: what a worker's fetches can
+    at best amount to, since one fetch takes at most one job per idle slot."""
+    q = unifiedq.connect(url)
+
+    def go() -> None:
+        done = 0
+        while done < n:
+            jobs = q.dequeue_many(conc, timeout=1.0)
+            if not jobs:
+                raise RuntimeError(f"queue ran dry after {done} jobs")
+            q.ack_many(jobs)
+            done += len(jobs)
+
+    try:
+        return _measure(go)
+    finally:
+        q.close()
+
+
+def run_async_conc_loop(url: str, n: int, conc: int) -> tuple[float, float]:
+    """``run_conc_loop`` on the asyncio face (one task): the AsyncWorker's floor."""
+    async def main() -> tuple[float, float]:
+        q = unifiedq.connect_async(url)
+        await q.size()  # connected before the clock starts, as the others' first call is cheap
+        c0, t0 = time.process_time(), time.perf_counter()
+        done = 0
+        while done < n:
+            jobs = await q.dequeue_many(conc, timeout=1.0)
+            if not jobs:
+                raise RuntimeError(f"queue ran dry after {done} jobs")
+            await q.ack_many(jobs)
+            done += len(jobs)
+        out = time.perf_counter() - t0, time.process_time() - c0
+        await q.aclose()
+        return out
+
+    return asyncio.run(main())
+
+
 def _summary(walls: list[float], cpus: list[float], n: int) -> dict[str, Any]:
     rates = [n / w for w in walls]
     us = [w / n * 1e6 for w in walls]
@@ -228,7 +271,8 @@ def render() -> None:
     """Write worker_throughput.md from every worker_throughput.<label>.json in results/."""
     runs = {p.name.split(".")[1]: json.loads(p.read_text())
             for p in sorted(RESULTS.glob("worker_throughput.*.json"))}
-    rank = {"before": 0, "old-worker": 1, "after": 2}
+    rank = {"before": 0, "old-worker": 1, "after": 2, "pass2-before": 3, "pass2-after": 4,
+            "pass2-after-c32": 5}
     order = sorted(runs, key=lambda k: (rank.get(k, 3), k))
     lines = ["# Worker throughput", "",
              "Produced by `benchmarks/worker_throughput.py` (not run by CI). Each label's "
@@ -264,7 +308,16 @@ def render() -> None:
             base = rd["batch_loop"]["jobs_per_s"]["median"]
             lines += ["", "Rate vs the dequeue_many(32)+ack_many loop: " + ", ".join(
                 f"{k} {v['jobs_per_s']['median'] / base:.2f}x" for k, v in rd.items()), ""]
+            if "conc_loop" in rd:  # the floor at this concurrency (one fetch per idle slots)
+                lines += [f"Rate vs the same loop taking {res['concurrency']} jobs per fetch "
+                          "(`conc_loop` for Worker, `async_conc_loop` for AsyncWorker): Worker "
+                          f"{_ratio(rd, 'Worker', 'conc_loop'):.2f}x, AsyncWorker "
+                          f"{_ratio(rd, 'AsyncWorker', 'async_conc_loop'):.2f}x", ""]
     (RESULTS / "worker_throughput.md").write_text("\n".join(lines) + "\n")
+
+
+def _ratio(rd: dict[str, Any], a: str, b: str) -> float:
+    return float(rd[a]["jobs_per_s"]["median"] / rd[b]["jobs_per_s"]["median"])
 
 
 def _row(k: str, v: dict[str, Any]) -> str:
@@ -313,7 +366,8 @@ def main() -> None:
             out["redis"] = bench(
                 "redis", lambda: f"{server.url}?queue=wt-{uuid.uuid4().hex[:8]}", a.jobs,
                 a.concurrency, a.rounds,
-                {"loop": run_loop, "batch_loop": run_batch_loop, "Worker": run_worker,
+                {"loop": run_loop, "batch_loop": run_batch_loop, "conc_loop": run_conc_loop,
+                 "async_conc_loop": run_async_conc_loop, "Worker": run_worker,
                  "AsyncWorker": run_async_worker}, prev.get("redis"))
         finally:
             server.stop()

@@ -507,6 +507,8 @@ class AsyncWorker(WorkerCore):
 
     def _drop_inflight(self, e: _Entry) -> None:
         """Stop counting ``e`` as running (once: the slot, watchdog or shutdown may each try)."""
+        if e not in self._inflight:  # only ever added before this: no lock needed to see it
+            return
         with self._lock:
             if e not in self._inflight:
                 return
@@ -542,6 +544,11 @@ class AsyncWorker(WorkerCore):
             with self._lock:
                 self._acks.append((e, duration))
                 n = len(self._acks)
+                # No longer running: dropped here, under the lock already held (the slot's
+                # _drop_inflight then has nothing to do and takes no lock).
+                if e in self._inflight:
+                    self._inflight.discard(e)
+                    self._stats_in_flight(-1)
                 wake = False
                 if n == 1:  # the housekeeper sends it at the latest ack_window from now
                     self._acks_since = time.monotonic()
