@@ -38,6 +38,7 @@ RENAMES = {
     "AsyncScheduler": "Scheduler",
     "AsyncFairQueue": "FairQueue",
     "AsyncBoundedQueue": "BoundedQueue",
+    "AsyncTracedQueue": "TracedQueue",
     "AsyncRedisQueue": "RedisQueue",
     "AsyncShmQueue": "ShmQueue",
     "AsyncRun": "SyncRun",
