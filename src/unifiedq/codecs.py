@@ -18,9 +18,19 @@ from ._errors import SerializationError
 from ._job import Job
 from ._protocol import Queue
 
-__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "TypedQueue", "get_codec"]
+__all__ = [
+    "CONTENT_TYPE_HEADER", "JSON_CONTENT_TYPE", "Codec", "JsonCodec", "MsgpackCodec",
+    "TypedQueue", "get_codec",
+]
 
 T = TypeVar("T")
+
+#: Header that tells a driver what a body is. With the value :data:`JSON_CONTENT_TYPE`, a
+#: driver whose queue has ``native_json = True`` (Faktory) stores the body as native data
+#: (Faktory's ``args``) instead of opaque bytes; other drivers keep it as an ordinary header.
+CONTENT_TYPE_HEADER = "content-type"
+#: The :data:`CONTENT_TYPE_HEADER` value of a body that is UTF-8 JSON.
+JSON_CONTENT_TYPE = "application/json"
 
 
 class Codec(Protocol):
@@ -113,8 +123,22 @@ class TypedQueue(Generic[T]):
         self.codec: Codec = codec or JsonCodec()
 
     def put(self, payload: T, **options: Any) -> str:
-        """Encode and enqueue ``payload``; ``options`` are passed to ``enqueue``."""
-        return self.queue.enqueue(self.codec.encode(payload), **options)
+        """Encode and enqueue ``payload``; ``options`` are passed to ``enqueue``.
+
+        With the JSON codec on a queue that stores JSON natively (``native_json`` is True:
+        Faktory, where the payload becomes the job's ``args``), the header
+        ``content-type: application/json`` is added unless ``headers`` already has a
+        ``content-type``; on every other queue the call is passed through unchanged.
+
+        Raises:
+            SerializationError: ``payload`` cannot be encoded by the codec.
+        """
+        body = self.codec.encode(payload)
+        if self.codec.name == "json" and getattr(self.queue, "native_json", False) is True:
+            headers = dict(options.get("headers") or {})
+            headers.setdefault(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE)
+            options["headers"] = headers
+        return self.queue.enqueue(body, **options)
 
     def get(self, *, timeout: float | None = 0.0) -> tuple[Job, T] | None:
         """Dequeue and decode the next job; return ``(job, payload)`` or None."""

@@ -96,6 +96,7 @@ from .._errors import (
 )
 from .._job import EnqueueRequest, Job
 from .._url import URL, parse_options
+from ..codecs import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE
 
 __all__ = ["FaktoryOptions", "FaktoryQueue"]
 
@@ -128,6 +129,13 @@ _QUEUE_RE = re.compile(r"\A[a-zA-Z0-9._-]+\Z")
 _MIN_RESERVE, _MAX_RESERVE = 60, 86400
 _SERVER_DEFAULT_RESERVE, _SERVER_DEFAULT_RETRY = 1800, 25
 _META = "unifiedq"
+#: ``custom.unifiedq.body``: where a job's body is. "args": the body is the JSON array that
+#: is the job's ``args``; "args[0]": the body is the JSON value ``args[0]`` (a body that is
+#: not an array, wrapped); "base64": ``args[0]`` is the body's bytes in standard base64.
+#: Absent on bytes jobs of the default jobtype (the format every version writes and reads).
+_BODY_ARGS, _BODY_ARG0, _BODY_B64 = "args", "args[0]", "base64"
+#: The header whose value becomes the job's Faktory ``jobtype`` (asynq's task type is the same).
+_TYPE = "type"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -711,6 +719,9 @@ class FaktoryQueue(QueueBase):
         | Capability.DISTRIBUTED | Capability.NATIVE_SYNC | Capability.RELEASE
     )
     capabilities = _BASE_CAPS | Capability.PRIORITY
+    #: A body enqueued with ``content-type: application/json`` becomes Faktory's native
+    #: ``args`` (``TypedQueue`` with the JSON codec adds that header when this is True).
+    native_json = True
 
     def __init__(self, options: FaktoryOptions, url: URL) -> None:
         super().__init__(options.queue, url)
@@ -823,24 +834,48 @@ class FaktoryQueue(QueueBase):
     def _job_dict(self, req: EnqueueRequest) -> dict[str, Any]:
         o = self.options
         queue = o.queue if not req.priority or not o.priorities else f"{o.queue}.p{req.priority}"
-        d: dict[str, Any] = {
-            "jid": req.job_id, "jobtype": o.jobtype, "queue": queue,
-            "args": [base64.b64encode(req.body).decode("ascii")],
-        }
+        headers = dict(req.headers)
+        if headers:
+            _check_text(headers)
+        jobtype = o.jobtype
+        if (t := headers.get(_TYPE)) is not None:
+            jobtype = _check_jobtype(t)
+            if t != o.jobtype:  # read back from the jobtype; the default's must be kept
+                del headers[_TYPE]
+        meta: dict[str, Any] = {}
+        custom: dict[str, Any] = {}
+        if headers.get(CONTENT_TYPE_HEADER) == JSON_CONTENT_TYPE:
+            # Native: the JSON body becomes Faktory's args and the headers its custom
+            # keys, so a Go/Ruby/Node worker for this jobtype runs it with real arguments.
+            del headers[CONTENT_TYPE_HEADER]
+            value = _json_body(req.body)
+            if isinstance(value, list):
+                args, meta["body"] = value, _BODY_ARGS
+            else:
+                args, meta["body"] = [value], _BODY_ARG0
+            if _META in headers:  # the one name custom cannot carry at its top level
+                meta["headers"] = {_META: headers.pop(_META)}
+            custom.update(headers)
+        else:
+            args = [base64.b64encode(req.body).decode("ascii")]
+            if jobtype != o.jobtype:  # the jobtype no longer says "base64 in args[0]"
+                meta["body"] = _BODY_B64
+            if headers:
+                meta["headers"] = headers
+        d: dict[str, Any] = {"jid": req.job_id, "jobtype": jobtype, "queue": queue,
+                             "args": args}
         if o.retry != _SERVER_DEFAULT_RETRY:
             d["retry"] = o.retry
         if o.reserve_for != _SERVER_DEFAULT_RESERVE:
             d["reserve_for"] = o.reserve_for
         if req.delay > 0:
             d["at"] = _now_rfc3339(req.delay)
-        meta: dict[str, Any] = {}
-        if req.headers:
-            _check_text(req.headers)
-            meta["headers"] = dict(req.headers)
         if req.priority is not None:
             meta["priority"] = req.priority
         if meta:
-            d["custom"] = {_META: meta}
+            custom[_META] = meta
+        if custom:
+            d["custom"] = custom
         return d
 
     def _encode(self, job: Mapping[str, Any]) -> str:
@@ -848,7 +883,7 @@ class FaktoryQueue(QueueBase):
         line = json.dumps(job)  # ASCII (ensure_ascii): its length is its size in bytes
         if len(line) > self.options.max_job:
             raise LimitExceeded(
-                f"job of {len(line)} bytes (encoded: base64 body, headers, metadata) is over "
+                f"job of {len(line)} bytes (encoded: args, headers, metadata) is over "
                 f"max_job={self.options.max_job}; nothing was sent",
                 limit="max_job", size=len(line), maximum=self.options.max_job,
             )
@@ -973,18 +1008,32 @@ class FaktoryQueue(QueueBase):
     def _to_job(self, raw: Mapping[str, Any], deadline: float) -> Job:
         fjid = raw["jid"]
         custom = raw.get("custom")
-        meta = custom.get(_META) if isinstance(custom, dict) else None
+        custom = custom if isinstance(custom, dict) else {}
+        meta = custom.get(_META)
         meta = meta if isinstance(meta, dict) else {}
         args = raw.get("args")
+        jobtype = raw.get("jobtype")
+        kind = meta.get("body")
         body: bytes | None = None
         headers: dict[str, str] = {}
-        if (raw.get("jobtype") == self.options.jobtype and isinstance(args, list)
-                and len(args) == 1 and isinstance(args[0], str)):
-            with contextlib.suppress(binascii.Error, ValueError):
-                body = binascii.a2b_base64(args[0], strict_mode=True)
+        if isinstance(args, list):
+            if kind == _BODY_ARGS or (kind == _BODY_ARG0 and len(args) == 1):
+                body = _json_bytes(args if kind == _BODY_ARGS else args[0])
+                headers[CONTENT_TYPE_HEADER] = JSON_CONTENT_TYPE
+            elif ((kind == _BODY_B64 or (kind is None and jobtype == self.options.jobtype))
+                    and len(args) == 1 and isinstance(args[0], str)):
+                # Ours (or an old-format job: default jobtype, no marker): base64 bytes.
+                with contextlib.suppress(binascii.Error, ValueError):
+                    body = binascii.a2b_base64(args[0], strict_mode=True)
         if body is None:  # a job pushed by another Faktory client: deliver its args as JSON
-            body = json.dumps(args, separators=(",", ":"), ensure_ascii=False).encode()
-            headers["faktory.jobtype"] = str(raw.get("jobtype"))
+            body = _json_bytes(args)
+            headers["faktory.jobtype"] = str(jobtype)
+        # Faktory's custom keys are the headers of native jobs (non-strings as their JSON).
+        for k, v in custom.items():
+            if k != _META:
+                headers[str(k)] = v if isinstance(v, str) else _json_bytes(v).decode()
+        if isinstance(jobtype, str) and jobtype != self.options.jobtype:
+            headers[_TYPE] = jobtype
         hdrs = meta.get("headers")
         if isinstance(hdrs, dict):
             headers.update({str(k): str(v) for k, v in hdrs.items()})
@@ -1277,6 +1326,52 @@ def _chunks(lines: list[str], count: int, size: int) -> Iterator[list[str]]:
         total += len(line) + 1
     if chunk:
         yield chunk
+
+
+def _check_jobtype(jobtype: str) -> str:
+    """A ``type`` header as a Faktory jobtype (the rule of the ``jobtype`` option)."""
+    if not jobtype or any(c.isspace() for c in jobtype) or len(jobtype) > 1024:
+        raise InvalidArgument(
+            f"header 'type' is the Faktory jobtype: a non-empty word of at most 1024 "
+            f"characters without spaces, not {jobtype[:80]!r}; nothing was sent"
+        )
+    return jobtype
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (Faktory's Go server cannot store it)")
+
+
+#: Faktory's Go server decodes args into float64 and stores them re-encoded: integers beyond
+#: +-2**53 would silently change, so they are refused instead.
+_MAX_SAFE_INT = 2**53
+
+
+def _safe_int(text: str) -> int:
+    n = int(text)
+    if abs(n) > _MAX_SAFE_INT:
+        raise ValueError(
+            f"integer {text[:40]} is beyond +-2**53: Faktory (Go float64) would change it; "
+            "send it as a string"
+        )
+    return n
+
+
+def _json_body(body: bytes) -> Any:
+    """The value of a body sent as ``content-type: application/json`` (strict JSON)."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
+                          parse_int=_safe_int)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"the body is marked {CONTENT_TYPE_HEADER}: {JSON_CONTENT_TYPE} but is not "
+            f"UTF-8 JSON ({exc}); nothing was sent"
+        ) from None
+
+
+def _json_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON, the form :class:`~unifiedq.JsonCodec` writes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _check_text(headers: Mapping[str, str]) -> None:
