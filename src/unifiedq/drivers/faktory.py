@@ -22,11 +22,16 @@ against the system trust store, or against ``tls_ca``.
 
 Mapping onto Faktory (details in ``docs/drivers/faktory.md``):
 
-* A job is ``{"jid", "jobtype": <jobtype option>, "args": [<body as standard base64>],
-  "queue", "retry", "reserve_for", "at"?, "custom": {"unifiedq": {...}}?}``. ``custom.unifiedq``
-  carries what Faktory has no field for (headers, priority, our id and attempt for requeued
-  copies) and is omitted when empty. Jobs of another ``jobtype`` (pushed by other Faktory
-  clients) are delivered with ``body = JSON of their args`` and the header ``faktory.jobtype``.
+* A job is ``{"jid", "jobtype": <header "type" or the jobtype option>, "args", "queue",
+  "retry", "reserve_for", "at"?, "custom"?}``. A body enqueued with the header
+  ``content-type: application/json`` (``TypedQueue`` with the JSON codec) is a native job:
+  ``args`` is the body's JSON array (any other JSON value ``v`` as ``[v]``) and the other
+  headers are top-level ``custom`` keys, so Go/Ruby workers for that jobtype run it. Any
+  other body is ``args = [<body as standard base64>]``. ``custom.unifiedq`` carries what
+  Faktory has no field for (``body``: where the body is, when not the old default; bytes
+  headers, priority, our id and attempt for requeued copies) and is omitted when empty.
+  Jobs pushed by other Faktory clients are delivered with ``body = JSON of their args``, the
+  headers ``type`` and ``faktory.jobtype`` and their ``custom`` keys as headers.
 * ``enqueue`` = ``PUSH``; ``enqueue_many`` = ``PUSHB``; ``dequeue`` = ``FETCH`` (the reservation
   is the lease); ``ack`` = ``ACK``; ``nack(requeue=False)`` = ``FAIL`` then
   ``MUTATE kill`` (straight into the dead set); ``nack(requeue=True)`` = push a copy (a new
@@ -144,7 +149,8 @@ class FaktoryOptions:
 
     Attributes:
         queue: The Faktory queue (letters, digits, ``.``, ``_``, ``-``).
-        jobtype: The ``jobtype`` of jobs we push; fetched jobs of another type are "foreign".
+        jobtype: The ``jobtype`` of jobs we push without a ``type`` header; a fetched job of
+            this type with one base64 string as args and no marker is an old-format job.
         reserve_for: Seconds a fetched job stays reserved (the lease), 60..86400.
         retry: Faktory's ``retry`` for our jobs: how often the server retries a job that failed
             or whose reservation expired before it goes to the dead set; 0 = discard on the
@@ -162,7 +168,7 @@ class FaktoryOptions:
         beat_period: Seconds between heartbeats (``BEAT``) of a consumer connection, 5..60.
         poll_interval: Seconds between ``INFO`` probes while a dequeue waits less than 2 s.
         max_body: Largest body accepted, in bytes.
-        max_job: Largest job accepted, in bytes of the JSON Faktory stores (the base64 body,
+        max_job: Largest job accepted, in bytes of the JSON Faktory stores (the args,
             headers and metadata); larger ones raise LimitExceeded before anything is sent.
             At most 512 MiB - 64 KiB (Redis's ``proto-max-bulk-len``, which Faktory's
             reservation record must also fit in). Also the byte budget of one PUSHB.
