@@ -287,7 +287,8 @@ class TracingMiddleware(Middleware):
         outcome = "retry" if will_retry else "dead_letter"
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        span.set_attribute("error.type", f"{type(exc).__module__}.{type(exc).__qualname__}")
+        # As OpenTelemetry's own Python instrumentations report it.
+        span.set_attribute("error.type", type(exc).__qualname__)
         span.set_attribute(OUTCOME, outcome)
         span.add_event(f"unifiedq.{outcome}", {ATTEMPT: job.attempt})
         span.end()
