@@ -180,8 +180,10 @@ def run_batch_loop(url: str, n: int, conc: int) -> tuple[float, float]:
 
 
 def run_conc_loop(url: str, n: int, conc: int) -> tuple[float, float]:
-    """One thread: ``dequeue_many(concurrency)`` then ``ack_many``: what a worker's fetches can
-    at best amount to, since one fetch takes at most one job per idle slot."""
+    """One thread: ``dequeue_many(concurrency)`` then ``ack_many`` (a worker's floor).
+
+    A worker's fetch takes at most one job per idle slot: this is the most they amount to.
+    """
     q = unifiedq.connect(url)
 
     def go() -> None:
@@ -271,6 +273,7 @@ def render() -> None:
     """Write worker_throughput.md from every worker_throughput.<label>.json in results/."""
     runs = {p.name.split(".")[1]: json.loads(p.read_text())
             for p in sorted(RESULTS.glob("worker_throughput.*.json"))}
+    peers = runs.pop("peers", None)  # not a label: peer benchmark rounds, rendered last
     rank = {"before": 0, "old-worker": 1, "after": 2, "pass2-before": 3, "pass2-after": 4,
             "pass2-after-c32": 5}
     order = sorted(runs, key=lambda k: (rank.get(k, 3), k))
@@ -279,7 +282,8 @@ def render() -> None:
              "variants run interleaved within a round; with `--append` the labels were also "
              "interleaved, one round each in turn (below: 3 rounds, the loop in the script's "
              "docstring). Medians, ranges in brackets. The machine has 2 cores shared with other "
-             "work (load average 5 to 7 during these runs): compare ratios within a label.", ""]
+             "work (load average 5 to 7 during the first three labels' runs, 1 to 2 during the "
+             "pass2 ones): compare ratios within a label.", ""]
     for label in order:
         res = runs[label]
         lines += [f"## {label}: commit {res['commit']}, {res['when']}", "",
@@ -313,6 +317,8 @@ def render() -> None:
                           "(`conc_loop` for Worker, `async_conc_loop` for AsyncWorker): Worker "
                           f"{_ratio(rd, 'Worker', 'conc_loop'):.2f}x, AsyncWorker "
                           f"{_ratio(rd, 'AsyncWorker', 'async_conc_loop'):.2f}x", ""]
+    if peers is not None:
+        lines += peers["markdown"]
     (RESULTS / "worker_throughput.md").write_text("\n".join(lines) + "\n")
 
 
