@@ -1363,11 +1363,14 @@ def _safe_int(text: str) -> int:
     return n
 
 
+# Built once: json.loads with hooks would build a decoder per call.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_safe_int)
+
+
 def _json_body(body: bytes) -> Any:
     """The value of a body sent as ``content-type: application/json`` (strict JSON)."""
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
-                          parse_int=_safe_int)
+        return _STRICT_JSON.decode(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidArgument(
             f"the body is marked {CONTENT_TYPE_HEADER}: {JSON_CONTENT_TYPE} but is not "
