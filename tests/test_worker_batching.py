@@ -385,3 +385,69 @@ def test_async_watchdog_cancels_the_slot_and_abandons_a_coroutine_that_ignores_i
     assert swallowed == 1 and sorted(runs) == [(b"next", 1), (b"stubborn", 1), (b"stubborn", 2)]
     assert (st.processed, st.timed_out, st.retried, st.failed) == (2, 1, 1, 1)
     assert st.lease_lost == 0 and st.in_flight == 0
+
+
+# -- in-flight accounting with batched acks -----------------------------------------------------
+class _InFlightLog(unifiedq.metrics.Metrics):
+    """Records the running in-flight gauge (its lowest value, and where it ends)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.level = 0
+        self.lowest = 0
+        self.highest = 0
+
+    def in_flight(self, queue: str, driver: str, delta: int) -> None:
+        with self.lock:
+            self.level += delta
+            self.lowest = min(self.lowest, self.level)
+            self.highest = max(self.highest, self.level)
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_in_flight_is_dropped_exactly_once_per_job_with_batched_acks(face: str) -> None:
+    # A batched success leaves in_flight where it queues its ack; the slot's own drop after
+    # it must then do nothing. Mixed outcomes (acked, retried, dead) cover every path.
+    url = f"memory://{_name()}"
+    n = 300
+    log = _InFlightLog()
+    with unifiedq.connect(url) as q:
+        for i in range(n):
+            q.enqueue(str(i).encode())
+
+        def outcome(job: Job) -> None:
+            i = int(job.body)
+            if i % 10 == 0 and job.attempt == 1:
+                raise RuntimeError("retry me")  # retried once, then acked
+            if i % 25 == 1:
+                raise unifiedq.SkipRetry("dead")  # dead at once
+
+        if face == "sync":
+            w: Any = Worker(url, outcome, concurrency=8, retry=FAST, poll_interval=0.05,
+                            metrics=log)
+            w.start()
+            wait_for(lambda: w.stats().processed + w.stats().dead == n, what="all settled")
+            w.stop(grace=5)
+            st = w.stats()
+        else:
+            async def aoutcome(job: Job) -> None:
+                outcome(job)
+                await asyncio.sleep(0)
+
+            async def main() -> Any:
+                aw = AsyncWorker(url, aoutcome, concurrency=8, retry=FAST, poll_interval=0.05,
+                                 metrics=log)
+                aw.start()
+                end = time.monotonic() + 20
+                while aw.stats().processed + aw.stats().dead < n:
+                    assert time.monotonic() < end, aw.stats()
+                    await asyncio.sleep(0.005)
+                await aw.stop(grace=5)
+                return aw.stats()
+
+            st = asyncio.run(main())
+    dead = len([i for i in range(n) if i % 25 == 1])
+    assert (st.processed, st.dead, st.in_flight) == (n - dead, dead, 0), st
+    assert st.retried == len([i for i in range(n) if i % 10 == 0 and i % 25 != 1])
+    assert log.level == 0 and log.lowest == 0, (log.level, log.lowest)
+    assert 1 <= log.highest <= 8
