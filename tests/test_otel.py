@@ -324,6 +324,21 @@ def test_system_names() -> None:
         instrument(object())
 
 
+def test_unused_costs_nothing_and_headers_are_copied(spans: Any) -> None:
+    # Zero cost when not used: unifiedq itself never imports opentelemetry.
+    code = "import sys, unifiedq, unifiedq.worker; print('opentelemetry' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "False"
+    provider, _ = spans
+    mine = {"k": "v"}
+    with unifiedq.connect(f"memory://{_name()}") as raw:
+        instrument(raw, tracer_provider=provider).enqueue(b"x", headers=mine)
+        job = raw.dequeue(timeout=1)
+    assert mine == {"k": "v"}  # the caller's dict is not written to
+    assert job is not None and set(job.headers) == {"k", "traceparent"}
+
+
 # -- interop: the headers survive Go asynq and Faktory untouched -------------------------------
 def test_trace_context_reaches_go_asynq_untouched(
         interop_bin: Path, redis_url: str, spans: Any) -> None:  # noqa: F811
