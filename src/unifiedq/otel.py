@@ -180,7 +180,7 @@ class TracingMiddleware(Middleware):
     """Worker middleware: one ``CONSUMER`` span per attempt, current while the handler runs.
 
     The span's parent is the trace context carried in the job's headers (put there by a
-    :func:`instrument`-ed queue or any W3C producer, e.g. Go asynq with OpenTelemetry), and it
+    :func:`instrument`-ed queue, or by any producer writing a W3C ``traceparent`` header), and it
     also links to it as the messaging conventions ask; without one it starts a new trace.
 
     Args:
