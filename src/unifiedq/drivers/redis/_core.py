@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal
 
 from redis import exceptions as rexc
@@ -494,6 +495,7 @@ class Core:
         n = int(reply[0])
         next_due = float(reply[1]) if reply[1] else None
         jobs: list[Job] = []
+        held: list[tuple[tuple[str, str], tuple[str, float]]] = []
         end = time.monotonic()
         for i in range(n):
             lvl, _id, raw, enq, since = reply[2 + 5 * i : 7 + 5 * i]
@@ -501,8 +503,9 @@ class Core:
             msg = self._decode(raw)
             receipt = Receipt(self._levels[level].prefix, level, token, msg)
             jobs.append(self._job(msg, level, enq, since, receipt))
-            with self._held_lock:
-                self._held[(receipt.prefix, msg.id)] = (token, end + (msg.timeout or 1800))
+            held.append(((receipt.prefix, msg.id), (token, end + (msg.timeout or 1800))))
+        with self._held_lock:  # once per batch, not per job
+            self._held.update(held)
         return jobs, next_due
 
     def _decode(self, raw: bytes) -> TaskMessage:
@@ -521,8 +524,9 @@ class Core:
         headers["type"] = msg.type
         stamp = enq or since
         enqueued_at = int(stamp) / 1e9 if stamp else time.time()
-        return Job(msg.id, self.qname, msg.payload, msg.retried + 1, enqueued_at, headers,
-                   level or None, receipt)
+        # A read-only view of our own fresh copy: Job keeps it as is instead of copying again.
+        return Job(msg.id, self.qname, msg.payload, msg.retried + 1, enqueued_at,
+                   MappingProxyType(headers), level or None, receipt)
 
     def peek_call(self) -> Call:
         """The read-only peek script call."""
