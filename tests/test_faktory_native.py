@@ -236,6 +236,8 @@ def test_bad_input_raises_before_anything_is_sent(faktory_url: str) -> None:
         got = tq.get(timeout=5)
         assert got is not None and got[1] == [2**53, -(2**53)]
         q.ack(got[0])
+        with pytest.raises(InvalidArgument):  # a jobtype must be a str, like every header
+            q.enqueue(b"x", headers={"type": 5})  # type: ignore[dict-item]
         for body in (b"\xff", b"{", b"NaN", b"[Infinity]", b""):
             with pytest.raises(InvalidArgument, match="not UTF-8 JSON"):
                 q.enqueue(body, headers=JSON)
