@@ -666,3 +666,32 @@ def test_pause_is_asynqs_pause_both_ways(interop_bin: Path, redis_url: str, qnam
         job = q.dequeue(timeout=5)
         assert job is not None and job.body == b"a"
         q.ack(job)
+
+
+def test_sorted_set_scores_are_whole_seconds_as_asynq_writes(
+        interop_bin: Path, redis_url: str, qname: str) -> None:
+    """scheduled/retry/archived/completed scores are whole Unix seconds (asynqmon needs it)."""
+    r = redis.Redis.from_url(redis_url)
+    with connect(_url(redis_url, qname, retention=60)) as q:
+        before = time.time()
+        q.enqueue(b"scheduled", delay=30.3)
+        for body in (b"retry", b"dead", b"done"):
+            q.enqueue(body)
+        got = {j.body: j for j in (q.dequeue(timeout=5) for _ in range(3)) if j is not None}
+        assert set(got) == {b"retry", b"dead", b"done"}
+        q.nack(got[b"retry"], delay=20.7)
+        q.nack(got[b"dead"], requeue=False)
+        q.ack(got[b"done"])
+        def scores(state: str) -> list[float]:
+            got: list[tuple[bytes, float]] = r.zrange(  # type: ignore[assignment]
+                f"asynq:{{{qname}}}:{state}", 0, -1, withscores=True)
+            return [float(score) for _, score in got]
+
+        for state in ("scheduled", "retry", "archived", "completed"):
+            found = scores(state)
+            assert len(found) == 1 and found[0] == int(found[0]), (state, found)
+        assert scores("scheduled")[0] >= before + 30.3  # rounded up: never early
+        (info,) = _go(interop_bin, redis_url, "inspect", qname)
+        assert [len(info["tasks"][s]) for s in ("scheduled", "retry", "archived", "completed")] \
+            == [1, 1, 1, 1]
+        q.purge()

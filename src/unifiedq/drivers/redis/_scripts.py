@@ -134,9 +134,12 @@ local function uq_rewrite(msg, delta, err, at)
 end
 """ + _COUNT + r"""
 
+-- Scores of the scheduled, retry, archived and completed sets are whole Unix seconds, as
+-- asynq writes them: asynqmon and asynq <= v0.25's Inspector fail on fractional ones (a task
+-- due at a fractional time is rounded up, so it never runs early).
 local function uq_archive(P, id, msg, now, cutoff)
   local ak = P .. "archived"
-  redis.call("ZADD", ak, now, id)
+  redis.call("ZADD", ak, math.floor(tonumber(now)), id)
   redis.call("ZREMRANGEBYSCORE", ak, "-inf", cutoff)
   redis.call("ZREMRANGEBYRANK", ak, 0, -10000)
   redis.call("HSET", P .. "t:" .. id, "msg", msg, "state", "archived")
@@ -158,7 +161,8 @@ if ARGV[5] ~= "0" then
 end
 if ARGV[4] ~= "0" then
   redis.call("HSET", KEYS[1], "msg", ARGV[1], "state", "scheduled", "uq_enqueued", ARGV[3])
-  redis.call("ZADD", KEYS[3], ARGV[4], ARGV[2])
+  -- Whole seconds, rounded up (asynq's score format; never early).
+  redis.call("ZADD", KEYS[3], math.ceil(tonumber(ARGV[4])), ARGV[2])
 else
   redis.call("HSET", KEYS[1], "msg", ARGV[1], "state", "pending", "pending_since", ARGV[3],
              "uq_enqueued", ARGV[3])
@@ -368,7 +372,7 @@ if redis.call("HGET", tk, "uq_token") ~= ARGV[3] then return redis.error_reply("
 if redis.call("LREM", P .. "active", -1, id) == 0 then return redis.error_reply("NOT LEASED") end
 redis.call("ZREM", P .. "lease", id)
 if ARGV[6] ~= "0" then
-  redis.call("ZADD", P .. "completed", ARGV[7], id)
+  redis.call("ZADD", P .. "completed", math.floor(tonumber(ARGV[7])), id)  -- whole seconds
   redis.call("HSET", tk, "msg", ARGV[8], "state", "completed")
   redis.call("HDEL", tk, "uq_token")
 else
@@ -409,7 +413,7 @@ for i, tk in ipairs(KEYS) do
   else
     gone[#gone + 1] = id
     if ARGV[a + 2] ~= "0" then
-      redis.call("ZADD", P .. "completed", ARGV[a + 3], id)
+      redis.call("ZADD", P .. "completed", math.floor(tonumber(ARGV[a + 3])), id)
       redis.call("HSET", tk, "msg", ARGV[a + 4], "state", "completed")
       redis.call("HDEL", tk, "uq_token")
     else
@@ -444,7 +448,7 @@ redis.call("HDEL", tk, "uq_token")
 if mode == "archive" then
   uq_archive(P, id, ARGV[5], ARGV[7], ARGV[11])
 elseif mode == "retry" then
-  redis.call("ZADD", P .. "retry", ARGV[6], id)
+  redis.call("ZADD", P .. "retry", math.ceil(tonumber(ARGV[6])), id)  -- whole seconds
   redis.call("HSET", tk, "msg", ARGV[5], "state", "retry")
 else
   redis.call("RPUSH", P .. "pending", id)
