@@ -303,10 +303,13 @@ def test_due_task_is_forwarded_while_the_queue_stays_busy(
     # Maintenance is skipped while every call finds ready jobs, but runs at least every
     # MAINTAIN_EVERY seconds: a due delayed job reaches pending before the backlog drains.
     with connect(_url(server, qname, heartbeat="false")) as q:
-        q.enqueue_many([b"busy"] * 300)
+        q.enqueue_many([b"busy"] * 1000)
         late = q.enqueue(b"late", delay=0.2)
+        # Due at a whole second (asynq's score format, rounded up): up to 1.2 s from now.
+        due = float(raw.zscore(f"asynq:{{{qname}}}:scheduled", late) or 0)
+        assert due >= time.time() + 0.1
         held = [_one(q)]
-        end = time.monotonic() + 0.6
+        end = time.monotonic() + (due - time.time()) + 0.5  # then MAINTAIN_EVERY, with slack
         while time.monotonic() < end:
             held.append(_one(q))
             time.sleep(0.005)
