@@ -39,6 +39,7 @@ RENAMES = {
     "AsyncFairQueue": "FairQueue",
     "AsyncBoundedQueue": "BoundedQueue",
     "AsyncTracedQueue": "TracedQueue",
+    "AsyncQueueWrapper": "QueueWrapper",
     "AsyncRedisQueue": "RedisQueue",
     "AsyncShmQueue": "ShmQueue",
     "AsyncRun": "SyncRun",

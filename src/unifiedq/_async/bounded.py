@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from .._capabilities import Capability
 from .._concurrency import AsyncRuntime
 from .._connect import connect_async
 from .._errors import InvalidArgument, InvalidURL, QueueFull
-from .._job import Job
 from .._protocol import AsyncQueue, Delay
 from ..bounded import AsyncSend, Overflow, ShedEvent, _BoundedState, declares_bound
 from ..metrics import Metrics
+from .wrapper import AsyncQueueWrapper
 
 __all__ = ["AsyncBoundedQueue"]
 
 
-class AsyncBoundedQueue(_BoundedState):
+class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
     """A queue capped at ``maxsize`` jobs, with an overflow policy (see ``unifiedq.bounded``).
 
     Args:
@@ -33,6 +32,10 @@ class AsyncBoundedQueue(_BoundedState):
         on_shed: Called with a :class:`~unifiedq.bounded.ShedEvent` for every shed.
         metrics: Where shed counts are reported.
         connect_options: Options for opening ``source``.
+
+    Only ``enqueue``/``enqueue_many`` are bounded; every other verb is forwarded as is
+    (:class:`~unifiedq._async.wrapper.AsyncQueueWrapper`), so a job returned by ``nack`` or
+    ``release`` may briefly exceed a client-side bound.
     """
 
     def __init__(
@@ -79,29 +82,9 @@ class AsyncBoundedQueue(_BoundedState):
 
     # -- Queue protocol ---------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        """The wrapped queue's name (jobs dequeued here are settled on it)."""
-        return self.inner.name
-
-    @property
-    def driver(self) -> str:
-        """The wrapped queue's driver."""
-        return self.inner.driver
-
-    @property
     def capabilities(self) -> Capability:
         """The wrapped queue's capabilities plus BOUNDED."""
         return self.inner.capabilities | Capability.BOUNDED
-
-    @property
-    def bridged(self) -> bool:
-        """Whether the wrapped queue is bridged."""
-        return self.inner.bridged
-
-    @property
-    def closed(self) -> bool:
-        """Whether the wrapped queue is closed."""
-        return self.inner.closed
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.inner!r} maxsize={self.maxsize} "
@@ -195,68 +178,9 @@ class AsyncBoundedQueue(_BoundedState):
             return await q.enqueue_many(items, delay=delay, priority=priority, headers=headers)
         return await self._put(len(items), do)
 
-    async def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
-        """Dequeue from the wrapped queue."""
-        return await self.inner.dequeue(timeout=timeout)
-
-    async def dequeue_many(self, max_jobs: int, *, timeout: float | None = 0.0) -> list[Job]:
-        """Dequeue several from the wrapped queue."""
-        return await self.inner.dequeue_many(max_jobs, timeout=timeout)
-
-    async def peek(self) -> Job | None:
-        """Peek the wrapped queue."""
-        return await self.inner.peek()
-
-    async def ack(self, job: Job) -> None:
-        """Ack on the wrapped queue."""
-        await self.inner.ack(job)
-
-    async def ack_many(self, jobs: Iterable[Job]) -> None:
-        """Ack several jobs on the wrapped queue."""
-        await self.inner.ack_many(jobs)
-
-    async def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
-        """Nack on the wrapped queue (a requeued job may briefly exceed a client-side bound)."""
-        await self.inner.nack(job, requeue=requeue, delay=delay)
-
-    async def release(self, job: Job) -> None:
-        """Release on the wrapped queue (the job may briefly exceed a client-side bound)."""
-        await self.inner.release(job)
-
-    async def extend_lease(self, job: Job, seconds: float) -> None:
-        """Extend a lease on the wrapped queue."""
-        await self.inner.extend_lease(job, seconds)
-
-    async def pause(self) -> None:
-        """Pause the wrapped queue (PAUSE)."""
-        await self.inner.pause()
-
-    async def resume(self) -> None:
-        """Resume the wrapped queue (PAUSE)."""
-        await self.inner.resume()
-
-    async def is_paused(self) -> bool:
-        """Whether the wrapped queue is paused (PAUSE)."""
-        return await self.inner.is_paused()
-
-    async def size(self) -> int:
-        """Waiting jobs in the wrapped queue."""
-        return await self.inner.size()
-
-    async def purge(self) -> int:
-        """Purge the wrapped queue."""
-        return await self.inner.purge()
-
     async def aclose(self) -> None:
         """Close the queues this object opened."""
         if self._owns:
             await self.inner.aclose()
         if self._spill is not None and self._owns_spill:
             await self._spill.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.aclose()

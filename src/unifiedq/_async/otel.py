@@ -4,27 +4,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Self
 
 from opentelemetry import trace
 
-from .._capabilities import Capability
 from .._errors import InvalidArgument
-from .._job import Job
 from .._protocol import AsyncQueue, Delay
 from ..otel import _Producer
+from .wrapper import AsyncQueueWrapper
 
 __all__ = ["AsyncTracedQueue"]
 
 
-class AsyncTracedQueue:
+class AsyncTracedQueue(AsyncQueueWrapper):
     """An open queue whose enqueues run in a ``PRODUCER`` span (see ``unifiedq.otel``).
 
     ``enqueue`` / ``enqueue_many`` start a span named ``"<queue> publish"`` (a child of the
     current context), inject its W3C trace context into the job's headers (drivers with
     ``Capability.HEADERS``; elsewhere the job carries none) and end it when the call returns,
-    with ERROR status and the exception if it raised. Everything else is forwarded.
+    with ERROR status and the exception if it raised. Everything else is forwarded
+    (:class:`~unifiedq._async.wrapper.AsyncQueueWrapper`).
 
     Args:
         inner: The open queue; the wrapper stands in for it (:meth:`aclose` closes it).
@@ -38,34 +36,6 @@ class AsyncTracedQueue:
         self.inner = inner
         self._producer = _Producer(inner.name, inner.driver, inner.capabilities,
                                    tracer_provider)
-
-    @property
-    def name(self) -> str:
-        """The wrapped queue's name."""
-        return self.inner.name
-
-    @property
-    def driver(self) -> str:
-        """The wrapped queue's driver."""
-        return self.inner.driver
-
-    @property
-    def capabilities(self) -> Capability:
-        """The wrapped queue's capabilities."""
-        return self.inner.capabilities
-
-    @property
-    def bridged(self) -> bool:
-        """Whether the wrapped queue is bridged."""
-        return self.inner.bridged
-
-    @property
-    def closed(self) -> bool:
-        """Whether the wrapped queue is closed."""
-        return self.inner.closed
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.inner!r}>"
 
     async def enqueue(
         self,
@@ -111,66 +81,3 @@ class AsyncTracedQueue:
         with trace.use_span(span, end_on_exit=True):
             return await self.inner.enqueue_many(items, delay=delay, priority=priority,
                                                  headers=hdrs)
-
-    async def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
-        """Dequeue from the wrapped queue."""
-        return await self.inner.dequeue(timeout=timeout)
-
-    async def dequeue_many(self, max_jobs: int, *, timeout: float | None = 0.0) -> list[Job]:
-        """Dequeue several from the wrapped queue."""
-        return await self.inner.dequeue_many(max_jobs, timeout=timeout)
-
-    async def peek(self) -> Job | None:
-        """Peek the wrapped queue."""
-        return await self.inner.peek()
-
-    async def ack(self, job: Job) -> None:
-        """Ack on the wrapped queue."""
-        await self.inner.ack(job)
-
-    async def ack_many(self, jobs: Iterable[Job]) -> None:
-        """Ack several jobs on the wrapped queue."""
-        await self.inner.ack_many(jobs)
-
-    async def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
-        """Nack on the wrapped queue."""
-        await self.inner.nack(job, requeue=requeue, delay=delay)
-
-    async def release(self, job: Job) -> None:
-        """Release on the wrapped queue."""
-        await self.inner.release(job)
-
-    async def extend_lease(self, job: Job, seconds: float) -> None:
-        """Extend a lease on the wrapped queue."""
-        await self.inner.extend_lease(job, seconds)
-
-    async def pause(self) -> None:
-        """Pause the wrapped queue (PAUSE)."""
-        await self.inner.pause()
-
-    async def resume(self) -> None:
-        """Resume the wrapped queue (PAUSE)."""
-        await self.inner.resume()
-
-    async def is_paused(self) -> bool:
-        """Whether the wrapped queue is paused (PAUSE)."""
-        return await self.inner.is_paused()
-
-    async def size(self) -> int:
-        """Waiting jobs in the wrapped queue."""
-        return await self.inner.size()
-
-    async def purge(self) -> int:
-        """Purge the wrapped queue."""
-        return await self.inner.purge()
-
-    async def aclose(self) -> None:
-        """Close the wrapped queue."""
-        await self.inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.aclose()

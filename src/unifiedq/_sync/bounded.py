@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from .._capabilities import Capability
 from .._concurrency import SyncRuntime
 from .._connect import connect
 from .._errors import InvalidArgument, InvalidURL, QueueFull
-from .._job import Job
 from .._protocol import Delay, Queue
 from ..bounded import Overflow, ShedEvent, SyncSend, _BoundedState, declares_bound
 from ..metrics import Metrics
+from .wrapper import QueueWrapper
 
 __all__ = ["BoundedQueue"]
 
 
-class BoundedQueue(_BoundedState):
+class BoundedQueue(QueueWrapper, _BoundedState):
     """A queue capped at ``maxsize`` jobs, with an overflow policy (see ``unifiedq.bounded``).
 
     Args:
@@ -34,6 +33,10 @@ class BoundedQueue(_BoundedState):
         on_shed: Called with a :class:`~unifiedq.bounded.ShedEvent` for every shed.
         metrics: Where shed counts are reported.
         connect_options: Options for opening ``source``.
+
+    Only ``enqueue``/``enqueue_many`` are bounded; every other verb is forwarded as is
+    (:class:`~unifiedq._async.wrapper.AsyncQueueWrapper`), so a job returned by ``nack`` or
+    ``release`` may briefly exceed a client-side bound.
     """
 
     def __init__(
@@ -80,29 +83,9 @@ class BoundedQueue(_BoundedState):
 
     # -- Queue protocol ---------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        """The wrapped queue's name (jobs dequeued here are settled on it)."""
-        return self.inner.name
-
-    @property
-    def driver(self) -> str:
-        """The wrapped queue's driver."""
-        return self.inner.driver
-
-    @property
     def capabilities(self) -> Capability:
         """The wrapped queue's capabilities plus BOUNDED."""
         return self.inner.capabilities | Capability.BOUNDED
-
-    @property
-    def bridged(self) -> bool:
-        """Whether the wrapped queue is bridged."""
-        return self.inner.bridged
-
-    @property
-    def closed(self) -> bool:
-        """Whether the wrapped queue is closed."""
-        return self.inner.closed
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.inner!r} maxsize={self.maxsize} "
@@ -196,68 +179,9 @@ class BoundedQueue(_BoundedState):
             return q.enqueue_many(items, delay=delay, priority=priority, headers=headers)
         return self._put(len(items), do)
 
-    def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
-        """Dequeue from the wrapped queue."""
-        return self.inner.dequeue(timeout=timeout)
-
-    def dequeue_many(self, max_jobs: int, *, timeout: float | None = 0.0) -> list[Job]:
-        """Dequeue several from the wrapped queue."""
-        return self.inner.dequeue_many(max_jobs, timeout=timeout)
-
-    def peek(self) -> Job | None:
-        """Peek the wrapped queue."""
-        return self.inner.peek()
-
-    def ack(self, job: Job) -> None:
-        """Ack on the wrapped queue."""
-        self.inner.ack(job)
-
-    def ack_many(self, jobs: Iterable[Job]) -> None:
-        """Ack several jobs on the wrapped queue."""
-        self.inner.ack_many(jobs)
-
-    def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
-        """Nack on the wrapped queue (a requeued job may briefly exceed a client-side bound)."""
-        self.inner.nack(job, requeue=requeue, delay=delay)
-
-    def release(self, job: Job) -> None:
-        """Release on the wrapped queue (the job may briefly exceed a client-side bound)."""
-        self.inner.release(job)
-
-    def extend_lease(self, job: Job, seconds: float) -> None:
-        """Extend a lease on the wrapped queue."""
-        self.inner.extend_lease(job, seconds)
-
-    def pause(self) -> None:
-        """Pause the wrapped queue (PAUSE)."""
-        self.inner.pause()
-
-    def resume(self) -> None:
-        """Resume the wrapped queue (PAUSE)."""
-        self.inner.resume()
-
-    def is_paused(self) -> bool:
-        """Whether the wrapped queue is paused (PAUSE)."""
-        return self.inner.is_paused()
-
-    def size(self) -> int:
-        """Waiting jobs in the wrapped queue."""
-        return self.inner.size()
-
-    def purge(self) -> int:
-        """Purge the wrapped queue."""
-        return self.inner.purge()
-
     def close(self) -> None:
         """Close the queues this object opened."""
         if self._owns:
             self.inner.close()
         if self._spill is not None and self._owns_spill:
             self._spill.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()

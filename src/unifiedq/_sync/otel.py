@@ -5,27 +5,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Self
 
 from opentelemetry import trace
 
-from .._capabilities import Capability
 from .._errors import InvalidArgument
-from .._job import Job
 from .._protocol import Delay, Queue
 from ..otel import _Producer
+from .wrapper import QueueWrapper
 
 __all__ = ["TracedQueue"]
 
 
-class TracedQueue:
+class TracedQueue(QueueWrapper):
     """An open queue whose enqueues run in a ``PRODUCER`` span (see ``unifiedq.otel``).
 
     ``enqueue`` / ``enqueue_many`` start a span named ``"<queue> publish"`` (a child of the
     current context), inject its W3C trace context into the job's headers (drivers with
     ``Capability.HEADERS``; elsewhere the job carries none) and end it when the call returns,
-    with ERROR status and the exception if it raised. Everything else is forwarded.
+    with ERROR status and the exception if it raised. Everything else is forwarded
+    (:class:`~unifiedq._async.wrapper.AsyncQueueWrapper`).
 
     Args:
         inner: The open queue; the wrapper stands in for it (:meth:`aclose` closes it).
@@ -39,34 +37,6 @@ class TracedQueue:
         self.inner = inner
         self._producer = _Producer(inner.name, inner.driver, inner.capabilities,
                                    tracer_provider)
-
-    @property
-    def name(self) -> str:
-        """The wrapped queue's name."""
-        return self.inner.name
-
-    @property
-    def driver(self) -> str:
-        """The wrapped queue's driver."""
-        return self.inner.driver
-
-    @property
-    def capabilities(self) -> Capability:
-        """The wrapped queue's capabilities."""
-        return self.inner.capabilities
-
-    @property
-    def bridged(self) -> bool:
-        """Whether the wrapped queue is bridged."""
-        return self.inner.bridged
-
-    @property
-    def closed(self) -> bool:
-        """Whether the wrapped queue is closed."""
-        return self.inner.closed
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.inner!r}>"
 
     def enqueue(
         self,
@@ -112,66 +82,3 @@ class TracedQueue:
         with trace.use_span(span, end_on_exit=True):
             return self.inner.enqueue_many(items, delay=delay, priority=priority,
                                                  headers=hdrs)
-
-    def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
-        """Dequeue from the wrapped queue."""
-        return self.inner.dequeue(timeout=timeout)
-
-    def dequeue_many(self, max_jobs: int, *, timeout: float | None = 0.0) -> list[Job]:
-        """Dequeue several from the wrapped queue."""
-        return self.inner.dequeue_many(max_jobs, timeout=timeout)
-
-    def peek(self) -> Job | None:
-        """Peek the wrapped queue."""
-        return self.inner.peek()
-
-    def ack(self, job: Job) -> None:
-        """Ack on the wrapped queue."""
-        self.inner.ack(job)
-
-    def ack_many(self, jobs: Iterable[Job]) -> None:
-        """Ack several jobs on the wrapped queue."""
-        self.inner.ack_many(jobs)
-
-    def nack(self, job: Job, *, requeue: bool = True, delay: Delay | None = None) -> None:
-        """Nack on the wrapped queue."""
-        self.inner.nack(job, requeue=requeue, delay=delay)
-
-    def release(self, job: Job) -> None:
-        """Release on the wrapped queue."""
-        self.inner.release(job)
-
-    def extend_lease(self, job: Job, seconds: float) -> None:
-        """Extend a lease on the wrapped queue."""
-        self.inner.extend_lease(job, seconds)
-
-    def pause(self) -> None:
-        """Pause the wrapped queue (PAUSE)."""
-        self.inner.pause()
-
-    def resume(self) -> None:
-        """Resume the wrapped queue (PAUSE)."""
-        self.inner.resume()
-
-    def is_paused(self) -> bool:
-        """Whether the wrapped queue is paused (PAUSE)."""
-        return self.inner.is_paused()
-
-    def size(self) -> int:
-        """Waiting jobs in the wrapped queue."""
-        return self.inner.size()
-
-    def purge(self) -> int:
-        """Purge the wrapped queue."""
-        return self.inner.purge()
-
-    def close(self) -> None:
-        """Close the wrapped queue."""
-        self.inner.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
