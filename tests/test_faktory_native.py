@@ -7,10 +7,8 @@ Go client (``tests/interop_faktory``, the client faktory_worker_go is built on).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -20,9 +18,9 @@ import pytest
 from pyfaktory import Client
 
 import unifiedq
+from gobuild import built_go_program
 from unifiedq import InvalidArgument, SerializationError, TypedQueue
 from unifiedq.drivers.faktory import FaktoryQueue
-from unifiedq.testing.fixtures import in_ci
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,26 +35,7 @@ def _queue() -> str:
 @pytest.fixture(scope="module")
 def go_faktory() -> Path:
     """The Go program of tests/interop_faktory, built once per source hash and cached."""
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go")
-                                else None)
-    if go is None:
-        if in_ci():
-            pytest.fail("CI=true but the Go toolchain is missing (needed for Faktory interop)")
-        pytest.skip("Go toolchain not found; install Go to run the Faktory interop tests")
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((_GO_SRC / name).read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unifiedq"
-    target = cache / f"faktory-interop-{digest.hexdigest()[:16]}"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        env = dict(os.environ, GOFLAGS="-mod=mod")
-        proc = subprocess.run([go, "build", "-o", str(tmp), "."], cwd=_GO_SRC, env=env,
-                              capture_output=True, text=True, timeout=600, check=False)
-        assert proc.returncode == 0, f"go build failed:\n{proc.stderr}"
-        os.replace(tmp, target)
-    return target
+    return built_go_program(_GO_SRC, "faktory-interop", "Faktory interop")
 
 
 def _go(binary: Path, faktory_url: str, cmd: str, *args: str) -> list[dict[str, Any]]:

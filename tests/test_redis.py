@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +20,10 @@ from typing import Any
 import pytest
 import redis
 
+from gobuild import built_go_program
 from unifiedq import connect, connect_async
 from unifiedq.drivers.redis import AsyncRedisQueue, RedisQueue, _proto
-from unifiedq.testing.fixtures import in_ci, require_binary
+from unifiedq.testing.fixtures import require_binary
 from unifiedq.testing.servers import RedisServer, find_free_port
 from unifiedq.testing.suite import QueueConformance
 
@@ -549,26 +548,7 @@ _INTEROP = Path(__file__).parent / "interop"
 @pytest.fixture(scope="module")
 def interop_bin() -> Path:
     """The Go program of tests/interop, built once per source hash and cached."""
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go")
-                                else None)
-    if go is None:
-        if in_ci():
-            pytest.fail("CI=true but the Go toolchain is missing (needed for asynq interop)")
-        pytest.skip("Go toolchain not found; install Go to run the asynq interop tests")
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((_INTEROP / name).read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unifiedq"
-    target = cache / f"asynq-interop-{digest.hexdigest()[:16]}"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        env = dict(os.environ, GOFLAGS="-mod=mod")
-        proc = subprocess.run([go, "build", "-o", str(tmp), "."], cwd=_INTEROP, env=env,
-                              capture_output=True, text=True, timeout=600, check=False)
-        assert proc.returncode == 0, f"go build failed:\n{proc.stderr}"
-        os.replace(tmp, target)
-    return target
+    return built_go_program(_INTEROP, "asynq-interop", "asynq interop")
 
 
 def _go(binary: Path, redis_url: str, cmd: str, queue: str, *args: str,
