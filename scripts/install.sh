@@ -64,8 +64,11 @@ install_debian_packages() {
   command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
   # The shm:// driver's compiled fast path (src/unifiedq/drivers/_shmring.c) is built by pip.
   command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+  # tests/test_dashboard_browser.py drives Debian's Chromium (no browser download).
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   if [ "${#missing[@]}" -eq 0 ]; then
-    log "redis-server, rabbitmq-server and gcc already installed; skipping apt-get"
+    log "redis-server, rabbitmq-server, gcc and chromium already installed; skipping apt-get"
     return 0
   fi
   log "installing: ${missing[*]}"
