@@ -7,6 +7,7 @@ import datetime as _dt
 import itertools
 import math
 import os
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -77,6 +78,9 @@ class Job:
         headers: String headers given at enqueue time (read-only).
         priority: The priority it was enqueued with, if any.
         receipt: Driver-private data needed to ack the job (delivery tag, lease token...).
+        deadline: Unix time (seconds) after which the job must not start, or None
+            (``enqueue(deadline=...)`` / ``ttl=``; see docs/deadlines.md).
+        timeout: Most seconds one attempt may run, or None (``enqueue(timeout=...)``).
     """
 
     id: str
@@ -87,6 +91,8 @@ class Job:
     headers: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY, hash=False)
     priority: int | None = None
     receipt: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+    deadline: float | None = None
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, MappingProxyType):
@@ -104,6 +110,8 @@ class EnqueueRequest:
         job_id: The job id: caller-chosen, or freshly generated.
         custom_id: Whether the caller chose ``job_id`` (drivers check duplicates then).
         headers: String headers.
+        deadline: Unix time (seconds) after which the job must not start, or None.
+        timeout: Most seconds one attempt may run, or None.
     """
 
     body: bytes
@@ -112,6 +120,8 @@ class EnqueueRequest:
     job_id: str = ""
     custom_id: bool = False
     headers: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY, hash=False)
+    deadline: float | None = None
+    timeout: float | None = None
 
     @classmethod
     def build(
@@ -123,6 +133,9 @@ class EnqueueRequest:
         job_id: object = None,
         headers: object = None,
         max_body: int | None = None,
+        deadline: object = None,
+        ttl: object = None,
+        timeout: object = None,
     ) -> EnqueueRequest:
         """Validate the arguments of an enqueue call.
 
@@ -133,6 +146,9 @@ class EnqueueRequest:
             job_id: None or a non-empty str of printable characters (at most 200).
             headers: None or a mapping of str to str.
             max_body: The driver's body size limit, if it has one.
+            deadline: None, Unix seconds (int/float), or a timezone-aware ``datetime``.
+            ttl: None or seconds > 0 from now (sets ``deadline``; not with ``deadline``).
+            timeout: None or seconds > 0 one attempt may run.
 
         Returns:
             The normalised request.
@@ -151,25 +167,27 @@ class EnqueueRequest:
             )
         hdrs = _check_headers(headers)
         d, p = check_delay(delay), check_priority(priority)
+        dl, to = check_deadline(deadline, ttl), check_run_timeout(timeout)
         if job_id is None:
-            return cls(data, d, p, new_job_id(), False, hdrs)
-        return cls(data, d, p, _check_id(job_id), True, hdrs)
+            return cls(data, d, p, new_job_id(), False, hdrs, dl, to)
+        return cls(data, d, p, _check_id(job_id), True, hdrs, dl, to)
 
 
 # -- fast constructors ---------------------------------------------------------------------
 # A frozen dataclass's generated __init__ sets every field through object.__setattr__, which
 # costs about twice as much as calling the slot descriptors directly. The hot paths (a plain
 # enqueue, a driver building a Job) use these instead; the result is identical.
-_JOB_FIELDS = ("id", "queue", "body", "attempt", "enqueued_at", "headers", "priority", "receipt")
-_REQ_FIELDS = ("body", "delay", "priority", "job_id", "custom_id", "headers")
+_JOB_FIELDS = ("id", "queue", "body", "attempt", "enqueued_at", "headers", "priority", "receipt",
+               "deadline", "timeout")
+_REQ_FIELDS = ("body", "delay", "priority", "job_id", "custom_id", "headers", "deadline",
+               "timeout")
 if (tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS
         or tuple(f.name for f in dataclasses.fields(EnqueueRequest)) != _REQ_FIELDS):
     raise RuntimeError("update the fast constructors in unifiedq._job")  # pragma: no cover
 _new = object.__new__
-_j_id, _j_queue, _j_body, _j_attempt, _j_at, _j_headers, _j_prio, _j_receipt = (
-    getattr(Job, f).__set__ for f in _JOB_FIELDS
-)
-_r_body, _r_delay, _r_prio, _r_id, _r_custom, _r_headers = (
+(_j_id, _j_queue, _j_body, _j_attempt, _j_at, _j_headers, _j_prio, _j_receipt, _j_deadline,
+ _j_timeout) = (getattr(Job, f).__set__ for f in _JOB_FIELDS)
+_r_body, _r_delay, _r_prio, _r_id, _r_custom, _r_headers, _r_deadline, _r_timeout = (
     getattr(EnqueueRequest, f).__set__ for f in _REQ_FIELDS
 )
 
@@ -190,6 +208,8 @@ def make_job(id: str, queue: str, body: bytes, attempt: int = 1, enqueued_at: fl
     _j_headers(j, _EMPTY)
     _j_prio(j, None)
     _j_receipt(j, None)
+    _j_deadline(j, None)
+    _j_timeout(j, None)
     return j
 
 
@@ -202,6 +222,8 @@ def _plain_request(body: bytes, job_id: str) -> EnqueueRequest:
     _r_id(r, job_id)
     _r_custom(r, False)
     _r_headers(r, _EMPTY)
+    _r_deadline(r, None)
+    _r_timeout(r, None)
     return r
 
 
@@ -252,6 +274,57 @@ def check_timeout(timeout: object, *, name: str = "timeout") -> float | None:
     if math.isnan(timeout) or timeout < 0:
         raise InvalidArgument(f"{name} must be >= 0 seconds or None, not {timeout!r}")
     return None if math.isinf(timeout) else float(timeout)
+
+
+def check_deadline(deadline: object, ttl: object) -> float | None:
+    """Return the absolute deadline (Unix seconds) of ``deadline=``/``ttl=``, or None.
+
+    Raises:
+        InvalidArgument: both given; ``deadline`` not finite Unix seconds or an aware
+            ``datetime`` (a naive one is ambiguous); ``ttl`` not finite seconds > 0.
+    """
+    if ttl is not None:
+        if deadline is not None:
+            raise InvalidArgument("give deadline= or ttl=, not both")
+        if isinstance(ttl, _dt.timedelta):
+            ttl = ttl.total_seconds()
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise InvalidArgument(f"ttl must be seconds (int/float) or a timedelta, not {ttl!r}")
+        if not math.isfinite(ttl) or ttl <= 0:
+            raise InvalidArgument(f"ttl must be a finite number of seconds > 0, not {ttl!r}")
+        return time.time() + float(ttl)
+    if deadline is None:
+        return None
+    if isinstance(deadline, _dt.datetime):
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            raise InvalidArgument(
+                "deadline must be a timezone-aware datetime (a naive one is ambiguous); "
+                "use datetime.now(timezone.utc) + ... or Unix seconds")
+        return deadline.timestamp()
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise InvalidArgument(
+            f"deadline must be Unix seconds (int/float) or an aware datetime, not {deadline!r}")
+    if not math.isfinite(deadline) or deadline <= 0:
+        raise InvalidArgument(f"deadline must be finite Unix seconds > 0, not {deadline!r}")
+    return float(deadline)
+
+
+def check_run_timeout(timeout: object) -> float | None:
+    """Return ``enqueue(timeout=...)`` as seconds > 0, or None.
+
+    Raises:
+        InvalidArgument: not finite seconds > 0 (int/float or a timedelta).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, _dt.timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidArgument(f"timeout must be seconds (int/float) or a timedelta, "
+                              f"not {timeout!r}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidArgument(f"timeout must be a finite number of seconds > 0, not {timeout!r}")
+    return float(timeout)
 
 
 def _check_id(job_id: object) -> str:
