@@ -40,6 +40,10 @@ class Capability(enum.Flag):
             jobs but hands none out (a waiting ``dequeue`` waits, without polling the backend
             faster than it otherwise would); the state is shared by every handle of the queue
             and, where the backend has it natively, by its own tools.
+        DEADLINE: ``enqueue(deadline=... | ttl=..., timeout=...)`` round-trip to the consumer
+            as ``Job.deadline`` (Unix seconds) and ``Job.timeout`` (seconds per attempt), and
+            ``dequeue()`` never hands out a job past its deadline: it settles it as expired
+            (see docs/deadlines.md). Without it those arguments raise UnsupportedOperation.
         BOUNDED: the queue takes a ``maxsize`` and raises QueueFull (or applies its
             overflow policy) when it is reached.
         NATIVE_SYNC: the driver implements the blocking face itself (else it is bridged).
@@ -63,6 +67,7 @@ class Capability(enum.Flag):
     NATIVE_ASYNC = enum.auto()
     RELEASE = enum.auto()
     PAUSE = enum.auto()
+    DEADLINE = enum.auto()
 
     def names(self) -> list[str]:
         """Return the names of the individual flags set in this value, in definition order."""
