@@ -44,6 +44,11 @@ class Capability(enum.Flag):
             as ``Job.deadline`` (Unix seconds) and ``Job.timeout`` (seconds per attempt), and
             ``dequeue()`` never hands out a job past its deadline: it settles it as expired
             (see docs/deadlines.md). Without it those arguments raise UnsupportedOperation.
+        RESULT: ``result(job_id, timeout=)`` returns what ``complete(job, result)`` stored
+            (the Worker stores a handler's return value), waiting for it; a job settled by
+            ``fail(job, error)`` makes it raise JobFailed. Native on redis (asynq's task
+            ``result`` field) and memory; other drivers get it from a ``results=`` store URL
+            (docs/results.md).
         BOUNDED: the queue takes a ``maxsize`` and raises QueueFull (or applies its
             overflow policy) when it is reached.
         NATIVE_SYNC: the driver implements the blocking face itself (else it is bridged).
@@ -67,6 +72,7 @@ class Capability(enum.Flag):
     NATIVE_ASYNC = enum.auto()
     RELEASE = enum.auto()
     PAUSE = enum.auto()
+    RESULT = enum.auto()
     DEADLINE = enum.auto()
 
     def names(self) -> list[str]:

@@ -14,12 +14,14 @@ caller would naturally catch, so ``except ValueError`` keeps working::
     │   └── LimitExceeded               a backend size/shape limit (frame, header table, ...)
     │       └── BodyTooLarge            body exceeds the driver's limit
     ├── QueueTimeout(TimeoutError)      a bounded wait ran out
+    │   └── ResultTimeout               result() saw no result within its timeout
     ├── QueueFull                       bounded queue refused a job
     ├── QueueClosed(RuntimeError)       verb called after close()
     ├── JobError
     │   ├── WrongQueue(ValueError)      ack/nack of a job that came from another queue
     │   ├── JobNotLeased(LookupError)   ack/nack of a job already settled or whose lease expired
-    │   └── DuplicateJob(ValueError)    caller-chosen job id already exists
+    │   ├── DuplicateJob(ValueError)    caller-chosen job id already exists
+    │   └── JobFailed                   result() of a job that failed for good
     ├── SerializationError(ValueError)  a codec could not encode or decode a payload
     └── BackendError                    the backend failed; the library error is chained
         ├── BackendConnectionError(ConnectionError)
@@ -48,12 +50,14 @@ __all__ = [
     "InvalidBody",
     "InvalidURL",
     "JobError",
+    "JobFailed",
     "JobNotLeased",
     "LimitExceeded",
     "ProtocolError",
     "QueueClosed",
     "QueueFull",
     "QueueTimeout",
+    "ResultTimeout",
     "SerializationError",
     "UnifiedQError",
     "UnsupportedOperation",
@@ -140,6 +144,21 @@ class QueueTimeout(UnifiedQError, TimeoutError):
     """A bounded wait (blocking enqueue on a full queue, a request) ran out of time."""
 
 
+class ResultTimeout(QueueTimeout):
+    """``result()`` saw no result for the job within its ``timeout``.
+
+    The job may still be waiting or running, may have finished without a result (its
+    handler returned None), or its result may have expired (see docs/results.md).
+
+    Attributes:
+        job_id: The id that was asked for.
+    """
+
+    def __init__(self, message: str = "", *, job_id: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class QueueFull(UnifiedQError):
     """A bounded queue is full and its overflow policy rejects the job."""
 
@@ -171,6 +190,20 @@ class JobNotLeased(JobError, LookupError):
 
 class DuplicateJob(JobError, ValueError):
     """A caller-chosen job id already exists in the queue."""
+
+
+class JobFailed(JobError):
+    """``result()`` of a job that failed for good (dead-lettered after its last attempt).
+
+    Attributes:
+        job_id: The job's id.
+        error: The last error's text, as the Worker recorded it (e.g. ``"ValueError: bad"``).
+    """
+
+    def __init__(self, message: str = "", *, job_id: str = "", error: str = "") -> None:
+        super().__init__(message or f"job {job_id!r} failed: {error}")
+        self.job_id = job_id
+        self.error = error
 
 
 class SerializationError(UnifiedQError, ValueError):
