@@ -8,6 +8,7 @@ reaches a backend and every driver reports it the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Self, TypeGuard
@@ -97,12 +98,17 @@ class QueueChecks:
         priority: object,
         job_id: object,
         headers: object,
+        deadline: object = None,
+        ttl: object = None,
+        timeout: object = None,
     ) -> EnqueueRequest:
         self._check_open()
         req = EnqueueRequest.build(
             body, delay=delay, priority=priority, job_id=job_id, headers=headers,
-            max_body=self.max_body,
+            max_body=self.max_body, deadline=deadline, ttl=ttl, timeout=timeout,
         )
+        if deadline is not None or ttl is not None or timeout is not None:
+            self._need(Capability.DEADLINE, "enqueue(deadline=/ttl=/timeout=...)")
         if delay is not None:
             self._need(Capability.DELAY, "enqueue(delay=...)")
         if priority is not None:
@@ -135,10 +141,25 @@ class QueueChecks:
         return items, plain
 
     def _prepare_many(
-        self, items: list[Any], delay: object, priority: object, headers: object
+        self, items: list[Any], delay: object, priority: object, headers: object,
+        deadline: object = None, ttl: object = None, timeout: object = None,
     ) -> list[EnqueueRequest]:
         # Validate everything before anything is sent: a bad item must not half-enqueue a batch.
-        return [self._prepare(b, delay, priority, None, headers) for b in items]
+        reqs = [self._prepare(b, delay, priority, None, headers, deadline, ttl, timeout)
+                for b in items]
+        if ttl is not None and len(reqs) > 1:
+            # One deadline for the whole batch (ttl counted from the call, not from each item).
+            dl = reqs[0].deadline
+            reqs = [dataclasses.replace(r, deadline=dl) for r in reqs]
+        return reqs
+
+    # -- deadlines ---------------------------------------------------------------------------
+    #: What ``dequeue`` does with a job past its deadline: ``"dead"`` settles it like
+    #: ``nack(requeue=False)`` (dead-lettered with reason ``expired`` where the driver keeps
+    #: dead letters), ``"drop"`` acks it. Set by ``connect(..., on_expired=...)``.
+    on_expired: str = "dead"
+    #: Jobs this handle settled as expired instead of handing them out.
+    expired_count: int = 0
 
     def _prepare_dequeue(self, timeout: object) -> float | None:
         self._check_open()

@@ -15,11 +15,14 @@ from typing import Any
 from ._errors import BodyTooLarge, InvalidArgument, InvalidBody
 
 __all__ = [
-    "PRIORITY_MAX", "PRIORITY_MIN", "Delay", "EnqueueRequest", "Job", "make_job", "new_job_id",
+    "PRIORITY_MAX", "PRIORITY_MIN", "Deadline", "Delay", "EnqueueRequest", "Job", "make_job", "new_job_id",
 ]
 
 #: A delay: seconds or a timedelta.
 Delay = float | _dt.timedelta
+
+#: A deadline: Unix seconds or a timezone-aware datetime.
+Deadline = float | _dt.datetime
 
 #: Lowest and highest priority accepted by ``enqueue(priority=...)``; higher runs first.
 PRIORITY_MIN = 0

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
@@ -11,7 +12,7 @@ from typing import Self
 from .._capabilities import Capability
 from .._checks import QueueChecks, not_leased_many
 from .._errors import JobNotLeased
-from .._job import Delay, EnqueueRequest, Job, _plain_request, new_job_id
+from .._job import Deadline, Delay, EnqueueRequest, Job, _plain_request, new_job_id
 
 __all__ = ["QueueBase"]
 
@@ -33,6 +34,9 @@ class QueueBase(QueueChecks):
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Add a job and return its id.
 
@@ -42,13 +46,24 @@ class QueueBase(QueueChecks):
             priority: 0..9, higher first (PRIORITY).
             job_id: A caller-chosen id; a duplicate raises DuplicateJob (CUSTOM_ID).
             headers: String headers delivered with the job (HEADERS).
+            deadline: Unix seconds or an aware datetime after which the job must not start:
+                ``dequeue`` settles it as expired instead (DEADLINE).
+            ttl: Seconds from now: the same as ``deadline=time.time() + ttl`` (DEADLINE).
+            timeout: Most seconds one attempt may run; the Worker enforces it (DEADLINE).
 
         Returns:
             The job id.
+
+        Raises:
+            InvalidArgument: Both ``deadline`` and ``ttl``, a naive datetime, a ttl or
+                timeout <= 0, or another invalid argument.
+            UnsupportedOperation: The driver lacks the capability an argument needs.
         """
-        if self._plain(body, delay, priority, job_id, headers):
+        if deadline is None and ttl is None and timeout is None and \
+                self._plain(body, delay, priority, job_id, headers):
             return self._enqueue_plain(body, new_job_id())
-        return self._enqueue(self._prepare(body, delay, priority, job_id, headers))
+        return self._enqueue(self._prepare(body, delay, priority, job_id, headers,
+                                                 deadline, ttl, timeout))
 
     def enqueue_many(
         self,
@@ -57,25 +72,85 @@ class QueueBase(QueueChecks):
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
-        """Add several jobs, in order, with the same options; return their ids (BATCH)."""
+        """Add several jobs, in order, with the same options; return their ids (BATCH).
+
+        ``deadline``/``ttl``/``timeout`` are as for :meth:`enqueue`; a ``ttl`` gives every job
+        of the batch the same deadline.
+        """
         items, plain = self._batch(bodies, delay, priority, headers)
         if not items:
             return []
-        if plain:
+        if plain and deadline is None and ttl is None and timeout is None:
             return self._enqueue_plain_many(items, [new_job_id() for _ in items])
-        return self._enqueue_many(self._prepare_many(items, delay, priority, headers))
+        return self._enqueue_many(self._prepare_many(items, delay, priority, headers,
+                                                           deadline, ttl, timeout))
 
     def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
-        """Take the next job, waiting up to ``timeout`` seconds (None = forever)."""
+        """Take the next job, waiting up to ``timeout`` seconds (None = forever).
+
+        A job past its deadline (DEADLINE) is not returned: it is settled as expired (see
+        ``on_expired``) and the next one is taken, within the same ``timeout``.
+        """
         if timeout == 0.0 and type(timeout) is float and not self._closed:
-            return self._dequeue(timeout)  # the default, already valid: skip the checks
-        return self._dequeue(self._prepare_dequeue(timeout))
+            job = self._dequeue(timeout)  # the default, already valid: skip the checks
+        else:
+            timeout = self._prepare_dequeue(timeout)
+            job = self._dequeue(timeout)
+        if job is None or job.deadline is None:
+            return job
+        return self._skip_expired(job, timeout, time.monotonic())
 
     def dequeue_many(self, max_jobs: int, *, timeout: float | None = 0.0) -> list[Job]:
-        """Take up to ``max_jobs`` jobs, waiting up to ``timeout`` for the first (BATCH)."""
+        """Take up to ``max_jobs`` jobs, waiting up to ``timeout`` for the first (BATCH).
+
+        Jobs past their deadline are settled as expired and left out (see :meth:`dequeue`).
+        """
         n, t = self._prepare_many_dequeue(max_jobs, timeout)
-        return self._dequeue_many(n, t)
+        start = time.monotonic()
+        while True:
+            jobs = self._dequeue_many(n, t)
+            for j in jobs:
+                if j.deadline is not None:
+                    break
+            else:
+                return jobs  # no job with a deadline: the common case, no clock read
+            now = time.time()
+            live = [j for j in jobs if j.deadline is None or j.deadline > now]
+            if len(live) < len(jobs):
+                self._shed([j for j in jobs if j.deadline is not None
+                                  and j.deadline <= now])
+            left = None if t is None else t - (time.monotonic() - start)
+            if live or (left is not None and left <= 0.0):
+                return live
+            t = None if left is None else left
+
+    def _skip_expired(self, job: Job | None, timeout: float | None,
+                            start: float) -> Job | None:
+        """``job`` unless it is past its deadline; then settle it and take the next one."""
+        while job is not None and job.deadline is not None and job.deadline <= time.time():
+            self._shed([job])
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            job = self._dequeue(left)
+        return job
+
+    def _shed(self, jobs: list[Job]) -> None:
+        """Settle jobs past their deadline as expired (``on_expired``) and count them."""
+        with self._close_lock:
+            self.expired_count += len(jobs)
+        if Capability.ACK not in self.capabilities:
+            return  # at-most-once: dequeue already removed them
+        for job in jobs:
+            try:
+                if self.on_expired == "drop":
+                    self._ack(job)
+                else:
+                    self._expire(job)
+            except JobNotLeased:
+                pass  # its lease ran out meanwhile: whoever takes it next sheds it
 
     def peek(self) -> Job | None:
         """Return the next job without taking it (PEEK). The result cannot be acked."""
@@ -252,6 +327,11 @@ class QueueBase(QueueChecks):
 
     def _release(self, job: Job) -> None:
         raise self._unsupported("release()", Capability.RELEASE)
+
+    def _expire(self, job: Job) -> None:
+        # A job past its deadline, settled as dead; drivers that keep dead letters override
+        # this to record the reason "expired".
+        self._nack(job, False, 0.0)
 
     def _pause(self) -> None:
         raise self._unsupported("pause()", Capability.PAUSE)
