@@ -27,6 +27,7 @@ caller would naturally catch, so ``except ValueError`` keeps working::
         ├── BackendConnectionError(ConnectionError)
         │   └── BackendTimeout(TimeoutError)   no answer within the verb's deadline
         ├── BackendFull                 out of memory/disk; producers refused, consumers drain
+        ├── NotReplicated               too few replicas confirmed an enqueue (min_replicas)
         ├── AuthenticationError(PermissionError)
         └── ProtocolError               the peer sent something we cannot understand
 
@@ -53,6 +54,7 @@ __all__ = [
     "JobFailed",
     "JobNotLeased",
     "LimitExceeded",
+    "NotReplicated",
     "ProtocolError",
     "QueueClosed",
     "QueueFull",
@@ -232,6 +234,28 @@ class BackendFull(BackendError):
     E.g. Redis at ``maxmemory`` with ``noeviction``, or a RabbitMQ memory or disk alarm.
     Consumers can still dequeue, ack and nack, so the backlog drains.
     """
+
+
+class NotReplicated(BackendError):
+    """An enqueue reached the primary but too few replicas confirmed it in time.
+
+    Raised by drivers asked for synchronous replication (redis ``min_replicas``). The job
+    *is* queued on the primary and will run unless the primary fails before its replicas
+    catch up; retrying with the same ``job_id`` (CUSTOM_ID) is safe: a duplicate raises
+    DuplicateJob.
+
+    Attributes:
+        job_ids: The ids of the jobs of the call.
+        replicas: How many replicas confirmed the write.
+        wanted: How many were required.
+    """
+
+    def __init__(self, message: str = "", *, job_ids: tuple[str, ...] = (),
+                 replicas: int = 0, wanted: int = 0) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
+        self.replicas = replicas
+        self.wanted = wanted
 
 
 class AuthenticationError(BackendError, PermissionError):

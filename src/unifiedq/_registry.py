@@ -57,6 +57,8 @@ _BUILTIN: tuple[DriverSpec, ...] = (
     DriverSpec("redis", "unifiedq.drivers.redis", "redis",
                "Redis task queue, wire-compatible with Go's asynq"),
     DriverSpec("rediss", "unifiedq.drivers.redis", "redis", "redis:// over TLS"),
+    DriverSpec("redis+sentinel", "unifiedq.drivers.redis", "redis",
+               "redis:// through Redis Sentinel (the master follows failovers)"),
     DriverSpec("amqp", "unifiedq.drivers.amqp", "amqp", "RabbitMQ through kombu (Machinery)"),
     DriverSpec("amqps", "unifiedq.drivers.amqp", "amqp", "amqp:// over TLS"),
     DriverSpec("faktory", "unifiedq.drivers.faktory", "faktory",

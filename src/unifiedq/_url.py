@@ -35,7 +35,7 @@ class URL:
         scheme: Lower-cased scheme, e.g. ``"redis"``.
         username: Decoded user name, if any.
         password: Decoded password, if any.
-        host: Host name or address, if any.
+        host: Host name or address, if any (None when the URL lists several hosts).
         port: Port, if any.
         path: The path with its leading ``/`` removed (percent-decoded).
         authority: The host part exactly as written (case kept, no credentials), for drivers
@@ -59,6 +59,9 @@ class URL:
             return self.raw
         parts = urllib.parse.urlsplit(self.raw)
         user = urllib.parse.quote(self.username or "", safe="")
+        if self.host is None and self.authority:  # several hosts: keep them as written
+            netloc = f"{user}:***@{parts.netloc.rpartition('@')[2]}"
+            return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
         netloc = f"{user}:***@{parts.hostname or ''}"
         if "[" in parts.netloc:
             netloc = f"{user}:***@[{parts.hostname}]"
@@ -85,7 +88,10 @@ def parse_url(url: object) -> URL:
         raise InvalidURL(f"queue URL {url!r} has no scheme; expected e.g. 'memory://jobs'")
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port
+        # Several hosts (``h1:26379,h2:26379``, as Sentinel URLs list them) leave host and port
+        # unset; the driver reads them from ``authority``.
+        multi = "," in parts.netloc.rpartition("@")[2]
+        port = None if multi else parts.port
     except ValueError as exc:
         raise InvalidURL(f"cannot parse queue URL: {exc}") from exc
     scheme = parts.scheme.lower()
@@ -105,7 +111,7 @@ def parse_url(url: object) -> URL:
         scheme=scheme,
         username=urllib.parse.unquote(parts.username) if parts.username else None,
         password=urllib.parse.unquote(parts.password) if parts.password is not None else None,
-        host=parts.hostname,
+        host=None if multi else parts.hostname,
         port=port,
         path=urllib.parse.unquote(parts.path.lstrip("/")),
         authority=urllib.parse.unquote(parts.netloc.rpartition("@")[2]),
