@@ -20,6 +20,7 @@ from typing import Any
 from .._capabilities import Capability
 from .._concurrency import AsyncRuntime, AsyncTask, CallOutcome, Runner
 from .._connect import connect_async
+from .._consumers import ConsumerInfo, RunningJob, registry_opener
 from .._errors import InvalidArgument, JobNotLeased
 from .._job import Job
 from .._protocol import AsyncQueue
@@ -125,6 +126,8 @@ class AsyncWorker(WorkerCore):
         self._seq = itertools.count()
         self._slots: list[AsyncTask] = []
         self._hk: AsyncTask | None = None
+        self._reg: AsyncTask | None = None  # keeps us in the queue's consumer list, if any
+        self._reg_stop = AsyncRuntime.Event()
         self._stopper: AsyncTask | None = None
         self._started = False
         self._deadline: float | None = None  # grace deadline (monotonic) once stopping
@@ -173,6 +176,10 @@ class AsyncWorker(WorkerCore):
                 self._slots.append(AsyncRuntime.spawn(self._slot, i,
                                                       name=f"unifiedq-worker-{i}"))
             self._hk = AsyncRuntime.spawn(self._housekeeper, name="unifiedq-worker-hk")
+            opener = registry_opener(self.queue)
+            if opener is not None:  # e.g. redis://: listed as an asynq server
+                self._reg = AsyncRuntime.spawn(self._registry, opener,
+                                               name="unifiedq-worker-registry")
 
     def request_stop(self, grace: float | None = None) -> None:
         """Begin a graceful stop and return at once (safe to call from a signal handler).
@@ -283,6 +290,9 @@ class AsyncWorker(WorkerCore):
         if hk is not None and not await hk.join(5.0):
             hk.cancel()
         await self._flush_acks()  # any the housekeeper had not sent yet
+        if self._reg is not None:  # leave the consumer list while the queue is still open
+            self._reg_stop.set()
+            await self._reg.join(5.0)
         if self._owns_queue:
             await self._safe(self.queue.aclose)
         if self._dl is not None and self._owns_dl:
@@ -290,6 +300,40 @@ class AsyncWorker(WorkerCore):
         self._log(logging.INFO, "worker_stopped", "worker stopped", **dataclasses.asdict(
             self.stats()))
         self._done.set()
+
+    async def _registry(self, opener: Callable[[ConsumerInfo], Any]) -> None:
+        """Announce this worker where its queue lists consumers; heartbeat; leave at the end."""
+        info = ConsumerInfo(concurrency=self.concurrency, queues={self.queue_name: 1},
+                            started_at=time.time())
+        try:
+            reg = await opener(info)
+        except Exception:  # the jobs matter more than the listing: run unlisted
+            self._log(logging.WARNING, "registry_error", "could not register this worker "
+                      "with its queue's consumer registry", exc_info=True)
+            return
+        try:
+            while not await self._reg_stop.wait(reg.interval):
+                try:
+                    await reg.heartbeat(self._running(), status="stopped"
+                                        if self._stopping.is_set() else "active")
+                except Exception:
+                    self._log(logging.WARNING, "registry_error", "consumer registry "
+                              "heartbeat failed", exc_info=True)
+        finally:
+            await self._safe(reg.close)
+
+    def _running(self) -> list[RunningJob]:
+        """The jobs whose handlers run now, with wall-clock start times and deadlines."""
+        now, mono = time.time(), time.monotonic()
+        with self._lock:
+            entries = [e for e in self._inflight if e.started and not e.settled]
+        out = []
+        for e in entries:
+            end = None if e.deadline is None else now + (e.deadline - mono)
+            if e.job.deadline is not None:
+                end = e.job.deadline if end is None else min(end, e.job.deadline)
+            out.append(RunningJob(e.job, now - (mono - e.started), end))
+        return out
 
     def _live_slots(self) -> list[AsyncTask]:
         """The slots, less those abandoned to a hung handler after the stop began."""
@@ -432,6 +476,7 @@ class AsyncWorker(WorkerCore):
         with self._lock:
             self._inflight.add(e)
             self._stats_in_flight(1)
+            e.started = start  # the consumer registry shows it too
             if here:  # run in this slot: the watchdog needs them (one lock for both)
                 e.route, e.slot, e.started = route, slot, start
                 if limit is not None:

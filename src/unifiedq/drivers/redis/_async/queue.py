@@ -26,6 +26,7 @@ from redis import exceptions as rexc
 from ...._base import AsyncQueueBase
 from ...._checks import not_leased_many
 from ...._concurrency import AsyncRuntime, AsyncTask
+from ...._consumers import ConsumerInfo
 from ...._errors import BackendConnectionError, JobNotLeased
 from ...._job import EnqueueRequest, Job
 from ...._url import URL
@@ -40,6 +41,7 @@ from .._core import (
     parse,
     translating,
 )
+from .registry import AsyncServerRegistration
 
 __all__ = ["AsyncRedisQueue"]
 
@@ -500,6 +502,19 @@ class AsyncRedisQueue(AsyncQueueBase):
         with translating():
             reply = await self._eval(self._core.stats_call(), self._deadline())
         return self._core.stats_result(reply)
+
+    async def open_consumer_registry(self, info: ConsumerInfo) -> AsyncServerRegistration:
+        """Show a worker of this queue in asynq's server list (``Inspector.Servers``, asynqmon).
+
+        The worker calls this once at start, then ``heartbeat`` every ``interval`` (5) seconds
+        and ``close`` when it stops (see ``unifiedq._consumers``).
+
+        Raises:
+            BackendError: The first heartbeat could not be written.
+        """
+        reg = AsyncServerRegistration(self, info)
+        await reg.heartbeat(())
+        return reg
 
     async def _purge(self) -> int:
         with translating():

@@ -27,6 +27,7 @@ from redis import exceptions as rexc
 from ...._base import QueueBase
 from ...._checks import not_leased_many
 from ...._concurrency import SyncRuntime, SyncTask
+from ...._consumers import ConsumerInfo
 from ...._errors import BackendConnectionError, JobNotLeased
 from ...._job import EnqueueRequest, Job
 from ...._url import URL
@@ -41,6 +42,7 @@ from .._core import (
     parse,
     translating,
 )
+from .registry import SyncServerRegistration
 
 __all__ = ["RedisQueue"]
 
@@ -501,6 +503,19 @@ class RedisQueue(QueueBase):
         with translating():
             reply = self._eval(self._core.stats_call(), self._deadline())
         return self._core.stats_result(reply)
+
+    def open_consumer_registry(self, info: ConsumerInfo) -> SyncServerRegistration:
+        """Show a worker of this queue in asynq's server list (``Inspector.Servers``, asynqmon).
+
+        The worker calls this once at start, then ``heartbeat`` every ``interval`` (5) seconds
+        and ``close`` when it stops (see ``unifiedq._consumers``).
+
+        Raises:
+            BackendError: The first heartbeat could not be written.
+        """
+        reg = SyncServerRegistration(self, info)
+        reg.heartbeat(())
+        return reg
 
     def _purge(self) -> int:
         with translating():
