@@ -147,6 +147,15 @@ class SyncToAsync(AsyncQueueBase):
     async def _release(self, job: Job) -> None:
         await self._run(self.inner._release, job)
 
+    async def _result(self, job_id: str, timeout: float | None) -> bytes | None:
+        return await self._run(self.inner._result, job_id, timeout)
+
+    async def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
+        await self._run(self.inner._complete, job, result, retention)
+
+    async def _fail(self, job: Job, error: str, retention: float | None) -> None:
+        await self._run(self.inner._fail, job, error, retention)
+
     async def _size(self) -> int:
         return await self._run(self.inner._size)
 
@@ -245,6 +254,15 @@ class AsyncToSync(QueueBase):
 
     def _release(self, job: Job) -> None:
         self._run(self.inner._release(job))
+
+    def _result(self, job_id: str, timeout: float | None) -> bytes | None:
+        return self._run(self.inner._result(job_id, timeout))
+
+    def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
+        self._run(self.inner._complete(job, result, retention))
+
+    def _fail(self, job: Job, error: str, retention: float | None) -> None:
+        self._run(self.inner._fail(job, error, retention))
 
     def _size(self) -> int:
         return self._run(self.inner._size())

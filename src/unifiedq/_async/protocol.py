@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from .._capabilities import Capability
-from .._job import Delay, Job
+from .._job import Deadline, Delay, Job
 
 __all__ = ["AsyncQueue"]
 
@@ -53,8 +53,11 @@ class AsyncQueue(Protocol):
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
-        """Add a job and return its id."""
+        """Add a job and return its id (``deadline``/``ttl``/``timeout``: DEADLINE)."""
         ...
 
     async def enqueue_many(
@@ -64,6 +67,9 @@ class AsyncQueue(Protocol):
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Add several jobs (in order) and return their ids."""
         ...
@@ -110,6 +116,19 @@ class AsyncQueue(Protocol):
 
     async def is_paused(self) -> bool:
         """Whether the queue is paused (by any handle, or the backend's own tools)."""
+        ...
+
+    async def result(self, job_id: str, *, timeout: float | None = 0.0) -> bytes:
+        """The job's stored result, waiting up to ``timeout`` (RESULT; JobFailed, ResultTimeout)."""
+        ...
+
+    async def complete(self, job: Job, result: bytes, *,
+                       retention: float | None = None) -> None:
+        """Settle a leased job as done and store its result (RESULT)."""
+        ...
+
+    async def fail(self, job: Job, error: str, *, retention: float | None = None) -> None:
+        """Dead-letter a leased job and record ``error`` as its outcome (RESULT)."""
         ...
 
     async def size(self) -> int:

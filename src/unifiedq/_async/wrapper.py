@@ -14,7 +14,7 @@ from typing import Self
 
 from .._capabilities import Capability
 from .._job import Job
-from .._protocol import AsyncQueue, Delay
+from .._protocol import AsyncQueue, Deadline, Delay
 
 __all__ = ["AsyncQueueWrapper"]
 
@@ -63,10 +63,14 @@ class AsyncQueueWrapper:
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Enqueue on the wrapped queue."""
         return await self.inner.enqueue(body, delay=delay, priority=priority, job_id=job_id,
-                                        headers=headers)
+                                        headers=headers, deadline=deadline, ttl=ttl,
+                                        timeout=timeout)
 
     async def enqueue_many(
         self,
@@ -75,10 +79,14 @@ class AsyncQueueWrapper:
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Enqueue several jobs on the wrapped queue."""
         return await self.inner.enqueue_many(bodies, delay=delay, priority=priority,
-                                             headers=headers)
+                                             headers=headers, deadline=deadline, ttl=ttl,
+                                             timeout=timeout)
 
     async def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
         """Dequeue from the wrapped queue."""
@@ -123,6 +131,19 @@ class AsyncQueueWrapper:
     async def is_paused(self) -> bool:
         """Whether the wrapped queue is paused (PAUSE)."""
         return await self.inner.is_paused()
+
+    async def result(self, job_id: str, *, timeout: float | None = 0.0) -> bytes:
+        """Forward ``result``."""
+        return await self.inner.result(job_id, timeout=timeout)
+
+    async def complete(self, job: Job, result: bytes, *,
+                       retention: float | None = None) -> None:
+        """Forward ``complete``."""
+        await self.inner.complete(job, result, retention=retention)
+
+    async def fail(self, job: Job, error: str, *, retention: float | None = None) -> None:
+        """Forward ``fail``."""
+        await self.inner.fail(job, error, retention=retention)
 
     async def size(self) -> int:
         """Waiting jobs in the wrapped queue."""

@@ -23,8 +23,12 @@ class QueueBase(QueueChecks):
     Required: ``_enqueue``, ``_dequeue``, ``_size``, ``_purge``, ``_close``. Others are
     needed only with the matching capability: ``_peek`` (PEEK), ``_ack``/``_nack`` (ACK),
     ``_extend_lease`` (LEASE_EXTEND), ``_release`` (RELEASE), ``_enqueue_many``/
-    ``_dequeue_many`` (BATCH; the defaults loop).
+    ``_dequeue_many`` (BATCH; the defaults loop), ``_result``/``_complete``/``_fail``
+    (RESULT; the defaults use the handle's result store, see ``unifiedq.results``).
     """
+
+    #: The result store of a store-backed handle (``results=``), or None.
+    _results: Any = None
 
     def enqueue(
         self,
@@ -148,7 +152,7 @@ class QueueBase(QueueChecks):
                 if self.on_expired == "drop":
                     self._ack(job)
                 else:
-                    self._expire(job)
+                    self._settle_expired(job)
             except JobNotLeased:
                 pass  # its lease ran out meanwhile: whoever takes it next sheds it
 
@@ -247,6 +251,80 @@ class QueueBase(QueueChecks):
         self._need(Capability.PAUSE, "is_paused()")
         return self._is_paused()
 
+    def result(self, job_id: str, *, timeout: float | None = 0.0) -> bytes:
+        """Return the result of job ``job_id``, waiting up to ``timeout`` seconds (RESULT).
+
+        The result is what ``complete(job, result)`` stored (the Worker stores a handler's
+        return value), kept for its retention time. The wait does not poll where the backend
+        can notify (redis: a per-job token list; memory: a condition variable).
+
+        Args:
+            job_id: The id ``enqueue()`` returned.
+            timeout: Seconds to wait (0: only look; None: wait forever).
+
+        Returns:
+            The result bytes.
+
+        Raises:
+            JobFailed: The job failed for good (``fail()``; on redis also any dead-lettered
+                task); ``.error`` is the last error's text.
+            ResultTimeout: No result within ``timeout``: not finished yet, finished without
+                a result, an unknown id, or a result past its retention.
+            UnsupportedOperation: The driver lacks RESULT (give it a ``results=`` store).
+            InvalidArgument: A malformed id or timeout.
+        """
+        self._check_open()
+        self._need(Capability.RESULT, "result()")
+        jid = _check_id(job_id)
+        t = check_timeout(timeout)
+        raw = self._result(jid, t)
+        if raw is None:
+            raise ResultTimeout(f"no result for job {jid!r} within {t} s", job_id=jid)
+        return _results.unwrap(jid, raw)
+
+    def complete(self, job: Job, result: bytes, *,
+                       retention: float | None = None) -> None:
+        """Settle a leased job as done and store ``result`` for it (RESULT and ACK).
+
+        One atomic step where the backend allows (redis: one script, asynq's result field
+        and completed set); with a result store, the result is stored first and the job
+        acked after (a crash between them leaves the job to run again, at least once).
+
+        Args:
+            job: A job returned by ``dequeue()`` on this handle.
+            result: The result bytes.
+            retention: Seconds the result is kept (None: the queue's default; redis: its
+                ``retention`` option, else ``results.DEFAULT_RETENTION``).
+
+        Raises:
+            JobNotLeased: The lease was lost (nothing was stored where the step is atomic).
+            UnsupportedOperation: The driver lacks RESULT or ACK.
+            InvalidBody: ``result`` is not bytes.
+            InvalidArgument, WrongQueue: Not a job dequeued from this queue; bad retention.
+        """
+        self._need(Capability.RESULT, "complete()")
+        j = self._prepare_settle(job, "complete")
+        self._complete(j, _results.check_result(result), _results.check_retention(retention))
+
+    def fail(self, job: Job, error: str, *, retention: float | None = None) -> None:
+        """Dead-letter a leased job (as ``nack(requeue=False)``) and record ``error`` (RESULT).
+
+        ``result()`` of the job then raises JobFailed with ``error`` as its ``.error``.
+
+        Args:
+            job: A job returned by ``dequeue()`` on this handle.
+            error: The last error's text.
+            retention: Seconds the failure is kept (as for :meth:`complete`).
+
+        Raises:
+            JobNotLeased: The lease was lost.
+            UnsupportedOperation: The driver lacks RESULT or ACK.
+            InvalidArgument, WrongQueue: Not a job dequeued from this queue; bad arguments.
+        """
+        self._need(Capability.RESULT, "fail()")
+        j = self._prepare_settle(job, "fail")
+        self._fail(j, _results.check_error(error), _results.check_retention(retention))
+
     def size(self) -> int:
         """Number of waiting jobs (ready or delayed), excluding leased ones."""
         self._check_open()
@@ -328,7 +406,7 @@ class QueueBase(QueueChecks):
     def _release(self, job: Job) -> None:
         raise self._unsupported("release()", Capability.RELEASE)
 
-    def _expire(self, job: Job) -> None:
+    def _settle_expired(self, job: Job) -> None:
         # A job past its deadline, settled as dead; drivers that keep dead letters override
         # this to record the reason "expired".
         self._nack(job, False, 0.0)
@@ -344,6 +422,29 @@ class QueueBase(QueueChecks):
 
     def _extend_lease(self, job: Job, seconds: float) -> None:
         raise self._unsupported("extend_lease()", Capability.LEASE_EXTEND)
+
+    # A store-backed handle (``results=``) gets these defaults; they run the blocking store
+    # directly, which only blocking drivers (and the thread bridge over them) are given.
+    def _result(self, job_id: str, timeout: float | None) -> bytes | None:
+        if self._results is None:
+            raise self._unsupported("result()", Capability.RESULT)
+        return self._results.wait(self.name, job_id, timeout)  # type: ignore[no-any-return]
+
+    def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
+        if self._results is None:
+            raise self._unsupported("complete()", Capability.RESULT)
+        # Stored before the ack: a crash between the two runs the job again (at least once)
+        # rather than acking it with no result.
+        self._results.put(self.name, job.id, _results.outcome(True, result),
+                          retention or _results.DEFAULT_RETENTION)
+        self._ack(job)
+
+    def _fail(self, job: Job, error: str, retention: float | None) -> None:
+        if self._results is None:
+            raise self._unsupported("fail()", Capability.RESULT)
+        self._results.put(self.name, job.id, _results.outcome(False, error.encode()),
+                          retention or _results.DEFAULT_RETENTION)
+        self._nack(job, False, 0.0)
 
     def _size(self) -> int:
         raise NotImplementedError

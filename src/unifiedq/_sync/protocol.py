@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from .._capabilities import Capability
-from .._job import Delay, Job
+from .._job import Deadline, Delay, Job
 
 __all__ = ["Queue"]
 
@@ -54,8 +54,11 @@ class Queue(Protocol):
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
-        """Add a job and return its id."""
+        """Add a job and return its id (``deadline``/``ttl``/``timeout``: DEADLINE)."""
         ...
 
     def enqueue_many(
@@ -65,6 +68,9 @@ class Queue(Protocol):
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Add several jobs (in order) and return their ids."""
         ...
@@ -111,6 +117,19 @@ class Queue(Protocol):
 
     def is_paused(self) -> bool:
         """Whether the queue is paused (by any handle, or the backend's own tools)."""
+        ...
+
+    def result(self, job_id: str, *, timeout: float | None = 0.0) -> bytes:
+        """The job's stored result, waiting up to ``timeout`` (RESULT; JobFailed, ResultTimeout)."""
+        ...
+
+    def complete(self, job: Job, result: bytes, *,
+                       retention: float | None = None) -> None:
+        """Settle a leased job as done and store its result (RESULT)."""
+        ...
+
+    def fail(self, job: Job, error: str, *, retention: float | None = None) -> None:
+        """Dead-letter a leased job and record ``error`` as its outcome (RESULT)."""
         ...
 
     def size(self) -> int:

@@ -15,7 +15,7 @@ from typing import Self
 
 from .._capabilities import Capability
 from .._job import Job
-from .._protocol import Delay, Queue
+from .._protocol import Deadline, Delay, Queue
 
 __all__ = ["QueueWrapper"]
 
@@ -64,10 +64,14 @@ class QueueWrapper:
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Enqueue on the wrapped queue."""
         return self.inner.enqueue(body, delay=delay, priority=priority, job_id=job_id,
-                                        headers=headers)
+                                        headers=headers, deadline=deadline, ttl=ttl,
+                                        timeout=timeout)
 
     def enqueue_many(
         self,
@@ -76,10 +80,14 @@ class QueueWrapper:
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Enqueue several jobs on the wrapped queue."""
         return self.inner.enqueue_many(bodies, delay=delay, priority=priority,
-                                             headers=headers)
+                                             headers=headers, deadline=deadline, ttl=ttl,
+                                             timeout=timeout)
 
     def dequeue(self, *, timeout: float | None = 0.0) -> Job | None:
         """Dequeue from the wrapped queue."""
@@ -124,6 +132,19 @@ class QueueWrapper:
     def is_paused(self) -> bool:
         """Whether the wrapped queue is paused (PAUSE)."""
         return self.inner.is_paused()
+
+    def result(self, job_id: str, *, timeout: float | None = 0.0) -> bytes:
+        """Forward ``result``."""
+        return self.inner.result(job_id, timeout=timeout)
+
+    def complete(self, job: Job, result: bytes, *,
+                       retention: float | None = None) -> None:
+        """Forward ``complete``."""
+        self.inner.complete(job, result, retention=retention)
+
+    def fail(self, job: Job, error: str, *, retention: float | None = None) -> None:
+        """Forward ``fail``."""
+        self.inner.fail(job, error, retention=retention)
 
     def size(self) -> int:
         """Waiting jobs in the wrapped queue."""
