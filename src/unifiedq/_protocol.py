@@ -14,7 +14,7 @@ is dequeued (at-most-once).
 from __future__ import annotations
 
 from ._async.protocol import AsyncQueue
-from ._job import Delay
+from ._job import Deadline, Delay
 from ._sync.protocol import Queue
 
-__all__ = ["AsyncQueue", "Delay", "Queue"]
+__all__ = ["AsyncQueue", "Deadline", "Delay", "Queue"]

@@ -11,7 +11,7 @@ from .._capabilities import Capability
 from .._concurrency import AsyncRuntime
 from .._connect import connect_async
 from .._errors import InvalidArgument, InvalidURL, QueueFull
-from .._protocol import AsyncQueue, Delay
+from .._protocol import AsyncQueue, Deadline, Delay
 from ..bounded import AsyncSend, Overflow, ShedEvent, _BoundedState, declares_bound
 from ..metrics import Metrics
 from .wrapper import AsyncQueueWrapper
@@ -149,6 +149,9 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Enqueue under the bound; on overflow apply the policy.
 
@@ -157,7 +160,8 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
         """
         async def do(q: AsyncQueue) -> list[str]:
             return [await q.enqueue(body, delay=delay, priority=priority, job_id=job_id,
-                                    headers=headers)]
+                                    headers=headers, deadline=deadline, ttl=ttl,
+                                    timeout=timeout)]
         ids = await self._put(1, do)
         return ids[0]
 
@@ -168,6 +172,9 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Enqueue several jobs all-or-nothing under the bound."""
         items = list(bodies)
@@ -175,7 +182,8 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
             return []
 
         async def do(q: AsyncQueue) -> list[str]:
-            return await q.enqueue_many(items, delay=delay, priority=priority, headers=headers)
+            return await q.enqueue_many(items, delay=delay, priority=priority, headers=headers,
+                                        deadline=deadline, ttl=ttl, timeout=timeout)
         return await self._put(len(items), do)
 
     async def aclose(self) -> None:

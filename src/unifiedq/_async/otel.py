@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from opentelemetry import trace
 
 from .._errors import InvalidArgument
-from .._protocol import AsyncQueue, Delay
+from .._protocol import AsyncQueue, Deadline, Delay
 from ..otel import _Producer
 from .wrapper import AsyncQueueWrapper
 
@@ -45,6 +45,9 @@ class AsyncTracedQueue(AsyncQueueWrapper):
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Enqueue in a producer span; the job carries its trace context in ``headers``.
 
@@ -57,7 +60,8 @@ class AsyncTracedQueue(AsyncQueueWrapper):
         span, hdrs = self._producer.start(headers, job_id=job_id)
         with trace.use_span(span, end_on_exit=True):
             jid = await self.inner.enqueue(body, delay=delay, priority=priority, job_id=job_id,
-                                           headers=hdrs)
+                                           headers=hdrs, deadline=deadline, ttl=ttl,
+                                           timeout=timeout)
             span.set_attribute("messaging.message.id", jid)
             return jid
 
@@ -68,6 +72,9 @@ class AsyncTracedQueue(AsyncQueueWrapper):
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Enqueue several jobs in one producer span (``messaging.batch.message_count``).
 
@@ -80,4 +87,5 @@ class AsyncTracedQueue(AsyncQueueWrapper):
         span, hdrs = self._producer.start(headers, count=len(items))
         with trace.use_span(span, end_on_exit=True):
             return await self.inner.enqueue_many(items, delay=delay, priority=priority,
-                                                 headers=hdrs)
+                                                 headers=hdrs, deadline=deadline, ttl=ttl,
+                                                 timeout=timeout)

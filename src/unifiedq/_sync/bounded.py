@@ -12,7 +12,7 @@ from .._capabilities import Capability
 from .._concurrency import SyncRuntime
 from .._connect import connect
 from .._errors import InvalidArgument, InvalidURL, QueueFull
-from .._protocol import Delay, Queue
+from .._protocol import Deadline, Delay, Queue
 from ..bounded import Overflow, ShedEvent, SyncSend, _BoundedState, declares_bound
 from ..metrics import Metrics
 from .wrapper import QueueWrapper
@@ -150,6 +150,9 @@ class BoundedQueue(QueueWrapper, _BoundedState):
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Enqueue under the bound; on overflow apply the policy.
 
@@ -158,7 +161,8 @@ class BoundedQueue(QueueWrapper, _BoundedState):
         """
         def do(q: Queue) -> list[str]:
             return [q.enqueue(body, delay=delay, priority=priority, job_id=job_id,
-                                    headers=headers)]
+                                    headers=headers, deadline=deadline, ttl=ttl,
+                                    timeout=timeout)]
         ids = self._put(1, do)
         return ids[0]
 
@@ -169,6 +173,9 @@ class BoundedQueue(QueueWrapper, _BoundedState):
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Enqueue several jobs all-or-nothing under the bound."""
         items = list(bodies)
@@ -176,7 +183,8 @@ class BoundedQueue(QueueWrapper, _BoundedState):
             return []
 
         def do(q: Queue) -> list[str]:
-            return q.enqueue_many(items, delay=delay, priority=priority, headers=headers)
+            return q.enqueue_many(items, delay=delay, priority=priority, headers=headers,
+                                        deadline=deadline, ttl=ttl, timeout=timeout)
         return self._put(len(items), do)
 
     def close(self) -> None:

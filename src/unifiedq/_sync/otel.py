@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from opentelemetry import trace
 
 from .._errors import InvalidArgument
-from .._protocol import Delay, Queue
+from .._protocol import Deadline, Delay, Queue
 from ..otel import _Producer
 from .wrapper import QueueWrapper
 
@@ -46,6 +46,9 @@ class TracedQueue(QueueWrapper):
         priority: int | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Enqueue in a producer span; the job carries its trace context in ``headers``.
 
@@ -58,7 +61,8 @@ class TracedQueue(QueueWrapper):
         span, hdrs = self._producer.start(headers, job_id=job_id)
         with trace.use_span(span, end_on_exit=True):
             jid = self.inner.enqueue(body, delay=delay, priority=priority, job_id=job_id,
-                                           headers=hdrs)
+                                           headers=hdrs, deadline=deadline, ttl=ttl,
+                                           timeout=timeout)
             span.set_attribute("messaging.message.id", jid)
             return jid
 
@@ -69,6 +73,9 @@ class TracedQueue(QueueWrapper):
         delay: Delay | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Enqueue several jobs in one producer span (``messaging.batch.message_count``).
 
@@ -81,4 +88,5 @@ class TracedQueue(QueueWrapper):
         span, hdrs = self._producer.start(headers, count=len(items))
         with trace.use_span(span, end_on_exit=True):
             return self.inner.enqueue_many(items, delay=delay, priority=priority,
-                                                 headers=hdrs)
+                                                 headers=hdrs, deadline=deadline, ttl=ttl,
+                                                 timeout=timeout)
