@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ._base import AsyncQueueBase, QueueBase
 from ._bridge import AsyncToSync, SyncToAsync
 from ._registry import LoadedDriver, get_driver
 from ._url import URL, parse_url
+from .results import attach_results
 
 __all__ = ["connect", "connect_async"]
 
@@ -15,6 +17,16 @@ __all__ = ["connect", "connect_async"]
 def _resolve(url: object) -> tuple[URL, LoadedDriver]:
     parsed = parse_url(url)
     return parsed, get_driver(parsed.scheme)
+
+
+def _pop_results(parsed: URL, options: dict[str, Any]) -> tuple[URL, object]:
+    """Take the ``results=`` option (a result store) out of the URL and the options."""
+    spec = options.pop("results", None)
+    if "results" in parsed.query:
+        spec = spec if spec is not None else parsed.query["results"]
+        parsed = dataclasses.replace(
+            parsed, query={k: v for k, v in parsed.query.items() if k != "results"})
+    return parsed, spec
 
 
 def connect(url: str, **options: Any) -> QueueBase:
@@ -35,10 +47,11 @@ def connect(url: str, **options: Any) -> QueueBase:
         DriverUnavailable: The driver's dependencies are missing (the message names the extra).
     """
     parsed, drv = _resolve(url)
+    parsed, results = _pop_results(parsed, options)
     if drv.sync_class is not None:
-        return drv.sync_class.from_url(parsed, options)
+        return attach_results(drv.sync_class.from_url(parsed, options), results)
     assert drv.async_class is not None
-    return AsyncToSync(drv.async_class.from_url(parsed, options))
+    return AsyncToSync(attach_results(drv.async_class.from_url(parsed, options), results))
 
 
 def connect_async(url: str, **options: Any) -> AsyncQueueBase:
@@ -58,7 +71,8 @@ def connect_async(url: str, **options: Any) -> AsyncQueueBase:
         DriverUnavailable: The driver's dependencies are missing.
     """
     parsed, drv = _resolve(url)
+    parsed, results = _pop_results(parsed, options)
     if drv.async_class is not None:
-        return drv.async_class.from_url(parsed, options)
+        return attach_results(drv.async_class.from_url(parsed, options), results)
     assert drv.sync_class is not None
-    return SyncToAsync(drv.sync_class.from_url(parsed, options))
+    return SyncToAsync(attach_results(drv.sync_class.from_url(parsed, options), results))

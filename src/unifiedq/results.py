@@ -22,9 +22,9 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from ._capabilities import Capability
 from ._errors import (
     ConfigurationError,
     InvalidArgument,
@@ -39,11 +39,14 @@ __all__ = [
     "MemoryResultStore",
     "RedisResultStore",
     "ResultStore",
+    "attach_results",
     "open_result_store",
 ]
 
 #: Seconds a result is kept when neither the call nor the queue says otherwise (1 hour).
 DEFAULT_RETENTION = 3600.0
+
+_Q = TypeVar("_Q")
 
 # An outcome is one byte of kind then the payload: the result, or the error's UTF-8 text.
 _OK, _FAILED = b"\x01", b"\x00"
@@ -209,13 +212,6 @@ def open_result_store(spec: str | ResultStore) -> ResultStore:
     raise InvalidURL(f"results= takes memory://<name> or redis://..., not {url.scheme}://")
 
 
-def pop_results_option(query: Mapping[str, str], options: dict[str, Any]) -> object:
-    """Remove ``results`` from a URL's query / connect options; return its value or None."""
-    if "results" in options:
-        return options.pop("results")
-    return query.get("results")
-
-
 def check_result(result: object) -> bytes:
     """Return a ``complete()`` result as bytes (bytes, bytearray or memoryview)."""
     if isinstance(result, bytes):
@@ -241,3 +237,28 @@ def check_retention(retention: object) -> float | None:
             or not 0 < retention < math.inf):
         raise InvalidArgument(f"retention must be finite seconds > 0 or None, not {retention!r}")
     return float(retention)
+
+
+def attach_results(queue: _Q, spec: object) -> _Q:
+    """Give a driver handle the result store ``spec`` names (``results=``); None: unchanged.
+
+    Raises:
+        InvalidURL: The driver keeps results natively (redis://), has no blocking face of
+            its own (the stores are blocking), or lacks ACK; or ``spec`` is not a store.
+    """
+    if spec is None:
+        return queue
+    from ._base import AsyncQueueBase, QueueBase  # here: _base imports this module
+
+    cls = type(queue)
+    if isinstance(queue, AsyncQueueBase):
+        raise InvalidURL(f"results= needs a driver with a native blocking face; the "
+                         f"{queue.driver!r} driver is asyncio-only")
+    if cls._result is not QueueBase._result:
+        raise InvalidURL(f"the {queue.driver!r} driver keeps job results natively; drop "
+                         f"results=")
+    if Capability.ACK not in cls.capabilities:
+        raise InvalidURL(f"results= needs a driver with ACK; {queue.driver!r} has none")
+    queue._results = open_result_store(spec)  # type: ignore[arg-type]
+    queue.capabilities = cls.capabilities | Capability.RESULT
+    return queue

@@ -6,12 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+from .. import results as _results
 from .._capabilities import Capability
 from .._checks import QueueChecks, not_leased_many
-from .._errors import JobNotLeased
-from .._job import Deadline, Delay, EnqueueRequest, Job, _plain_request, new_job_id
+from .._errors import JobNotLeased, ResultTimeout
+from .._job import (
+    Deadline,
+    Delay,
+    EnqueueRequest,
+    Job,
+    _check_id,
+    _plain_request,
+    check_timeout,
+    new_job_id,
+)
 
 __all__ = ["AsyncQueueBase"]
 

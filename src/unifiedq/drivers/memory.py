@@ -39,6 +39,7 @@ from .._checks import not_leased_many
 from .._errors import DuplicateJob, InvalidURL, JobNotLeased, QueueFull
 from .._job import EnqueueRequest, Job
 from .._url import URL, parse_options
+from ..results import MemoryResultStore
 
 __all__ = ["MemoryOptions", "MemoryQueue", "reset"]
 
@@ -78,6 +79,8 @@ class _Entry:
     token: int = 0  # the current lease's token; 0 = not leased
     deadline: float = 0.0  # monotonic time the current lease ends
     holder: dict[int, str] | None = None  # the leasing handle's token -> id map
+    expires: float | None = None  # Job.deadline (Unix seconds)
+    run_timeout: float | None = None  # Job.timeout
 
 
 # Stale lease-heap items tolerated beyond the live leases before a compaction: small enough
@@ -193,7 +196,8 @@ class MemoryQueue(QueueBase):
         Capability.PEEK | Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY
         | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
         | Capability.CUSTOM_ID | Capability.HEADERS | Capability.BOUNDED
-        | Capability.RELEASE | Capability.PAUSE | Capability.NATIVE_SYNC
+        | Capability.RELEASE | Capability.PAUSE | Capability.RESULT | Capability.DEADLINE
+        | Capability.NATIVE_SYNC
     )
 
     def __init__(self, name: str, options: MemoryOptions, url: URL | None = None) -> None:
@@ -202,6 +206,9 @@ class MemoryQueue(QueueBase):
         self.max_body = options.max_body
         self._s = _store(name)
         self._held: dict[int, str] = {}  # token -> id of jobs this handle leased
+        # Results (RESULT) of every memory queue of this process, keyed by queue name; a
+        # results= option replaces it (see unifiedq.results).
+        self._results = MemoryResultStore.named("\x00memory-driver")
 
     @classmethod
     def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
@@ -217,6 +224,8 @@ class MemoryQueue(QueueBase):
         if req.job_id in s.entries:
             raise DuplicateJob(f"job id {req.job_id!r} already exists in queue {self.name!r}")
         e = _Entry(req.job_id, req.body, req.priority, req.headers, now, next(s.seq))
+        if req.deadline is not None or req.timeout is not None:
+            e.expires, e.run_timeout = req.deadline, req.timeout
         s.entries[e.id] = e
         if req.delay > 0:
             heapq.heappush(s.delayed, (now + req.delay, e.seq, e.id))
@@ -270,7 +279,7 @@ class MemoryQueue(QueueBase):
 
     def _job(self, e: _Entry, receipt: int | None) -> Job:
         return Job(e.id, self.name, e.body, max(e.deliveries, 1), e.enqueued_at, e.headers,
-                   e.priority, receipt)
+                   e.priority, receipt, e.expires, e.run_timeout)
 
     def _dequeue(self, timeout: float | None) -> Job | None:
         deadline = None if timeout is None else time.monotonic() + timeout
