@@ -56,11 +56,12 @@ _serve = _delegate("unifiedq.drivers.quic.server", "serve_main", "serve")
 _certs = _delegate("unifiedq.drivers.quic.certs", "certs_main", "certs")
 _worker = _delegate("unifiedq.cli.worker", "worker_main", "worker")
 _scheduler = _delegate("unifiedq.cli.scheduler", "scheduler_main", "scheduler")
+_dashboard = _delegate("unifiedq.cli.dashboard", "dashboard_main", "dashboard")
 
 # Subcommands whose own parser takes every argument after the name.
 _PASSTHROUGH: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": _cmd_bench, "serve": _serve, "certs": _certs, "worker": _worker,
-    "scheduler": _scheduler,
+    "scheduler": _scheduler, "dashboard": _dashboard,
 }
 
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("scheduler", help="enqueue periodic jobs (see 'unifiedq scheduler --help')",
                    add_help=False)
+    sub.add_parser("dashboard", help="serve a web dashboard over queues (see 'unifiedq "
+                                     "dashboard --help')", add_help=False)
     return p
 
 
