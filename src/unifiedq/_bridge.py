@@ -91,7 +91,8 @@ class SyncToAsync(AsyncQueueBase):
             self.inner._nack(job, True, 0.0)
         else:  # at-most-once driver: the job is already removed; put a copy back
             self.inner._enqueue(
-                EnqueueRequest(job.body, 0.0, job.priority, job.id, False, job.headers)
+                EnqueueRequest(job.body, 0.0, job.priority, job.id, False, job.headers,
+                               job.deadline, job.timeout)
             )
 
     async def _dequeue(self, timeout: float | None) -> Job | None:
@@ -140,6 +141,9 @@ class SyncToAsync(AsyncQueueBase):
 
     async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         await self._run(self.inner._nack, job, requeue, delay)
+
+    async def _settle_expired(self, job: Job) -> None:
+        await self._run(self.inner._settle_expired, job)
 
     async def _extend_lease(self, job: Job, seconds: float) -> None:
         await self._run(self.inner._extend_lease, job, seconds)
@@ -248,6 +252,9 @@ class AsyncToSync(QueueBase):
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._run(self.inner._nack(job, requeue, delay))
+
+    def _settle_expired(self, job: Job) -> None:
+        self._run(self.inner._settle_expired(job))
 
     def _extend_lease(self, job: Job, seconds: float) -> None:
         self._run(self.inner._extend_lease(job, seconds))

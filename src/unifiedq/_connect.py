@@ -7,6 +7,7 @@ from typing import Any
 
 from ._base import AsyncQueueBase, QueueBase
 from ._bridge import AsyncToSync, SyncToAsync
+from ._deadlines import pop_on_expired, set_on_expired
 from ._registry import LoadedDriver, get_driver
 from ._url import URL, parse_url
 from .results import attach_results
@@ -36,6 +37,8 @@ def connect(url: str, **options: Any) -> QueueBase:
         url: A connection string such as ``"memory://jobs"`` or
             ``"redis://localhost:6379/0?queue=emails"``.
         **options: Driver options; they override the same options in the URL's query.
+            ``on_expired="dead"|"drop"`` (any driver) chooses what ``dequeue`` does with a
+            job past its deadline (see docs/deadlines.md).
 
     Returns:
         A :class:`~unifiedq.Queue`. When the driver is asyncio-only, the handle is a bridge
@@ -48,10 +51,13 @@ def connect(url: str, **options: Any) -> QueueBase:
     """
     parsed, drv = _resolve(url)
     parsed, results = _pop_results(parsed, options)
+    parsed, expired = pop_on_expired(parsed, options)
     if drv.sync_class is not None:
-        return attach_results(drv.sync_class.from_url(parsed, options), results)
+        return set_on_expired(
+            attach_results(drv.sync_class.from_url(parsed, options), results), expired)
     assert drv.async_class is not None
-    return AsyncToSync(attach_results(drv.async_class.from_url(parsed, options), results))
+    return set_on_expired(AsyncToSync(
+        attach_results(drv.async_class.from_url(parsed, options), results)), expired)
 
 
 def connect_async(url: str, **options: Any) -> AsyncQueueBase:
@@ -72,7 +78,10 @@ def connect_async(url: str, **options: Any) -> AsyncQueueBase:
     """
     parsed, drv = _resolve(url)
     parsed, results = _pop_results(parsed, options)
+    parsed, expired = pop_on_expired(parsed, options)
     if drv.async_class is not None:
-        return attach_results(drv.async_class.from_url(parsed, options), results)
+        return set_on_expired(
+            attach_results(drv.async_class.from_url(parsed, options), results), expired)
     assert drv.sync_class is not None
-    return SyncToAsync(attach_results(drv.sync_class.from_url(parsed, options), results))
+    return set_on_expired(SyncToAsync(
+        attach_results(drv.sync_class.from_url(parsed, options), results)), expired)
