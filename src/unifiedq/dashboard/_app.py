@@ -303,6 +303,7 @@ class Dashboard:
         routes = [
             Route("/", self.page),
             Route("/static/{name}", self.page),
+            Route("/favicon.ico", lambda request: Response(status_code=204)),
             Route("/api/config", self.api_config),
             Route("/api/queues", self.api_queues),
             Route("/api/queues/{qid}", self.api_queue),

@@ -52,7 +52,7 @@ __all__ = ["CAPABILITIES", "Call", "Core", "Receipt", "RedisOptions", "pack", "t
 #: What both faces support. Not BOUNDED: asynq has no queue bound to honour.
 CAPABILITIES = (
     Capability.PEEK | Capability.ACK | Capability.RELEASE | Capability.LEASE_EXTEND
-    | Capability.PAUSE
+    | Capability.PAUSE | Capability.RESULT
     | Capability.DELAY
     | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
     | Capability.CUSTOM_ID | Capability.HEADERS | Capability.DURABLE

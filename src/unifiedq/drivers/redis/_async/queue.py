@@ -30,7 +30,7 @@ from ...._consumers import ConsumerInfo
 from ...._errors import BackendConnectionError, JobNotLeased
 from ...._job import EnqueueRequest, Job
 from ...._url import URL
-from .. import _scripts
+from .. import _results, _scripts
 from .._clients import AsyncWire, disconnect_async
 from .._core import (
     CAPABILITIES,
@@ -458,6 +458,41 @@ class AsyncRedisQueue(AsyncQueueBase):
         if lost:
             self._core.release(r, job.id)
             raise JobNotLeased(f"job {job.id!r} is no longer leased by this delivery")
+
+    async def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
+        # One script: ack, asynq's result field, the completed set and the waiters' token.
+        r = self._core.receipt(job)
+        await self._settle(job, _results.complete_call(self._core, job.id, r, result, retention))
+
+    async def _fail(self, job: Job, error: str, retention: float | None) -> None:
+        r = self._core.receipt(job)
+        await self._settle(job, _results.fail_call(self._core, job.id, r, error, retention))
+
+    async def _result(self, job_id: str, timeout: float | None) -> bytes | None:
+        core = self._core
+        end = None if timeout is None else time.monotonic() + timeout
+        call = _results.read_call(core, job_id)
+        with translating():
+            reply = await self._eval(call, self._deadline())
+            while (got := _results.outcome(core, reply)) is None:
+                # Not there yet: wait for the job's token (at most poll_interval, for results
+                # Go asynq wrote), then read again, both in one round trip.
+                wait = core.options.poll_interval
+                if end is not None:
+                    wait = min(wait, end - time.monotonic())
+                    if wait <= 0:
+                        return None
+                call = _results.read_call(core, job_id)
+                script, keys, args = call
+                data = (pack(_results.wait_command(core, job_id, wait))
+                        + pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
+                replies, _ = await self._send(data, 2, time.monotonic() + wait + self._st)
+                reply = replies[1]
+                if isinstance(reply, rexc.NoScriptError):  # first use, or a flushed cache
+                    reply = await self._eval(call, self._deadline())
+                elif isinstance(reply, Exception):
+                    raise reply
+        return got
 
     async def _commands(self, cmds: list[tuple[str, ...]]) -> list[Any]:
         """Plain commands in one round trip; their replies (the first error reply raised)."""

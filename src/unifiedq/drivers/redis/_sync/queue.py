@@ -31,7 +31,7 @@ from ...._consumers import ConsumerInfo
 from ...._errors import BackendConnectionError, JobNotLeased
 from ...._job import EnqueueRequest, Job
 from ...._url import URL
-from .. import _scripts
+from .. import _results, _scripts
 from .._clients import SyncWire, disconnect
 from .._core import (
     CAPABILITIES,
@@ -447,6 +447,10 @@ class RedisQueue(QueueBase):
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._settle(job, self._core.nack_call(job, requeue, delay))
 
+    def _settle_expired(self, job: Job) -> None:
+        # Archived with asynq's last error "unifiedq: expired" (a dead letter with a reason).
+        self._settle(job, self._core.nack_call(job, False, 0.0, expired=True))
+
     def _release(self, job: Job) -> None:
         # asynq's Requeue (its shutdown path): active -> head of pending, lease removed,
         # message and `retried` untouched, no failure counted.
@@ -459,6 +463,41 @@ class RedisQueue(QueueBase):
         if lost:
             self._core.release(r, job.id)
             raise JobNotLeased(f"job {job.id!r} is no longer leased by this delivery")
+
+    def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
+        # One script: ack, asynq's result field, the completed set and the waiters' token.
+        r = self._core.receipt(job)
+        self._settle(job, _results.complete_call(self._core, job.id, r, result, retention))
+
+    def _fail(self, job: Job, error: str, retention: float | None) -> None:
+        r = self._core.receipt(job)
+        self._settle(job, _results.fail_call(self._core, job.id, r, error, retention))
+
+    def _result(self, job_id: str, timeout: float | None) -> bytes | None:
+        core = self._core
+        end = None if timeout is None else time.monotonic() + timeout
+        call = _results.read_call(core, job_id)
+        with translating():
+            reply = self._eval(call, self._deadline())
+            while (got := _results.outcome(core, reply)) is None:
+                # Not there yet: wait for the job's token (at most poll_interval, for results
+                # Go asynq wrote), then read again, both in one round trip.
+                wait = core.options.poll_interval
+                if end is not None:
+                    wait = min(wait, end - time.monotonic())
+                    if wait <= 0:
+                        return None
+                call = _results.read_call(core, job_id)
+                script, keys, args = call
+                data = (pack(_results.wait_command(core, job_id, wait))
+                        + pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
+                replies, _ = self._send(data, 2, time.monotonic() + wait + self._st)
+                reply = replies[1]
+                if isinstance(reply, rexc.NoScriptError):  # first use, or a flushed cache
+                    reply = self._eval(call, self._deadline())
+                elif isinstance(reply, Exception):
+                    raise reply
+        return got
 
     def _commands(self, cmds: list[tuple[str, ...]]) -> list[Any]:
         """Plain commands in one round trip; their replies (the first error reply raised)."""
