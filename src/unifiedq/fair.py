@@ -99,15 +99,22 @@ def jain_index(values: Iterable[float]) -> float:
 
 
 class _DRR:
-    """Weighted deficit round robin over a ring of tenants; no I/O, not thread-safe.
+    """Weighted deficit round robin over the *active* tenants; no I/O, not thread-safe.
+
+    ``ring`` holds the tenants believed backlogged, in DRR order; ``idle`` the known tenants
+    last found empty, least recently polled first. A scan only walks the ring, so its cost
+    depends on the backlogged tenants, not on how many are known. A tenant leaves the ring
+    when it is found empty and comes back through :meth:`activate` (a local enqueue) or
+    :meth:`took` (a recheck of an idle tenant found a job).
 
     One *scan* looks for the next job: :meth:`candidate` names the tenant to try, and the
     caller reports :meth:`took`, :meth:`empty` or :meth:`skip`. A scan ends with a job or when
-    every tenant was tried once.
+    every active tenant was tried once.
     """
 
     def __init__(self) -> None:
         self.ring: list[str] = []
+        self.idle: dict[str, None] = {}  # insertion-ordered: least recently polled first
         self.weight: dict[str, float] = {}
         self.deficit: dict[str, float] = {}
         self.served: dict[str, int] = {}
@@ -116,24 +123,41 @@ class _DRR:
 
     def add(self, tenant: str, weight: float) -> None:
         if tenant not in self.weight:
-            # New tenants join just before the pointer: they get their turn at the end of
-            # the current round, not ahead of tenants already waiting.
-            self.ring.insert(self.ptr, tenant)
-            self.ptr += 1
+            # Unknown state: active until a poll finds it empty.
+            self._insert(tenant)
             self.deficit[tenant] = 0.0
             self.served.setdefault(tenant, 0)
         self.weight[tenant] = weight
 
-    def remove(self, tenant: str) -> None:
-        if tenant not in self.weight:
-            return
-        i = self.ring.index(tenant)
+    def _insert(self, tenant: str) -> None:
+        # Tenants join just before the pointer: they get their turn at the end of the
+        # current round, not ahead of tenants already waiting.
+        self.ring.insert(self.ptr, tenant)
+        self.ptr += 1
+
+    def _unlink(self, tenant: str) -> None:
+        n = len(self.ring)
+        i = self.ptr % n if n and self.ring[self.ptr % n] == tenant else self.ring.index(tenant)
         del self.ring[i]
         if i < self.ptr:
             self.ptr -= 1
+        self._tried.discard(tenant)
+
+    def activate(self, tenant: str) -> None:
+        """An idle tenant got a job: back into the ring (no-op when active or unknown)."""
+        if tenant in self.idle:
+            del self.idle[tenant]
+            self._insert(tenant)
+
+    def remove(self, tenant: str) -> None:
+        if tenant not in self.weight:
+            return
+        if tenant in self.idle:
+            del self.idle[tenant]
+        else:
+            self._unlink(tenant)
         del self.weight[tenant], self.deficit[tenant]
         self.served.pop(tenant, None)  # tenants that come and go must not pile up here
-        self._tried.discard(tenant)
 
     def begin(self) -> None:
         self._tried = set()
@@ -159,15 +183,31 @@ class _DRR:
         return None
 
     def took(self, tenant: str) -> None:
-        self.deficit[tenant] -= 1.0
         self.served[tenant] = self.served.get(tenant, 0) + 1
+        if tenant in self.idle:
+            # A recheck found an idle tenant backlogged: it rejoins at the end of the round
+            # (this one job was taken out of turn, a deviation of one job).
+            self.activate(tenant)
+            return
+        self.deficit[tenant] -= 1.0
         if self.deficit[tenant] < 1.0:
             self._advance()
 
     def empty(self, tenant: str) -> None:
-        self.deficit[tenant] = 0.0  # idle tenants keep no credit
+        """Found empty: it leaves the ring (idle tenants keep no credit)."""
+        self.deficit[tenant] = 0.0
+        if tenant in self.idle:
+            del self.idle[tenant]  # re-inserted last: most recently polled
+        else:
+            self._unlink(tenant)
+        self.idle[tenant] = None
+
+    def busy(self, tenant: str) -> None:
+        """Found empty, but a local enqueue raced the poll: stays active, tried this scan."""
+        self.deficit[tenant] = 0.0
+        if tenant in self.idle:
+            self.activate(tenant)
         self._tried.add(tenant)
-        self._advance()
 
     def skip(self, tenant: str) -> None:
         """Tenant is rate-limited: pass its turn but keep its credit."""
@@ -184,11 +224,6 @@ class _Tenant(Generic[Q]):
     polled: float = 0.0  # monotonic time of the last poll that found it empty
     pushed: int = 0  # jobs enqueued or requeued through this object so far
     pushed_at_poll: int = -1  # ``pushed`` when the last poll that found it empty began
-
-    def skip_poll(self, now: float, recheck: float) -> bool:
-        """True if it was found empty very recently and nothing local was enqueued since."""
-        return (self.empty_since is not None and now - self.polled < recheck
-                and self.pushed == self.pushed_at_poll)
 
     def push(self) -> None:
         """A job was enqueued or requeued here through this object: poll it on the next scan.
@@ -219,6 +254,8 @@ class _FairCore(Generic[Q]):
         rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None,
         name: str | None,
         empty_recheck: float = 0.0,
+        idle_recheck_rate: float = 100.0,
+        sweep_batch: int = 64,
     ) -> None:
         if isinstance(template, str):
             if "{tenant}" not in template:
@@ -237,6 +274,13 @@ class _FairCore(Generic[Q]):
         self.idle_ttl = idle_ttl
         self.max_poll = float(max_poll)
         self.empty_recheck = float(empty_recheck)
+        if not idle_recheck_rate > 0:
+            raise InvalidArgument(f"idle_recheck_rate must be > 0, not {idle_recheck_rate!r}")
+        self.idle_recheck_rate = float(idle_recheck_rate)
+        self.sweep_batch = int(sweep_batch)
+        self._sweep_left = 0
+        self._next_recheck = 0.0
+        self._next_forget = 0.0
         self.rate_limit = rate_limit
         self.drr = _DRR()
         self.tenants: dict[str, _Tenant[Q]] = {}
@@ -321,28 +365,66 @@ class _FairCore(Generic[Q]):
         self._next_discover = now + self.discover_interval
         return tuple(check_tenant(n) for n in self.discover())
 
+    def begin(self, now: float) -> _Tenant[Q] | None:
+        """Start a scan; return the first tenant to poll, or None.
+
+        While other tenants keep the ring busy, one idle tenant due for a recheck is polled
+        first, at most ``idle_recheck_rate`` times a second in all: that is how a job enqueued
+        for an idle tenant by someone else (another process, a sub-queue handle) is found,
+        at a bounded cost per second rather than per known tenant.
+        """
+        self.drr.begin()
+        self._sweep_left = self.sweep_batch
+        if self.drr.ring and now >= self._next_recheck:
+            t = self._due_idle(now)
+            if t is not None:
+                self._next_recheck = now + 1.0 / self.idle_recheck_rate
+                return t
+        return self.next_to_poll(now)
+
+    def _due_idle(self, now: float) -> _Tenant[Q] | None:
+        """The least recently polled idle tenant, if its ``empty_recheck`` ran out."""
+        for name in self.drr.idle:
+            t = self.tenants[name]
+            return t if now - t.polled >= self.empty_recheck else None
+        return None
+
     def next_to_poll(self, now: float) -> _Tenant[Q] | None:
         """The next tenant of the current scan to poll, in DRR order; None when all were tried.
 
-        Tenants found empty a moment ago (``empty_recheck``) and rate-limited ones pass their
-        turn here without a round trip.
+        Rate-limited tenants pass their turn here without a round trip. Once every active
+        tenant was tried, idle tenants due for a recheck follow (``sweep_batch`` at most per
+        scan), so a dequeue that finds nothing local still finds jobs enqueued elsewhere.
         """
         drr = self.drr
         while (name := drr.candidate()) is not None:
-            t = self.tenants[name]
-            if t.skip_poll(now, self.empty_recheck):
-                drr.empty(name)
-            elif self.limited(name):
+            if self.limited(name):
                 drr.skip(name)
             else:
+                return self.tenants[name]
+        if self._sweep_left > 0:
+            t = self._due_idle(now)
+            if t is not None:
+                self._sweep_left -= 1
                 return t
         return None
 
+    def pushed(self, t: _Tenant[Q]) -> None:
+        """A job was enqueued or requeued for ``t`` through this object: make it active."""
+        t.push()
+        self.drr.activate(t.name)
+
     def polled(self, t: _Tenant[Q], found: bool, now: float, pushed: int) -> None:
         """Record a poll of ``t`` that began when its push count was ``pushed``."""
+        if t.name not in self.tenants:
+            return  # forgotten meanwhile
         if found:
             t.empty_since = None
             self.drr.took(t.name)
+            return
+        if t.pushed != pushed:
+            # A local enqueue landed while this poll looked: the tenant is not empty.
+            self.drr.busy(t.name)
             return
         if t.empty_since is None:
             t.empty_since = now
@@ -351,9 +433,11 @@ class _FairCore(Generic[Q]):
         self.drr.empty(t.name)
 
     def forget_idle(self, now: float) -> list[_Tenant[Q]]:
-        if self.idle_ttl is None:
+        if self.idle_ttl is None or now < self._next_forget:
             return []
-        gone = [t for t in self.tenants.values() if not t.configured
+        # Once per interval, not per scan: a scan must not cost O(known tenants).
+        self._next_forget = now + min(1.0, self.idle_ttl / 10)
+        gone = [t for t in (self.tenants[n] for n in self.drr.idle) if not t.configured
                 and t.empty_since is not None and now - t.empty_since >= self.idle_ttl]
         for t in gone:
             del self.tenants[t.name]

@@ -23,7 +23,7 @@ from .._concurrency import AsyncEvent, AsyncRuntime
 from .._connect import connect_async
 from .._errors import InvalidArgument, JobNotLeased, QueueClosed
 from .._job import EnqueueRequest, Job, check_timeout
-from .._protocol import AsyncQueue, Delay
+from .._protocol import AsyncQueue, Deadline, Delay
 from ..fair import _PASS, TENANT_HEADER, _FairCore, _Tenant, check_tenant
 from ..limits import KeyedLimiter, RateLimiter
 
@@ -46,10 +46,14 @@ class AsyncFairQueue:
         discover_interval: Seconds between ``discover`` calls.
         idle_ttl: Forget unconfigured tenants empty for this long (None = never).
         max_poll: Longest wait between polls of empty sub-queues while blocking.
-        empty_recheck: A tenant found empty is not polled again for this many seconds
-            unless a job is enqueued for it through this object (saves one round trip per
-            empty tenant per dequeue; delays pickup of jobs enqueued by *other* processes
-            by at most this much).
+        empty_recheck: A tenant found empty leaves the scheduling ring and is not polled
+            again for at least this many seconds unless a job is enqueued for it through
+            this object.
+        idle_recheck_rate: While other tenants are backlogged, idle tenants are re-polled
+            (least recently polled first) at most this many times per second in all: jobs
+            enqueued for an idle tenant by *other* processes are found within about
+            ``idle tenants / idle_recheck_rate`` seconds (at once when nothing else is
+            backlogged). A dequeue costs the same whatever the number of idle tenants.
         rate_limit: Per-tenant consumer limits: a :class:`~unifiedq.limits.KeyedLimiter`
             or a mapping of tenant to bucket. A tenant out of tokens is skipped this turn.
         maxsize_per_tenant: Bound each tenant's sub-queue at this size with the bounded queue
@@ -75,6 +79,7 @@ class AsyncFairQueue:
         idle_ttl: float | None = 300.0,
         max_poll: float = 0.05,
         empty_recheck: float = 0.005,
+        idle_recheck_rate: float = 100.0,
         rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None = None,
         maxsize_per_tenant: int | None = None,
         overflow: Literal["block", "reject", "drop_oldest", "spill"] = "reject",
@@ -94,7 +99,8 @@ class AsyncFairQueue:
             template, weights=weights, tenants=tenants, default_weight=default_weight,
             default_tenant=default_tenant, tenant_header=tenant_header, discover=discover,
             discover_interval=discover_interval, idle_ttl=idle_ttl, max_poll=max_poll,
-            rate_limit=rate_limit, name=name, empty_recheck=empty_recheck)
+            rate_limit=rate_limit, name=name, empty_recheck=empty_recheck,
+            idle_recheck_rate=idle_recheck_rate)
         self._opts = dict(connect_options or {})
         self._guard = threading.RLock()
         self._scan_lock = AsyncRuntime.Lock()
@@ -183,9 +189,9 @@ class AsyncFairQueue:
 
     @property
     def tenants(self) -> list[str]:
-        """The tenants known now, in scheduling order."""
+        """The tenants known now: the active ones in scheduling order, then the idle ones."""
         with self._guard:
-            return list(self._core.drr.ring)
+            return [*self._core.drr.ring, *self._core.drr.idle]
 
     def served(self) -> dict[str, int]:
         """Jobs dequeued per known tenant by this object so far (forgotten tenants drop out)."""
@@ -225,7 +231,7 @@ class AsyncFairQueue:
         """``n`` jobs were enqueued or requeued for ``t``: wake up to ``n`` waiting dequeuers."""
         with self._guard:
             if t is not None:  # None: a requeue for a tenant forgotten meanwhile
-                t.push()
+                self._core.pushed(t)
             self._notify(n)
 
     def _notify(self, n: int) -> None:
@@ -260,6 +266,9 @@ class AsyncFairQueue:
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         tenant: str | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> str:
         """Enqueue a job for ``tenant`` (or the tenant header, or ``default_tenant``).
 
@@ -272,7 +281,8 @@ class AsyncFairQueue:
             require(Capability(0), Capability.CUSTOM_ID, driver=self.driver,
                     what="enqueue(job_id=...)")
         t, hdrs = self._route(tenant, headers)
-        jid = await t.queue.enqueue(body, delay=delay, priority=priority, headers=hdrs)
+        jid = await t.queue.enqueue(body, delay=delay, priority=priority, headers=hdrs,
+                                    deadline=deadline, ttl=ttl, timeout=timeout)
         self._pushed(t, 1)
         return jid
 
@@ -284,10 +294,14 @@ class AsyncFairQueue:
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
         tenant: str | None = None,
+        deadline: Deadline | None = None,
+        ttl: Delay | None = None,
+        timeout: Delay | None = None,
     ) -> list[str]:
         """Enqueue several jobs for one tenant (BATCH)."""
         t, hdrs = self._route(tenant, headers)
-        ids = await t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs)
+        ids = await t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs,
+                                         deadline=deadline, ttl=ttl, timeout=timeout)
         self._pushed(t, len(ids))
         return ids
 
@@ -299,8 +313,7 @@ class AsyncFairQueue:
             for name in c.discovered(now):
                 self._tenant(name)
             gone = c.forget_idle(now)
-            c.drr.begin()
-            t = c.next_to_poll(now)
+            t = c.begin(now)
         for idle in gone:
             with contextlib.suppress(Exception):  # closing an idle handle is best effort
                 await idle.queue.aclose()
