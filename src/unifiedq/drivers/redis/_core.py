@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import os
 import random
 import threading
@@ -52,7 +53,7 @@ __all__ = ["CAPABILITIES", "Call", "Core", "Receipt", "RedisOptions", "pack", "t
 #: What both faces support. Not BOUNDED: asynq has no queue bound to honour.
 CAPABILITIES = (
     Capability.PEEK | Capability.ACK | Capability.RELEASE | Capability.LEASE_EXTEND
-    | Capability.PAUSE | Capability.RESULT
+    | Capability.PAUSE | Capability.RESULT | Capability.DEADLINE
     | Capability.DELAY
     | Capability.PRIORITY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
     | Capability.CUSTOM_ID | Capability.HEADERS | Capability.DURABLE
@@ -361,7 +362,8 @@ class Core:
         msg = type_field
         if body:
             msg += b"\x12" + _proto._varint(len(body)) + body
-        msg += _len_field(0x1A, jid.encode()) + lv.tail
+        msg += _len_field(0x1A, jid.encode())
+        msg += lv.tail if req.deadline is None and req.timeout is None else self._tail(lv, req)
         ttl = self.options.unique_ttl
         keys_tail: tuple[str, ...] = ()
         if ttl:
@@ -400,7 +402,7 @@ class Core:
         limit = self.options.proto_max_bulk_len
         now = _bulk(b"%d" % now_ns)
         for req in reqs:
-            if req.headers or not plain:
+            if req.headers or not plain or req.deadline is not None or req.timeout is not None:
                 level, args = self.enqueue_call(req, now_ns)
                 levels.add(level)
                 add(pack(args))
@@ -424,6 +426,23 @@ class Core:
                 now, at, end,
             ))  # fmt: skip
         return levels, b"".join(parts)
+
+    def _tail(self, lv: _Level, req: EnqueueRequest) -> bytes:
+        """Fields 4, 5, 8 and 9 (queue, retry, timeout, deadline) of a job with a deadline or
+        timeout, in asynq's units: whole seconds, rounded up (never shorter or earlier than
+        asked; asynq reads a timeout of 0 as none). A deadline without a timeout writes no
+        timeout, as asynq's client does (the task then runs until its deadline).
+        """
+        tail = _len_field(0x22, lv.qname.encode())
+        if self.options.max_retry:
+            tail += b"\x28" + _proto._varint(self.options.max_retry)
+        if req.timeout is not None:
+            tail += b"\x40" + _proto._varint(max(1, math.ceil(req.timeout)))
+        elif req.deadline is None:
+            tail += b"\x40" + _proto._varint(self.options.timeout)
+        if req.deadline is not None:
+            tail += b"\x48" + _proto._varint(max(1, math.ceil(req.deadline)))
+        return tail
 
     def _too_large(self, size: int) -> None:
         # Redis drops the connection on a bulk string over proto-max-bulk-len; a resend
@@ -526,7 +545,9 @@ class Core:
         enqueued_at = int(stamp) / 1e9 if stamp else time.time()
         # A read-only view of our own fresh copy: Job keeps it as is instead of copying again.
         return Job(msg.id, self.qname, msg.payload, msg.retried + 1, enqueued_at,
-                   MappingProxyType(headers), level or None, receipt)
+                   MappingProxyType(headers), level or None, receipt,
+                   float(msg.deadline) if msg.deadline else None,
+                   float(msg.timeout) if msg.timeout else None)
 
     def peek_call(self) -> Call:
         """The read-only peek script call."""
@@ -630,8 +651,13 @@ class Core:
             call[2].extend((msg.id, r.token, msg.retention, score, done_msg, msg.unique_key))
         return list(calls.values())
 
-    def nack_call(self, job: Job, requeue: bool, delay: float, *, shutdown: bool = False) -> Call:
-        """The nack script call: retry (pending or retry set), archive, or plain requeue."""
+    def nack_call(self, job: Job, requeue: bool, delay: float, *, shutdown: bool = False,
+                  expired: bool = False) -> Call:
+        """The nack script call: retry (pending or retry set), archive, or plain requeue.
+
+        ``expired``: archive a job past its deadline with the error message
+        ``unifiedq: expired`` (what asynqmon and the Inspector show as its last error).
+        """
         r = self.receipt(job)
         msg = r.msg
         now = time.time()
@@ -639,7 +665,8 @@ class Core:
         if shutdown:
             mode, new = "requeue", msg
         elif not requeue or msg.retried >= msg.retry:
-            why = "nack(requeue=False)" if not requeue else "retries exhausted"
+            why = ("expired" if expired else "nack(requeue=False)" if not requeue
+                   else "retries exhausted")
             mode = "archive"
             new = dataclasses.replace(msg, error_msg=f"unifiedq: {why}", last_failed_at=int(now))
         else:

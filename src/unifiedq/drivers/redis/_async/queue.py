@@ -446,6 +446,10 @@ class AsyncRedisQueue(AsyncQueueBase):
     async def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         await self._settle(job, self._core.nack_call(job, requeue, delay))
 
+    async def _settle_expired(self, job: Job) -> None:
+        # Archived with asynq's last error "unifiedq: expired" (a dead letter with a reason).
+        await self._settle(job, self._core.nack_call(job, False, 0.0, expired=True))
+
     async def _release(self, job: Job) -> None:
         # asynq's Requeue (its shutdown path): active -> head of pending, lease removed,
         # message and `retried` untouched, no failure counted.

@@ -447,6 +447,10 @@ class RedisQueue(QueueBase):
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._settle(job, self._core.nack_call(job, requeue, delay))
 
+    def _settle_expired(self, job: Job) -> None:
+        # Archived with asynq's last error "unifiedq: expired" (a dead letter with a reason).
+        self._settle(job, self._core.nack_call(job, False, 0.0, expired=True))
+
     def _release(self, job: Job) -> None:
         # asynq's Requeue (its shutdown path): active -> head of pending, lease removed,
         # message and `retried` untouched, no failure counted.
