@@ -151,11 +151,11 @@ def test_redis_counts_rates_and_dead_letter_actions(redis_url: str) -> None:
         assert jobs[1].id in {j.id for j in got}
         assert next(j for j in got if j.id == jobs[1].id).body == b"job-1"
         q.ack_many(got)
-        r = redis.Redis.from_url(redis_url)
+        raw = redis.Redis.from_url(redis_url)
         try:
-            assert r.exists(f"asynq:{{{name}}}:t:{jobs[2].id}") == 0
+            assert raw.exists(f"asynq:{{{name}}}:t:{jobs[2].id}") == 0
         finally:
-            r.close()
+            raw.close()
         assert _call(dash, "POST", "/api/queues/9/dead/x/retry", headers=confirm).status_code == 404
 
 
