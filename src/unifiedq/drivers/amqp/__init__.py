@@ -67,6 +67,7 @@ from __future__ import annotations
 
 # AmqpOptions and AmqpQueue are the public names; the module constants of the single-file
 # driver this package replaced stay importable from here, as before.
+from .errors import QueueDeclarationMismatch
 from .options import DEFAULT_MAX_BODY as DEFAULT_MAX_BODY
 from .options import AmqpOptions
 from .publishing import H_ATTEMPT as H_ATTEMPT
@@ -74,7 +75,7 @@ from .publishing import H_ENQUEUED as H_ENQUEUED
 from .queue import AmqpQueue
 from .topology import MAX_PRIORITY as MAX_PRIORITY
 
-__all__ = ["AmqpOptions", "AmqpQueue"]
+__all__ = ["AmqpOptions", "AmqpQueue", "QueueDeclarationMismatch"]
 
 sync_class = AmqpQueue
 async_class = None

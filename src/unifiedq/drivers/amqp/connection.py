@@ -87,6 +87,27 @@ class ConnectionMixin(TopologyMixin):
 
     # -- connecting ------------------------------------------------------------------------
     def _open(self, hard: float, *, publish: bool) -> Any:
+        """Open one py-amqp connection, trying the cluster's nodes in turn from the last one.
+
+        A node that refuses or drops the connection gives way to the next (``alternates``);
+        the last error is raised when none answers.
+        """
+        for k in range(len(self._nodes)):
+            i = (self._node + k) % len(self._nodes)
+            self._host, self._port = self._nodes[i]
+            try:
+                conn = self._open_node(hard, publish=publish)
+            except CONN_ERRORS as exc:
+                # A node that does not answer in time may be down: try the others first.
+                if k == len(self._nodes) - 1 or time.monotonic() >= hard or not (
+                        retryable(exc) or isinstance(exc, TimeoutError)):
+                    raise
+                continue
+            self._node = i
+            return conn
+        raise AssertionError("unreachable: a handle has at least one node")
+
+    def _open_node(self, hard: float, *, publish: bool) -> Any:
         """Open one py-amqp connection (TCP, TLS, AMQP handshake), every wait bounded."""
         o = self.options
         timeout = min(o.connect_timeout, max(hard - time.monotonic(), 0.001))

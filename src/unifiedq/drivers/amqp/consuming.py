@@ -49,6 +49,7 @@ from .publishing import (
     RESERVED_PREFIX,
     Outgoing,
     PublishingMixin,
+    QueueFullRefused,
 )
 from .state import Held
 
@@ -106,9 +107,14 @@ class ConsumingMixin(PublishingMixin):
             prior = max(0, int(raw.get(H_ATTEMPT, 0)))
         except (TypeError, ValueError):
             prior = 0
-        # RabbitMQ's redelivered flag means "maybe delivered before" (the last consumer's
-        # channel closed with it un-acked): we count it as one more attempt.
-        attempt = prior + 1 + (1 if msg.delivery_info.get("redelivered") else 0)
+        returns = raw.get("x-delivery-count")
+        if isinstance(returns, int) and returns >= 0:
+            # A quorum queue counts the returns of this copy itself: exact.
+            attempt = prior + 1 + returns
+        else:
+            # RabbitMQ's redelivered flag means "maybe delivered before" (the last consumer's
+            # channel closed with it un-acked): we count it as one more attempt.
+            attempt = prior + 1 + (1 if msg.delivery_info.get("redelivered") else 0)
         enq = raw.get(H_ENQUEUED)
         if not isinstance(enq, int | float):
             ts = props.get("timestamp")
@@ -399,6 +405,16 @@ class ConsumingMixin(PublishingMixin):
         try:
             self._publish(what, outs, start=start,
                           hard=start + self.options.confirm_timeout if hard is None else hard)
+        except QueueFullRefused as exc:
+            # maxsize: the broker refused these copies; their originals go back instead
+            # (a return is not a publish: the bound does not refuse it), the rest are done.
+            refused = {id(o) for o in exc.refused}
+            for (tag, *_), out in zip(back, outs, strict=True):
+                if id(out) in refused:
+                    self._cch.basic_reject(tag, requeue=True)
+                else:
+                    self._cch.basic_ack(tag)
+            return
         except (BackendError, LimitExceeded) as exc:
             for tag, *_ in back:
                 self._cch.basic_reject(tag, requeue=True)

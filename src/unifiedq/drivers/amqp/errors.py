@@ -14,9 +14,21 @@ from ..._errors import (
     BackendConnectionError,
     BackendError,
     BackendTimeout,
+    ConfigurationError,
 )
 
-__all__ = ["CONN_ERRORS", "retryable", "translate"]
+__all__ = ["CONN_ERRORS", "QueueDeclarationMismatch", "retryable", "translate"]
+
+
+class QueueDeclarationMismatch(ConfigurationError, BackendError):
+    """The queue exists with other arguments than this handle declares it with.
+
+    RabbitMQ answers ``PRECONDITION_FAILED`` (e.g. ``inequivalent arg 'x-queue-type'``) when
+    a queue is declared with arguments that differ from those it was created with: another
+    ``queue_type``, ``maxsize`` or (quorum queues) ``max_attempts``. Every handle of a queue
+    must pass the same ones, or the queue must be deleted and declared again.
+    """
+
 
 #: Errors after which the connection is unusable and a new one may succeed.
 CONN_ERRORS: tuple[type[BaseException], ...] = (
@@ -27,6 +39,12 @@ CONN_ERRORS: tuple[type[BaseException], ...] = (
 
 def translate(exc: BaseException, what: str) -> BaseException:
     """Map a kombu/py-amqp/socket error to the unifiedq error tree (the one place we do)."""
+    # Only a declaration's refusal: an ack of an unknown delivery tag is a 406 too.
+    if isinstance(exc, amqp_exc.PreconditionFailed) and " arg " in str(exc):
+        return QueueDeclarationMismatch(
+            f"{what}: the broker refused our declaration ({exc}); the queue exists with other "
+            "arguments: open every handle of it with the same queue_type, maxsize and (quorum "
+            "queues) max_attempts, or delete the queue first")
     if isinstance(exc, amqp_exc.AccessRefused):
         return AuthenticationError(f"{what}: the broker refused our credentials ({exc})")
     if isinstance(exc, amqp_exc.NotAllowed):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import urllib.parse
+from typing import Literal
 
-__all__ = ["DEFAULT_MAX_BODY", "AmqpOptions", "vhost_of"]
+__all__ = ["DEFAULT_MAX_BODY", "AmqpOptions", "hosts_of", "vhost_of"]
 
 #: RabbitMQ's default ``max_message_size`` (128 MiB).
 DEFAULT_MAX_BODY = 128 * 1024 * 1024
@@ -42,6 +43,14 @@ class AmqpOptions:
         cert_file: Client certificate for mutual TLS (``amqps://`` only).
         key_file: Key of ``cert_file``.
         tls_hostname: Name to verify the broker's certificate against (default: the host).
+        queue_type: ``"classic"`` (default) or ``"quorum"``: a replicated Raft queue on a
+            RabbitMQ cluster (no priorities; see ``docs/drivers/amqp.md``).
+        maxsize: Broker-side bound: ``x-max-length`` with ``x-overflow=reject-publish`` on
+            the main queue, so the broker refuses (and confirms as refused) a publish past
+            ``maxsize`` ready jobs, which raises ``QueueFull``; None = unbounded.
+        alternates: Other nodes of the same cluster, ``host:port`` comma-separated (kombu's
+            ``alternates``); a lost or refused connection moves to the next one in turn
+            (same credentials, virtual host and TLS options).
     """
 
     queue: str = "default"
@@ -58,6 +67,9 @@ class AmqpOptions:
     cert_file: str | None = None
     key_file: str | None = None
     tls_hostname: str | None = None
+    queue_type: Literal["classic", "quorum"] = "classic"
+    maxsize: int | None = None
+    alternates: str = ""
 
     def __post_init__(self) -> None:
         for name in (self.queue, self.exchange):
@@ -85,6 +97,11 @@ class AmqpOptions:
             raise ValueError(f"max_body must be in 0..{DEFAULT_MAX_BODY * 4}")
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file needs cert_file")
+        if self.queue_type not in ("classic", "quorum"):
+            raise ValueError(f"queue_type must be 'classic' or 'quorum', not {self.queue_type!r}")
+        if self.maxsize is not None and not 1 <= self.maxsize < 2**63:
+            raise ValueError(f"maxsize must be >= 1, not {self.maxsize}")
+        hosts_of(self.alternates)  # ValueError now, not at the first connection
 
     @property
     def tls_options_given(self) -> bool:
@@ -100,3 +117,31 @@ def vhost_of(raw: str) -> str:
     if path in ("", "/"):
         return "/"
     return urllib.parse.unquote(path[1:])
+
+
+def hosts_of(alternates: str) -> list[tuple[str, int | None]]:
+    """The ``host:port`` pairs of an ``alternates`` option (port None when not given).
+
+    Raises:
+        ValueError: An entry is empty or its port is not a number in 1..65535.
+    """
+    out: list[tuple[str, int | None]] = []
+    for entry in filter(None, (e.strip() for e in alternates.split(","))):
+        if "://" in entry:  # kombu's alternates are URLs: take their host and port
+            entry = urllib.parse.urlsplit(entry).netloc.rpartition("@")[2]
+        host, port = entry, None
+        if entry.startswith("["):  # [::1]:5672
+            host, _, rest = entry[1:].partition("]")
+            port_s = rest[1:] if rest.startswith(":") else ""
+        elif entry.count(":") == 1:
+            host, _, port_s = entry.partition(":")
+        else:
+            port_s = ""
+        if port_s:
+            if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+                raise ValueError(f"alternates: bad port in {entry!r}")
+            port = int(port_s)
+        if not host:
+            raise ValueError(f"alternates: no host in {entry!r}")
+        out.append((host, port))
+    return out

@@ -30,7 +30,7 @@ import amqp
 import amqp.exceptions as amqp_exc
 
 from ..._compat import amqp as compat
-from ..._errors import BackendError, BackendFull, InvalidArgument, LimitExceeded
+from ..._errors import BackendError, BackendFull, InvalidArgument, LimitExceeded, QueueFull
 from ..._job import EnqueueRequest
 from .connection import ConnectionMixin
 from .errors import CONN_ERRORS, retryable, translate
@@ -44,6 +44,7 @@ __all__ = [
     "RESERVED_PREFIX",
     "Outgoing",
     "PublishingMixin",
+    "QueueFullRefused",
     "content_frames",
     "content_header_size",
     "method_frame",
@@ -56,7 +57,8 @@ H_ENQUEUED = "x-uq-enqueued-at"
 #: Prefix of the headers the driver writes itself (an application may not).
 RESERVED_PREFIX = "x-uq-"
 #: Headers RabbitMQ adds when it dead-letters a message (delay queues do so on every delay).
-BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+#: Quorum queues add ``x-delivery-count`` (returns so far) to every delivery.
+BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 #: Longest delay in milliseconds: a delay queue's ``x-expires`` (2·delay + 60 s) must stay
 #: within RabbitMQ's timer range (2^32 - 1 ms), or the broker refuses to declare it.
@@ -93,6 +95,22 @@ class Outgoing:
     routing_key: str
     delay_ms: int  # 0 = straight to the main queue
     bound: int = _FIXED_BOUND  # upper bound of the content header payload, in bytes
+
+
+class QueueFullRefused(QueueFull):
+    """The broker refused messages at the queue's ``maxsize``; ``refused`` were not queued.
+
+    Attributes:
+        job_ids: Ids of the jobs that were not queued (the others were).
+    """
+
+    def __init__(self, what: str, queue: str, maxsize: int, refused: list[Outgoing]) -> None:
+        self.refused = refused
+        self.job_ids = [str(o.msg.properties.get("message_id")) for o in refused]
+        super().__init__(
+            f"{what}: queue {queue!r} is full (maxsize={maxsize} ready jobs, enforced by the "
+            f"broker): {len(refused)} job(s) refused and not queued"
+            + (f" ({', '.join(self.job_ids[:3])}{', ...' if len(refused) > 3 else ''})"))
 
 
 class _Interrupted(Exception):
@@ -307,6 +325,8 @@ class PublishingMixin(ConnectionMixin):
         Raises:
             LimitExceeded: A message breaks a limit of the broker; nothing was sent.
             BackendFull: The broker blocks publishing (memory or disk alarm).
+            QueueFullRefused: ``maxsize`` is set and the broker refused messages at the
+                bound (a ``QueueFull``); the others were queued.
             BackendTimeout: No answer within ``socket_timeout`` or by ``hard``; the
                 messages may or may not be queued.
         """
@@ -333,6 +353,11 @@ class PublishingMixin(ConnectionMixin):
             except amqp_exc.AMQPError as exc:
                 self._drop_pub()
                 raise translate(exc, what) from exc
+            if refused and self.options.maxsize is not None:
+                full = [o for o in refused if o.routing_key == self._q
+                        and o.msg.properties.get("message_id") not in self._returned]
+                if full:  # x-overflow=reject-publish: the broker nacked them, queued nothing
+                    raise QueueFullRefused(what, self._q, self.options.maxsize, refused)
             if refused and refused_once:
                 raise BackendError(
                     f"{what}: the broker refused or could not route {len(refused)} message(s) "

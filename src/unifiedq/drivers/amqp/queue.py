@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Self
+from typing import Any, Self
 
 from ..._capabilities import Capability
 from ..._errors import InvalidURL
@@ -12,7 +12,24 @@ from ..._url import URL, parse_options
 from .consuming import ConsumingMixin
 from .options import AmqpOptions, vhost_of
 
-__all__ = ["AmqpQueue"]
+__all__ = ["AmqpQueue", "capabilities_for"]
+
+
+def capabilities_for(options: AmqpOptions) -> Capability:
+    """What a handle with these options can do (the class lists the most, for classic queues).
+
+    Quorum queues (RabbitMQ 3.10) have no priorities: they refuse ``x-max-priority`` and
+    deliver in FIFO order, so no PRIORITY. A bounded classic queue has no DELAY: a delay
+    queue dead-letters a due job into the main queue fire-and-forget, and the broker would
+    drop it there if the queue is full; quorum queues dead-letter at-least-once (the job
+    waits in its delay queue for room), so they keep DELAY.
+    """
+    caps = AmqpQueue.capabilities
+    if options.queue_type == "quorum":
+        caps &= ~Capability.PRIORITY
+    elif options.maxsize is not None:
+        caps &= ~Capability.DELAY
+    return caps
 
 
 class AmqpQueue(ConsumingMixin):
@@ -23,8 +40,12 @@ class AmqpQueue(ConsumingMixin):
         Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY | Capability.PRIORITY
         | Capability.BATCH | Capability.BLOCKING_DEQUEUE | Capability.HEADERS
         | Capability.DURABLE | Capability.CROSS_PROCESS | Capability.DISTRIBUTED
-        | Capability.NATIVE_SYNC | Capability.RELEASE
+        | Capability.NATIVE_SYNC | Capability.RELEASE | Capability.BOUNDED
     )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.capabilities = capabilities_for(self.options)
 
     @classmethod
     def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:

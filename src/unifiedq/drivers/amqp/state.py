@@ -12,7 +12,7 @@ from typing import Any
 from ..._base import QueueBase
 from ..._job import Job
 from ..._url import URL
-from .options import AmqpOptions
+from .options import AmqpOptions, hosts_of
 
 __all__ = ["AmqpState", "Held"]
 
@@ -50,6 +50,10 @@ class AmqpState(QueueBase):
         self.options = options
         self.max_body = options.max_body
         self._host, self._port, self._vhost = host, port, vhost
+        # Cluster nodes to try in turn (kombu's round-robin failover): the URL's, then the
+        # alternates; _host/_port name the one last connected to.
+        self._nodes = [(host, port)] + [(h, p or port) for h, p in hosts_of(options.alternates)]
+        self._node = 0
         self._username, self._password, self._tls = username, password, tls
         self._q = options.queue
         self._x = options.exchange
