@@ -15,7 +15,7 @@ from ._errors import InvalidURL
 from ._job import Job
 from ._url import URL
 
-__all__ = ["ON_EXPIRED", "EXPIRED_REASON", "attempt_limit", "is_expired", "pop_on_expired",
+__all__ = ["EXPIRED_REASON", "ON_EXPIRED", "attempt_limit", "is_expired", "pop_on_expired",
            "set_on_expired"]
 
 #: What ``dequeue`` may do with a job past its deadline (``connect(..., on_expired=...)``).
@@ -60,9 +60,11 @@ def is_expired(job: Job, now: float | None = None) -> bool:
 
 
 def attempt_limit(limit: float | None, job: Job, now: float | None = None) -> float | None:
-    """The seconds one attempt of ``job`` may run: the least of ``limit`` (the route's or
-    worker's timeout), ``job.timeout`` and the time left to ``job.deadline`` (asynq's rule:
-    a task's context ends at min(now + timeout, deadline)); None if none applies.
+    """The seconds one attempt of ``job`` may run, or None if nothing limits it.
+
+    The least of ``limit`` (the route's or worker's timeout), ``job.timeout`` and the time
+    left to ``job.deadline`` (asynq's rule: a task's context ends at min(now + timeout,
+    deadline)).
     """
     out = limit if limit is not None else math.inf
     if job.timeout is not None:

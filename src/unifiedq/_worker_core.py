@@ -264,6 +264,8 @@ class WorkerStats:
         lease_lost: Jobs whose lease could not be extended or that could not be acked
             because the lease had expired (another worker may run them again).
         in_flight: Handlers running now.
+        expired: Jobs settled as expired instead of run: past their deadline (by the
+            queue's ``dequeue`` or while prefetched) or shed by the ``overload`` policy.
     """
 
     processed: int = 0
@@ -274,6 +276,7 @@ class WorkerStats:
     returned: int = 0
     lease_lost: int = 0
     in_flight: int = 0
+    expired: int = 0
 
 
 @dataclasses.dataclass(eq=False)

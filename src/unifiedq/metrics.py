@@ -17,6 +17,7 @@ name                                        type      labels
 ``unifiedq_queue_depth``                    gauge     queue, driver (waiting jobs)
 ``unifiedq_queue_oldest_age_seconds``       gauge     queue, driver (needs PEEK)
 ``unifiedq_jobs_shed_total``                counter   queue, driver, policy (bounded queues)
+``unifiedq_jobs_expired_total``             counter   queue, driver (past deadline / CoDel)
 =========================================== ========= ====================================
 
 Usage::
@@ -68,6 +69,13 @@ class Metrics:
     def shed(self, queue: str, driver: str, policy: str, n: int = 1) -> None:
         """A bounded queue shed ``n`` jobs under ``policy`` (reject, drop_oldest, spill...)."""
 
+    def expired(self, queue: str, driver: str, n: int = 1) -> None:
+        """``n`` jobs were settled as expired instead of run.
+
+        Their deadline had passed, or an overload policy such as
+        :class:`~unifiedq.deadlines.CoDel` shed them.
+        """
+
 
 class NullMetrics(Metrics):
     """Reports nothing (the default)."""
@@ -114,6 +122,8 @@ def _make(registry: Any, namespace: str) -> dict[str, Any]:
         "oldest": p.Gauge("queue_oldest_age_seconds", "Age of the next waiting job", lab, **kw),
         "shed": p.Counter("jobs_shed", "Jobs shed by a bounded queue's overflow policy",
                           (*lab, "policy"), **kw),
+        "expired": p.Counter("jobs_expired", "Jobs settled as expired instead of run", lab,
+                             **kw),
     }
 
 
@@ -176,6 +186,10 @@ class PrometheusMetrics(Metrics):
     def shed(self, queue: str, driver: str, policy: str, n: int = 1) -> None:
         """Count shed jobs."""
         self._c["shed"].labels(queue, driver, policy).inc(n)
+
+    def expired(self, queue: str, driver: str, n: int = 1) -> None:
+        """Count expired jobs."""
+        self._c["expired"].labels(queue, driver).inc(n)
 
 
 def start_metrics_server(port: int, addr: str = "127.0.0.1", registry: Any = None) -> None:

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .._base import AsyncQueueBase
 from .._capabilities import Capability
 from .._concurrency import AsyncRuntime, AsyncTask, CallOutcome, Runner
 from .._connect import connect_async
 from .._consumers import ConsumerInfo, RunningJob, registry_opener
+from .._deadlines import attempt_limit
 from .._errors import InvalidArgument, JobNotLeased
 from .._job import Job
 from .._protocol import AsyncQueue
@@ -40,6 +42,7 @@ from .._worker_core import (
     log,
     open_queue,
 )
+from ..deadlines import CoDel
 from ..limits import RateLimiter
 from ..metrics import Metrics, NullMetrics
 
@@ -74,6 +77,10 @@ class AsyncWorker(WorkerCore):
         rate_limit: A token bucket acquired before each fetch (consumer-side limit).
         depth_interval: Seconds between queue-depth samples for metrics.
         seed: Seed of the jitter RNG (tests).
+        overload: An overload policy, e.g. :class:`~unifiedq.deadlines.CoDel`: jobs it
+            refuses are settled as expired instead of run (see docs/deadlines.md). Jobs past
+            their ``deadline`` are never started, with or without it, and a job's
+            ``timeout``/``deadline`` caps its attempt's run time as ``timeout`` does.
         connect_options: Options for the connect call when ``source`` is a URL.
 
     Raises:
@@ -98,6 +105,7 @@ class AsyncWorker(WorkerCore):
         rate_limit: RateLimiter | None = None,
         depth_interval: float = 5.0,
         seed: int | None = None,
+        overload: CoDel | None = None,
         connect_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(handler, concurrency=concurrency, timeout=timeout, retry=retry,
@@ -113,6 +121,8 @@ class AsyncWorker(WorkerCore):
             self._dl, self._owns_dl = open_queue(dead_letter, "dead_letter", AsyncQueue,
                                                  connect_async, None)
         self._bind(self.queue.driver, self.queue.name, self.queue.capabilities)
+        self.overload = overload
+        self._expired_seen: int = getattr(self.queue, "expired_count", 0)
         self._stopping = AsyncRuntime.Event()
         self._done = AsyncRuntime.Event()
         self._wake = AsyncRuntime.Event()  # the housekeeper's: a held retry or a stop
@@ -422,9 +432,49 @@ class AsyncWorker(WorkerCore):
 
     async def _take(self, k: int, wait: float) -> list[Job]:
         if k > 1:
-            return await self.queue.dequeue_many(k, timeout=wait)
-        job = await self.queue.dequeue(timeout=wait)
-        return [job] if job is not None else []
+            jobs = await self.queue.dequeue_many(k, timeout=wait)
+        else:
+            job = await self.queue.dequeue(timeout=wait)
+            jobs = [job] if job is not None else []
+        if getattr(self.queue, "expired_count", 0) != self._expired_seen:
+            self._note_expired()  # the queue shed jobs past their deadline
+        return jobs
+
+    # -- deadlines -------------------------------------------------------------------------
+    def _stale(self, job: Job) -> bool:
+        """Whether ``job`` must not start: past its deadline, or refused by ``overload``."""
+        now = time.time()
+        if job.deadline is not None and job.deadline <= now:
+            return True  # e.g. prefetched, and expired while it waited for a slot
+        o = self.overload
+        return o is not None and not o.admit(now - job.enqueued_at)
+
+    async def _expire(self, e: _Entry) -> None:
+        """Settle a job that must not start as expired (the queue's ``on_expired`` policy)."""
+        q, local = self.queue, 0
+        try:
+            if isinstance(q, AsyncQueueBase):
+                await q._shed([e.job])  # dead letter (reason "expired") or drop; counted there
+            else:  # a wrapper: the closest public verb
+                if Capability.ACK in self.caps:
+                    await q.nack(e.job, requeue=False)
+                local = 1
+        except Exception:
+            local = 1
+            self._log(logging.WARNING, "expire_error", "settling an expired job failed; it "
+                      "comes back after its lease and is shed then", e, exc_info=True)
+        self._note_expired(local)
+
+    def _note_expired(self, local: int = 0) -> None:
+        """Count jobs settled as expired since the last call (by the queue, or ``local``)."""
+        with self._stats_lock:
+            n = getattr(self.queue, "expired_count", 0)
+            delta = n - self._expired_seen + local
+            self._expired_seen = n
+            if delta <= 0:
+                return
+            self._stats.expired += delta
+        self.metrics.expired(self.queue_name, self.driver, delta)
 
     async def _limit_wait(self, limit: RateLimiter) -> bool:
         if limit.try_acquire():
@@ -453,6 +503,11 @@ class AsyncWorker(WorkerCore):
                     if e.claim():
                         await self._return(e, "fetched during shutdown")
                     break
+                if (job.deadline is not None or self.overload is not None) and \
+                        self._stale(job):
+                    if e.claim():
+                        await self._expire(e)
+                    continue
                 route = self.router.route(job)
                 if runner is None and route is not None and not route.is_async and \
                         AsyncRuntime.RUNS_COROUTINES:
@@ -471,6 +526,8 @@ class AsyncWorker(WorkerCore):
         """Run one job; return False if its thread was abandoned to a hung handler."""
         start = time.monotonic()
         limit = self._timeout_for(route) if route is not None else None
+        if route is not None and (e.job.timeout is not None or e.job.deadline is not None):
+            limit = attempt_limit(limit, e.job)  # asynq: min(now + timeout, deadline)
         here = route is not None and route.is_async is AsyncRuntime.RUNS_COROUTINES
         wake = False
         with self._lock:

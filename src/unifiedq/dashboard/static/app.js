@@ -167,7 +167,8 @@ function deadTable(q, dead) {
   const t = el("table", {}, el("tr", {}, ...cols.map(c => el("th", { text: c }))));
   for (const j of dead.jobs) {
     const tr = el("tr", { "data-job": j.id },
-      el("td", { class: "wrap", text: j.id }), el("td", { text: j.type || "—" }),
+      el("td", { class: "id", title: j.id, text: j.id.length > 12 ? j.id.slice(0, 8) + "…" : j.id }),
+      el("td", { text: j.type || "—" }),
       el("td", { class: "wrap", text: j.error || "—" }), el("td", { class: "num", text: fmt(j.attempts) }),
       el("td", { text: j.died_at ? new Date(j.died_at * 1000).toLocaleString() : "—" }),
       el("td", { class: "wrap", text: `${j.preview} (${j.size} B)` }));
