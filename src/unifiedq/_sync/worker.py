@@ -43,6 +43,7 @@ from .._worker_core import (
     log,
     open_queue,
 )
+from ..codecs import Codec
 from ..deadlines import CoDel
 from ..limits import RateLimiter
 from ..metrics import Metrics, NullMetrics
@@ -83,6 +84,11 @@ class Worker(WorkerCore):
             their ``deadline`` are never started, with or without it, and a job's
             ``timeout``/``deadline`` caps its attempt's run time as ``timeout`` does.
         connect_options: Options for the connect call when ``source`` is a URL.
+        result_codec: Encodes a handler's non-bytes return value as its result (e.g.
+            :class:`~unifiedq.codecs.JsonCodec`). On a queue with RESULT, a handler's
+            non-None return value is stored with ``queue.complete()`` (bytes as they are),
+            and a job that fails for good is settled with ``queue.fail()`` (unless a
+            ``dead_letter`` queue is given); see docs/results.md.
 
     Raises:
         InvalidArgument: A bad option, handler or source (before anything connects).
@@ -108,6 +114,7 @@ class Worker(WorkerCore):
         seed: int | None = None,
         overload: CoDel | None = None,
         connect_options: Mapping[str, Any] | None = None,
+        result_codec: Codec | None = None,
     ) -> None:
         super().__init__(handler, concurrency=concurrency, timeout=timeout, retry=retry,
                          max_attempts=max_attempts, dead_letter=dead_letter,
@@ -124,6 +131,9 @@ class Worker(WorkerCore):
         self._bind(self.queue.driver, self.queue.name, self.queue.capabilities)
         self.overload = overload
         self._expired_seen: int = getattr(self.queue, "expired_count", 0)
+        self.result_codec = result_codec
+        # RESULT (and ACK: complete/fail settle the job): return values are stored.
+        self._keep_results = (Capability.RESULT | Capability.ACK) in self.caps
         self._stopping = SyncRuntime.Event()
         self._done = SyncRuntime.Event()
         self._wake = SyncRuntime.Event()  # the housekeeper's: a held retry or a stop
@@ -571,7 +581,7 @@ class Worker(WorkerCore):
                 self._timed_out(e, route, duration, not running.runner_free)
                 return running.runner_free
             if running.error is None:
-                self._success(e, duration)
+                self._success(e, duration, running.fut.result())
             else:
                 self._failure(e, route, running.error, duration)
             return True
@@ -593,10 +603,11 @@ class Worker(WorkerCore):
         drops the result and exits (returns False).
         """
         error: BaseException | None = None
+        value: object = None
         try:
             if self.middleware:
                 self._hook_before(view)
-            route.fn(view)
+            value = route.fn(view)
         except SyncRuntime.Cancelled:
             raise  # the watchdog or a hard stop: _process hands the job back if still ours
         except BaseException as exc:  # SystemExit etc. from a handler: a failure too
@@ -605,7 +616,7 @@ class Worker(WorkerCore):
         if limit is not None and duration > limit:  # before the watchdog saw it: same outcome
             return self._timed_out(e, route, duration, False)
         if error is None:
-            return self._success(e, duration)
+            return self._success(e, duration, value)
         return self._failure(e, route, error, duration)
 
     def _drop_inflight(self, e: _Entry) -> None:
@@ -636,12 +647,28 @@ class Worker(WorkerCore):
                                                 name=f"unifiedq-worker-{i}.{next(self._slot_gen)}")
 
     # -- settling ------------------------------------------------------------------------------
-    def _success(self, e: _Entry, duration: float) -> bool:
+    def _success(self, e: _Entry, duration: float, value: object = None) -> bool:
         """Settle a job whose handler returned; False if someone else settled it first."""
         if not e.claim():
             return False
         if self.middleware:
             self._hook_after(e, duration)
+        if value is not None and self._keep_results:
+            data = self._result_bytes(e, value)
+            if data is not None:
+                # Not batched: the result is what a caller waits for, so it goes out now,
+                # in the same step as the ack (redis: one script).
+                try:
+                    self.queue.complete(e.job, data)
+                except JobNotLeased:
+                    self._count(lease_lost=1)
+                    self._log(logging.WARNING, "lease_lost",
+                              "job finished but its lease had expired; it may run again", e)
+                except Exception:
+                    self._log(logging.ERROR, "ack_error", "complete failed; the job will come "
+                              "back after its lease", e, exc_info=True)
+                self._done_jobs([(e, duration)])
+                return True
         if self._batch_ack:
             # Batched: acked within ack_window (or sooner); a crash meanwhile redelivers it.
             with self._lock:
@@ -674,6 +701,22 @@ class Worker(WorkerCore):
                           "after its lease", e, exc_info=True)
         self._done_jobs([(e, duration)])
         return True
+
+    def _result_bytes(self, e: _Entry, value: object) -> bytes | None:
+        """A handler's return value as result bytes; None (logged) if it cannot be one."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        if self.result_codec is None:
+            self._log(logging.WARNING, "result_dropped", f"handler returned a "
+                      f"{type(value).__name__}, not bytes, and the worker has no result_codec: "
+                      "no result stored", e)
+            return None
+        try:
+            return self.result_codec.encode(value)
+        except Exception:
+            self._log(logging.ERROR, "result_dropped", "result_codec could not encode the "
+                      "handler's return value: no result stored", e, exc_info=True)
+            return None
 
     def _flush_acks(self) -> None:
         """Ack every succeeded job waiting for its batch, in one ``ack_many``."""
@@ -832,6 +875,8 @@ class Worker(WorkerCore):
             self._dl.enqueue(e.job.body, headers=hdrs)
             if Capability.ACK in self.caps:
                 self.queue.ack(e.job)
+        elif self._keep_results:  # dead-lettered as by nack, and result() raises JobFailed
+            self.queue.fail(e.job, d.error)
         elif Capability.ACK in self.caps:
             self.queue.nack(e.job, requeue=False)
         else:
