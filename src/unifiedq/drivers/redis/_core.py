@@ -34,6 +34,7 @@ from ..._errors import (
     InvalidURL,
     JobNotLeased,
     LimitExceeded,
+    NotReplicated,
     ProtocolError,
     UnifiedQError,
 )
@@ -112,6 +113,15 @@ class RedisOptions:
         ssl_keyfile: Client key for ``rediss://``.
         ssl_cert_reqs: Server certificate check for ``rediss://``.
         ssl_check_hostname: Check the server's host name for ``rediss://``.
+        sentinel_username: ACL user name for the Sentinels of a ``redis+sentinel://`` URL
+            (the URL's own credentials are the master's).
+        sentinel_password: Password for the Sentinels of a ``redis+sentinel://`` URL.
+        min_replicas: If > 0, every enqueue waits (Redis ``WAIT``) until this many replicas
+            have its write, and raises NotReplicated if they do not within
+            ``min_replicas_timeout``: with Sentinel, a job whose enqueue returned then survives
+            the failover of its master (Redis replication is otherwise asynchronous).
+        min_replicas_timeout: Seconds an enqueue waits for ``min_replicas`` (below
+            ``socket_timeout``).
     """
 
     queue: str = "default"
@@ -136,6 +146,10 @@ class RedisOptions:
     ssl_keyfile: str | None = None
     ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
     ssl_check_hostname: bool = True
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    min_replicas: int = 0
+    min_replicas_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.queue or "{" in self.queue or "}" in self.queue:
@@ -160,6 +174,11 @@ class RedisOptions:
             raise ValueError(f"proto_max_bulk_len must be >= 1, not {self.proto_max_bulk_len}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, not {self.max_connections}")
+        if self.min_replicas < 0:
+            raise ValueError(f"min_replicas must be >= 0, not {self.min_replicas}")
+        if self.min_replicas and not 0 < self.min_replicas_timeout < self.socket_timeout:
+            raise ValueError(f"min_replicas_timeout must be > 0 and below socket_timeout "
+                             f"({self.socket_timeout} s), not {self.min_replicas_timeout!r}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -307,6 +326,7 @@ class Core:
         self._held_lock = threading.Lock()
         self.connection_kwargs = _connection_kwargs(url, options)
         self.ssl = url.scheme == "rediss"
+        self.sentinel = _sentinel_spec(url, options)
 
     # -- pause ------------------------------------------------------------------------------
     @property
@@ -452,6 +472,25 @@ class Core:
             f"the encoded asynq task message is {size} bytes, more than Redis accepts in one "
             f"bulk string (proto-max-bulk-len = {limit} bytes; body and headers both count)",
             limit="proto-max-bulk-len", size=size, maximum=limit)
+
+    def wait_command(self) -> bytes:
+        """``WAIT min_replicas ms`` to send behind an enqueue's writes (b"" when not asked for)."""
+        o = self.options
+        if not o.min_replicas:
+            return b""
+        return pack(("WAIT", str(o.min_replicas), str(max(1, int(o.min_replicas_timeout * 1000)))))
+
+    def check_replicated(self, acked: object, job_ids: list[str]) -> None:
+        """Raise NotReplicated unless ``WAIT``'s reply counts ``min_replicas`` replicas."""
+        if isinstance(acked, Exception):
+            raise _translate(acked) if isinstance(acked, rexc.RedisError) else acked
+        n = int(acked) if isinstance(acked, int | bytes | str) else 0
+        if n < self.options.min_replicas:
+            raise NotReplicated(
+                f"{n} of {self.options.min_replicas} replicas confirmed the enqueue within "
+                f"{self.options.min_replicas_timeout} s; the jobs are on the master and run "
+                f"unless it fails before they replicate (retry with the same job_id is safe)",
+                job_ids=tuple(job_ids), replicas=n, wanted=self.options.min_replicas)
 
     def enqueue_result(self, code: object, jid: str, *, resent: bool = False) -> str:
         """Check an enqueue script's reply and return the job id.
@@ -731,14 +770,57 @@ class Core:
         return min(5.0, self.options.visibility_timeout / 3)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SentinelSpec:
+    """Where a ``redis+sentinel://`` URL's master is found.
+
+    Attributes:
+        master: The master's name, as configured in the Sentinels (``sentinel monitor``).
+        addresses: ``(host, port)`` of each Sentinel, asked in order.
+        kwargs: Connection keyword arguments for a Sentinel (timeouts, credentials).
+    """
+
+    master: str
+    addresses: tuple[tuple[str, int], ...]
+    kwargs: dict[str, Any]
+
+
+def _sentinel_spec(url: URL, o: RedisOptions) -> SentinelSpec | None:
+    if url.scheme != "redis+sentinel":
+        if o.sentinel_password is not None or o.sentinel_username is not None:
+            raise InvalidURL("sentinel_* options need a redis+sentinel:// URL")
+        return None
+    addresses = []
+    for part in url.authority.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep:
+            host, port = part.strip(), "26379"
+        try:
+            addresses.append((host.strip("[]") or "localhost", int(port)))
+        except ValueError:
+            raise InvalidURL(f"bad Sentinel address {part!r} in a redis+sentinel URL; "
+                             f"expected host:port") from None
+    kw: dict[str, Any] = {
+        "socket_timeout": o.socket_timeout, "socket_connect_timeout": o.socket_connect_timeout,
+        "username": o.sentinel_username, "password": o.sentinel_password,
+    }  # fmt: skip
+    return SentinelSpec(url.path.strip("/").partition("/")[0], tuple(addresses), kw)
+
+
 def _connection_kwargs(url: URL, o: RedisOptions) -> dict[str, Any]:
     """Keyword arguments of one redis-py connection (the faces pool connections themselves)."""
-    if url.path.strip("/"):
+    path = url.path.strip("/")
+    if url.scheme == "redis+sentinel":  # /<master name>[/<db>]
+        name, _, path = path.partition("/")
+        if not name:
+            raise InvalidURL("a redis+sentinel URL names its master: "
+                             "redis+sentinel://host:26379[,host:26379...]/<master>[/<db>]")
+    if path:
         try:
-            db = int(url.path.strip("/"))
+            db = int(path)
         except ValueError:
             raise InvalidURL(f"the path of a redis URL is a database number, not "
-                             f"{url.path!r}") from None
+                             f"{path!r}") from None
     else:
         db = 0
     kw: dict[str, Any] = {
@@ -758,6 +840,7 @@ def _connection_kwargs(url: URL, o: RedisOptions) -> dict[str, Any]:
 
 def parse(url: URL, options: Mapping[str, object]) -> tuple[URL, RedisOptions]:
     """Parse the URL's options (no I/O)."""
-    if url.scheme not in ("redis", "rediss"):
-        raise InvalidURL(f"the redis driver takes redis:// or rediss:// URLs, not {url.scheme!r}")
+    if url.scheme not in ("redis", "rediss", "redis+sentinel"):
+        raise InvalidURL(f"the redis driver takes redis://, rediss:// or redis+sentinel:// "
+                         f"URLs, not {url.scheme!r}")
     return url, parse_options(RedisOptions, url.query, options, driver="redis")

@@ -112,12 +112,47 @@ class RedisQueue(QueueBase):
         if conn is None:
             conn = SyncWire.connection(self._core.connection_kwargs, self._core.ssl)
         try:
+            if self._core.sentinel is not None and not conn.is_connected:
+                # Ask the Sentinels on every new connection: after a failover the pool's
+                # dropped connections reconnect to the promoted replica.
+                conn.host, conn.port = self._master_address(deadline)
             SyncWire.connect(
                 conn, min(self._left(deadline), self.options.socket_connect_timeout))
         except BaseException:
             self._put(conn, broken=True)
             raise
         return conn
+
+    def _master_address(self, deadline: float) -> tuple[str, int]:
+        """The current master of a ``redis+sentinel://`` URL, from the first Sentinel that knows.
+
+        As Redis' Sentinel client guidelines ask: Sentinels are tried in order, the first
+        that answers ``SENTINEL get-master-addr-by-name`` wins (the promoted replica once a
+        failover is done). Connections to the old master are refused ``READONLY`` once it
+        rejoins as a replica, which drops them (see :meth:`_roundtrip`).
+        """
+        spec = self._core.sentinel
+        assert spec is not None
+        errors: list[str] = []
+        for host, port in spec.addresses:
+            conn = SyncWire.connection({**spec.kwargs, "host": host, "port": port}, False)
+            try:
+                SyncWire.connect(
+                    conn, min(self._left(deadline), self.options.socket_connect_timeout))
+                SyncWire.send(conn, pack(("SENTINEL", "get-master-addr-by-name",
+                                                 spec.master)), self._left(deadline))
+                reply = SyncWire.read(conn, self._left(deadline))
+            except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError, OSError) as exc:
+                errors.append(f"{host}:{port}: {exc}")
+                continue
+            finally:
+                disconnect(conn)
+            if reply:
+                addr, mport = reply
+                return (addr.decode() if isinstance(addr, bytes) else str(addr)), int(mport)
+            errors.append(f"{host}:{port}: does not know master {spec.master!r}")
+        raise rexc.ConnectionError(f"no Sentinel named a master {spec.master!r} "
+                                   f"({'; '.join(errors)})")
 
     def _put(self, conn: Any, *, broken: bool = False) -> None:
         if broken:
@@ -150,6 +185,12 @@ class RedisQueue(QueueBase):
             except BaseException:
                 self._put(conn, broken=True)
                 raise
+            if any(isinstance(r, rexc.ReadOnlyError) for r in out):
+                # A demoted master (Sentinel failover): drop the connection, so the next one
+                # asks the Sentinels, and let _send retry once within the deadline.
+                self._put(conn, broken=True)
+                raise rexc.ConnectionError("the server is now a read-only replica "
+                                           "(a failover happened)")
             self._put(conn)
         return out
 
@@ -271,22 +312,30 @@ class RedisQueue(QueueBase):
         now = time.time_ns()
         levels, data = core.enqueue_commands(reqs, now)  # limits are checked before any I/O
         deadline = self._deadline()
+        # WAIT (min_replicas) goes on the connection that wrote: it waits for that client's
+        # last write to reach the replicas.
+        wait = core.wait_command()
         with translating():
             for level in levels:
                 if level not in core.published:
                     self._publish(level, deadline)
-            replies, resent = self._send(data, len(reqs), deadline)
+            replies, resent = self._send(data + wait, len(reqs) + bool(wait), deadline)
+            acked = replies.pop() if wait else None
             missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
             if missing:  # first use, or the server restarted and lost its script cache
                 self._load(_scripts.ENQUEUE, deadline)
                 _, data = core.enqueue_commands([reqs[i] for i in missing], now)
-                again, twice = self._send(data, len(missing), deadline)
+                again, twice = self._send(data + wait, len(missing) + bool(wait),
+                                                deadline)
+                acked = again.pop() if wait else None
                 for i, r in zip(missing, again, strict=True):
                     replies[i] = r
                 resent = resent or twice
             for r in replies:
                 if isinstance(r, Exception):
                     raise r
+        if wait:
+            core.check_replicated(acked, [r.job_id for r in reqs])
         return [core.enqueue_result(c, r.job_id, resent=resent and not r.custom_id)
                 for c, r in zip(replies, reqs, strict=True)]
 
