@@ -97,8 +97,9 @@ def dashboard_main(argv: Sequence[str], prog: str = "unifiedq dashboard") -> int
     for s in dash.sources:
         print(f"{prog}: watching {s.label}", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"{prog}: http://{shown}:{args.port}/ ({'actions allowed' if args.allow_actions else 'read-only'}"
-          f"{', token required' if token else ''})", file=sys.stderr)
+    mode = "actions allowed" if args.allow_actions else "read-only"
+    print(f"{prog}: http://{shown}:{args.port}/ ({mode}{', token required' if token else ''})",
+          file=sys.stderr)
     uvicorn.run(dash.app(), host=args.host, port=args.port, log_level=args.log_level,
                 access_log=False, lifespan="on")
     return 0

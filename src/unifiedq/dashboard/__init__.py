@@ -40,7 +40,8 @@ def make_sources(urls: Sequence[str], *, tenants: Sequence[str] = (),
     return out
 
 
-def create_app(urls: Sequence[str] | Sequence[Source], settings: Settings | None = None) -> Dashboard:
+def create_app(urls: Sequence[str] | Sequence[Source],
+               settings: Settings | None = None) -> Dashboard:
     """Build the dashboard over ``urls`` (or ready-made sources).
 
     Args:

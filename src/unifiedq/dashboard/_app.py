@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -199,7 +200,7 @@ class Dashboard:
         src, hist = self.sources[i], list(self.history[i])
         last = hist[-1] if hist else None
         series = []
-        for a, b in zip(hist, hist[1:], strict=False):
+        for a, b in itertools.pairwise(hist):
             r = _rates(a, b)
             series.append({"t": b.t, "depth": None if b.error else b.fields.get("depth"),
                            **{k: _clean(v) for k, v in r.items()}})

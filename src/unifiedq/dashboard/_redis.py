@@ -93,7 +93,7 @@ def _run(q: Any, script: _scripts.Script, keys: list[str], args: list[str]) -> A
 
 
 def counters(q: QueueBase) -> dict[str, int]:
-    """asynq's cumulative ``processed`` and ``failed`` attempt counts of ``q``'s queue."""
+    """The cumulative asynq ``processed`` and ``failed`` attempt counts of ``q``'s queue."""
     c: Any = q
     p, f = _run(c, _COUNTERS, [c._core.levels_key], [q.name])
     return {"processed": int(p), "failed": int(f)}

@@ -298,9 +298,9 @@ class FairSource(Source):
             else:
                 total[k] = sum(known) if len(known) == len(vals) and vals else (
                     0 if not vals and k == "depth" else None)
-        counters: dict[str, int] | None = None
-        if per and all(s.counters is not None for s in per.values()):
-            counters = {"processed": sum(s.counters["processed"] for s in per.values()
-                                         if s.counters),
-                        "failed": sum(s.counters["failed"] for s in per.values() if s.counters)}
-        return Sample(time.time(), total, counters, tenants=per)
+        counts = [s.counters for s in per.values()]
+        summed: dict[str, int] | None = None
+        if counts and all(c is not None for c in counts):
+            summed = {k: sum(c[k] for c in counts if c is not None)
+                      for k in ("processed", "failed")}
+        return Sample(time.time(), total, summed, tenants=per)
