@@ -59,9 +59,11 @@ from .._errors import (
     InvalidArgument,
     InvalidBody,
     InvalidURL,
+    JobFailed,
     JobNotLeased,
     QueueClosed,
     QueueFull,
+    ResultTimeout,
     UnsupportedOperation,
     WrongQueue,
 )
@@ -648,6 +650,140 @@ class QueueConformance:
         assert job is not None and job.body == b"a"
         if harness.has(Capability.ACK):
             q.ack(job)
+
+    # -- RESULT -----------------------------------------------------------------------------
+    @requires(Capability.RESULT)
+    def test_result_round_trip(self, harness: Harness) -> None:
+        q = harness.open()
+        other = harness.open()  # another handle of the queue reads it
+        jid = q.enqueue(b"question")
+        with pytest.raises(ResultTimeout) as info:
+            other.result(jid)  # timeout=0: only looks
+        assert info.value.job_id == jid
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.id == jid
+        q.complete(job, b"answer\x00\xff")
+        assert other.result(jid, timeout=5) == b"answer\x00\xff"
+        assert q.result(jid) == b"answer\x00\xff"  # read again: kept for its retention
+        assert q.size() == 0 and q.dequeue(timeout=0.3) is None  # complete() acked it
+        with pytest.raises(JobNotLeased):
+            q.ack(job)
+
+    @requires(Capability.RESULT)
+    def test_result_waits_for_the_result(self, harness: Harness) -> None:
+        q = harness.open()
+        jid = q.enqueue(b"x")
+        out: list[Any] = []
+        t = threading.Thread(target=lambda: out.append(harness.open().result(jid, timeout=20)))
+        t.start()
+        time.sleep(0.3)
+        assert not out  # still waiting
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        done = time.monotonic()
+        q.complete(job, b"late")
+        t.join(25)
+        assert out == [b"late"]
+        assert time.monotonic() - done < 5  # woken (polling drivers: within poll_interval)
+
+    @requires(Capability.RESULT)
+    def test_fail_makes_result_raise_job_failed(self, harness: Harness) -> None:
+        q = harness.open()
+        jid = q.enqueue(b"x")
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        q.fail(job, "ValueError: no such user")
+        with pytest.raises(JobFailed) as info:
+            q.result(jid, timeout=5)
+        assert (info.value.job_id, info.value.error) == (jid, "ValueError: no such user")
+        assert q.dequeue(timeout=0.3) is None  # dead-lettered, not requeued
+
+    @requires(Capability.RESULT)
+    def test_result_bad_arguments(self, harness: Harness) -> None:
+        q = harness.open()
+        q.enqueue(b"x")
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        for bad_id in ("", "a b", 5):
+            with pytest.raises(InvalidArgument):
+                q.result(bad_id)
+        with pytest.raises(InvalidArgument):
+            q.result(job.id, timeout=-1)
+        with pytest.raises(InvalidBody):
+            q.complete(job, "not bytes")
+        for retention in (0, -1, math.inf, True):
+            with pytest.raises(InvalidArgument):
+                q.complete(job, b"r", retention=retention)
+        with pytest.raises(InvalidArgument):
+            q.fail(job, b"not str")
+        q.complete(job, b"ok")  # the refused calls touched nothing
+        assert q.result(job.id, timeout=5) == b"ok"
+
+    @lacks(Capability.RESULT)
+    def test_result_unsupported(self, harness: Harness) -> None:
+        q = harness.open()
+        jid = q.enqueue(b"a")
+        with pytest.raises(UnsupportedOperation) as info:
+            q.result(jid)
+        assert info.value.capability == "RESULT"
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        for call in (lambda: q.complete(job, b"r"), lambda: q.fail(job, "e")):
+            with pytest.raises(UnsupportedOperation) as info:
+                call()
+            assert info.value.capability == "RESULT"
+        if harness.has(Capability.ACK):
+            q.ack(job)  # still leased: the refused calls touched nothing
+
+    # -- DEADLINE ---------------------------------------------------------------------------
+    @requires(Capability.DEADLINE)
+    def test_deadline_and_timeout_round_trip(self, harness: Harness) -> None:
+        q = harness.open()
+        dl = time.time() + 120.4
+        q.enqueue(b"a", deadline=dl, timeout=2.5)
+        q.enqueue(b"b", ttl=60)
+        q.enqueue(b"c")
+        got = {j.body: j for j in (q.dequeue(timeout=5) for _ in range(3)) if j is not None}
+        assert sorted(got) == [b"a", b"b", b"c"]
+        a, b = got[b"a"], got[b"b"]
+        # Drivers may store whole seconds (asynq), rounded up: never earlier or shorter.
+        assert a.deadline is not None and dl <= a.deadline < dl + 1.0
+        assert a.timeout is not None and 2.5 <= a.timeout < 3.5
+        assert b.deadline is not None and time.time() + 50 < b.deadline < time.time() + 62
+        assert got[b"c"].deadline is None
+        if harness.has(Capability.ACK):
+            q.ack_many(got.values())
+
+    @requires(Capability.DEADLINE)
+    def test_expired_jobs_are_never_handed_out(self, harness: Harness) -> None:
+        q = harness.open()
+        past = time.time() - 10
+        q.enqueue(b"stale", deadline=past)
+        q.enqueue(b"live", ttl=60)
+        q.enqueue(b"stale", deadline=past)
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == b"live"
+        assert q.dequeue(timeout=0.3) is None
+        if harness.has(Capability.BATCH):
+            q.enqueue_many([b"stale"] * 3, deadline=past)
+            assert q.dequeue_many(10, timeout=0.3) == []
+        assert q.expired_count == (5 if harness.has(Capability.BATCH) else 2)
+        assert q.size() == 0
+        if harness.has(Capability.ACK):
+            q.ack(job)
+            assert q.dequeue(timeout=0.3) is None  # settled for good, not redelivered
+
+    @lacks(Capability.DEADLINE)
+    def test_deadline_unsupported(self, harness: Harness) -> None:
+        q = harness.open()
+        for kw in ({"deadline": time.time() + 60}, {"ttl": 60}, {"timeout": 5}):
+            with pytest.raises(UnsupportedOperation) as info:
+                q.enqueue(b"a", **kw)
+            assert info.value.capability == "DEADLINE"
+            if harness.has(Capability.BATCH):
+                with pytest.raises(UnsupportedOperation):
+                    q.enqueue_many([b"a"], **kw)
+        assert q.size() == 0
 
     @requires(Capability.ACK)
     def test_nack_without_requeue_does_not_redeliver(self, harness: Harness) -> None:
