@@ -9,6 +9,7 @@ Subcommands:
 * ``unifiedq serve ...``: expose any backend over QUIC (from the ``quic`` extra).
 * ``unifiedq certs ...``: make a CA and server/client certificates for ``serve``.
 * ``unifiedq worker package.module:app --url URL ...``: run a worker (see :mod:`unifiedq.worker`).
+* ``unifiedq dashboard URL [URL ...]``: a web dashboard (see :mod:`unifiedq.dashboard`).
 
 Every subcommand returns an exit status: 0 success, 1 failure, 2 bad usage.
 
