@@ -63,6 +63,16 @@ class AsyncFairQueue:
         spill_template: Spill URL template (``{tenant}``) for the ``spill`` policy.
         connect_options: Options for opening each sub-queue from its URL.
         name: A display name (default: the template).
+        scheduler: ``"local"`` (default): the DRR runs in this object over any driver.
+            ``"server"`` (``redis://`` templates only): one Lua script on the Redis server
+            picks the tenant by weighted DRR over a server-kept ring of backlogged tenants
+            and leases its job, so every consumer process shares one schedule and a
+            dequeue costs one round trip whatever the number of known tenants. Weights
+            live in Redis (shared by all handles). ``rate_limit`` is not available.
+
+    Raises:
+        InvalidArgument: A bad argument, or ``scheduler="server"`` over a driver other than
+            ``redis://`` or with ``rate_limit``.
     """
 
     def __init__(
@@ -87,7 +97,12 @@ class AsyncFairQueue:
         spill_template: str | None = None,
         connect_options: Mapping[str, Any] | None = None,
         name: str | None = None,
+        scheduler: Literal["local", "server"] = "local",
     ) -> None:
+        if scheduler not in ("local", "server"):
+            raise InvalidArgument(f"scheduler must be 'local' or 'server', not {scheduler!r}")
+        if scheduler == "server" and rate_limit is not None:
+            raise InvalidArgument("scheduler='server' does not take rate_limit")
         self._bound: dict[str, Any] | None = None
         if maxsize_per_tenant is not None:
             self._bound = {"maxsize": maxsize_per_tenant, "overflow": overflow,
@@ -108,7 +123,12 @@ class AsyncFairQueue:
         self._signals = 0  # local enqueues, requeues and closes so far
         self._caps: Capability | None = None
         self._driver: str | None = None
+        self._server: _ServerSched | None = None
+        if scheduler == "server":
+            self._server = _ServerSched(template, self._opts, self._core)
         for t in sorted(self._core._configured):
+            if self._server is not None:
+                continue  # known to the server by name and weight; handles open on use
             self._tenant(t, configured=True)
         if default_tenant is not None:
             # Known from the start, like a configured tenant: every handle on the same
@@ -180,12 +200,20 @@ class AsyncFairQueue:
             self._check_open()
             if weight is not None:
                 self._core.set_weight(check_tenant(tenant), weight)
+                if self._server is not None:
+                    self._server.pending[tenant] = self._core.weight_of(tenant)
             self._tenant(check_tenant(tenant), configured=True).configured = True
 
     def set_weight(self, tenant: str, weight: float) -> None:
-        """Change a tenant's weight (takes effect from its next turn)."""
+        """Change a tenant's weight (takes effect from its next turn).
+
+        With ``scheduler="server"`` the weight is written to Redis on the next verb, for
+        every consumer.
+        """
         with self._guard:
             self._core.set_weight(tenant, weight)
+            if self._server is not None:
+                self._server.pending[tenant] = self._core.weight_of(tenant)
 
     @property
     def tenants(self) -> list[str]:
@@ -283,6 +311,8 @@ class AsyncFairQueue:
         t, hdrs = self._route(tenant, headers)
         jid = await t.queue.enqueue(body, delay=delay, priority=priority, headers=hdrs,
                                     deadline=deadline, ttl=ttl, timeout=timeout)
+        if self._server is not None:
+            await self._server.mark(t.name)
         self._pushed(t, 1)
         return jid
 
@@ -302,6 +332,8 @@ class AsyncFairQueue:
         t, hdrs = self._route(tenant, headers)
         ids = await t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs,
                                          deadline=deadline, ttl=ttl, timeout=timeout)
+        if self._server is not None and ids:
+            await self._server.mark(t.name)
         self._pushed(t, len(ids))
         return ids
 
@@ -343,8 +375,12 @@ class AsyncFairQueue:
         while True:
             self._check_open()
             seen = self._signals
-            async with self._scan_lock:
-                job = await self._scan()
+            if self._server is not None:
+                jobs = await self._server_take(1)  # atomic on the server: no local lock
+                job = jobs[0] if jobs else None
+            else:
+                async with self._scan_lock:
+                    job = await self._scan()
             if job is not None:
                 return job
             now = time.monotonic()
@@ -357,10 +393,16 @@ class AsyncFairQueue:
         """Take up to ``max_jobs`` jobs in fair order, waiting up to ``timeout`` for the first."""
         if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
             raise InvalidArgument(f"max_jobs must be an int >= 1, not {max_jobs!r}")
+        if self._server is not None:
+            got = await self._server_take(max_jobs)
+            if got or timeout == 0.0:
+                return got
         first = await self.dequeue(timeout=timeout)
         if first is None:
             return []
         out = [first]
+        if self._server is not None:
+            return out + (await self._server_take(max_jobs - 1) if max_jobs > 1 else [])
         async with self._scan_lock:
             while len(out) < max_jobs and (job := await self._scan()) is not None:
                 out.append(job)
@@ -387,6 +429,23 @@ class AsyncFairQueue:
         self._check_open()
         require(Capability(0), Capability.PAUSE, driver=self.driver, what="is_paused()")
         return False  # pragma: no cover
+
+    async def result(self, job_id: str, *, timeout: float | None = 0.0) -> bytes:
+        """Not supported (job ids are unique per tenant only): raises UnsupportedOperation."""
+        self._check_open()
+        require(Capability(0), Capability.RESULT, driver=self.driver, what="result()")
+        return b""  # pragma: no cover
+
+    async def complete(self, job: Job, result: bytes, *,
+                       retention: float | None = None) -> None:
+        """Not supported (no RESULT across tenants): raises UnsupportedOperation; use ack."""
+        self._check_open()
+        require(Capability(0), Capability.RESULT, driver=self.driver, what="complete()")
+
+    async def fail(self, job: Job, error: str, *, retention: float | None = None) -> None:
+        """Not supported (no RESULT across tenants): raises UnsupportedOperation; use nack."""
+        self._check_open()
+        require(Capability(0), Capability.RESULT, driver=self.driver, what="fail()")
 
     async def ack(self, job: Job) -> None:
         """Ack a job on its tenant's sub-queue."""
@@ -424,14 +483,33 @@ class AsyncFairQueue:
             q = self._core.sub_for(job)
         await q.nack(job, requeue=requeue, delay=delay)
         if requeue:
-            self._pushed(self._core.by_queue.get(job.queue), 1)
+            await self._requeued(job)
 
     async def release(self, job: Job) -> None:
         """Release a job on its tenant's sub-queue (no attempt consumed)."""
         with self._guard:
             q = self._core.sub_for(job)
         await q.release(job)
-        self._pushed(self._core.by_queue.get(job.queue), 1)
+        await self._requeued(job)
+
+    async def _requeued(self, job: Job) -> None:
+        t = self._core.by_queue.get(job.queue)
+        if self._server is not None and t is not None:
+            await self._server.mark(t.name)
+        self._pushed(t, 1)
+
+    async def _server_take(self, max_jobs: int) -> list[Job]:
+        """One fair script call: up to ``max_jobs`` jobs, leased on their tenants' handles."""
+        srv = self._server
+        assert srv is not None
+        by, token = await srv.take(max_jobs)
+        jobs: list[Job] = []
+        for name, sub in by.items():
+            with self._guard:
+                t = self._tenant(name)
+                self._core.drr.served[name] = self._core.drr.served.get(name, 0) + sub[0]
+            jobs.extend(srv.adopt(t.queue, sub, token))
+        return jobs
 
     async def extend_lease(self, job: Job, seconds: float) -> None:
         """Extend a job's lease on its tenant's sub-queue."""
@@ -439,12 +517,20 @@ class AsyncFairQueue:
             q = self._core.sub_for(job)
         await q.extend_lease(job, seconds)
 
-    async def size(self) -> int:
-        """Waiting jobs summed over the known tenants."""
+    async def _all_queues(self) -> list[AsyncQueue]:
+        """The known tenants' sub-queues (with the server scheduler: also those it knows)."""
         with self._guard:
             self._check_open()
-            qs = [t.queue for t in self._core.tenants.values()]
-        return sum([await q.size() for q in qs])
+        if self._server is not None:
+            for name in await self._server.tenants():
+                with self._guard:
+                    self._tenant(check_tenant(name))
+        with self._guard:
+            return [t.queue for t in self._core.tenants.values()]
+
+    async def size(self) -> int:
+        """Waiting jobs summed over the known tenants."""
+        return sum([await q.size() for q in await self._all_queues()])
 
     async def sizes(self) -> dict[str, int]:
         """Waiting jobs per known tenant."""
@@ -455,10 +541,10 @@ class AsyncFairQueue:
 
     async def purge(self) -> int:
         """Purge every known tenant's sub-queue."""
-        with self._guard:
-            self._check_open()
-            qs = [t.queue for t in self._core.tenants.values()]
-        return sum([await q.purge() for q in qs])
+        n = sum([await q.purge() for q in await self._all_queues()])
+        if self._server is not None:
+            await self._server.reset()
+        return n
 
     async def aclose(self) -> None:
         """Close every sub-queue handle. Idempotent."""
@@ -470,6 +556,8 @@ class AsyncFairQueue:
             self._notify(len(self._waiters))
         for q in qs:
             await q.aclose()
+        if self._server is not None:
+            await self._server.ctl.aclose()
 
     async def __aenter__(self) -> Self:
         self._check_open()
@@ -478,3 +566,82 @@ class AsyncFairQueue:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+class _ServerSched:
+    """The ``scheduler="server"`` half: the redis fair script, called on a control handle.
+
+    It drives the redis driver's private plumbing (``_eval``, ``_core``) on purpose: the
+    script leases jobs of *other* handles' queues, which then hold them (heartbeat, ack).
+    """
+
+    def __init__(self, template: object, opts: Mapping[str, Any],
+                 core: _FairCore[AsyncQueue]) -> None:
+        if not isinstance(template, str):
+            raise InvalidArgument("scheduler='server' needs a redis:// template URL, "
+                                  f"not {template!r}")
+        from ..drivers.redis._fair import FairKeys
+        probe = "uqfairprobe"
+        ctl: Any = connect_async(template.replace("{tenant}", probe), **opts)
+        if ctl.driver != "redis" or not hasattr(ctl, "_eval"):
+            raise InvalidArgument(f"scheduler='server' needs a redis:// template URL (the "
+                                  f"script runs on the Redis server), not {template!r}")
+        self.ctl = ctl
+        qname: str = ctl._core.qname
+        if qname.count(probe) != 1:
+            raise InvalidArgument(f"scheduler='server': put {{tenant}} in the queue name of "
+                                  f"{template!r} (e.g. ?queue=jobs.{{tenant}})")
+        self.keys = FairKeys(qname.replace(probe, "{tenant}"), core.default_weight)
+        self.pending: dict[str, float] = dict(core._weights)  # weights not yet in Redis
+
+    async def _send(self, cmds: list[tuple[str, ...]]) -> list[Any]:
+        from ..drivers.redis._core import pack, translating
+        with translating():
+            got, _ = await self.ctl._send(b"".join(pack(c) for c in cmds), len(cmds),
+                                          self.ctl._deadline())
+        for r in got:
+            if isinstance(r, Exception):
+                raise r
+        return list(got)
+
+    async def _call(self, call: Any) -> Any:
+        from ..drivers.redis._core import translating
+        await self._flush_weights()
+        with translating():
+            return await self.ctl._eval(call, self.ctl._deadline())
+
+    async def _flush_weights(self) -> None:
+        if self.pending:
+            w, self.pending = self.pending, {}
+            await self._send(self.keys.weight_calls(w))
+
+    async def mark(self, tenant: str) -> None:
+        """Put ``tenant`` in the server's ring (after its job landed)."""
+        await self._call(self.keys.mark_call([tenant]))
+
+    async def take(self, max_jobs: int) -> tuple[dict[str, list[Any]], str]:
+        """Run the fair script once: jobs taken, grouped by tenant, and their lease token."""
+        (_, _, args), token = self.ctl._core.dequeue_call(max_jobs)
+        reply = await self._call(self.keys.dequeue_call(args, max_jobs))
+        by, _ = self.keys.split(reply)
+        return by, token
+
+    @staticmethod
+    def adopt(q: Any, sub: list[Any], token: str) -> list[Job]:
+        """Jobs the script leased from ``q``'s queue: held (heartbeat-extended) by ``q``."""
+        inner = getattr(q, "inner", q)  # a per-tenant BoundedQueue wraps the redis handle
+        jobs: list[Job] = inner._core.dequeue_result(sub, token)[0]
+        inner._start_heartbeat()
+        return jobs
+
+    async def tenants(self) -> list[str]:
+        """Tenants the server scheduler knows: ringed or parked."""
+        k = self.keys
+        got = await self._send([("HKEYS", k.deficit), ("ZRANGE", k.parked, "0", "-1")])
+        return sorted({x.decode() if isinstance(x, bytes) else str(x)
+                       for r in got for x in r})
+
+    async def reset(self) -> None:
+        """Drop the ring and the parked set (weights stay)."""
+        k = self.keys
+        await self._send([("DEL", k.ring, k.deficit, k.parked)])
