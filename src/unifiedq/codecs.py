@@ -147,3 +147,15 @@ class TypedQueue(Generic[T]):
             return None
         payload: T = self.codec.decode(job.body)
         return job, payload
+
+    def result(self, job_id: str, *, timeout: float | None = 0.0) -> Any:
+        """Wait for job ``job_id``'s result (RESULT) and decode it with this codec.
+
+        For results stored by a Worker given ``result_codec=`` with the same codec.
+
+        Raises:
+            JobFailed: The job failed for good.
+            ResultTimeout: No result within ``timeout`` seconds.
+            SerializationError: The result is not valid for the codec.
+        """
+        return self.codec.decode(self.queue.result(job_id, timeout=timeout))
