@@ -71,7 +71,8 @@ _TENANT_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # unique per tenant), PEEK too (a peek across tenants would not match what dequeue takes).
 _PASS = (Capability.ACK | Capability.LEASE_EXTEND | Capability.RELEASE | Capability.DELAY
          | Capability.PRIORITY | Capability.BATCH | Capability.HEADERS | Capability.DURABLE
-         | Capability.CROSS_PROCESS | Capability.DISTRIBUTED | Capability.BOUNDED)
+         | Capability.CROSS_PROCESS | Capability.DISTRIBUTED | Capability.BOUNDED
+         | Capability.DEADLINE)
 
 Q = TypeVar("Q")
 

@@ -160,6 +160,13 @@ class FairQueue:
         return False
 
     @property
+    def expired_count(self) -> int:
+        """Jobs the known tenants' queues settled as expired instead of handing them out."""
+        with self._guard:
+            return sum(getattr(t.queue, "expired_count", 0)
+                       for t in self._core.tenants.values())
+
+    @property
     def closed(self) -> bool:
         """True once closed."""
         return self._core.closed

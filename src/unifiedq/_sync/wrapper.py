@@ -53,6 +53,11 @@ class QueueWrapper:
         """Whether the wrapped queue is closed."""
         return self.inner.closed
 
+    @property
+    def expired_count(self) -> int:
+        """Jobs the wrapped queue settled as expired (DEADLINE) instead of handing them out."""
+        return int(getattr(self.inner, "expired_count", 0))
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.inner!r}>"
 
