@@ -48,6 +48,8 @@ def mask_url(url: str) -> str:
     if not parts.query:
         return shown
     pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if not any(_SECRET_KEYS.search(k) for k, _ in pairs):
+        return shown  # as written (re-encoding would change how it looks)
     masked = [(k, "***" if _SECRET_KEYS.search(k) else v) for k, v in pairs]
     query = urllib.parse.urlencode(masked, safe="{}*,:/")
     return urllib.parse.urlunsplit(parts._replace(query=query))
