@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, ClassVar, Self, cast
 
 from ..._capabilities import Capability
 from ..._errors import InvalidURL
@@ -47,10 +47,17 @@ class AmqpQueue(ConsumingMixin):
         super().__init__(**kwargs)
         self.capabilities = capabilities_for(self.options)
 
+    #: The options dataclass ``from_url`` parses (a protocol's subclass has its own).
+    options_class: ClassVar[type[AmqpOptions]] = AmqpOptions
+
     @classmethod
     def from_url(cls, url: URL, options: Mapping[str, object]) -> Self:
         """Build a handle from ``amqp[s]://user:pass@host:port/vhost?queue=...`` (no I/O)."""
-        opts = parse_options(AmqpOptions, url.query, options, driver="amqp")
+        if cls is AmqpQueue and ("protocol" in url.query or "protocol" in options):
+            from .machinery import open_with_protocol  # ?protocol=machinery: .machinery
+
+            return cast(Self, open_with_protocol(url, options))
+        opts = parse_options(cls.options_class, url.query, options, driver="amqp")
         tls = url.scheme == "amqps"
         if opts.tls_options_given and not tls:
             raise InvalidURL("ca_file, cert_file, key_file and tls_hostname need an amqps:// "
