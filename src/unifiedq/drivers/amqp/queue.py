@@ -19,15 +19,16 @@ def capabilities_for(options: AmqpOptions) -> Capability:
     """What a handle with these options can do (the class lists the most, for classic queues).
 
     Quorum queues (RabbitMQ 3.10) have no priorities: they refuse ``x-max-priority`` and
-    deliver in FIFO order, so no PRIORITY. A bounded classic queue has no DELAY: a delay
-    queue dead-letters a due job into the main queue fire-and-forget, and the broker would
-    drop it there if the queue is full; quorum queues dead-letter at-least-once (the job
-    waits in its delay queue for room), so they keep DELAY.
+    deliver in FIFO order, so no PRIORITY. A bounded queue (``maxsize``) has no DELAY: a
+    due job is dead-lettered from its delay queue into the main queue, where the bound
+    cannot raise QueueFull to anyone: a classic queue drops it, and a quorum queue's
+    at-least-once dead-lettering holds it only until the idle delay queue expires
+    (measured: lost after about a minute).
     """
     caps = AmqpQueue.capabilities
     if options.queue_type == "quorum":
         caps &= ~Capability.PRIORITY
-    elif options.maxsize is not None:
+    if options.maxsize is not None:
         caps &= ~Capability.DELAY
     return caps
 

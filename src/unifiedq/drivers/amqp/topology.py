@@ -89,8 +89,8 @@ class TopologyMixin(AmqpState):
             "x-dead-letter-routing-key": self._q,
         }
         if self.options.queue_type == "quorum":
-            # Replicated too, and dead-lettered at-least-once: a due job waits in its delay
-            # queue while Q is full (maxsize) instead of being dropped.
+            # Replicated too, and dead-lettered at-least-once (retried while Q's leader is
+            # being elected, say), not fire-and-forget.
             args.update(_QUORUM_ARGS)
         ok = ch.queue_declare(self._delay_queue(ms), durable=True, auto_delete=False,
                               arguments=args)
