@@ -27,7 +27,8 @@ from unifiedq import InvalidArgument, InvalidURL, Router, TypedQueue, Worker
 from unifiedq._url import parse_url
 from unifiedq.drivers.amqp.machinery import MachineryQueue, fibonacci_next, task_of
 
-pytestmark = pytest.mark.timeout(180)
+# Generous: the first run builds Machinery (~70 s of the Go compiler on 2 cores).
+pytestmark = pytest.mark.timeout(600)
 
 _GO_SRC = Path(__file__).parent / "interop_machinery"
 STOCK_QUEUES = ("machinery_tasks", "machinery_task", "machinery_tasks.dead")
