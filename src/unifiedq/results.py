@@ -250,15 +250,16 @@ def attach_results(queue: _Q, spec: object) -> _Q:
         return queue
     from ._base import AsyncQueueBase, QueueBase  # here: _base imports this module
 
-    cls = type(queue)
-    if isinstance(queue, AsyncQueueBase):
+    q: Any = queue
+    cls = type(q)
+    if isinstance(q, AsyncQueueBase):
         raise InvalidURL(f"results= needs a driver with a native blocking face; the "
-                         f"{queue.driver!r} driver is asyncio-only")
+                         f"{q.driver!r} driver is asyncio-only")
     if cls._result is not QueueBase._result:
-        raise InvalidURL(f"the {queue.driver!r} driver keeps job results natively; drop "
+        raise InvalidURL(f"the {q.driver!r} driver keeps job results natively; drop "
                          f"results=")
     if Capability.ACK not in cls.capabilities:
-        raise InvalidURL(f"results= needs a driver with ACK; {queue.driver!r} has none")
-    queue._results = open_result_store(spec)  # type: ignore[arg-type]
-    queue.capabilities = cls.capabilities | Capability.RESULT
+        raise InvalidURL(f"results= needs a driver with ACK; {q.driver!r} has none")
+    q._results = open_result_store(spec)  # type: ignore[arg-type]
+    q.capabilities = cls.capabilities | Capability.RESULT
     return queue

@@ -7,6 +7,7 @@
 //	inspect   print asynq.Inspector's view of a queue
 //	pause     pause the queue with asynq.Inspector.PauseQueue
 //	unpause   resume it with asynq.Inspector.UnpauseQueue
+//	taskinfo  print asynq.Inspector.GetTaskInfo(queue, -id): state, result, last error
 package main
 
 import (
@@ -57,7 +58,8 @@ func redisOpt(addr string, db int, password string) asynq.RedisClientOpt {
 func now() float64 { return float64(time.Now().UnixNano()) / 1e9 }
 
 // consume runs a server. Tasks of type "interop:fail" always fail (so they are retried and
-// then archived); every other task succeeds. It exits after -count tasks reached a final state.
+// then archived); tasks of type "interop:result" write "go:<payload>" with their
+// ResultWriter; every other task succeeds. It exits after -count tasks reached a final state.
 func consume(opt asynq.RedisClientOpt, queue string, count int, timeout time.Duration) {
 	var mu sync.Mutex
 	final := 0
@@ -93,6 +95,11 @@ func consume(opt asynq.RedisClientOpt, queue string, count int, timeout time.Dur
 			return errors.New("interop: asked to fail")
 		}
 		defer finish()
+		if t.Type() == "interop:result" {
+			if _, err := t.ResultWriter().Write([]byte("go:" + string(t.Payload()))); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err := srv.Start(handler); err != nil {
@@ -190,6 +197,7 @@ func main() {
 	queue := fs.String("queue", "default", "queue name")
 	count := fs.Int("count", 1, "consume: tasks to finish; produce: tasks to enqueue")
 	timeout := fs.Duration("timeout", 60*time.Second, "consume: give up after this long")
+	id := fs.String("id", "", "taskinfo: the task id")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		fail("%v", err)
 	}
@@ -201,6 +209,16 @@ func main() {
 		produce(opt, *queue, *count)
 	case "inspect":
 		inspect(opt, *queue)
+	case "taskinfo":
+		ins := asynq.NewInspector(opt)
+		defer ins.Close()
+		info, err := ins.GetTaskInfo(*queue, *id)
+		if err != nil {
+			fail("taskinfo: %v", err)
+		}
+		emit(map[string]any{"event": "taskinfo", "id": info.ID, "state": info.State.String(),
+			"result": string(info.Result), "last_err": info.LastErr,
+			"retention": info.Retention.Seconds(), "completed_at": info.CompletedAt.Unix()})
 	case "pause", "unpause":
 		ins := asynq.NewInspector(opt)
 		defer ins.Close()

@@ -706,16 +706,16 @@ class QueueConformance:
         assert job is not None
         for bad_id in ("", "a b", 5):
             with pytest.raises(InvalidArgument):
-                q.result(bad_id)
+                q.result(bad_id)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument):
             q.result(job.id, timeout=-1)
         with pytest.raises(InvalidBody):
-            q.complete(job, "not bytes")
+            q.complete(job, "not bytes")  # type: ignore[arg-type]
         for retention in (0, -1, math.inf, True):
             with pytest.raises(InvalidArgument):
                 q.complete(job, b"r", retention=retention)
         with pytest.raises(InvalidArgument):
-            q.fail(job, b"not str")
+            q.fail(job, b"not str")  # type: ignore[arg-type]
         q.complete(job, b"ok")  # the refused calls touched nothing
         assert q.result(job.id, timeout=5) == b"ok"
 
@@ -728,10 +728,12 @@ class QueueConformance:
         assert info.value.capability == "RESULT"
         job = q.dequeue(timeout=5)
         assert job is not None
-        for call in (lambda: q.complete(job, b"r"), lambda: q.fail(job, "e")):
-            with pytest.raises(UnsupportedOperation) as info:
-                call()
-            assert info.value.capability == "RESULT"
+        with pytest.raises(UnsupportedOperation) as info:
+            q.complete(job, b"r")
+        assert info.value.capability == "RESULT"
+        with pytest.raises(UnsupportedOperation) as info:
+            q.fail(job, "e")
+        assert info.value.capability == "RESULT"
         if harness.has(Capability.ACK):
             q.ack(job)  # still leased: the refused calls touched nothing
 
