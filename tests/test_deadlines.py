@@ -289,17 +289,23 @@ def test_codel_sheds_only_while_the_minimum_sojourn_stays_above_target() -> None
     from unifiedq.deadlines import CoDel
     now = [0.0]
     c = CoDel(target=0.1, interval=1.0, clock=lambda: now[0])
-    assert c.admit(5.0) and c.admit(3.0)  # first interval: measuring only
+    assert c.admit(5.0)  # above target: the interval starts, measuring only
+    now[0] = 0.6
+    assert c.admit(3.0)
     now[0] = 1.0
-    assert not c.admit(2.0)  # the whole last interval stayed above target: shed
+    assert not c.admit(2.0)  # every job for a whole interval was above target: shed
     assert c.overloaded and c.shed_count == 1
-    assert c.admit(0.05)  # fresh work: shedding stops at once
+    now[0] = 1.2
+    assert not c.admit(0.5)
+    assert c.admit(0.05)  # fresh work again: shedding stops at once
+    assert not c.overloaded
+    assert c.admit(2.0)  # and a new interval must pass before it sheds again
+    now[0] = 2.1
     assert c.admit(2.0)
-    now[0] = 2.5
-    assert c.admit(0.5)  # the last interval saw 0.05: not overloaded
-    now[0] = 4.0  # an interval with no job at all is not overload
-    now[0] = 6.0
-    assert c.admit(0.5)
+    now[0] = 2.2
+    assert not c.admit(2.0)
+    now[0] = 3.5  # no job for more than an interval: idle, not a backlog
+    assert c.admit(2.0) and not c.overloaded
     with pytest.raises(InvalidArgument):
         CoDel(target=0)
     with pytest.raises(InvalidArgument):

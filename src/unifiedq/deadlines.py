@@ -4,10 +4,11 @@ Per-job deadlines (``enqueue(deadline=..., ttl=..., timeout=...)``) need no obje
 and the Worker enforce them. :class:`CoDel` adds an *adaptive* rule for overload, after
 Nichols and Jacobson's Controlled Delay (CoDel) as applied to server request queues: the time
 a job spent waiting (its *sojourn*, ``now - job.enqueued_at``) is sampled as the Worker takes
-it. When even the freshest job of a whole ``interval`` waited longer than ``target``, the
-queue has a standing backlog that the workers are not draining: from then on, jobs that
-waited more than ``target`` are shed (settled as expired: oldest first, since the queue hands
-them out in order) instead of run, until an interval sees a job within ``target`` again.
+it. When every job taken for a whole ``interval`` waited longer than ``target`` (the minimum
+sojourn stayed above it), the queue has a standing backlog that the workers are not
+draining: from then on, jobs that waited more than ``target`` are shed (settled as expired:
+oldest first, since the queue hands them out in order) instead of run, until a job within
+``target`` comes again (the backlog is gone) or no job comes for an interval.
 Work whose requester has likely given up is dropped, and the jobs that do run stay fresh.
 """
 
@@ -55,32 +56,33 @@ class CoDel:
         self.interval = float(interval)
         self._clock = clock
         self._lock = threading.Lock()
-        self._window_end = clock() + self.interval
-        self._min = math.inf  # least sojourn seen in the current window
+        self._first_above: float | None = None  # when the sojourn went above target, + interval
+        self._last = -math.inf  # when the last job was sampled
         self._overloaded = False
         self.shed_count = 0
 
     @property
     def overloaded(self) -> bool:
-        """Whether the last full interval's minimum sojourn was above ``target``."""
+        """Whether the policy is shedding: every job for an ``interval`` waited over ``target``."""
         return self._overloaded
 
     def admit(self, sojourn: float) -> bool:
         """Record a job's sojourn (seconds); return False if the job should be shed."""
         with self._lock:
             now = self._clock()
-            if now >= self._window_end:
-                # An interval without any job (none sampled, or a whole interval skipped)
-                # shows no backlog: not overloaded.
-                self._overloaded = (self._min > self.target and not math.isinf(self._min)
-                                    and now < self._window_end + self.interval)
-                self._min = math.inf
-                self._window_end = now + self.interval
-            if sojourn < self._min:
-                self._min = sojourn
-                if self._overloaded and sojourn <= self.target:
-                    self._overloaded = False  # fresh work again: stop shedding at once
-            if self._overloaded and sojourn > self.target:
+            if now - self._last > self.interval:
+                # No job for a whole interval: an idle worker, not a backlog; start afresh.
+                self._first_above, self._overloaded = None, False
+            self._last = now
+            if sojourn <= self.target:
+                # Fresh work: the queue drained down to the target; stop shedding at once.
+                self._first_above, self._overloaded = None, False
+                return True
+            if self._first_above is None:
+                self._first_above = now + self.interval
+            elif now >= self._first_above:
+                self._overloaded = True  # the minimum stayed above target for an interval
+            if self._overloaded:
                 self.shed_count += 1
                 return False
             return True
