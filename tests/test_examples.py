@@ -46,3 +46,17 @@ def test_peak_load_example_memory() -> None:
 def test_peak_load_example_redis(redis_url: str) -> None:
     pytest.importorskip("redis")
     _check_peak_table(run("examples/peak_load.py", redis_url))
+
+
+@pytest.mark.parametrize("driver", ["memory", "redis"])
+def test_deadlines_example(driver: str, request: pytest.FixtureRequest) -> None:
+    args = ["examples/deadlines_app.py"]
+    if driver == "redis":
+        args.append(request.getfixturevalue("redis_url"))
+    out = run(*args)
+    assert "dequeued: quote for a user still waiting" in out
+    assert "expired without running: 1" in out
+    assert "not the worker's 60 s" in out
+    assert "accounted: True" in out
+    shed = int(out.split(" shed by CoDel")[0].rsplit(", ", 1)[1])
+    assert shed > 0
