@@ -25,6 +25,12 @@ Use it per queue (wrap one queue) or per tenant (``FairQueue(maxsize_per_tenant=
   BoundedQueue opens them from a URL (it passes ``maxsize=``): ``memory://`` does, under its
   lock, for every thread of the process. Concurrent producers cannot overshoot; what counts is
   the driver's notion of size (memory: waiting + delayed + leased jobs).
+* ``redis://`` (from a URL or an open handle) gets an atomic bound too: one Lua script
+  counts the queue's jobs (every priority level: pending + scheduled + retry + active, i.e.
+  waiting, delayed and leased, as memory counts them) and pushes the job or batch only if
+  it fits, so producers in any number of processes cannot overshoot
+  (``unifiedq.drivers.redis._bound``). Jobs pushed by producers that bypass the
+  BoundedQueue (plain handles, Go asynq clients) still count but are not refused.
 * Every other driver gets a client-side check-then-enqueue on ``size()`` (waiting jobs),
   serialised by a lock inside this object, so threads (or tasks) sharing one BoundedQueue
   cannot overshoot either. Producers in **other processes** (or other BoundedQueue objects)

@@ -24,7 +24,8 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
 
     Args:
         source: A queue URL (opened here; with BOUNDED drivers the bound is native) or an
-            open queue of this face (client-side bound).
+            open queue of this face (client-side bound). On ``redis://`` (URL or handle)
+            the bound is atomic across processes (one Lua script checks and pushes).
         maxsize: The cap (>= 1).
         overflow: ``reject`` | ``block`` | ``drop_oldest`` | ``spill``.
         timeout: Longest wait of ``block`` (None = forever).
@@ -67,6 +68,14 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
             self._spill = spill
         # Held from the size check to the enqueue, so this object's producers cannot overshoot.
         self._lock = AsyncRuntime.Lock()
+        # redis:// (from a URL or an open handle): the bound is checked and the job pushed
+        # in one Lua script, so producers in other processes cannot overshoot either.
+        self._atomic: Any = None
+        if getattr(self.inner, "driver", None) == "redis":
+            from ..drivers.redis._bound import AsyncRedisBound, is_redis
+            if is_redis(self.inner):
+                self._atomic = AsyncRedisBound(self.inner, self.maxsize)
+                self.native = True
 
     def _open(self, url: str, opts: dict[str, Any]) -> AsyncQueue:
         if "maxsize" not in opts and declares_bound(url):
@@ -159,6 +168,9 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
             QueueFull: ``reject``, ``block`` after its timeout, or nothing left to drop.
         """
         async def do(q: AsyncQueue) -> list[str]:
+            if q is self.inner and self._atomic is not None:
+                return await self._atomic_put([q._prepare(  # type: ignore[attr-defined]
+                    body, delay, priority, job_id, headers, deadline, ttl, timeout)])
             return [await q.enqueue(body, delay=delay, priority=priority, job_id=job_id,
                                     headers=headers, deadline=deadline, ttl=ttl,
                                     timeout=timeout)]
@@ -182,9 +194,20 @@ class AsyncBoundedQueue(AsyncQueueWrapper, _BoundedState):
             return []
 
         async def do(q: AsyncQueue) -> list[str]:
+            if q is self.inner and self._atomic is not None:
+                return await self._atomic_put(q._prepare_many(  # type: ignore[attr-defined]
+                    items, delay, priority, headers, deadline, ttl, timeout))
             return await q.enqueue_many(items, delay=delay, priority=priority, headers=headers,
                                         deadline=deadline, ttl=ttl, timeout=timeout)
         return await self._put(len(items), do)
+
+    async def _atomic_put(self, reqs: list[Any]) -> list[str]:
+        """The redis bound: check and push in one script; QueueFull when it does not fit."""
+        assert self._atomic is not None
+        ids: list[str] | None = await self._atomic.enqueue(reqs)
+        if ids is None:
+            raise QueueFull(f"queue {self.name!r} is full ({self.maxsize} jobs)")
+        return ids
 
     async def aclose(self) -> None:
         """Close the queues this object opened."""

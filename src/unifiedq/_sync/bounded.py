@@ -25,7 +25,8 @@ class BoundedQueue(QueueWrapper, _BoundedState):
 
     Args:
         source: A queue URL (opened here; with BOUNDED drivers the bound is native) or an
-            open queue of this face (client-side bound).
+            open queue of this face (client-side bound). On ``redis://`` (URL or handle)
+            the bound is atomic across processes (one Lua script checks and pushes).
         maxsize: The cap (>= 1).
         overflow: ``reject`` | ``block`` | ``drop_oldest`` | ``spill``.
         timeout: Longest wait of ``block`` (None = forever).
@@ -68,6 +69,14 @@ class BoundedQueue(QueueWrapper, _BoundedState):
             self._spill = spill
         # Held from the size check to the enqueue, so this object's producers cannot overshoot.
         self._lock = SyncRuntime.Lock()
+        # redis:// (from a URL or an open handle): the bound is checked and the job pushed
+        # in one Lua script, so producers in other processes cannot overshoot either.
+        self._atomic: Any = None
+        if getattr(self.inner, "driver", None) == "redis":
+            from ..drivers.redis._bound import SyncRedisBound, is_redis
+            if is_redis(self.inner):
+                self._atomic = SyncRedisBound(self.inner, self.maxsize)
+                self.native = True
 
     def _open(self, url: str, opts: dict[str, Any]) -> Queue:
         if "maxsize" not in opts and declares_bound(url):
@@ -160,6 +169,9 @@ class BoundedQueue(QueueWrapper, _BoundedState):
             QueueFull: ``reject``, ``block`` after its timeout, or nothing left to drop.
         """
         def do(q: Queue) -> list[str]:
+            if q is self.inner and self._atomic is not None:
+                return self._atomic_put([q._prepare(  # type: ignore[attr-defined]
+                    body, delay, priority, job_id, headers, deadline, ttl, timeout)])
             return [q.enqueue(body, delay=delay, priority=priority, job_id=job_id,
                                     headers=headers, deadline=deadline, ttl=ttl,
                                     timeout=timeout)]
@@ -183,9 +195,20 @@ class BoundedQueue(QueueWrapper, _BoundedState):
             return []
 
         def do(q: Queue) -> list[str]:
+            if q is self.inner and self._atomic is not None:
+                return self._atomic_put(q._prepare_many(  # type: ignore[attr-defined]
+                    items, delay, priority, headers, deadline, ttl, timeout))
             return q.enqueue_many(items, delay=delay, priority=priority, headers=headers,
                                         deadline=deadline, ttl=ttl, timeout=timeout)
         return self._put(len(items), do)
+
+    def _atomic_put(self, reqs: list[Any]) -> list[str]:
+        """The redis bound: check and push in one script; QueueFull when it does not fit."""
+        assert self._atomic is not None
+        ids: list[str] | None = self._atomic.enqueue(reqs)
+        if ids is None:
+            raise QueueFull(f"queue {self.name!r} is full ({self.maxsize} jobs)")
+        return ids
 
     def close(self) -> None:
         """Close the queues this object opened."""

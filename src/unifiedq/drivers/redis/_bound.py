@@ -1,0 +1,106 @@
+"""An atomic bound for redis:// queues: count check and push in one Lua script.
+
+:class:`~unifiedq.BoundedQueue` over a ``redis://`` queue sends its enqueues through
+:func:`bounded` instead of the driver's own enqueue script: one script counts the queue's jobs
+(every priority level: pending + scheduled + retry + active, i.e. waiting, delayed and leased,
+as ``memory://`` counts them) and, only if the whole batch fits, runs the driver's enqueue
+script body once per job. Producers in any number of processes therefore cannot overshoot
+``maxsize``; an enqueue that does not fit changes nothing and is reported as ``QueueFull``.
+
+The enqueue script is reused as it is (whatever the driver builds for a job: headers, unique
+locks, deadlines), wrapped as a Lua function of its KEYS/ARGV, so the bound never drifts from
+the driver's enqueue. Keys: a queue's levels are separate asynq queues (``{q}``, ``{q:p1}``...),
+so a bound across priority levels reads several hash slots; on a standalone Redis (or a
+Sentinel master) that is fine, on a Cluster it would be CROSSSLOT unless only level 0 is used.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import _scripts
+
+__all__ = ["FULL", "bounded", "is_redis"]
+
+#: The script's reply when the batch does not fit: ``{FULL, jobs held now}``.
+FULL = -2
+
+_CACHE: dict[str, _scripts.Script] = {}
+
+
+def _as_function(source: str) -> str:
+    if source.startswith("#!"):
+        source = source.split("\n", 1)[1]
+    body = re.sub(r"\bKEYS\b", "K", source)
+    body = re.sub(r"\bARGV\b", "A", body)
+    return "local function uq_one(K, A)\n" + body + "\nend\n"
+
+
+def bounded(inner: _scripts.Script) -> _scripts.Script:
+    """The bounded batch variant of the enqueue script ``inner`` (built once per script)."""
+    got = _CACHE.get(inner.sha)
+    if got is not None:
+        return got
+    src = inner.legacy.source if inner.legacy is not None else inner.source
+    script = _scripts.Script(f"bounded_{inner.name}", _scripts._LEVELS + _as_function(src) + r"""
+-- KEYS: 1 levels set, then every job's own KEYS in turn
+-- ARGV: 1 maxsize, 2 queue name, 3 jobs, then per job: #keys, #args, its ARGV...
+-- Returns {FULL, held} when the batch does not fit, else each job's enqueue reply.
+local maxsize, n = tonumber(ARGV[1]), tonumber(ARGV[3])
+local jobs, ki, ai = {}, 2, 4
+for j = 1, n do
+  local nk, na = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
+  ai = ai + 2
+  local k, a = {}, {}
+  for i = 1, nk do k[i] = KEYS[ki]; ki = ki + 1 end
+  for i = 1, na do a[i] = ARGV[ai]; ai = ai + 1 end
+  jobs[j] = {k, a}
+end
+-- A resend after a lost reply finds its first job's task hash: it already passed the bound.
+if redis.call("EXISTS", jobs[1][1][1]) == 0 then
+  local held = 0
+  for _, lv in ipairs(uq_levels(KEYS[1], ARGV[2])) do
+    local P = lv[1]
+    held = held + redis.call("LLEN", P .. "pending") + redis.call("LLEN", P .. "active")
+      + redis.call("ZCARD", P .. "scheduled") + redis.call("ZCARD", P .. "retry")
+  end
+  if held + n > maxsize then return {""" + str(FULL) + r""", held} end
+end
+local out = {}
+for j = 1, n do out[j] = uq_one(jobs[j][1], jobs[j][2]) end
+return out
+""")
+    _CACHE[inner.sha] = script
+    return script
+
+
+def is_redis(q: object) -> bool:
+    """Whether ``q`` is a redis:// handle that can take the atomic bound."""
+    return getattr(q, "driver", None) == "redis" and hasattr(q, "_core") \
+        and hasattr(q, "_send")
+
+
+def __getattr__(name: str) -> Any:
+    # The two faces of the bound's I/O: ``BoundedQueue``'s source names the asyncio one and
+    # its generated twin the blocking one, both imported from here.
+    if name == "AsyncRedisBound":
+        from ._async.bound import AsyncRedisBound
+        return AsyncRedisBound
+    if name == "SyncRedisBound":
+        from ._sync.bound import SyncRedisBound
+        return SyncRedisBound
+    raise AttributeError(name)
+
+
+def batch_call(script: _scripts.Script, levels_key: str, qname: str, maxsize: int,
+               calls: list[list[Any]]) -> tuple[_scripts.Script, list[Any], list[Any]]:
+    """One bounded call from the driver's per-job ``EVALSHA sha nkeys keys... args...`` lists."""
+    keys: list[Any] = [levels_key]
+    args: list[Any] = [maxsize, qname, len(calls)]
+    for c in calls:
+        nk = int(c[2])
+        k, a = c[3:3 + nk], c[3 + nk:]
+        keys += k
+        args += [nk, len(a), *a]
+    return script, keys, args
