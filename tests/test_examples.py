@@ -60,3 +60,46 @@ def test_deadlines_example(driver: str, request: pytest.FixtureRequest) -> None:
     assert "accounted: True" in out
     shed = int(out.split(" shed by CoDel")[0].rsplit(", ", 1)[1])
     assert shed > 0
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_results_web_example(backend: str, request: pytest.FixtureRequest) -> None:
+    """examples/results_web.py answers each request with its worker's result (or error)."""
+    import socket
+    import time
+    import uuid
+
+    import httpx
+
+    from unifiedq.testing.servers import find_free_port
+
+    url = "memory://summaries"
+    if backend == "redis":
+        url = f"{request.getfixturevalue('redis_url')}?queue=web-{uuid.uuid4().hex[:8]}"
+    port = find_free_port()
+    proc = subprocess.Popen([sys.executable, "examples/results_web.py", url, "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the app did not listen within 30 s"
+            time.sleep(0.1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            r = http.post("/summarize", json={"text": "buffer the request answer when done"})
+            assert r.status_code == 200
+            assert r.json() == {"words": 6, "longest": "request",
+                                "upper": "BUFFER THE REQUEST ANSWER WHEN DONE"}
+            jid = r.headers["x-job-id"]
+            again = http.get(f"/jobs/{jid}")  # kept for its retention: read again
+            assert again.status_code == 200 and again.json()["words"] == 6
+            bad = http.post("/summarize", json={"text": " "})
+            assert bad.status_code == 422 and bad.json()["error"] == "ValueError: empty text"
+            assert http.get("/jobs/no-such-job?wait=0.2").status_code == 202
+            assert http.post("/summarize", content=b"not json").status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(15)
