@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -166,8 +167,14 @@ class RedisSentinelRig:
                 return n
         raise ServerStartError(f"no running node is the master the Sentinels name ({addr})")
 
-    def fail_over(self, *, timeout: float = 30.0) -> tuple[RedisServer, float]:
+    def fail_over(self, *, timeout: float = 30.0,
+                  after_kill: Callable[[], None] | None = None) -> tuple[RedisServer, float]:
         """SIGKILL the current master; wait until a Sentinel names another and it accepts writes.
+
+        Args:
+            timeout: Seconds to wait for the promotion.
+            after_kill: Called right after the kill (e.g. to thaw a replica frozen to make it
+                lag behind the master).
 
         Returns:
             The killed node and the seconds from the kill until the new master took a write.
@@ -178,6 +185,8 @@ class RedisSentinelRig:
         old = self.current_master()
         old.kill()
         t0 = time.monotonic()
+        if after_kill is not None:
+            after_kill()
 
         def promoted() -> bool:
             addr = self.master_address()
