@@ -88,7 +88,7 @@ def one_round(jobs: int, min_replicas: int, lag: float, rate: float) -> dict[str
         old.restart()
         t.join()
         with unifiedq.connect(rig.url(queue="fo")) as q:
-            present = set()
+            present: set[str] = set()
             while batch := q.dequeue_many(500, timeout=0.5):
                 present.update(j.id for j in batch)
                 q.ack_many(batch)
