@@ -140,7 +140,7 @@ def test_worker_listed_with_its_running_tasks_then_gone(
 
 def test_async_worker_listed_with_priority_levels(
         servers_bin: Path, redis_url: str, qname: str) -> None:
-    url = f"{redis_url}?queue={qname}"
+    url = f"{redis_url}?queue={qname}&timeout=900"  # asynq's per-task Timeout, in each task
 
     async def main() -> dict[str, Any]:
         gate = asyncio.Event()
@@ -172,7 +172,8 @@ def test_async_worker_listed_with_priority_levels(
         assert task["task_id"] == jid
         assert (task["type"], task["payload"], task["queue"]) == ("p:job", "urgent",
                                                                    f"{qname}:p3")
-        assert task["deadline"] == 0  # no timeout: no deadline
+        # No worker timeout: the task's own (asynq Timeout) is its deadline.
+        assert task["deadline"] == pytest.approx(task["started"] + 900, abs=1.0)
         assert await asyncio.to_thread(ours, servers_bin, redis_url, qname) == []
         return srv
 

@@ -119,19 +119,19 @@ def encode_worker(host: str, pid: int, server_id: str, w: WorkerInfo) -> bytes:
     return b"".join(parts)
 
 
-def write_commands(info: ServerInfo, workers: Iterable[WorkerInfo], ttl: int,
+def write_commands(info: ServerInfo, workers: Iterable[tuple[str, bytes]], ttl: int,
                    now: float) -> list[tuple[str | bytes | int, ...]]:
     """The commands of one heartbeat (``WriteServerState``), to run in one MULTI/EXEC.
 
-    Scores are whole seconds (``exp.Unix()`` in Go): readers compare them with their own
-    ``now.Unix()``.
+    ``workers``: (task id, encoded ``WorkerInfo``) pairs. Scores are whole seconds
+    (``exp.Unix()`` in Go): readers compare them with their own ``now.Unix()``.
     """
     skey = server_key(info.host, info.pid, info.server_id)
     wkey = workers_key(info.host, info.pid, info.server_id)
     expiry = int(now + ttl)
     fields: list[str | bytes] = []
-    for w in workers:
-        fields += [w.task_id, encode_worker(info.host, info.pid, info.server_id, w)]
+    for task_id, data in workers:
+        fields += [task_id, data]
     cmds: list[tuple[str | bytes | int, ...]] = [
         ("ZADD", ALL_SERVERS, expiry, skey),
         ("ZADD", ALL_WORKERS, expiry, wkey),

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ...._consumers import ConsumerInfo, RunningJob
 from .._core import pack, translating
-from .._servers import ServerInfo, WorkerInfo, clear_commands, write_commands
+from .._servers import (
+    ServerInfo,
+    WorkerInfo,
+    clear_commands,
+    encode_worker,
+    write_commands,
+)
 
 if TYPE_CHECKING:
     from .queue import RedisQueue
@@ -43,6 +49,7 @@ class SyncServerRegistration:
         self.interval = self.INTERVAL
         self.server_id = str(uuid.uuid4())
         self._ttl = max(1, round(2 * self.interval))
+        self._encoded: dict[str, tuple[RunningJob, bytes]] = {}  # task id -> its WorkerInfo
 
     def heartbeat(self, running: Sequence[RunningJob], *, status: str = "active") -> None:
         """Write the server and the tasks it runs now, both expiring in ``2 * interval`` s.
@@ -75,11 +82,17 @@ class SyncServerRegistration:
                 concurrency=self._info.concurrency, queues=queues, status=status,
                 start_time=self._info.started_at, strict_priority=len(queues) > 1,
                 active_worker_count=len(running))
-            workers = [WorkerInfo(r.job.id, r.job.headers.get("type") or core.options.task_type,
-                                  r.job.body,
-                                  f"{core.qname}:p{r.job.priority}" if r.job.priority
-                                  else core.qname, r.started_at, r.deadline)
-                       for r in running]
+            # A running job's entry does not change between beats: encoded once.
+            old, self._encoded = self._encoded, {}
+            for rj in running:
+                data = old.get(rj.job.id)
+                if data is None or data[0].job is not rj.job:  # the same delivery: kept
+                    w = WorkerInfo(rj.job.id, rj.job.headers.get("type") or core.options.task_type,
+                                   rj.job.body, f"{core.qname}:p{rj.job.priority}"
+                                   if rj.job.priority else core.qname, rj.started_at, rj.deadline)
+                    data = (rj, encode_worker(info.host, info.pid, self.server_id, w))
+                self._encoded[rj.job.id] = data
+            workers = [(jid, data) for jid, (_, data) in self._encoded.items()]
             cmds = [("MULTI",), *write_commands(info, workers, self._ttl, time.time()),
                     ("EXEC",)]
             replies, _ = q._send(b"".join(pack(c) for c in cmds), len(cmds),
