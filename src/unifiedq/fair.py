@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -216,6 +217,60 @@ class _DRR:
         self._advance()
 
 
+class _Board:
+    """Backlog marks shared by the FairQueues of one ``memory://`` template in this process.
+
+    A producer marks its tenant after each push; a consumer that finds the tenant empty
+    clears the mark only if nobody marked it since its poll began (compare-and-delete), so
+    a backlogged tenant is never left unmarked. Consumers read the marks made since their
+    last look from a log (trimmed; a consumer that fell behind re-reads every mark), so a
+    dequeue learns of new backlog without polling idle tenants.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hot: dict[str, int] = {}  # marked tenant -> marks so far
+        self.log: list[str] = []  # tenants in the order they became marked
+        self.base = 0  # log position of log[0]
+
+    def mark(self, tenant: str) -> None:
+        with self.lock:
+            n = self.hot.get(tenant)
+            self.hot[tenant] = (n or 0) + 1
+            if n is None:
+                self.log.append(tenant)
+                if len(self.log) > 4096:
+                    cut = len(self.log) // 2
+                    del self.log[:cut]
+                    self.base += cut
+
+    def since(self, cursor: int) -> tuple[int, list[str]]:
+        """Tenants marked since log position ``cursor``, and the position to read from next."""
+        with self.lock:
+            end = self.base + len(self.log)
+            if cursor < self.base:
+                return end, list(self.hot)
+            return end, self.log[cursor - self.base:]
+
+    def cool(self, tenant: str, seen: int | None) -> None:
+        """``tenant`` was found empty by a poll that began when it had ``seen`` marks."""
+        with self.lock:
+            if seen is not None and self.hot.get(tenant) == seen:
+                del self.hot[tenant]
+
+
+_BOARDS: dict[str, _Board] = {}
+_BOARDS_LOCK = threading.Lock()
+
+
+def _board_for(template: object) -> _Board | None:
+    """The process-wide board of a ``memory://`` template (None for other drivers)."""
+    if not isinstance(template, str) or not template.startswith("memory://"):
+        return None
+    with _BOARDS_LOCK:
+        return _BOARDS.setdefault(template, _Board())
+
+
 @dataclasses.dataclass(eq=False)
 class _Tenant(Generic[Q]):
     name: str
@@ -282,6 +337,8 @@ class _FairCore(Generic[Q]):
         self._sweep_left = 0
         self._next_recheck = 0.0
         self._next_forget = 0.0
+        self.board = _board_for(template)
+        self._cursor = -1  # a new consumer first reads every current mark
         self.rate_limit = rate_limit
         self.drr = _DRR()
         self.tenants: dict[str, _Tenant[Q]] = {}
@@ -305,7 +362,37 @@ class _FairCore(Generic[Q]):
         self.tenants[tenant] = t
         self.by_queue[queue.name] = t  # type: ignore[attr-defined]
         self.drr.add(tenant, self.weight_of(tenant))
+        if configured and self.board is not None and tenant not in self.board.hot:
+            # The board knows who is backlogged: a declared tenant without a mark starts
+            # idle (rechecked like any idle tenant), not with a poll of its own.
+            t.empty_since = t.polled = -self.empty_recheck
+            self.drr.empty(tenant)
         return t
+
+    def board_news(self) -> list[str]:
+        """Read the board's new marks: known tenants become active, unknown ones are returned.
+
+        The caller opens the unknown ones (marked by another FairQueue of the template).
+        """
+        if self.board is None:
+            return []
+        self._cursor, names = self.board.since(self._cursor)
+        unknown = []
+        for n in names:
+            if n in self.tenants:
+                self.drr.activate(n)
+                self.tenants[n].empty_since = None
+            else:
+                unknown.append(n)
+        return unknown
+
+    def snapshot(self, t: _Tenant[Q]) -> tuple[int, int | None]:
+        """What :meth:`polled` compares against: local pushes and board marks so far."""
+        return t.pushed, (None if self.board is None else self.board.hot.get(t.name))
+
+    def more_due(self, now: float) -> bool:
+        """Whether idle tenants are still due for a recheck (a dequeue keeps sweeping)."""
+        return self._due_idle(now) is not None
 
     def set_weight(self, tenant: str, weight: float) -> None:
         check_tenant(tenant)
@@ -414,15 +501,21 @@ class _FairCore(Generic[Q]):
         """A job was enqueued or requeued for ``t`` through this object: make it active."""
         t.push()
         self.drr.activate(t.name)
+        if self.board is not None:
+            self.board.mark(t.name)
 
-    def polled(self, t: _Tenant[Q], found: bool, now: float, pushed: int) -> None:
-        """Record a poll of ``t`` that began when its push count was ``pushed``."""
+    def polled(self, t: _Tenant[Q], found: bool, now: float,
+               snap: tuple[int, int | None]) -> None:
+        """Record a poll of ``t`` that began at :meth:`snapshot` ``snap``."""
         if t.name not in self.tenants:
             return  # forgotten meanwhile
         if found:
             t.empty_since = None
             self.drr.took(t.name)
             return
+        pushed, marks = snap
+        if self.board is not None:
+            self.board.cool(t.name, marks)
         if t.pushed != pushed:
             # A local enqueue landed while this poll looked: the tenant is not empty.
             self.drr.busy(t.name)

@@ -350,7 +350,7 @@ class FairQueue:
         c = self._core
         now = time.monotonic()
         with self._guard:
-            for name in c.discovered(now):
+            for name in (*c.discovered(now), *c.board_news()):
                 self._tenant(name)
             gone = c.forget_idle(now)
             t = c.begin(now)
@@ -358,10 +358,10 @@ class FairQueue:
             with contextlib.suppress(Exception):  # closing an idle handle is best effort
                 idle.queue.close()
         while t is not None:
-            pushed = t.pushed
+            snap = c.snapshot(t)
             job = t.queue.dequeue(timeout=0.0)  # 0.0: the drivers' fast path
             with self._guard:
-                c.polled(t, job is not None, now, pushed)
+                c.polled(t, job is not None, now, snap)
                 if job is not None:
                     return job
                 t = c.next_to_poll(now)
@@ -394,6 +394,11 @@ class FairQueue:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
+            if self._server is None:
+                with self._guard:
+                    more = self._core.more_due(now)
+                if more:
+                    continue  # idle tenants left to sweep: no wait before the next scan
             self._wait(seen, backoff if deadline is None else min(backoff, deadline - now))
             backoff = min(backoff * 2, self._core.max_poll)
 
