@@ -156,7 +156,8 @@ class QueueChecks:
     # -- deadlines ---------------------------------------------------------------------------
     #: What ``dequeue`` does with a job past its deadline: ``"dead"`` settles it like
     #: ``nack(requeue=False)`` (dead-lettered with reason ``expired`` where the driver keeps
-    #: dead letters), ``"drop"`` acks it. Set by ``connect(..., on_expired=...)``.
+    #: dead letters), ``"drop"`` acks it, ``"keep"`` hands it out like any job (a handle
+    #: that inspects or replays a dead-letter queue). Set by ``connect(..., on_expired=...)``.
     on_expired: str = "dead"
     #: Jobs this handle settled as expired instead of handing them out.
     expired_count: int = 0

@@ -19,7 +19,7 @@ __all__ = ["EXPIRED_REASON", "ON_EXPIRED", "attempt_limit", "is_expired", "pop_o
            "set_on_expired"]
 
 #: What ``dequeue`` may do with a job past its deadline (``connect(..., on_expired=...)``).
-ON_EXPIRED = ("dead", "drop")
+ON_EXPIRED = ("dead", "drop", "keep")
 
 #: The reason recorded with a job settled as expired (asynq's error message, amqp's
 #: ``x-death`` reason where the broker expired it, the Faktory failure message).

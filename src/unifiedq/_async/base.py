@@ -113,7 +113,7 @@ class AsyncQueueBase(QueueChecks):
         else:
             timeout = self._prepare_dequeue(timeout)
             job = await self._dequeue(timeout)
-        if job is None or job.deadline is None:
+        if job is None or job.deadline is None or self.on_expired == "keep":
             return job
         return await self._skip_expired(job, timeout, time.monotonic())
 
@@ -131,6 +131,8 @@ class AsyncQueueBase(QueueChecks):
                     break
             else:
                 return jobs  # no job with a deadline: the common case, no clock read
+            if self.on_expired == "keep":
+                return jobs
             now = time.time()
             live = [j for j in jobs if j.deadline is None or j.deadline > now]
             if len(live) < len(jobs):

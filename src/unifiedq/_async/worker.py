@@ -130,6 +130,8 @@ class AsyncWorker(WorkerCore):
         self._bind(self.queue.driver, self.queue.name, self.queue.capabilities)
         self.overload = overload
         self._expired_seen: int = getattr(self.queue, "expired_count", 0)
+        # on_expired="keep" (e.g. replaying a dead-letter queue): run expired jobs as well.
+        self._shed_late = getattr(self.queue, "on_expired", "dead") != "keep"
         self.result_codec = result_codec
         # RESULT (and ACK: complete/fail settle the job): return values are stored.
         self._keep_results = (Capability.RESULT | Capability.ACK) in self.caps
@@ -454,7 +456,7 @@ class AsyncWorker(WorkerCore):
     def _stale(self, job: Job) -> bool:
         """Whether ``job`` must not start: past its deadline, or refused by ``overload``."""
         now = time.time()
-        if job.deadline is not None and job.deadline <= now:
+        if job.deadline is not None and job.deadline <= now and self._shed_late:
             return True  # e.g. prefetched, and expired while it waited for a slot
         o = self.overload
         return o is not None and not o.admit(now - job.enqueued_at)
@@ -513,8 +515,8 @@ class AsyncWorker(WorkerCore):
                     if e.claim():
                         await self._return(e, "fetched during shutdown")
                     break
-                if (job.deadline is not None or self.overload is not None) and \
-                        self._stale(job):
+                if ((job.deadline is not None and self._shed_late)
+                        or self.overload is not None) and self._stale(job):
                     if e.claim():
                         await self._expire(e)
                     continue

@@ -114,7 +114,7 @@ class QueueBase(QueueChecks):
         else:
             timeout = self._prepare_dequeue(timeout)
             job = self._dequeue(timeout)
-        if job is None or job.deadline is None:
+        if job is None or job.deadline is None or self.on_expired == "keep":
             return job
         return self._skip_expired(job, timeout, time.monotonic())
 
@@ -132,6 +132,8 @@ class QueueBase(QueueChecks):
                     break
             else:
                 return jobs  # no job with a deadline: the common case, no clock read
+            if self.on_expired == "keep":
+                return jobs
             now = time.time()
             live = [j for j in jobs if j.deadline is None or j.deadline > now]
             if len(live) < len(jobs):

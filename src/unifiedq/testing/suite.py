@@ -769,57 +769,9 @@ class QueueConformance:
         if harness.has(Capability.BATCH):
             q.enqueue_many([b"stale"] * 3, deadline=past)
             assert q.dequeue_many(10, timeout=0.3) == []
-        assert q.expired_count == (5 if harness.has(Capability.BATCH) else 2)
-        assert q.size() == 0
-        if harness.has(Capability.ACK):
-            q.ack(job)
-            assert q.dequeue(timeout=0.3) is None  # settled for good, not redelivered
-
-    @lacks(Capability.DEADLINE)
-    def test_deadline_unsupported(self, harness: Harness) -> None:
-        q = harness.open()
-        for kw in ({"deadline": time.time() + 60}, {"ttl": 60}, {"timeout": 5}):
-            with pytest.raises(UnsupportedOperation) as info:
-                q.enqueue(b"a", **kw)
-            assert info.value.capability == "DEADLINE"
-            if harness.has(Capability.BATCH):
-                with pytest.raises(UnsupportedOperation):
-                    q.enqueue_many([b"a"], **kw)
-        assert q.size() == 0
-
-    # -- DEADLINE ---------------------------------------------------------------------------
-    @requires(Capability.DEADLINE)
-    def test_deadline_and_timeout_round_trip(self, harness: Harness) -> None:
-        q = harness.open()
-        dl = time.time() + 120.4
-        q.enqueue(b"a", deadline=dl, timeout=2.5)
-        q.enqueue(b"b", ttl=60)
-        q.enqueue(b"c")
-        got = {j.body: j for j in (q.dequeue(timeout=5) for _ in range(3)) if j is not None}
-        assert sorted(got) == [b"a", b"b", b"c"]
-        a, b = got[b"a"], got[b"b"]
-        # Drivers may store whole seconds (asynq), rounded up: never earlier or shorter.
-        assert a.deadline is not None and dl <= a.deadline < dl + 1.0
-        assert a.timeout is not None and 2.5 <= a.timeout < 3.5
-        assert b.deadline is not None and time.time() + 50 < b.deadline < time.time() + 62
-        assert got[b"c"].deadline is None
-        if harness.has(Capability.ACK):
-            q.ack_many(got.values())
-
-    @requires(Capability.DEADLINE)
-    def test_expired_jobs_are_never_handed_out(self, harness: Harness) -> None:
-        q = harness.open()
-        past = time.time() - 10
-        q.enqueue(b"stale", deadline=past)
-        q.enqueue(b"live", ttl=60)
-        q.enqueue(b"stale", deadline=past)
-        job = q.dequeue(timeout=5)
-        assert job is not None and job.body == b"live"
-        assert q.dequeue(timeout=0.3) is None
-        if harness.has(Capability.BATCH):
-            q.enqueue_many([b"stale"] * 3, deadline=past)
-            assert q.dequeue_many(10, timeout=0.3) == []
-        assert q.expired_count == (5 if harness.has(Capability.BATCH) else 2)
+        # The handle counts the jobs it shed; a broker that expires messages itself (amqp's
+        # per-message TTL) may have taken some first.
+        assert 0 <= q.expired_count <= (5 if harness.has(Capability.BATCH) else 2)
         assert q.size() == 0
         if harness.has(Capability.ACK):
             q.ack(job)

@@ -45,7 +45,9 @@ from .errors import CONN_ERRORS, translate
 from .publishing import (
     BROKER_HEADERS,
     H_ATTEMPT,
+    H_DEADLINE,
     H_ENQUEUED,
+    H_TIMEOUT,
     RESERVED_PREFIX,
     Outgoing,
     PublishingMixin,
@@ -133,9 +135,12 @@ class ConsumingMixin(PublishingMixin):
         props.setdefault("message_id", jid)  # so a republished copy keeps the id
         prio = props.get("priority")
         tag = msg.delivery_info["delivery_tag"]
+        dl, to = raw.get(H_DEADLINE), raw.get(H_TIMEOUT)
         return Job(jid, self._q, bytes(body), attempt,
                    float(enq) if isinstance(enq, int | float) else time.time(), headers,
-                   prio if isinstance(prio, int) else None, (self._handle, self._epoch, tag))
+                   prio if isinstance(prio, int) else None, (self._handle, self._epoch, tag),
+                   float(dl) if isinstance(dl, int | float) else None,
+                   float(to) if isinstance(to, int | float) else None)
 
     def _fill(self, out: list[Job], n: int) -> None:
         """Move buffered messages to ``out`` as leased jobs."""
@@ -400,6 +405,9 @@ class ConsumingMixin(PublishingMixin):
             props["application_headers"] = headers
             props["delivery_mode"] = 2
             props.pop("expiration", None)
+            dl = headers.get(H_DEADLINE)
+            if isinstance(dl, int | float):  # the copy keeps the broker-side expiry
+                props["expiration"] = str(max(0, math.ceil((dl - time.time()) * 1000)))
             outs.append(self._route(amqp.Message(msg.body, **props), delay))
         start = time.monotonic()
         try:

@@ -39,7 +39,9 @@ from .topology import DELAY_REDECLARE
 __all__ = [
     "BROKER_HEADERS",
     "H_ATTEMPT",
+    "H_DEADLINE",
     "H_ENQUEUED",
+    "H_TIMEOUT",
     "MAX_DELAY_MS",
     "RESERVED_PREFIX",
     "Outgoing",
@@ -54,6 +56,10 @@ __all__ = [
 H_ATTEMPT = "x-uq-attempt"
 #: Header with the float Unix time of the first enqueue.
 H_ENQUEUED = "x-uq-enqueued-at"
+#: Header with ``Job.deadline`` (float Unix seconds); the broker also gets an ``expiration``.
+H_DEADLINE = "x-uq-deadline"
+#: Header with ``Job.timeout`` (float seconds).
+H_TIMEOUT = "x-uq-timeout"
 #: Prefix of the headers the driver writes itself (an application may not).
 RESERVED_PREFIX = "x-uq-"
 #: Headers RabbitMQ adds when it dead-letters a message (delay queues do so on every delay).
@@ -390,9 +396,27 @@ class PublishingMixin(ConnectionMixin):
         }
         if req.priority is not None:
             props["priority"] = req.priority
+        if req.deadline is not None or req.timeout is not None:
+            self._deadline_props(props, headers, req.deadline, req.timeout, now)
         out = self._route(amqp.Message(req.body, **props), req.delay)
         out.bound = bound
         return out
+
+    @staticmethod
+    def _deadline_props(props: dict[str, Any], headers: dict[str, Any], deadline: float | None,
+                        timeout: float | None, now: float) -> None:
+        """Write a job's deadline and timeout into its properties.
+
+        Headers for the consumer, and the deadline as a per-message TTL (``expiration``,
+        whole ms, rounded up) so that the broker itself
+        dead-letters the job with reason ``expired`` once it is at the head of the queue past
+        its deadline (RabbitMQ expires messages there only; ``dequeue`` sheds the others).
+        """
+        if timeout is not None:
+            headers[H_TIMEOUT] = timeout
+        if deadline is not None:
+            headers[H_DEADLINE] = deadline
+            props["expiration"] = str(max(0, math.ceil((deadline - now) * 1000)))
 
     @staticmethod
     def _delay_ms(delay: float) -> int:

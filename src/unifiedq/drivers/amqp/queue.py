@@ -42,6 +42,7 @@ class AmqpQueue(ConsumingMixin):
         | Capability.BATCH | Capability.BLOCKING_DEQUEUE | Capability.HEADERS
         | Capability.DURABLE | Capability.CROSS_PROCESS | Capability.DISTRIBUTED
         | Capability.NATIVE_SYNC | Capability.RELEASE | Capability.BOUNDED
+        | Capability.DEADLINE
     )
 
     def __init__(self, **kwargs: Any) -> None:
