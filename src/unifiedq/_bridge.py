@@ -29,6 +29,8 @@ T = TypeVar("T")
 # A blocking dequeue in a worker thread is cut into slices so that a cancelled wait frees its
 # thread within this many seconds instead of holding it until the full timeout.
 _SLICE = 1.0
+# Threads for result() waits of one bridged handle (beyond it, waits queue for a slice).
+_MAX_WAITERS = 64
 
 
 class SyncToAsync(AsyncQueueBase):
@@ -45,6 +47,8 @@ class SyncToAsync(AsyncQueueBase):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_threads, thread_name_prefix=f"unifiedq-{inner.driver}"
         )
+        self._waiters: concurrent.futures.ThreadPoolExecutor | None = None  # result() waits
+        self._waiters_lock = threading.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -152,7 +156,23 @@ class SyncToAsync(AsyncQueueBase):
         await self._run(self.inner._release, job)
 
     async def _result(self, job_id: str, timeout: float | None) -> bytes | None:
-        return await self._run(self.inner._result, job_id, timeout)
+        # A result wait can last long and many callers may wait at once (a web app): it runs
+        # in slices on threads of its own, so waiters never starve the pool the other verbs
+        # (a worker's dequeue and ack on this handle) need.
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with self._waiters_lock:
+            if self._waiters is None:
+                self._waiters = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=_MAX_WAITERS,
+                    thread_name_prefix=f"unifiedq-{self.driver}-result")
+            pool = self._waiters
+        while True:
+            now = loop.time()
+            step = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - now))
+            got = await loop.run_in_executor(pool, self.inner._result, job_id, step)
+            if got is not None or (deadline is not None and now + step >= deadline):
+                return got
 
     async def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
         await self._run(self.inner._complete, job, result, retention)
@@ -171,6 +191,8 @@ class SyncToAsync(AsyncQueueBase):
             await self._run(self.inner.close)
         finally:
             self._pool.shutdown(wait=False)
+            if self._waiters is not None:
+                self._waiters.shutdown(wait=False)
 
 
 class _LoopThread:
