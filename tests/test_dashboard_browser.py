@@ -144,3 +144,23 @@ def test_dismissing_the_confirmation_changes_nothing(browser: Any, redis_url: st
         expect(row).to_be_visible()
         assert q.stats()["dead"] == 1  # type: ignore[attr-defined]
         q.purge()
+
+
+def test_token_is_asked_for_once_and_then_used(browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    token = "browser-token-" + uuid.uuid4().hex
+    url = f"memory://dash-e2e-{uuid.uuid4().hex[:8]}"
+    with unifiedq.connect(url) as q, \
+            Served([url], Settings(token=token, interval=0.25)) as served:
+        q.enqueue(b"x")
+        page = browser.new_page()
+        page.goto(served.url)
+        expect(page.locator("#login")).to_be_visible(timeout=10_000)
+        expect(page.locator('[data-queue="0"]')).to_have_count(0)
+        page.fill("#token", token)
+        page.click('#login button[type="submit"]')
+        expect(page.locator('[data-queue="0"] [data-field="depth"] .v')).to_have_text(
+            "1", timeout=10_000)
+        expect(page.locator("#login")).to_be_hidden()
+        expect(page.locator("#mode")).to_have_text("read-only")
