@@ -525,18 +525,17 @@ class RedisQueue(QueueBase):
     def _result(self, job_id: str, timeout: float | None) -> bytes | None:
         core = self._core
         end = None if timeout is None else time.monotonic() + timeout
-        call = _results.read_call(core, job_id)
         with translating():
-            reply = self._eval(call, self._deadline())
-            while (got := _results.outcome(core, reply)) is None:
-                # Not there yet: wait for the job's token (at most poll_interval, for results
-                # Go asynq wrote), then read again, both in one round trip.
-                wait = core.options.poll_interval
+            while True:
+                wait = core.options.poll_interval  # then read again: Go asynq pushes no token
                 if end is not None:
                     wait = min(wait, end - time.monotonic())
-                    if wait <= 0:
-                        return None
                 call = _results.read_call(core, job_id)
+                if wait <= 0:  # timeout=0, or the time is up: one last look
+                    return _results.outcome(core, self._eval(call, self._deadline()))
+                # The job's token list, then the read, in ONE round trip: a job already done
+                # has its token there (the BRPOPLPUSH returns at once), else the read runs as
+                # soon as complete()/fail() pushes it.
                 script, keys, args = call
                 data = (pack(_results.wait_command(core, job_id, wait))
                         + pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
@@ -546,7 +545,9 @@ class RedisQueue(QueueBase):
                     reply = self._eval(call, self._deadline())
                 elif isinstance(reply, Exception):
                     raise reply
-        return got
+                got = _results.outcome(core, reply)
+                if got is not None:
+                    return got
 
     def _commands(self, cmds: list[tuple[str, ...]]) -> list[Any]:
         """Plain commands in one round trip; their replies (the first error reply raised)."""
