@@ -65,6 +65,8 @@ class Settings:
         history: Readings kept per queue (the chart's width: ``history * interval`` seconds).
         dead_limit: Dead jobs listed per queue (newest first).
         share_window: Readings over which tenants' observed shares are computed.
+        rate_window: Seconds over which the rates shown as figures are averaged (the chart
+            plots each interval's own rate).
     """
 
     allow_actions: bool = False
@@ -74,6 +76,7 @@ class Settings:
     history: int = 300
     dead_limit: int = 50
     share_window: int = 30
+    rate_window: float = 10.0
 
 
 def _num(v: Any) -> float | None:
@@ -195,6 +198,16 @@ class Dashboard:
             })
         return rows
 
+    def _window_rates(self, hist: list[Sample]) -> dict[str, Any]:
+        """Rates between the last reading and the oldest one within ``rate_window`` seconds."""
+        ok = [h for h in hist if not h.error]
+        if len(ok) < 2 or hist[-1].error:
+            return {"enqueue": None, "settle": None, "net": None, "seconds": None}
+        last = ok[-1]
+        first = next((h for h in ok[:-1] if last.t - h.t <= self.settings.rate_window), ok[-2])
+        return {**{k: _clean(v) for k, v in _rates(first, last).items()},
+                "seconds": last.t - first.t}
+
     def queue_view(self, i: int) -> dict[str, Any]:
         """Everything the page shows about queue ``i`` (JSON-ready)."""
         src, hist = self.sources[i], list(self.history[i])
@@ -210,7 +223,7 @@ class Dashboard:
             "error": last.error if last else None,
             "fields": {k: _clean(v) for k, v in last.fields.items()} if last else {},
             "counters": last.counters if last else None,
-            "rates": series[-1] if series else {"enqueue": None, "settle": None, "net": None},
+            "rates": self._window_rates(hist),
             "series": series,
             "tenants": self._tenants(i, last) if last and not last.error else None,
         }
