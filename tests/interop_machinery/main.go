@@ -10,6 +10,9 @@
 //	send -name NAME -args JSON [-retry-count K] [-retry-timeout T] [-eta 2s]
 //	    server.SendTask of one signature (Args as Machinery's [{"Type":..,"Value":..}]);
 //	    prints {"uuid": ...}.
+//	bench-send -name NAME -args JSON -n N
+//	    N x server.SendTask (each waits for its publisher confirm, as Machinery does);
+//	    prints {"n": N, "seconds": ...} (the benchmark in benchmarks/machinery.py).
 //	declare-delay -ms N
 //	    Declares the delay queue Machinery's AMQP broker declares for an N ms delay, with its
 //	    own code path (common.AMQPConnector.Connect) and argument types.
@@ -74,6 +77,7 @@ func main() {
 	retryTimeout := fs.Int("retry-timeout", 0, "send: RetryTimeout (seconds)")
 	eta := fs.Duration("eta", 0, "send: ETA this long from now")
 	ms := fs.Int64("ms", 1000, "declare-delay: the delay in milliseconds")
+	n := fs.Int("n", 100, "bench-send: tasks to send")
 	_ = fs.Parse(os.Args[2:])
 
 	mlog.Set(stderrLogger{}) // stdout carries the JSON answers only
@@ -141,6 +145,24 @@ func main() {
 			fail("send: %v", err)
 		}
 		_ = json.NewEncoder(os.Stdout).Encode(map[string]any{"uuid": sig.UUID})
+	case "bench-send":
+		var a []tasks.Arg
+		if err := json.Unmarshal([]byte(*args), &a); err != nil {
+			fail("-args: %v", err)
+		}
+		send := func() {
+			sig, _ := tasks.NewSignature(*name, a)
+			if _, err := server.SendTask(sig); err != nil {
+				fail("send: %v", err)
+			}
+		}
+		send() // opens and caches the connection, declares the queue: not timed
+		start := time.Now()
+		for i := 0; i < *n; i++ {
+			send()
+		}
+		_ = json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"n": *n, "seconds": time.Since(start).Seconds()})
 	case "declare-delay":
 		// brokers/amqp/amqp.go delay(), without a configured DelayedQueue.
 		key := cnf.AMQP.BindingKey

@@ -274,9 +274,13 @@ def _rfc3339(unix: float) -> str:
     return _dt.datetime.fromtimestamp(unix, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_FIELDS = ("UUID", "Name", "Args", "Headers", "RetryCount", "RetryTimeout", "ETA")
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _decode(body: Any) -> dict[str, Any] | None:
@@ -289,12 +293,14 @@ def _decode(body: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(sig, dict):
         return None
-    # Go's decoder matches field names case-insensitively: read them the same way.
-    names = {k.lower(): k for k in sig}
-    for field in ("UUID", "Name", "Args", "Headers", "RetryCount", "RetryTimeout", "ETA"):
-        k = names.get(field.lower())
-        if k is not None and k != field:
-            sig[field] = sig.pop(k)
+    if "Name" not in sig or "Args" not in sig:
+        # Go's decoder matches field names case-insensitively: read them the same way
+        # (Go itself always writes these exact names, which skips this).
+        names = {k.lower(): k for k in sig}
+        for field in _FIELDS:
+            k = names.get(field.lower())
+            if k is not None and k != field:
+                sig[field] = sig.pop(k)
     if not isinstance(sig.get("Name"), str) or not sig["Name"]:
         return None
     if not isinstance(sig.get("Args") or [], list):
