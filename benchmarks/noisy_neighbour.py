@@ -18,11 +18,22 @@ B. Waiting time under overload. Open-loop Poisson producers (seeded): 9 light te
    0.5 ms: otherwise the interpreter's 5 ms hand-offs between 15 threads, not the queue,
    dominate the tail.
 
+C. Across processes (``--consumer-procs N --producer-procs M``, redis only): the same two
+   measurements with every consumer and producer in its own process, for FIFO, the local
+   scheduler (one DRR per process) and the server scheduler (``scheduler="server"``: one DRR
+   in a Redis Lua script for all processes). A: ``M`` processes fill the backlog, then ``N``
+   consume it; the first ``3 L`` dequeues by wall-clock time (every tenant is backlogged
+   throughout) give the shares and Jain's index. B: ``M`` producer processes (Poisson, the
+   tenants split among them) against ``N`` consumer processes of one thread each,
+   ``S`` seconds per job, rates scaled to the same 119% / 56% of the ``N / S`` capacity.
+   Waits are enqueue -> dequeue on the machine's wall clock.
+
 Usage::
 
     python benchmarks/noisy_neighbour.py                       # memory://
     python benchmarks/noisy_neighbour.py --redis redis://127.0.0.1:6379/0
     python benchmarks/noisy_neighbour.py --redis URL --procs 2 # + A with 2 consumer processes
+    python benchmarks/noisy_neighbour.py --redis URL --consumer-procs 8 --producer-procs 4
 """
 
 from __future__ import annotations
@@ -291,6 +302,171 @@ def bench(b: Backend, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+# -- C: across processes ---------------------------------------------------------------------
+_PCHILD = r"""
+import json, random, sys, time
+import unifiedq
+from unifiedq.fair import FairQueue
+role, mode, url, arg = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+fair = mode != "fifo"
+if fair:
+    q = FairQueue(url, tenants=arg["tenants"], scheduler="server" if mode == "server" else "local")
+else:
+    q = unifiedq.connect(url)
+if role == "fill":
+    for t, n in arg["fill"]:
+        for _ in range(n):
+            if fair:
+                q.enqueue(b"%d" % time.time_ns(), tenant=t)
+            else:
+                q.enqueue(t.encode() + b"|%d" % time.time_ns())
+elif role == "produce":
+    rngs = {t: random.Random(t) for t in arg["rates"]}
+    start = arg["start"]
+    due = {t: start + rngs[t].expovariate(r) for t, r in arg["rates"].items()}
+    end = start + arg["secs"]
+    while due:
+        t = min(due, key=due.get)
+        d = due[t] - time.time()
+        if d > 0:
+            time.sleep(d)
+        if fair:
+            q.enqueue(b"%d" % time.time_ns(), tenant=t)
+        else:
+            q.enqueue(t.encode() + b"|%d" % time.time_ns())
+        due[t] += rngs[t].expovariate(arg["rates"][t])
+        if due[t] >= end:
+            del due[t]
+else:  # consume: until idle for arg["idle"] s after the first job (or arg["max"] jobs)
+    out = []
+    last = None
+    while len(out) < arg["max"]:
+        j = q.dequeue(timeout=0.2)
+        now = time.time_ns()
+        if j is None:
+            if last is not None and time.monotonic() - last > arg["idle"]:
+                break
+            continue
+        last = time.monotonic()
+        if fair:
+            t, sent = q.tenant_of(j), int(j.body)
+        else:
+            tb, _, sb = j.body.partition(b"|")
+            t, sent = tb.decode(), int(sb)
+        q.ack(j)
+        out.append((now, t, (now - sent) / 1e9))
+        if arg["service"]:
+            time.sleep(arg["service"])
+    print(json.dumps(out))
+q.close()
+"""
+
+
+def _spawn(role: str, mode: str, url: str, arg: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _PCHILD, role, mode, url, json.dumps(arg)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _collect(ps: list[subprocess.Popen[str]]) -> list[tuple[int, str, float]]:
+    rows: list[tuple[int, str, float]] = []
+    for p in ps:
+        out, _ = p.communicate(timeout=600)
+        if p.returncode:
+            raise RuntimeError(f"a child failed ({p.returncode})")
+        if out.strip():
+            rows += [tuple(r) for r in json.loads(out)]  # type: ignore[misc]
+    return rows
+
+
+def _url_for(base: str, mode: str) -> str:
+    name = f"nnp-{mode}-{uuid.uuid4().hex[:6]}"
+    return f"{base}?queue={name}" if mode == "fifo" else f"{base}?queue={name}.{{tenant}}"
+
+
+def procs_shares(base: str, mode: str, light_n: int, ncons: int, nprod: int) -> dict[str, Any]:
+    url = _url_for(base, mode)
+    order = arrivals(light_n)
+    fills: list[list[tuple[str, int]]] = [[] for _ in range(nprod)]
+    for i, t in enumerate(order):  # round robin: every producer interleaves every tenant
+        fills[i % nprod].append((t, 1))
+    _collect([_spawn("fill", mode, url, {"tenants": TENANTS, "fill": f}) for f in fills])
+    take = 3 * light_n
+    each = -(-take // ncons)
+    rows = _collect([_spawn("consume", mode, url, {"tenants": TENANTS, "max": 2 * each,
+                                                   "idle": 2.0, "service": 0})
+                     for _ in range(ncons)])
+    rows.sort()
+    got = collections.Counter(t for _, t, _ in rows[:take])
+    q = FairQueue(url, tenants=TENANTS) if mode != "fifo" else unifiedq.connect(url)
+    q.purge()
+    q.close()
+    return {"jain": weighted_jain(got, {}), "err": max_share_error(got, {}),
+            "shares": {t: got[t] / take for t in TENANTS}, "n": take}
+
+
+def procs_waits(base: str, mode: str, tenants: list[str], args: argparse.Namespace
+                ) -> dict[str, list[float]]:
+    url = _url_for(base, mode)
+    ncons, nprod = args.consumer_procs, args.producer_procs
+    cap = ncons / args.service
+    r = 1.19 * cap / 19  # light tenants' rate; heavy 10x (offered 119%, light alone 56%)
+    cons = [_spawn("consume", mode, url, {"tenants": TENANTS, "max": 10**9, "idle": 2.0,
+                                          "service": args.service}) for _ in range(ncons)]
+    time.sleep(2.0)  # consumers up before the first arrival
+    start = time.time() + 3.0  # producers up too: a late start would arrive as a burst
+    groups: list[dict[str, float]] = [{} for _ in range(nprod)]
+    for i, t in enumerate(tenants):
+        groups[i % nprod][t] = r * (10 if t == "heavy" else 1)
+    prods = [_spawn("produce", mode, url, {"tenants": TENANTS, "rates": g, "start": start,
+                                           "secs": args.secs}) for g in groups if g]
+    _collect(prods)
+    rows = _collect(cons)
+    waits: dict[str, list[float]] = collections.defaultdict(list)
+    for _, t, w in rows:
+        waits[t].append(w)
+    return waits
+
+
+def bench_procs(base: str, args: argparse.Namespace) -> dict[str, Any]:
+    n, m = args.consumer_procs, args.producer_procs
+    print(f"\n=== redis, {n} consumer processes, {m} producer processes ===")
+    res: dict[str, Any] = {"consumer_procs": n, "producer_procs": m}
+    modes = ["fifo", "local", "server"]
+    print(f"A. shares of the first {3 * args.light_n} dequeues (by time), all tenants backlogged")
+    sh = {mode: procs_shares(base, mode, args.light_n, n, m) for mode in modes}
+    print(f"{'tenant':8} " + " ".join(f"{mode:>8}" for mode in modes))
+    for t in TENANTS:
+        print(f"{t:8} " + " ".join(f"{sh[mode]['shares'][t]:8.1%}" for mode in modes))
+    print(f"{'Jain':8} " + " ".join(f"{sh[mode]['jain']:8.4f}" for mode in modes))
+    print(f"{'max err':8} " + " ".join(f"{sh[mode]['err']:8.2%}" for mode in modes))
+    res["shares"] = sh
+    cap = n / args.service
+    print(f"\nB. waits: {n} consumer processes x {args.service * 1e3:g} ms jobs (capacity "
+          f"{cap:g}/s), offered 119% (light alone 56%), {args.secs:g}s, {m} producer processes")
+    unloaded = procs_waits(base, "fifo", LIGHT, args)
+    runs = {mode: procs_waits(base, mode, TENANTS, args) for mode in modes}
+
+    def light(d: dict[str, list[float]]) -> list[float]:
+        return [w for t in LIGHT for w in d.get(t, [])]
+
+    u99 = pct(light(unloaded), 99)
+    print(f"{'':8} {'unloaded':>10} " + " ".join(f"{mode:>10}" for mode in modes))
+    print(f"{'light p50':10} {pct(light(unloaded), 50) * 1e3:8.1f}ms "
+          + " ".join(f"{pct(light(runs[mode]), 50) * 1e3:8.1f}ms" for mode in modes))
+    print(f"{'light p99':10} {u99 * 1e3:8.1f}ms "
+          + " ".join(f"{pct(light(runs[mode]), 99) * 1e3:8.1f}ms" for mode in modes))
+    print(f"{'p99/unl.':10} {1.0:9.2f}x "
+          + " ".join(f"{pct(light(runs[mode]), 99) / u99:9.2f}x" for mode in modes))
+    print(f"{'heavy p50':10} {'-':>10} "
+          + " ".join(f"{pct(runs[mode]['heavy'], 50) * 1e3:8.0f}ms" for mode in modes))
+    res["waits"] = {"light_p99_unloaded": u99, **{
+        mode: {"light_p50": pct(light(runs[mode]), 50), "light_p99": pct(light(runs[mode]), 99),
+               "ratio": pct(light(runs[mode]), 99) / u99,
+               "heavy_p50": pct(runs[mode]["heavy"], 50),
+               "jobs": sum(len(v) for v in runs[mode].values())} for mode in modes}}
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--redis", help="also run on this Redis server, e.g. redis://127.0.0.1/0")
@@ -301,8 +477,18 @@ def main() -> None:
     p.add_argument("--consumers", type=int, default=4)
     p.add_argument("--service", type=float, default=0.01, help="seconds of work per job")
     p.add_argument("--procs", type=int, default=1, help="consumer processes for A (redis)")
+    p.add_argument("--consumer-procs", type=int, default=0,
+                   help="C: consumer processes (redis; runs only C)")
+    p.add_argument("--producer-procs", type=int, default=1, help="C: producer processes")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     args = p.parse_args()
+    if args.consumer_procs:
+        if not args.redis:
+            p.error("--consumer-procs needs --redis")
+        res = bench_procs(args.redis.split("?")[0], args)
+        if args.json:
+            print(json.dumps(res))
+        return
     sys.setswitchinterval(0.0005)  # see the module docstring
     backends = []
     if not args.no_memory:
