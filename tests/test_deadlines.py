@@ -326,7 +326,9 @@ def test_codel_sheds_only_while_the_minimum_sojourn_stays_above_target() -> None
     assert c.admit(2.0)
     now[0] = 2.2
     assert not c.admit(2.0)
-    now[0] = 3.5  # no job for more than an interval: idle, not a backlog
+    now[0] = 3.0  # a pause shorter than ten intervals (busy shedding): still overloaded
+    assert not c.admit(2.0)
+    now[0] = 13.5  # no job for ten intervals: idle, not a backlog
     assert c.admit(2.0) and not c.overloaded
     with pytest.raises(InvalidArgument):
         CoDel(target=0)

@@ -8,7 +8,12 @@ it. When every job taken for a whole ``interval`` waited longer than ``target`` 
 sojourn stayed above it), the queue has a standing backlog that the workers are not
 draining: from then on, jobs that waited more than ``target`` are shed (settled as expired:
 oldest first, since the queue hands them out in order) instead of run, until a job within
-``target`` comes again (the backlog is gone) or no job comes for an interval.
+``target`` comes again (the backlog is gone) or no job comes for ten intervals.
+
+Only first attempts are judged: a retried job's sojourn includes its backoff, so it always
+looks late. A job enqueued with ``delay=`` counts its delay too on drivers whose
+``enqueued_at`` is the enqueue time (memory, amqp): give such queues a ``target`` above their
+delays, or no CoDel.
 Work whose requester has likely given up is dropped, and the jobs that do run stay fresh.
 """
 
@@ -70,8 +75,10 @@ class CoDel:
         """Record a job's sojourn (seconds); return False if the job should be shed."""
         with self._lock:
             now = self._clock()
-            if now - self._last > self.interval:
-                # No job for a whole interval: an idle worker, not a backlog; start afresh.
+            if now - self._last > 10 * self.interval:
+                # No job for ten intervals: an idle worker, not a backlog; start afresh. (Not
+                # one interval: a worker busy shedding on a slow backend pauses that long, and
+                # a reset there let a whole interval of stale jobs run.)
                 self._first_above, self._overloaded = None, False
             self._last = now
             if sojourn <= self.target:

@@ -460,7 +460,8 @@ class Worker(WorkerCore):
         if job.deadline is not None and job.deadline <= now and self._shed_late:
             return True  # e.g. prefetched, and expired while it waited for a slot
         o = self.overload
-        return o is not None and not o.admit(now - job.enqueued_at)
+        # First attempts only: a retry's sojourn includes its backoff (see CoDel).
+        return o is not None and job.attempt == 1 and not o.admit(now - job.enqueued_at)
 
     def _expire(self, e: _Entry) -> None:
         """Settle a job that must not start as expired (the queue's ``on_expired`` policy)."""
