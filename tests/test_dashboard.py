@@ -352,3 +352,32 @@ def test_cli_serves_samples_in_background_and_masks_its_log(redis_url: str,
         out, err = proc.communicate(timeout=10)
     assert "topsecretpw" not in out + err
     assert ":***@127.0.0.1" in err
+
+
+def test_rate_figures_span_the_window_and_the_chart_each_interval(redis_url: str) -> None:
+    url = f"{redis_url}?queue={_name()}"
+    dash = create_app([url], Settings(rate_window=60.0))
+    with unifiedq.connect(url) as q:
+        _sample(dash)
+        q.enqueue_many([b"a"] * 5)
+        _sample(dash)
+        q.enqueue_many([b"b"] * 3)
+        q.ack_many(q.dequeue_many(4, timeout=1))
+        _sample(dash)
+        t = [s.t for s in dash.history[0]]
+        v = _view(dash)
+        assert v["rates"]["seconds"] == pytest.approx(t[2] - t[0])
+        assert v["rates"]["enqueue"] * (t[2] - t[0]) == pytest.approx(8, rel=1e-6)
+        assert v["rates"]["settle"] * (t[2] - t[0]) == pytest.approx(4, rel=1e-6)
+        first, second = v["series"]
+        assert first["enqueue"] * (t[1] - t[0]) == pytest.approx(5, rel=1e-6)
+        assert second["enqueue"] * (t[2] - t[1]) == pytest.approx(3, rel=1e-6)
+        assert second["settle"] * (t[2] - t[1]) == pytest.approx(4, rel=1e-6)
+        assert first["depth"] == 5 and second["depth"] == 4
+        q.purge()
+    short = create_app([url], Settings(rate_window=0.0))
+    _sample(short)
+    _sample(short)
+    _sample(short)
+    t = [s.t for s in short.history[0]]
+    assert _view(short)["rates"]["seconds"] == pytest.approx(t[2] - t[1])
