@@ -93,7 +93,7 @@ def test_a_driver_without_the_flag_refuses() -> None:
 
 # -- round trip and shedding, per driver, both faces --------------------------------------------
 
-DRIVERS = ["memory", "redis", "amqp"]
+DRIVERS = ["memory", "redis", "amqp", "faktory"]
 
 
 @pytest.fixture(params=DRIVERS)

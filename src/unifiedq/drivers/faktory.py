@@ -692,6 +692,14 @@ _held: dict[tuple[str, str], int] = {}
 _tokens = itertools.count(1)
 
 
+#: The custom key of Faktory Enterprise's expiring jobs (RFC 3339); written with a deadline.
+_EXPIRES_AT = "expires_at"
+
+
+#: The custom key of Faktory Enterprise's expiring jobs (RFC 3339); written with a deadline.
+_EXPIRES_AT = "expires_at"
+
+
 def _now_rfc3339(offset: float = 0.0) -> str:
     t = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=offset)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -723,6 +731,7 @@ class FaktoryQueue(QueueBase):
         Capability.ACK | Capability.DELAY | Capability.BATCH | Capability.BLOCKING_DEQUEUE
         | Capability.HEADERS | Capability.DURABLE | Capability.CROSS_PROCESS
         | Capability.DISTRIBUTED | Capability.NATIVE_SYNC | Capability.RELEASE
+        | Capability.DEADLINE
     )
     capabilities = _BASE_CAPS | Capability.PRIORITY
     #: A body enqueued with ``content-type: application/json`` becomes Faktory's native
@@ -878,6 +887,13 @@ class FaktoryQueue(QueueBase):
             d["at"] = _now_rfc3339(req.delay)
         if req.priority is not None:
             meta["priority"] = req.priority
+        if req.timeout is not None:
+            meta["timeout"] = req.timeout
+        if req.deadline is not None:
+            # Ours (exact), and Faktory Enterprise's expiring-jobs key: its server drops the
+            # job itself past that time. OSS Faktory ignores it; our dequeue sheds it.
+            meta["deadline"] = req.deadline
+            custom[_EXPIRES_AT] = _now_rfc3339(req.deadline - time.time())
         if meta:
             custom[_META] = meta
         if custom:
@@ -1036,7 +1052,7 @@ class FaktoryQueue(QueueBase):
             headers["faktory.jobtype"] = str(jobtype)
         # Faktory's custom keys are the headers of native jobs (non-strings as their JSON).
         for k, v in custom.items():
-            if k != _META:
+            if k != _META and not (k == _EXPIRES_AT and "deadline" in meta):
                 headers[str(k)] = v if isinstance(v, str) else _json_bytes(v).decode()
         if isinstance(jobtype, str) and jobtype != self.options.jobtype:
             headers[_TYPE] = jobtype
@@ -1049,6 +1065,9 @@ class FaktoryQueue(QueueBase):
             attempt += int(failure.get("retry_count", 0)) + 1
         enqueued = _parse_time(raw.get("created_at")) or _parse_time(raw.get("enqueued_at"))
         prio = meta.get("priority")
+        dl, to = meta.get("deadline"), meta.get("timeout")
+        if not isinstance(dl, int | float):  # a job from another client: expires_at only
+            dl = _parse_time(custom.get(_EXPIRES_AT))
         token = next(_tokens)
         with _held_lock:
             _held[(self._server, fjid)] = token
@@ -1057,6 +1076,8 @@ class FaktoryQueue(QueueBase):
             enqueued_at=enqueued if enqueued is not None else time.time(), headers=headers,
             priority=prio if isinstance(prio, int) else None,
             receipt=_Receipt(fjid, token, deadline, raw),
+            deadline=float(dl) if isinstance(dl, int | float) else None,
+            timeout=float(to) if isinstance(to, int | float) else None,
         )
         self._mine[fjid] = job
         return job
@@ -1180,11 +1201,15 @@ class FaktoryQueue(QueueBase):
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._nack_by(job, requeue, delay, self._deadline())
 
-    def _nack_by(self, job: Job, requeue: bool, delay: float, deadline: float) -> None:
+    def _settle_expired(self, job: Job) -> None:
+        # Dead with the failure "unifiedq.Expired: expired" (what the Web UI's Dead tab shows).
+        self._nack_by(job, False, 0.0, self._deadline(), why=("unifiedq.Expired", "expired"))
+
+    def _nack_by(self, job: Job, requeue: bool, delay: float, deadline: float, *,
+                 why: tuple[str, str] = ("unifiedq.DeadLetter", "nack(requeue=False)")) -> None:
         r = self._claim(job)
         if not requeue:
-            fail = {"jid": r.fjid, "errtype": "unifiedq.DeadLetter",
-                    "message": "nack(requeue=False)", "backtrace": []}
+            fail = {"jid": r.fjid, "errtype": why[0], "message": why[1], "backtrace": []}
             self._settle("nack", job, r, lambda c: c.settle("FAIL", fail), deadline)
             # FAIL put it in the retry set (unless retry is 0 or -1): move it to the dead set.
             kill = _pf.mutate_operation("kill", "retries", jids=[r.fjid])
