@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -195,3 +196,31 @@ def test_sigkilled_consumer_leases_come_back_exactly_once(redis_url: str) -> Non
     everything = collections.Counter(acked_by_victim + acked)
     assert len(everything) == 60 and max(everything.values()) == 1
     assert set(held) <= set(acked)  # the killed consumer's leases were recovered
+
+
+def test_worker_over_the_server_scheduler_processes_everything_once(redis_url: str) -> None:
+    import threading
+
+    from unifiedq import Job
+    from unifiedq.worker import Worker
+
+    tpl = _tpl(redis_url)
+    fq = FairQueue(tpl, scheduler="server")
+    for t in ("a", "b", "c"):
+        fq.enqueue_many([f"{t}-{i}".encode() for i in range(100)], tenant=t)
+    done: collections.Counter[bytes] = collections.Counter()
+    lock = threading.Lock()
+
+    def handler(job: Job) -> None:
+        with lock:
+            done[job.body] += 1
+
+    w = Worker(fq, handler, concurrency=4, poll_interval=0.05)
+    w.start()
+    deadline = time.monotonic() + 60
+    while w.stats().processed < 300 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    w.stop(grace=10)
+    assert len(done) == 300 and max(done.values()) == 1
+    assert fq.size() == 0
+    fq.close()
