@@ -59,6 +59,8 @@ _BUILTIN: tuple[DriverSpec, ...] = (
     DriverSpec("rediss", "unifiedq.drivers.redis", "redis", "redis:// over TLS"),
     DriverSpec("redis+sentinel", "unifiedq.drivers.redis", "redis",
                "redis:// through Redis Sentinel (the master follows failovers)"),
+    DriverSpec("redis+cluster", "unifiedq.drivers.redis", "redis",
+               "redis:// on a Redis Cluster (slots routed per asynq queue, follows failovers)"),
     DriverSpec("amqp", "unifiedq.drivers.amqp", "amqp", "RabbitMQ through kombu (Machinery)"),
     DriverSpec("amqps", "unifiedq.drivers.amqp", "amqp", "amqp:// over TLS"),
     DriverSpec("faktory", "unifiedq.drivers.faktory", "faktory",

@@ -40,7 +40,7 @@ from ..._errors import (
 )
 from ..._job import EnqueueRequest, Job
 from ..._url import URL, parse_options
-from . import _proto, _scripts
+from . import _cluster, _proto, _scripts
 from ._proto import TaskMessage
 
 _hpack: Callable[[tuple[Any, ...]], Any] | None
@@ -302,13 +302,22 @@ class Core:
         self.wake_key = base + "uq:wake"
         self.stamp_key = base + "uq:maintained"
         o = options
+        #: The slot map of a ``redis+cluster://`` URL (None otherwise).
+        self.cluster = (_cluster.SlotMap(_cluster.cluster_spec(url.authority))
+                        if url.scheme == "redis+cluster" else None)
         self._levels: list[_Level] = []
+        #: Each level's wake list for enqueue/nack scripts: the base one, except in cluster
+        #: mode, where a level's script may only touch its own slot (see ``_cluster``).
+        self.wakes: list[str] = []
         # A plain enqueue is 13 RESP bulks: EVALSHA sha 4 KEYS[1..4] ARGV[1..6].
         head = b"*13\r\n" + _bulk(b"EVALSHA") + _bulk(_scripts.ENQUEUE.sha.encode()) + _bulk(b"4")
         wake = self.wake_key
         for n in range(10):
             q = o.queue if n == 0 else f"{o.queue}:p{n}"
             p = prefix(q)
+            if n and self.cluster is not None:
+                wake = p + "uq:wake"
+            self.wakes.append(wake)
             tail = _len_field(0x22, q.encode())
             if o.max_retry:
                 tail += b"\x28" + _proto._varint(o.max_retry)
@@ -535,7 +544,11 @@ class Core:
 
     def untake_call(self, call: Call) -> Call:
         """Give back what the dequeue ``call`` took, if it ran and its reply was lost."""
-        args = call[2]
+        keys, args = call[1], call[2]
+        if self.cluster is not None:  # one level's call (see _cluster.level_call)
+            lv = next(lv for lv in self._levels if lv.qname == args[0])
+            return (_scripts.UNTAKE, [keys[0], self.wakes[lv.level]],
+                    [args[0], args[3], args[4], time.time_ns(), _WAKE_CAP])
         return (_scripts.UNTAKE, [self.levels_key, self.wake_key],
                 [self.qname, args[3], args[4], time.time_ns(), _WAKE_CAP])
 
@@ -717,7 +730,7 @@ class Core:
         date, expire, cutoff = self._stats(now)
         args = [r.prefix, msg.id, r.token, mode, b"" if mode == "requeue" else _proto.encode(new),
                 repr(at), repr(now), time.time_ns(), date, expire, cutoff, _WAKE_CAP]
-        return _scripts.NACK, [r.prefix + "t:" + msg.id, self.wake_key], args
+        return _scripts.NACK, [r.prefix + "t:" + msg.id, self.wakes[r.level]], args
 
     def extend_call(self, job: Job, seconds: float) -> Call:
         """The extend script call for ``extend_lease``."""
@@ -823,6 +836,8 @@ def _connection_kwargs(url: URL, o: RedisOptions) -> dict[str, Any]:
                              f"{path!r}") from None
     else:
         db = 0
+    if url.scheme == "redis+cluster" and db:
+        raise InvalidURL(f"Redis Cluster has database 0 only, not {db}")
     kw: dict[str, Any] = {
         "host": url.host or "localhost", "port": url.port or 6379, "db": db,
         "username": url.username or None, "password": url.password,
@@ -840,7 +855,7 @@ def _connection_kwargs(url: URL, o: RedisOptions) -> dict[str, Any]:
 
 def parse(url: URL, options: Mapping[str, object]) -> tuple[URL, RedisOptions]:
     """Parse the URL's options (no I/O)."""
-    if url.scheme not in ("redis", "rediss", "redis+sentinel"):
-        raise InvalidURL(f"the redis driver takes redis://, rediss:// or redis+sentinel:// "
-                         f"URLs, not {url.scheme!r}")
+    if url.scheme not in ("redis", "rediss", "redis+sentinel", "redis+cluster"):
+        raise InvalidURL(f"the redis driver takes redis://, rediss://, redis+sentinel:// or "
+                         f"redis+cluster:// URLs, not {url.scheme!r}")
     return url, parse_options(RedisOptions, url.query, options, driver="redis")
