@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import math
+import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -372,3 +377,51 @@ def test_amqp_broker_dead_letters_expired_messages_with_reason_expired(amqp_url:
     assert msg is not None and bytes(msg.body) == b"short-lived"
     deaths = msg.properties["application_headers"]["x-death"]
     assert deaths[0]["reason"] == "expired"
+
+
+# -- redis: asynq's own Timeout/Deadline, both directions, through Go asynq --------------------
+
+@pytest.fixture(scope="module")
+def asynq_bin() -> Path:
+    from gobuild import built_go_program
+    return built_go_program(Path(__file__).parent / "interop", "asynq-interop", "asynq interop")
+
+
+def _go(binary: Path, redis_url: str, cmd: str, queue: str, *args: str) -> list[dict[str, Any]]:
+    u = urllib.parse.urlsplit(redis_url)
+    argv = [str(binary), cmd, "-addr", f"{u.hostname}:{u.port}", "-db",
+            u.path.strip("/") or "0", "-queue", queue, *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_go_asynq_timeout_and_deadline_read_by_python(asynq_bin: Path, redis_url: str) -> None:
+    name = f"dl-go-{uuid.uuid4().hex[:8]}"
+    dl = int(time.time()) + 600
+    _go(asynq_bin, redis_url, "produce", name, "-count", "1", "-task-timeout", "7s",
+        "-task-deadline", str(dl))
+    with connect(f"{redis_url}?queue={name}") as q:
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == b"go-0"
+        assert (job.timeout, job.deadline) == (7.0, float(dl))
+        q.ack(job)
+
+
+def test_python_timeout_deadline_and_expiry_seen_by_go_inspector(asynq_bin: Path,
+                                                                   redis_url: str) -> None:
+    name = f"dl-go-{uuid.uuid4().hex[:8]}"
+    dl = time.time() + 600.3
+    with connect(f"{redis_url}?queue={name}") as q:
+        jid = q.enqueue(b"py", deadline=dl, timeout=2.5)
+        (info,) = _go(asynq_bin, redis_url, "taskinfo", name, "-id", jid)
+        # asynq's units: whole seconds, rounded up (never earlier or shorter than asked).
+        assert (info["timeout"], info["deadline"]) == (3.0, math.ceil(dl))
+        only = q.enqueue(b"deadline only", ttl=600)
+        (info,) = _go(asynq_bin, redis_url, "taskinfo", name, "-id", only)
+        assert info["timeout"] == 0  # as asynq's client writes a deadline without a timeout
+        q.purge()
+        stale = q.enqueue(b"stale", deadline=time.time() - 5)
+        assert q.dequeue(timeout=0.5) is None and q.expired_count == 1
+        (info,) = _go(asynq_bin, redis_url, "taskinfo", name, "-id", stale)
+        assert info["state"] == "archived" and info["last_err"] == "unifiedq: expired"

@@ -57,6 +57,14 @@ func redisOpt(addr string, db int, password string) asynq.RedisClientOpt {
 
 func now() float64 { return float64(time.Now().UnixNano()) / 1e9 }
 
+// unixOrZero is t in Unix seconds, or 0 for the zero time (no deadline).
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
 // consume runs a server. Tasks of type "interop:fail" always fail (so they are retried and
 // then archived); tasks of type "interop:result" write "go:<payload>" with their
 // ResultWriter; every other task succeeds. It exits after -count tasks reached a final state.
@@ -117,14 +125,16 @@ func consume(opt asynq.RedisClientOpt, queue string, count int, timeout time.Dur
 	emit(map[string]any{"event": "stopped"})
 }
 
-// produce enqueues n tasks: type "interop:go", payload "go-<i>", header "seq"=i.
-func produce(opt asynq.RedisClientOpt, queue string, n int) {
+// produce enqueues n tasks: type "interop:go", payload "go-<i>", header "seq"=i; extra
+// options (asynq.Timeout, asynq.Deadline) go to every task.
+func produce(opt asynq.RedisClientOpt, queue string, n int, extra ...asynq.Option) {
 	c := asynq.NewClient(opt)
 	defer c.Close()
 	for i := 0; i < n; i++ {
 		t := asynq.NewTaskWithHeaders("interop:go", []byte(fmt.Sprintf("go-%d", i)),
 			map[string]string{"seq": fmt.Sprint(i), "origin": "go"})
-		info, err := c.Enqueue(t, asynq.Queue(queue), asynq.MaxRetry(3))
+		info, err := c.Enqueue(t, append([]asynq.Option{asynq.Queue(queue), asynq.MaxRetry(3)},
+			extra...)...)
 		if err != nil {
 			fail("enqueue: %v", err)
 		}
@@ -198,6 +208,8 @@ func main() {
 	count := fs.Int("count", 1, "consume: tasks to finish; produce: tasks to enqueue")
 	timeout := fs.Duration("timeout", 60*time.Second, "consume: give up after this long")
 	id := fs.String("id", "", "taskinfo: the task id")
+	taskTimeout := fs.Duration("task-timeout", 0, "produce: asynq.Timeout of every task")
+	taskDeadline := fs.Int64("task-deadline", 0, "produce: asynq.Deadline (Unix seconds)")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		fail("%v", err)
 	}
@@ -206,7 +218,14 @@ func main() {
 	case "consume":
 		consume(opt, *queue, *count, *timeout)
 	case "produce":
-		produce(opt, *queue, *count)
+		var extra []asynq.Option
+		if *taskTimeout > 0 {
+			extra = append(extra, asynq.Timeout(*taskTimeout))
+		}
+		if *taskDeadline > 0 {
+			extra = append(extra, asynq.Deadline(time.Unix(*taskDeadline, 0)))
+		}
+		produce(opt, *queue, *count, extra...)
 	case "inspect":
 		inspect(opt, *queue)
 	case "taskinfo":
@@ -218,7 +237,8 @@ func main() {
 		}
 		emit(map[string]any{"event": "taskinfo", "id": info.ID, "state": info.State.String(),
 			"result": string(info.Result), "last_err": info.LastErr,
-			"retention": info.Retention.Seconds(), "completed_at": info.CompletedAt.Unix()})
+			"retention": info.Retention.Seconds(), "completed_at": info.CompletedAt.Unix(),
+			"timeout": info.Timeout.Seconds(), "deadline": unixOrZero(info.Deadline)})
 	case "pause", "unpause":
 		ins := asynq.NewInspector(opt)
 		defer ins.Close()
