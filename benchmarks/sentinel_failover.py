@@ -6,7 +6,7 @@ enqueues ``--jobs`` jobs with known ids through ``redis+sentinel://`` at a stead
 enqueue *returned* is "acknowledged"), and a SIGKILL of the master once a third of the jobs
 went out. With ``--lag S`` the replica is stalled (SIGSTOP) for S seconds before the kill and
 thawed right after it, so it falls behind as a slow or partitioned replica does. After the
-failover the old master is restarted (Sentinel makes it a replica) and the queue is drained:
+failover the old master is restarted as a replica of the new one and the queue is drained:
 an acknowledged id that is not there is a lost job. Redis replication is asynchronous, so
 without ``min_replicas`` a job acknowledged by the old master before it died can be lost;
 with ``min_replicas=1`` every acknowledged job was on the replica before the enqueue returned.
@@ -85,7 +85,7 @@ def one_round(jobs: int, min_replicas: int, lag: float, rate: float) -> dict[str
             replica.freeze()
             time.sleep(lag)
         old, promoted = rig.fail_over(after_kill=replica.thaw if lag else None)
-        old.restart()
+        rig.rejoin(old)
         t.join()
         with unifiedq.connect(rig.url(queue="fo")) as q:
             present: set[str] = set()

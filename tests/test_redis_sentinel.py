@@ -140,7 +140,7 @@ def test_failover_is_followed_and_replicated_jobs_survive_sync(
         assert promoted_in < 20
         took = _until_written(lambda j: q.enqueue(j.encode(), job_id=j), "after-0")
         assert took < 30
-        old.restart()  # Sentinel turns the old master into a replica of the new one
+        fresh_rig.rejoin(old)  # back as a replica of the new master
         got = set()
         while (job := q.dequeue(timeout=1.0)) is not None:
             got.add(job.id)

@@ -195,7 +195,35 @@ class RedisSentinelRig:
             return _info(addr[1], "replication").get("role") == "master"
 
         self._wait(promoted, timeout, "a replica to be promoted")
-        return old, time.monotonic() - t0
+        took = time.monotonic() - t0
+        # Every Sentinel must agree before anything else happens: one with the old view could
+        # take the old master back as master when it restarts (empty, without persistence)
+        # and make the promoted node resync from it, wiping the data (Redis documents this).
+        new = self.master_address()
+        self._wait(lambda: all(s.master_address() == new for s in self.sentinels), timeout,
+                   "every Sentinel to name the new master")
+        return old, took
+
+    def rejoin(self, old: RedisServer, *, timeout: float = 30.0) -> None:
+        """Restart a killed former master as a replica of the current master.
+
+        It comes back with ``--replicaof`` the new master, as an operator must restart a master
+        without persistence: were it to come back as an (empty) master, a Sentinel could make
+        the promoted node resync from it.
+
+        Raises:
+            ServerStartError: It did not come up, or did not finish syncing within ``timeout``.
+        """
+        master = self.current_master()
+        if "--replicaof" in old.extra_args:
+            i = old.extra_args.index("--replicaof")
+            del old.extra_args[i:i + 3]
+        old.extra_args += ["--replicaof", LOOPBACK, str(master.port)]
+        old.restart()
+        self._wait(lambda: _info(old.port, "replication").get("master_link_status") == "up",
+                   timeout, "the former master to sync as a replica")
+        if old not in self.replicas:
+            self.replicas.append(old)
 
     def stop(self) -> None:
         """Stop every process the rig started."""
