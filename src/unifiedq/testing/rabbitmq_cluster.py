@@ -20,6 +20,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
+import multiprocessing
 import os
 import secrets
 import signal
@@ -27,8 +30,9 @@ import subprocess
 import threading
 import time
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+from .._connect import connect
 from .servers import (
     RabbitMQServer,
     ServerStartError,
@@ -37,7 +41,7 @@ from .servers import (
     find_binary,
 )
 
-__all__ = ["RabbitMQCluster", "RabbitMQClusterNode"]
+__all__ = ["FailoverLedger", "RabbitMQCluster", "RabbitMQClusterNode", "failover_run"]
 
 
 class RabbitMQClusterNode(RabbitMQServer):
@@ -203,3 +207,154 @@ class RabbitMQCluster:
 
     def __repr__(self) -> str:
         return f"<RabbitMQCluster {[n.nodename for n in self.nodes if n._port]}>"
+
+
+# -- a failover run with an exact ledger (used by tests/test_amqp_cluster.py and
+# benchmarks/amqp_cluster_failover.py) ---------------------------------------------------------
+@dataclasses.dataclass
+class FailoverLedger:
+    """What a :func:`failover_run` saw.
+
+    Attributes:
+        confirmed: Bodies whose ``enqueue`` returned (the broker confirmed them).
+        uncertain: Bodies whose ``enqueue`` raised (they may or may not be queued).
+        consumed: Every body a consumer dequeued, duplicates included.
+        lost: Confirmed bodies no consumer ever saw (must be empty).
+        duplicates: Deliveries beyond the first of a body (at-least-once allows them).
+        produce_gap: Seconds from the kill to the first confirmed enqueue after it (the
+            slowest producer).
+        consume_gap: Seconds from the kill to the first dequeue after it (the slowest
+            consumer).
+        errors: Errors producers and consumers saw, by type name.
+        seconds: Length of the whole run.
+    """
+
+    confirmed: set[bytes]
+    uncertain: set[bytes]
+    consumed: list[bytes]
+    lost: set[bytes]
+    duplicates: int
+    produce_gap: float
+    consume_gap: float
+    errors: dict[str, int]
+    seconds: float
+
+
+def _produce(url: str, proc: int, jobs: int, pace: float, out: Any) -> None:
+    q = connect(url)
+    events: list[tuple[float, bytes, bool]] = []
+    errors: dict[str, int] = {}
+    for i in range(jobs):
+        body = b"p%d-%d" % (proc, i)
+        try:
+            q.enqueue(body)
+        except Exception as exc:  # the ledger records every failure
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            events.append((time.time(), body, False))
+        else:
+            events.append((time.time(), body, True))
+        time.sleep(pace)
+    with contextlib.suppress(Exception):
+        q.close()
+    out.put(("produced", events, errors))
+
+
+def _consume(url: str, stop: Any, out: Any) -> None:
+    q = connect(url)
+    seen: list[tuple[float, bytes]] = []
+    errors: dict[str, int] = {}
+    idle_since: float | None = None
+    while True:
+        try:
+            jobs = q.dequeue_many(50, timeout=0.5)
+        except Exception as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            time.sleep(0.1)
+            continue
+        now = time.time()
+        seen += [(now, j.body) for j in jobs]
+        if jobs:
+            idle_since = None
+            try:
+                q.ack_many(jobs)
+            except Exception as exc:  # redelivered later: a duplicate
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        elif stop.is_set():
+            idle_since = idle_since or now
+            if now - idle_since >= 3.0:  # producers done, nothing for 3 s: drained
+                break
+    with contextlib.suppress(Exception):
+        q.close()
+    out.put(("consumed", seen, errors))
+
+
+def failover_run(cluster: RabbitMQCluster, *, queue: str, producers: int = 2,
+                 consumers: int = 2, jobs: int = 1000, pace: float = 0.002,
+                 kill_after: float = 2.0, kill: int = 0, options: str = "") -> FailoverLedger:
+    """Producers and consumers in processes on a quorum queue; SIGKILL one node mid-run.
+
+    Every client starts on ``nodes[kill]`` (so the kill drops all their connections and
+    the queue's leader) and has the other nodes as ``alternates``. Producers enqueue
+    ``jobs`` jobs each, one confirmed publish at a time, ``pace`` seconds apart; consumers
+    dequeue in batches and ack until the producers are done and the queue stays empty.
+
+    Args:
+        cluster: A started cluster.
+        queue: The queue's name (declared ``queue_type=quorum``).
+        producers: Producer processes.
+        consumers: Consumer processes.
+        jobs: Jobs per producer.
+        pace: Seconds a producer sleeps between publishes.
+        kill_after: Seconds after the start that ``nodes[kill]`` is killed (SIGKILL).
+        kill: Index of the node to kill.
+        options: Extra URL options (``&k=v...``).
+
+    Returns:
+        The ledger.
+    """
+    node = cluster.nodes[kill]
+    url = (f"{node.url}?queue={queue}&queue_type=quorum&reconnect_timeout=60"
+           f"&alternates={cluster.alternates(kill)}{options}")
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    stop = ctx.Event()
+    connect(url).close()  # nothing declared yet: the first publish declares
+    started = time.time()
+    procs = [ctx.Process(target=_consume, args=(url, stop, out)) for _ in range(consumers)]
+    procs += [ctx.Process(target=_produce, args=(url, p, jobs, pace, out))
+              for p in range(producers)]
+    for p in procs:
+        p.start()
+    time.sleep(kill_after)
+    killed_at = time.time()
+    node.kill()
+    results: list[tuple[str, Any, dict[str, int]]] = []
+    for _ in range(producers):
+        results.append(out.get(timeout=600))
+    stop.set()
+    for _ in range(consumers):
+        results.append(out.get(timeout=600))
+    for p in procs:
+        p.join(timeout=30)
+    confirmed: set[bytes] = set()
+    uncertain: set[bytes] = set()
+    consumed: list[bytes] = []
+    errors: dict[str, int] = {}
+    produce_gap = consume_gap = 0.0
+    for kind, events, errs in results:
+        for k, v in errs.items():
+            errors[f"{kind}:{k}"] = errors.get(f"{kind}:{k}", 0) + v
+        if kind == "produced":
+            confirmed |= {b for _, b, ok in events if ok}
+            uncertain |= {b for _, b, ok in events if not ok}
+            after = [t for t, _, ok in events if ok and t > killed_at]
+            produce_gap = max(produce_gap, (after[0] - killed_at) if after else math.inf)
+        else:
+            consumed += [b for _, b in events]
+            after = [t for t, _ in events if t > killed_at]
+            consume_gap = max(consume_gap, (after[0] - killed_at) if after else math.inf)
+    return FailoverLedger(
+        confirmed=confirmed, uncertain=uncertain, consumed=consumed,
+        lost=confirmed - set(consumed), duplicates=len(consumed) - len(set(consumed)),
+        produce_gap=produce_gap, consume_gap=consume_gap, errors=errors,
+        seconds=time.time() - started)

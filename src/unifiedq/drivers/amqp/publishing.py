@@ -339,6 +339,7 @@ class PublishingMixin(ConnectionMixin):
         start = time.monotonic() if start is None else start
         refused_once = False
         interrupts = 0
+        pause = 0.1
         while outs:
             self._ensure_pub(what, start, hard)
             try:
@@ -364,6 +365,16 @@ class PublishingMixin(ConnectionMixin):
                         and o.msg.properties.get("message_id") not in self._returned]
                 if full:  # x-overflow=reject-publish: the broker nacked them, queued nothing
                     raise QueueFullRefused(what, self._q, self.options.maxsize, refused)
+            if refused and self.options.queue_type == "quorum" and (
+                    time.monotonic() + pause < hard):
+                # After a failover, a channel that published to the old leader can nack
+                # every publish to the queue for many seconds (RabbitMQ 3.10, measured); a
+                # new connection publishes at once. Until the deadline, then as below.
+                self._drop_pub()
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                outs = refused
+                continue
             if refused and refused_once:
                 raise BackendError(
                     f"{what}: the broker refused or could not route {len(refused)} message(s) "
