@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -28,7 +29,11 @@ import redis
 
 from gobuild import built_go_program
 from unifiedq import AsyncWorker, BoundedQueue, Job, Worker, connect
-from unifiedq.drivers.redis import _servers
+from unifiedq._consumers import ConsumerInfo
+from unifiedq._errors import BackendConnectionError
+from unifiedq._sync import worker as sync_worker
+from unifiedq._sync.wrapper import QueueWrapper
+from unifiedq.drivers.redis import RedisQueue, _servers
 from unifiedq.drivers.redis._async.registry import AsyncServerRegistration
 from unifiedq.drivers.redis._sync.registry import SyncServerRegistration
 
@@ -243,3 +248,37 @@ def test_sigkilled_worker_drops_out_after_its_ttl(
         wait_for(lambda: r.exists(wkey) == 0, timeout=3)  # the hash expires with it
     finally:
         r.close()
+
+
+class _FailsFirstOpen(QueueWrapper):
+    """A redis queue whose consumer registry cannot be opened the first time (Redis away)."""
+
+    def __init__(self, inner: RedisQueue) -> None:
+        self.inner = inner
+        self.opens = 0
+
+    def open_consumer_registry(self, info: ConsumerInfo) -> Any:
+        self.opens += 1
+        if self.opens == 1:
+            raise BackendConnectionError("redis is away")
+        return self.inner.open_consumer_registry(info)
+
+
+def test_registry_opened_later_when_it_failed_at_start(
+        servers_bin: Path, redis_url: str, qname: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sync_worker, "REGISTRY_RETRY", 0.3)
+    inner = connect(f"{redis_url}?queue={qname}")
+    assert isinstance(inner, RedisQueue)
+    q = _FailsFirstOpen(inner)
+    w = Worker(q, lambda job: None, concurrency=1)
+    with caplog.at_level(logging.WARNING, logger="unifiedq.worker"):
+        w.start()
+        try:
+            (srv,) = wait_for(lambda: ours(servers_bin, redis_url, qname))
+            assert srv["status"] == "active" and q.opens == 2
+        finally:
+            w.stop()
+    assert any("consumer registry" in r.getMessage() for r in caplog.records)
+    assert ours(servers_bin, redis_url, qname) == []
+    inner.close()

@@ -49,6 +49,9 @@ from ..metrics import Metrics, NullMetrics
 
 __all__ = ["AsyncWorker"]
 
+#: Seconds before a consumer registry that could not be opened is tried again.
+REGISTRY_RETRY = 5.0
+
 
 class AsyncWorker(WorkerCore):
     """Run handlers over a queue, ``concurrency`` jobs at a time.
@@ -324,25 +327,30 @@ class AsyncWorker(WorkerCore):
         self._done.set()
 
     async def _registry(self, opener: Callable[[ConsumerInfo], Any]) -> None:
-        """Announce this worker where its queue lists consumers; heartbeat; leave at the end."""
+        """Announce this worker where its queue lists consumers; heartbeat; leave at the end.
+
+        A failure is logged and retried at the next period (the jobs matter more than the
+        listing): a registry that could not be opened at start is opened later.
+        """
         info = ConsumerInfo(concurrency=self.concurrency, queues={self.queue_name: 1},
                             started_at=time.time())
+        reg: Any = None
         try:
-            reg = await opener(info)
-        except Exception:  # the jobs matter more than the listing: run unlisted
-            self._log(logging.WARNING, "registry_error", "could not register this worker "
-                      "with its queue's consumer registry", exc_info=True)
-            return
-        try:
-            while not await self._reg_stop.wait(reg.interval):
+            while True:
                 try:
-                    await reg.heartbeat(self._running(), status="stopped"
-                                        if self._stopping.is_set() else "active")
+                    if reg is None:
+                        reg = await opener(info)
+                    else:
+                        await reg.heartbeat(self._running(), status="stopped"
+                                            if self._stopping.is_set() else "active")
                 except Exception:
-                    self._log(logging.WARNING, "registry_error", "consumer registry "
-                              "heartbeat failed", exc_info=True)
+                    self._log(logging.WARNING, "registry_error", "could not update this "
+                              "worker's entry in its queue's consumer registry", exc_info=True)
+                if await self._reg_stop.wait(REGISTRY_RETRY if reg is None else reg.interval):
+                    break
         finally:
-            await self._safe(reg.close)
+            if reg is not None:
+                await self._safe(reg.close)
 
     def _running(self) -> list[RunningJob]:
         """The jobs whose handlers run now, with wall-clock start times and deadlines."""
