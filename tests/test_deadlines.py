@@ -51,14 +51,14 @@ from unifiedq._job import EnqueueRequest
     {"timeout": math.nan},
     {"timeout": False},
 ])
-def test_bad_arguments_are_refused_before_io(kwargs: dict[str, object]) -> None:
+def test_bad_arguments_are_refused_before_io(kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):
         EnqueueRequest.build(b"x", **kwargs)
     q = connect(f"memory://dl-bad-{uuid.uuid4().hex[:8]}")
     with pytest.raises(InvalidArgument):
-        q.enqueue(b"x", **kwargs)  # type: ignore[arg-type]
+        q.enqueue(b"x", **kwargs)
     with pytest.raises(InvalidArgument):
-        q.enqueue_many([b"x"], **kwargs)  # type: ignore[arg-type]
+        q.enqueue_many([b"x"], **kwargs)
     assert q.size() == 0
     q.close()
 
@@ -88,9 +88,10 @@ def test_a_driver_without_the_flag_refuses() -> None:
     q = connect(f"shm://dl-unsupported-{uuid.uuid4().hex[:8]}")
     try:
         assert Capability.DEADLINE not in q.capabilities
-        for kw in ({"ttl": 5}, {"deadline": time.time() + 5}, {"timeout": 1}):
+        kws: list[dict[str, Any]] = [{"ttl": 5}, {"deadline": time.time() + 5}, {"timeout": 1}]
+        for kw in kws:
             with pytest.raises(UnsupportedOperation):
-                q.enqueue(b"x", **kw)  # type: ignore[arg-type]
+                q.enqueue(b"x", **kw)
         assert q.size() == 0
     finally:
         q.close()
@@ -365,14 +366,15 @@ def test_worker_with_codel_sheds_a_stale_backlog() -> None:
 # -- amqp: the broker itself dead-letters expired messages (reason "expired") -----------------
 
 def test_amqp_broker_dead_letters_expired_messages_with_reason_expired(amqp_url: str) -> None:
-    from kombu import Connection as KombuConnection
+    import kombu.connection
+    kombu_connection: Any = kombu.connection.Connection
     name = f"dl-amqp-{uuid.uuid4().hex[:8]}"
     with connect(f"{amqp_url}?queue={name}") as q:
         q.enqueue(b"short-lived", ttl=0.2)
         time.sleep(0.6)
         # Past its TTL at the head of the queue: RabbitMQ moved it to <name>.dead itself.
         assert q.size() == 0 and q.expired_count == 0
-    with KombuConnection(amqp_url) as conn:
+    with kombu_connection(amqp_url) as conn:
         msg = conn.default_channel.basic_get(f"{name}.dead", no_ack=True)
     assert msg is not None and bytes(msg.body) == b"short-lived"
     deaths = msg.properties["application_headers"]["x-death"]
