@@ -33,7 +33,7 @@ from unifiedq._consumers import ConsumerInfo
 from unifiedq._errors import BackendConnectionError
 from unifiedq._sync import worker as sync_worker
 from unifiedq._sync.wrapper import QueueWrapper
-from unifiedq.drivers.redis import RedisQueue, _servers
+from unifiedq.drivers.redis import RedisQueue, _proto, _servers
 from unifiedq.drivers.redis._async.registry import AsyncServerRegistration
 from unifiedq.drivers.redis._sync.registry import SyncServerRegistration
 
@@ -123,6 +123,16 @@ def test_worker_listed_with_its_running_tasks_then_gone(
                 assert before - 1 <= a["started"] <= time.time()
                 # The handler's timeout is asynq's per-task deadline.
                 assert a["deadline"] == pytest.approx(a["started"] + 60, abs=1.0)
+            # `asynq server ls` prints "Active Workers" from ServerInfo's own count (field 9),
+            # which Inspector does not expose: read it from the stored protobuf.
+            r = redis.Redis.from_url(redis_url)
+            try:
+                raw = r.get(_servers.server_key(srv["host"], srv["pid"], srv["id"]))
+            finally:
+                r.close()
+            assert isinstance(raw, bytes)
+            fields = dict(_proto._fields(raw))
+            assert (fields[4], fields[9], fields[7]) == (3, 2, b"active")
             # Stopping: still listed while the grace period runs, as asynq's "stopped".
             w.request_stop(grace=20)
             wait_for(lambda: [s for s in ours(servers_bin, redis_url, qname)
@@ -254,14 +264,14 @@ class _FailsFirstOpen(QueueWrapper):
     """A redis queue whose consumer registry cannot be opened the first time (Redis away)."""
 
     def __init__(self, inner: RedisQueue) -> None:
-        self.inner = inner
+        self.inner = self._redis = inner
         self.opens = 0
 
     def open_consumer_registry(self, info: ConsumerInfo) -> Any:
         self.opens += 1
         if self.opens == 1:
             raise BackendConnectionError("redis is away")
-        return self.inner.open_consumer_registry(info)
+        return self._redis.open_consumer_registry(info)
 
 
 def test_registry_opened_later_when_it_failed_at_start(
