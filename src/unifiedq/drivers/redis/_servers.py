@@ -124,7 +124,9 @@ def write_commands(info: ServerInfo, workers: Iterable[tuple[str, bytes]], ttl: 
     """The commands of one heartbeat (``WriteServerState``), to run in one MULTI/EXEC.
 
     ``workers``: (task id, encoded ``WorkerInfo``) pairs. Scores are whole seconds
-    (``exp.Unix()`` in Go): readers compare them with their own ``now.Unix()``.
+    (``exp.Unix()`` in Go): readers compare them with their own ``now.Unix()``. The first
+    two commands update the registries; the rest touch only the server's own two keys (one
+    Redis Cluster slot: the ``{host:pid:sid}`` hash tag).
     """
     skey = server_key(info.host, info.pid, info.server_id)
     wkey = workers_key(info.host, info.pid, info.server_id)
@@ -145,7 +147,7 @@ def write_commands(info: ServerInfo, workers: Iterable[tuple[str, bytes]], ttl: 
 
 
 def clear_commands(host: str, pid: int, server_id: str) -> list[tuple[str, ...]]:
-    """The commands of ``ClearServerState``: the server leaves both registries."""
+    """The commands of ``ClearServerState``: the two registries, then the server's own keys."""
     skey = server_key(host, pid, server_id)
     wkey = workers_key(host, pid, server_id)
     return [("ZREM", ALL_SERVERS, skey), ("ZREM", ALL_WORKERS, wkey), ("DEL", skey, wkey)]

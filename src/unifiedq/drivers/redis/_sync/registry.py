@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...._consumers import ConsumerInfo, RunningJob
 from .._core import pack, translating
@@ -93,10 +93,24 @@ class SyncServerRegistration:
                     data = (rj, encode_worker(info.host, info.pid, self.server_id, w))
                 self._encoded[rj.job.id] = data
             workers = [(jid, data) for jid, (_, data) in self._encoded.items()]
-            cmds = [("MULTI",), *write_commands(info, workers, self._ttl, time.time()),
-                    ("EXEC",)]
+            cmds = write_commands(info, workers, self._ttl, time.time())
+            self._run(cmds[:2], cmds[2:])
+
+    def _run(self, registries: list[Any], own: list[Any]) -> None:
+        """Update the two registries, then the server's own keys in one MULTI/EXEC.
+
+        One round trip on a single node; on a cluster one per slot (the two registries and
+        the ``{host:pid:id}`` keys live in three slots, as in asynq).
+        """
+        q = self._queue
+        own = [("MULTI",), *own, ("EXEC",)]
+        if q._slots is None:
+            batches = [(None, [*registries, *own])]
+        else:
+            batches = [(c[1], [c]) for c in registries] + [(own[1][1], own)]
+        for key, cmds in batches:
             replies, _ = q._send(b"".join(pack(c) for c in cmds), len(cmds),
-                                       q._deadline())
+                                       q._deadline(), key=key)
             for r in replies:
                 if isinstance(r, Exception):
                     raise r
@@ -107,11 +121,6 @@ class SyncServerRegistration:
         Raises:
             BackendError: Redis refused or did not answer.
         """
-        q = self._queue
         cmds = clear_commands(self._info.host, self._info.pid, self.server_id)
         with translating():
-            replies, _ = q._send(b"".join(pack(c) for c in cmds), len(cmds),
-                                       q._deadline())
-            for r in replies:
-                if isinstance(r, Exception):
-                    raise r
+            self._run(cmds[:2], cmds[2:])
