@@ -9,6 +9,7 @@ so every test starts by purging them (the tests of this module run one after ano
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -153,6 +154,31 @@ def test_raw_bytes_round_trip(mq: MachineryQueue) -> None:
     mq.ack(job)
     assert (job.id, job.body, job.headers["type"], job.headers["k"]) == (jid, body, "Blob", "v")
     assert "content-type" not in job.headers
+
+
+def test_batches(mq: MachineryQueue, amqp_url: str) -> None:
+    ids = mq.enqueue_many([b"a", b"b", b"c"], headers={"type": "Blob"})
+    jobs: list[unifiedq.Job] = []
+    deadline = time.monotonic() + 10
+    while len(jobs) < 3 and time.monotonic() < deadline:
+        jobs += mq.dequeue_many(3 - len(jobs), timeout=5)  # returns what is there
+    assert sorted(j.id for j in jobs) == sorted(ids)
+    assert sorted(j.body for j in jobs) == [b"a", b"b", b"c"]
+    mq.ack_many(jobs)
+
+
+def test_the_async_face(mq: MachineryQueue, amqp_url: str) -> None:
+    async def main() -> tuple[str, Any]:
+        async with unifiedq.connect_async(f"{amqp_url}?protocol=machinery") as aq:
+            jid = await aq.enqueue(b"[1]", headers={"type": "Add",
+                                                    "content-type": "application/json"})
+            job = await aq.dequeue(timeout=5)
+            assert job is not None
+            await aq.ack(job)
+            return jid, job
+
+    jid, job = asyncio.run(main())
+    assert (job.id, task_of(job).args, task_of(job).types) == (jid, [1], ["int64"])
 
 
 def test_bad_input_is_refused_before_sending(mq: MachineryQueue, amqp_url: str) -> None:
