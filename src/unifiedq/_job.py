@@ -15,7 +15,8 @@ from typing import Any
 from ._errors import BodyTooLarge, InvalidArgument, InvalidBody
 
 __all__ = [
-    "PRIORITY_MAX", "PRIORITY_MIN", "Deadline", "Delay", "EnqueueRequest", "Job", "make_job", "new_job_id",
+    "PRIORITY_MAX", "PRIORITY_MIN", "Deadline", "Delay", "EnqueueRequest", "Job", "make_job",
+    "new_job_id",
 ]
 
 #: A delay: seconds or a timedelta.

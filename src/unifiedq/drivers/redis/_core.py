@@ -457,10 +457,11 @@ class Core:
         return levels, b"".join(parts)
 
     def _tail(self, lv: _Level, req: EnqueueRequest) -> bytes:
-        """Fields 4, 5, 8 and 9 (queue, retry, timeout, deadline) of a job with a deadline or
-        timeout, in asynq's units: whole seconds, rounded up (never shorter or earlier than
-        asked; asynq reads a timeout of 0 as none). A deadline without a timeout writes no
-        timeout, as asynq's client does (the task then runs until its deadline).
+        """Fields 4, 5, 8 and 9 (queue, retry, timeout, deadline) of a job with either.
+
+        In asynq's units: whole seconds, rounded up (never shorter or earlier than asked;
+        asynq reads a timeout of 0 as none). A deadline without a timeout writes no timeout,
+        as asynq's client does (the task then runs until its deadline).
         """
         tail = _len_field(0x22, lv.qname.encode())
         if self.options.max_retry:
