@@ -224,3 +224,19 @@ def test_worker_over_the_server_scheduler_processes_everything_once(redis_url: s
     assert len(done) == 300 and max(done.values()) == 1
     assert fq.size() == 0
     fq.close()
+
+
+def test_handles_of_idle_tenants_are_closed_but_not_while_holding_jobs(redis_url: str) -> None:
+    tpl = _tpl(redis_url)
+    with FairQueue(tpl, scheduler="server", idle_ttl=0.1) as fq:
+        fq.enqueue(b"x", tenant="gone")
+        held = fq.dequeue()
+        assert held is not None
+        time.sleep(0.25)
+        fq.enqueue(b"y", tenant="other")  # a verb runs the forget pass
+        assert "gone" in fq._core.tenants  # still holds a leased job: kept
+        fq.ack(held)
+        time.sleep(0.25)
+        fq.enqueue(b"z", tenant="other")
+        assert "gone" not in fq._core.tenants
+        fq.purge()

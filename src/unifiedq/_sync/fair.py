@@ -321,6 +321,8 @@ class FairQueue:
                                     deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None:
             self._server.mark(t.name)
+            t.polled = time.monotonic()
+            self._server_forget(t.polled)
         self._pushed(t, 1)
         return jid
 
@@ -342,6 +344,8 @@ class FairQueue:
                                          deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None and ids:
             self._server.mark(t.name)
+            t.polled = time.monotonic()
+            self._server_forget(t.polled)
         self._pushed(t, len(ids))
         return ids
 
@@ -517,12 +521,40 @@ class FairQueue:
         assert srv is not None
         by, token = srv.take(max_jobs)
         jobs: list[Job] = []
+        now = time.monotonic()
         for name, sub in by.items():
             with self._guard:
                 t = self._tenant(name)
+                t.polled = now  # last used: see _server_forget
                 self._core.drr.served[name] = self._core.drr.served.get(name, 0) + sub[0]
             jobs.extend(srv.adopt(t.queue, sub, token))
+        self._server_forget(now)
         return jobs
+
+    def _server_forget(self, now: float) -> None:
+        """Close the handles of unconfigured tenants unused for ``idle_ttl`` (server mode).
+
+        The server scheduler opens a handle per tenant it serves or enqueues for; without
+        this, a process serving tenants that come and go would keep every handle. A handle
+        still holding leased jobs is kept (their ack needs it).
+        """
+        c = self._core
+        if c.idle_ttl is None or now < c._next_forget:
+            return
+        c._next_forget = now + min(1.0, c.idle_ttl / 10)
+        with self._guard:
+            gone = [t for t in c.tenants.values()
+                    if not t.configured and t.name not in c._configured
+                    and now - t.polled >= c.idle_ttl
+                    and not getattr(getattr(getattr(t.queue, "inner", t.queue), "_core", None),
+                                    "holding", True)]
+            for t in gone:
+                del c.tenants[t.name]
+                c.by_queue.pop(t.queue.name, None)
+                c.drr.remove(t.name)
+        for t in gone:
+            with contextlib.suppress(Exception):  # closing an idle handle is best effort
+                t.queue.close()
 
     def extend_lease(self, job: Job, seconds: float) -> None:
         """Extend a job's lease on its tenant's sub-queue."""
@@ -594,6 +626,9 @@ class _ServerSched:
             raise InvalidArgument("scheduler='server' needs a redis:// template URL, "
                                   f"not {template!r}")
         from ..drivers.redis._fair import FairKeys
+        if template.startswith("redis+cluster:"):  # the pick and the lease: two slots
+            from ..drivers.redis._cluster import unsupported
+            raise unsupported("FairQueue(scheduler='server')")
         probe = "uqfairprobe"
         ctl: Any = connect(template.replace("{tenant}", probe), **opts)
         if ctl.driver != "redis" or not hasattr(ctl, "_eval"):
