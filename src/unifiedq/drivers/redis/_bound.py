@@ -11,7 +11,8 @@ The enqueue script is reused as it is (whatever the driver builds for a job: hea
 locks, deadlines), wrapped as a Lua function of its KEYS/ARGV, so the bound never drifts from
 the driver's enqueue. Keys: a queue's levels are separate asynq queues (``{q}``, ``{q:p1}``...),
 so a bound across priority levels reads several hash slots; on a standalone Redis (or a
-Sentinel master) that is fine, on a Cluster it would be CROSSSLOT unless only level 0 is used.
+Sentinel master) that is fine, on a Cluster it would be CROSSSLOT: there the bound stays
+client-side (see :func:`is_redis`).
 """
 
 from __future__ import annotations
@@ -76,9 +77,13 @@ return out
 
 
 def is_redis(q: object) -> bool:
-    """Whether ``q`` is a redis:// handle that can take the atomic bound."""
+    """Whether ``q`` is a redis:// handle that can take the atomic bound.
+
+    Not on a Redis Cluster: the script counts every priority level (several slots), so
+    ``BoundedQueue`` bounds a ``redis+cluster://`` queue client-side, like any other driver.
+    """
     return getattr(q, "driver", None) == "redis" and hasattr(q, "_core") \
-        and hasattr(q, "_send")
+        and hasattr(q, "_send") and getattr(q._core, "cluster", None) is None
 
 
 def __getattr__(name: str) -> Any:

@@ -149,12 +149,12 @@ def _addr(node: Sequence[Any], via: Addr) -> Addr:
 
 def level_call(call: tuple[Any, list[str], list[Any]], qname: str, pfx: str,
                ) -> tuple[Any, list[str], list[Any]]:
-    """One level's version of a multi-level script call (KEYS[1] = the levels set, ARGV[1] =
-    the queue name): the level's asynq queue seen as a queue without levels.
+    """One level's version of a multi-level script call, as a queue without levels.
 
-    ``uq:nolevels`` never exists, so the script's level loop visits this level only (reported
-    as level 0: the caller puts the real level back). A dequeue's maintenance stamp
-    (KEYS[2]) becomes the level's own.
+    The call's KEYS[1] (the levels set) and ARGV[1] (the queue name) become ``uq:nolevels`` in
+    the level's slot, which never exists, and the level's asynq queue name: the script's level
+    loop visits this level only (reported as level 0: the caller puts the real level back).
+    A dequeue's maintenance stamp (KEYS[2]) becomes the level's own.
     """
     script, keys, args = call
     new_keys = [pfx + "uq:nolevels", *(pfx + "uq:maintained" for _ in keys[1:2]), *keys[2:]]

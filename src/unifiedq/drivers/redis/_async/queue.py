@@ -30,7 +30,7 @@ from ...._consumers import ConsumerInfo
 from ...._errors import BackendConnectionError, JobNotLeased
 from ...._job import EnqueueRequest, Job
 from ...._url import URL
-from .. import _results, _scripts
+from .. import _cluster, _results, _scripts
 from .._clients import AsyncWire, disconnect_async
 from .._core import (
     CAPABILITIES,
@@ -70,6 +70,9 @@ class AsyncRedisQueue(AsyncQueueBase):
         self._lock = threading.Lock()  # the heartbeat is made once
         self._pool_lock = threading.Lock()  # no await is ever made while holding it
         self._idle: list[Any] = []  # connections ready for use (connected or not)
+        self._slots = self._core.cluster  # redis+cluster://: the slot map, else None
+        self._pools: dict[tuple[str, int], list[Any]] = {}  # cluster: idle ones per node
+        self._cl_levels: tuple[float, list[tuple[int, str, str]]] | None = None
         self._conns = 0  # connections made (idle or in use)
         self._pool_closed = False
         self._pid = os.getpid()
@@ -95,14 +98,15 @@ class AsyncRedisQueue(AsyncQueueBase):
                                     f"(socket_timeout={self._st} s)")
         return left
 
-    async def _acquire(self, deadline: float) -> Any:
-        """A pooled connection, connected within the deadline."""
+    async def _acquire(self, deadline: float, addr: tuple[str, int] | None = None) -> Any:
+        """A pooled connection (to cluster node ``addr``), connected within the deadline."""
         with self._pool_lock:
             if self._pool_closed:
                 raise rexc.ConnectionError("the handle was closed")
             if self._pid != os.getpid():  # a forked child must not share the parent's sockets
-                self._pid, self._idle, self._conns = os.getpid(), [], 0
-            conn = self._idle.pop() if self._idle else None
+                self._pid, self._idle, self._conns, self._pools = os.getpid(), [], 0, {}
+            idle = self._idle if addr is None else self._pools.setdefault(addr, [])
+            conn = idle.pop() if idle else None
             if conn is None:
                 cap = self.options.max_connections
                 if cap is not None and self._conns >= cap:
@@ -110,6 +114,8 @@ class AsyncRedisQueue(AsyncQueueBase):
                 self._conns += 1
         if conn is None:
             conn = AsyncWire.connection(self._core.connection_kwargs, self._core.ssl)
+            if addr is not None:
+                conn.host, conn.port = addr
         try:
             if self._core.sentinel is not None and not conn.is_connected:
                 # Ask the Sentinels on every new connection: after a failover the pool's
@@ -158,12 +164,17 @@ class AsyncRedisQueue(AsyncQueueBase):
             await disconnect_async(conn)  # never pool a desynced socket
         with self._pool_lock:
             if not self._pool_closed:
-                self._idle.append(conn)  # a dropped one reconnects on its next use
+                # A dropped one reconnects on its next use.
+                if self._slots is None:
+                    self._idle.append(conn)
+                else:
+                    self._pools.setdefault((conn.host, conn.port), []).append(conn)
                 return
         if not broken:
             await disconnect_async(conn)
 
-    async def _roundtrip(self, data: bytes, n: int, deadline: float) -> list[Any]:
+    async def _roundtrip(self, data: bytes, n: int, deadline: float,
+                         addr: tuple[str, int] | None = None) -> list[Any]:
         """Write pre-packed commands at once and read their ``n`` replies (errors as values).
 
         This is what a redis-py pipeline does, minus its per-command bookkeeping (argument
@@ -172,7 +183,7 @@ class AsyncRedisQueue(AsyncQueueBase):
         middle is dropped, never pooled (its replies would answer the next caller).
         """
         async with AsyncWire.within(self._left(deadline)):
-            conn = await self._acquire(deadline)
+            conn = await self._acquire(deadline, addr)
             try:
                 await AsyncWire.send(conn, data, self._left(deadline))
                 out: list[Any] = []
@@ -194,14 +205,18 @@ class AsyncRedisQueue(AsyncQueueBase):
         return out
 
     async def _send(
-        self, data: bytes, n: int, deadline: float, again: bytes | None = None
+        self, data: bytes, n: int, deadline: float, again: bytes | None = None,
+        key: str | None = None,
     ) -> tuple[list[Any], bool]:
         """:meth:`_roundtrip`, retried once on a broken connection within the same deadline.
 
         ``again``: what to send on the retry instead of ``data``. A timeout is not retried:
         it used the whole deadline. Returns the replies and whether the commands went out
-        twice.
+        twice. ``key``: on a cluster, the commands go to the master of this key's slot (all
+        their keys share it; None: the base queue's slot).
         """
+        if self._slots is not None:
+            return await self._cluster_send(data, n, deadline, again, key)
         try:
             return await self._roundtrip(data, n, deadline), False
         except (rexc.AuthenticationError, rexc.TimeoutError):
@@ -213,6 +228,90 @@ class AsyncRedisQueue(AsyncQueueBase):
             # it and reconnects, rather than another (after a restart, also dead) idle one.
             return await self._roundtrip(data if again is None else again, n, deadline), True
 
+    async def _cluster_send(
+        self, data: bytes, n: int, deadline: float, again: bytes | None, key: str | None,
+    ) -> tuple[list[Any], bool]:
+        """:meth:`_send` on a cluster: to the slot's master, following the cluster's changes.
+
+        ``MOVED`` (every reply: nothing ran) patches the slot, reads the map again and resends;
+        ``ASK`` (one command) resends it once to the named node behind ``ASKING``; a node that
+        cannot be reached, ``CLUSTERDOWN`` or ``TRYAGAIN`` (a failover in progress) reads the
+        map again and retries every 0.1 s until the deadline, sending ``again`` once the
+        commands may have run.
+        """
+        slots = self._slots
+        assert slots is not None
+        route = self._core.wake_key if key is None else key
+        payload, twice = data, False
+        ask: tuple[str, int] | None = None
+        while True:
+            addr = ask or slots.node(route)
+            if addr is None:
+                await self._refresh_slots(deadline)
+                addr = slots.node(route)
+                if addr is None:
+                    raise rexc.ConnectionError(f"no master serves slot {slots.slot(route)}")
+            try:
+                out = await self._roundtrip(
+                    pack(("ASKING",)) + payload if ask else payload, n + bool(ask), deadline,
+                    addr)
+            except (rexc.AuthenticationError, rexc.TimeoutError):
+                raise
+            except rexc.ConnectionError:
+                if deadline - time.monotonic() <= 0.1:
+                    raise
+                # The master may be dead before its replica is promoted: look again soon.
+                payload, twice, ask = (data if again is None else again), True, None
+                await AsyncRuntime.sleep(0.1)
+                with contextlib.suppress(rexc.RedisError, OSError):
+                    await self._refresh_slots(deadline, avoid=addr)
+                continue
+            if ask:
+                out, ask = out[1:], None
+            first = out[0] if out else None
+            if isinstance(first, rexc.MovedError) and all(
+                    isinstance(r, rexc.MovedError) for r in out):
+                slots.moved(first.slot_id, first.host, first.port)
+                with contextlib.suppress(rexc.RedisError, OSError):
+                    await self._refresh_slots(deadline)
+                self._left(deadline)
+                continue
+            if n == 1 and isinstance(first, rexc.AskError):
+                ask = (first.host, int(first.port))
+                continue
+            if any(isinstance(r, rexc.ClusterDownError | rexc.TryAgainError
+                              | rexc.MovedError) for r in out):
+                if deadline - time.monotonic() <= 0.1:
+                    return out, twice
+                if not all(isinstance(r, rexc.ResponseError) for r in out):
+                    payload, twice = (data if again is None else again), True
+                await AsyncRuntime.sleep(0.1)
+                with contextlib.suppress(rexc.RedisError, OSError):
+                    await self._refresh_slots(deadline)
+                continue
+            return out, twice
+
+    async def _refresh_slots(self, deadline: float,
+                             avoid: tuple[str, int] | None = None) -> None:
+        """Read the slot map (``CLUSTER SLOTS``) from the first known node that answers."""
+        slots = self._slots
+        assert slots is not None
+        nodes = [a for a in slots.known if a != avoid] + ([avoid] if avoid else [])
+        errors: list[str] = []
+        for addr in nodes:
+            try:
+                reply = (await self._roundtrip(pack(("CLUSTER", "SLOTS")), 1, deadline,
+                                               addr))[0]
+                if isinstance(reply, Exception):
+                    raise reply
+                slots.load(reply, addr)
+                return
+            except rexc.TimeoutError:
+                raise
+            except (rexc.RedisError, OSError, ValueError) as exc:
+                errors.append(f"{addr[0]}:{addr[1]}: {exc}")
+        raise rexc.ConnectionError(f"no cluster node gave its slot map ({'; '.join(errors)})")
+
     def _variant(self, script: _scripts.Script) -> _scripts.Script:
         return script.legacy if self._legacy and script.legacy is not None else script
 
@@ -223,10 +322,10 @@ class AsyncRedisQueue(AsyncQueueBase):
             data = pack(("EVALSHA", sha, len(keys), *keys, *args))
             again = None if resend is None else pack(("EVALSHA", sha, len(keys), *keys,
                                                       *resend[2]))
-            reply = (await self._send(data, 1, deadline, again))[0][0]
+            reply = (await self._send(data, 1, deadline, again, keys[0]))[0][0]
             if not isinstance(reply, rexc.NoScriptError):
                 break
-            await self._load(script, deadline)  # first use, or the server lost its cache
+            await self._load(script, deadline, keys[0])  # first use, or a lost cache
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -234,8 +333,11 @@ class AsyncRedisQueue(AsyncQueueBase):
     async def _eval_many(self, calls: list[Call], deadline: float) -> list[Any]:
         """Several script calls in one round trip (a pipeline); their replies, in order.
 
-        Raises the first error reply (after every reply was read).
+        Raises the first error reply (after every reply was read). On a cluster the calls
+        (of several slots) go one by one.
         """
+        if self._slots is not None:
+            return [await self._eval(c, deadline) for c in calls]
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for _ in range(2):
@@ -256,9 +358,11 @@ class AsyncRedisQueue(AsyncQueueBase):
                 raise r
         return replies
 
-    async def _load(self, script: _scripts.Script, deadline: float) -> None:
+    async def _load(self, script: _scripts.Script, deadline: float,
+                    key: str | None = None) -> None:
         s = self._variant(script)
-        reply = (await self._send(pack(("SCRIPT", "LOAD", s.source)), 1, deadline))[0][0]
+        reply = (await self._send(pack(("SCRIPT", "LOAD", s.source)), 1, deadline,
+                                  key=key))[0][0]
         if (isinstance(reply, rexc.ResponseError) and s.legacy is not None
                 and "near '#'" in str(reply)):
             # Redis < 7 cannot parse the allow-oom shebang: run the scripts without it (a
@@ -266,7 +370,7 @@ class AsyncRedisQueue(AsyncQueueBase):
             log.warning("Redis < 7: consumer scripts run without allow-oom (%s)", reply)
             self._legacy = True
             reply = (await self._send(pack(("SCRIPT", "LOAD", s.legacy.source)), 1,
-                                      deadline))[0][0]
+                                      deadline, key=key))[0][0]
         if isinstance(reply, Exception):
             raise reply
 
@@ -295,7 +399,12 @@ class AsyncRedisQueue(AsyncQueueBase):
     async def _publish(self, level: int, deadline: float) -> None:
         if level not in self._core.published:
             cmds = self._core.publish_calls(level)
-            replies, _ = await self._send(b"".join(pack(c) for c in cmds), len(cmds), deadline)
+            if self._slots is not None:  # asynq:queues and the levels set: two slots
+                replies = [(await self._send(pack(c), 1, deadline, key=c[1]))[0][0]
+                           for c in cmds]
+            else:
+                replies, _ = await self._send(b"".join(pack(c) for c in cmds), len(cmds),
+                                              deadline)
             for r in replies:
                 if isinstance(r, Exception):  # e.g. OOM: registered on a later enqueue
                     raise r
@@ -305,7 +414,36 @@ class AsyncRedisQueue(AsyncQueueBase):
         return (await self._enqueue_many([req]))[0]
 
     async def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
+        if self._slots is not None:
+            return await self._cluster_enqueue(reqs)
+        return await self._enqueue_batch(reqs)
+
+    async def _cluster_enqueue(self, reqs: list[EnqueueRequest]) -> list[str]:
+        """Enqueue on a cluster: one batch per priority level (one slot each), then wake.
+
+        A level other than 0 lives in another slot than the wake list consumers block on:
+        its batch is followed by a separate push of wake-up tokens to the base slot.
+        """
+        by_level: dict[int, list[int]] = {}
+        for i, r in enumerate(reqs):
+            by_level.setdefault(r.priority or 0, []).append(i)
+        if len(by_level) == 1 and 0 in by_level:
+            return await self._enqueue_batch(reqs)
+        out: list[str] = [""] * len(reqs)
+        for level in sorted(by_level, reverse=True):
+            idx = by_level[level]
+            for i, jid in zip(idx, await self._enqueue_batch([reqs[i] for i in idx]),
+                              strict=True):
+                out[i] = jid
+        woken = sum(len(v) for k, v in by_level.items() if k)
+        if woken:
+            await self._commands(self._core.wake_calls(woken))
+        return out
+
+    async def _enqueue_batch(self, reqs: list[EnqueueRequest]) -> list[str]:
+        """Enqueue in one round trip (on a cluster: jobs of one priority level)."""
         core = self._core
+        key = core.wakes[reqs[0].priority or 0]
         if reqs[0].headers:
             core.check_headers(reqs[0].headers)  # one batch shares its headers
         now = time.time_ns()
@@ -318,14 +456,15 @@ class AsyncRedisQueue(AsyncQueueBase):
             for level in levels:
                 if level not in core.published:
                     await self._publish(level, deadline)
-            replies, resent = await self._send(data + wait, len(reqs) + bool(wait), deadline)
+            replies, resent = await self._send(data + wait, len(reqs) + bool(wait), deadline,
+                                               key=key)
             acked = replies.pop() if wait else None
             missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
             if missing:  # first use, or the server restarted and lost its script cache
-                await self._load(_scripts.ENQUEUE, deadline)
+                await self._load(_scripts.ENQUEUE, deadline, key)
                 _, data = core.enqueue_commands([reqs[i] for i in missing], now)
                 again, twice = await self._send(data + wait, len(missing) + bool(wait),
-                                                deadline)
+                                                deadline, key=key)
                 acked = again.pop() if wait else None
                 for i, r in zip(missing, again, strict=True):
                     replies[i] = r
@@ -352,6 +491,8 @@ class AsyncRedisQueue(AsyncQueueBase):
         deadline = self._deadline()
         if self._suspects:
             await self._untake(deadline)
+        if self._slots is not None:
+            return await self._cluster_take(max_jobs, deadline)
         call, token = core.dequeue_call(max_jobs)
         try:
             with translating():
@@ -362,6 +503,70 @@ class AsyncRedisQueue(AsyncQueueBase):
             await AsyncRuntime.shield(self._untake, deadline)
             raise
         return core.dequeue_result(reply, token)
+
+    async def _cluster_take(self, max_jobs: int,
+                            deadline: float) -> tuple[list[Job], float | None]:
+        """:meth:`_take_once` on a cluster: one dequeue script per level, highest first.
+
+        Each level is one slot, so each call runs on that level's master; the calls stop once
+        ``max_jobs`` are taken. A lost reply or a cancellation gives that call's jobs back as
+        :meth:`_take_once` does (the levels already taken are the caller's).
+        """
+        core = self._core
+        jobs: list[Job] = []
+        due: float | None = None
+        levels = list(await self._cluster_levels(deadline))
+        todo = list(levels)
+        while todo:
+            level, qname, pfx = todo.pop(0)
+            call, token = core.dequeue_call(max_jobs - len(jobs))
+            call = _cluster.level_call(call, qname, pfx)
+            try:
+                with translating():
+                    reply = await self._eval(call, deadline, core.dequeue_resend(call))
+            except (BackendConnectionError, AsyncRuntime.Cancelled):  # it may have run
+                with self._lock:
+                    self._suspects.append(call)
+                await AsyncRuntime.shield(self._untake, deadline)
+                if jobs:  # already leased by this handle: hand them out, not drop them
+                    return jobs, None
+                raise
+            for i in range(int(reply[0])):  # the script saw one level, reported as 0
+                reply[2 + 5 * i] = level
+            got, next_due = core.dequeue_result(reply, token)
+            jobs += got
+            if next_due is not None and (due is None or next_due < due):
+                due = next_due
+            if len(jobs) >= max_jobs:
+                break
+            if not todo and not jobs:  # a level a producer added since the levels were read?
+                todo = [lv for lv in await self._cluster_levels(deadline, fresh=True)
+                        if lv not in levels]
+                levels += todo
+        return jobs, (None if jobs else due)
+
+    async def _cluster_levels(self, deadline: float,
+                              fresh: bool = False) -> list[tuple[int, str, str]]:
+        """The queue's levels in use, highest first: (level, asynq queue, key prefix).
+
+        Read from the levels set (base slot) at most once per ``poll_interval`` unless
+        ``fresh`` (a dequeue that found nothing reads it again, so a level a producer just
+        added is not missed).
+        """
+        now = time.monotonic()
+        cached = self._cl_levels
+        if cached is None or (fresh and now > cached[0]) or (
+                now - cached[0] > self.options.poll_interval):
+            with translating():
+                reply = (await self._send(pack(("SMEMBERS", self._core.levels_key)), 1,
+                                          deadline))[0][0]
+            if isinstance(reply, Exception):
+                with translating():
+                    raise reply
+            nums = sorted({int(x) for x in reply if 0 < int(x) < 10} | {0}, reverse=True)
+            lv = self._core._levels
+            cached = self._cl_levels = (now, [(n, lv[n].qname, lv[n].prefix) for n in nums])
+        return cached[1]
 
     async def _wait_take(
         self, max_jobs: int, wait: float
@@ -381,6 +586,13 @@ class AsyncRedisQueue(AsyncQueueBase):
         Redis lost the script (its cache was flushed): :meth:`_take_once` loads it.
         """
         core = self._core
+        if self._slots is not None:  # the levels' scripts run on other nodes: no pipelining
+            with translating():
+                await self._send(pack(("BLPOP", core.wake_key, repr(wait))), 1,
+                                 time.monotonic() + wait + self._st)
+            if self._closed:  # closed while waiting: take nothing more
+                return [], None
+            return await self._take_once(max_jobs)
         call, token = core.dequeue_call(max_jobs, wait)
         script, keys, args = call
         data = (pack(("BLPOP", core.wake_key, repr(wait)))
@@ -462,7 +674,22 @@ class AsyncRedisQueue(AsyncQueueBase):
     async def _dequeue_many(self, max_jobs: int, timeout: float | None) -> list[Job]:
         return await self._take(max_jobs, timeout)
 
+    async def _per_level(self, call: Call, deadline: float) -> list[tuple[int, Any]]:
+        """A multi-level read script once per level on a cluster (highest first): the replies."""
+        out = []
+        for level, qname, pfx in await self._cluster_levels(deadline):
+            with translating():
+                out.append((level, await self._eval(_cluster.level_call(call, qname, pfx),
+                                                    deadline)))
+        return out
+
     async def _peek(self) -> Job | None:
+        if self._slots is not None:
+            for level, reply in await self._per_level(self._core.peek_call(), self._deadline()):
+                if reply:
+                    reply[0] = level
+                    return self._core.peek_result(reply)
+            return None
         with translating():
             reply = await self._eval(self._core.peek_call(), self._deadline())
         return self._core.peek_result(reply)
@@ -474,6 +701,9 @@ class AsyncRedisQueue(AsyncQueueBase):
                 await self._eval(call, self._deadline())
         finally:
             self._core.release(r, job.id)
+        if self._slots is not None and r.level and call[0] is _scripts.NACK:
+            # The script woke a list in the level's slot, which nobody reads: wake the base.
+            await self._commands(self._core.wake_calls(1))
 
     async def _ack(self, job: Job) -> None:
         await self._settle(job, self._core.ack_call(job))
@@ -515,11 +745,23 @@ class AsyncRedisQueue(AsyncQueueBase):
     async def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
         # One script: ack, asynq's result field, the completed set and the waiters' token.
         r = self._core.receipt(job)
-        await self._settle(job, _results.complete_call(self._core, job.id, r, result, retention))
+        await self._finish(job, _results.complete_call(self._core, job.id, r, result, retention))
 
     async def _fail(self, job: Job, error: str, retention: float | None) -> None:
         r = self._core.receipt(job)
-        await self._settle(job, _results.fail_call(self._core, job.id, r, error, retention))
+        await self._finish(job, _results.fail_call(self._core, job.id, r, error, retention))
+
+    async def _finish(self, job: Job, call: Call) -> None:
+        """Settle with complete/fail; on a cluster, a level's waiters' token is pushed apart."""
+        r = self._core.receipt(job)
+        if self._slots is None or not r.level:
+            await self._settle(job, call)
+            return
+        script, keys, args = call
+        done = keys[1]  # in the base slot: the script gets a list in the level's own slot
+        await self._settle(job, (script, [keys[0], r.prefix + "uq:done:" + job.id], args))
+        ttl = args[9] if script is _results.COMPLETE else args[8]  # the token's lifetime
+        await self._commands([("RPUSH", done, "1"), ("EXPIRE", done, str(ttl))])
 
     async def _result(self, job_id: str, timeout: float | None) -> bytes | None:
         core = self._core
@@ -530,6 +772,16 @@ class AsyncRedisQueue(AsyncQueueBase):
                 if end is not None:
                     wait = min(wait, end - time.monotonic())
                 call = _results.read_call(core, job_id)
+                if self._slots is not None:  # the read runs per level: no pipelining
+                    if wait > 0:
+                        await self._send(pack(_results.wait_command(core, job_id, wait)), 1,
+                                         time.monotonic() + wait + self._st)
+                    for _, reply in await self._per_level(call, self._deadline()):
+                        if reply:
+                            return _results.outcome(core, reply)
+                    if wait <= 0:
+                        return None
+                    continue
                 if wait <= 0:  # timeout=0, or the time is up: one last look
                     return _results.outcome(core, await self._eval(call, self._deadline()))
                 # The job's token list, then the read, in ONE round trip: a job already done
@@ -549,7 +801,27 @@ class AsyncRedisQueue(AsyncQueueBase):
                     return got
 
     async def _commands(self, cmds: list[tuple[str, ...]]) -> list[Any]:
-        """Plain commands in one round trip; their replies (the first error reply raised)."""
+        """Plain commands in one round trip; their replies (the first error reply raised).
+
+        On a cluster each command goes to its first key's slot, one round trip each.
+        """
+        if self._slots is not None:
+            out: list[Any] = []
+            slots = self._slots
+            with translating():
+                i = 0
+                while i < len(cmds):  # consecutive commands of one slot share a round trip
+                    j = i + 1
+                    while j < len(cmds) and slots.slot(cmds[j][1]) == slots.slot(cmds[i][1]):
+                        j += 1
+                    got, _ = await self._send(b"".join(pack(c) for c in cmds[i:j]), j - i,
+                                              self._deadline(), key=cmds[i][1])
+                    out += got
+                    i = j
+                for r in out:
+                    if isinstance(r, Exception):
+                        raise r
+            return out
         with translating():
             replies, _ = await self._send(b"".join(pack(c) for c in cmds), len(cmds),
                                           self._deadline())
@@ -562,7 +834,13 @@ class AsyncRedisQueue(AsyncQueueBase):
         await self._commands(self._core.pause_calls())
 
     async def _resume(self) -> None:
-        replies = await self._commands(self._core.resume_calls())
+        cmds = self._core.resume_calls()
+        if self._slots is not None:  # one DEL per level: every level is a slot of its own
+            cmds = [("DEL", k) for k in cmds[0][1:]] + cmds[1:]
+            replies = await self._commands(cmds)
+            replies = [sum(int(r) for r in replies[:10]), *replies[10:]]
+        else:
+            replies = await self._commands(cmds)
         # Consumers waiting on the wake list would otherwise sleep until their timeout.
         wake = self._core.wake_calls(sum(int(r) for r in replies[1:]))
         if wake:
@@ -572,6 +850,9 @@ class AsyncRedisQueue(AsyncQueueBase):
         return bool((await self._commands([("EXISTS", self._core.paused_key)]))[0])
 
     async def _size(self) -> int:
+        if self._slots is not None:
+            return sum(int(r) for _, r in await self._per_level(self._core.size_call(),
+                                                                 self._deadline()))
         with translating():
             return int(await self._eval(self._core.size_call(), self._deadline()))
 
@@ -588,6 +869,11 @@ class AsyncRedisQueue(AsyncQueueBase):
             BackendConnectionError: Redis cannot be reached.
         """
         self._check_open()
+        if self._slots is not None:  # per level, summed as the script sums them
+            replies = await self._per_level(self._core.stats_call(), self._deadline())
+            reply = [sum(int(r[i]) for _, r in replies) for i in range(7)]
+            since = [int(r[7]) for _, r in replies if r[7]]
+            return self._core.stats_result([*reply, min(since) if since else False])
         with translating():
             reply = await self._eval(self._core.stats_call(), self._deadline())
         return self._core.stats_result(reply)
@@ -606,6 +892,9 @@ class AsyncRedisQueue(AsyncQueueBase):
         return reg
 
     async def _purge(self) -> int:
+        if self._slots is not None:
+            return sum(int(r) for _, r in await self._per_level(self._core.purge_call(),
+                                                                 self._deadline()))
         with translating():
             return int(await self._eval(self._core.purge_call(), self._deadline()))
 
@@ -625,6 +914,9 @@ class AsyncRedisQueue(AsyncQueueBase):
         with self._pool_lock:
             self._pool_closed = True
             idle, self._idle = self._idle, []
+            for pool in self._pools.values():
+                idle += pool
+            self._pools = {}
         for conn in idle:
             with contextlib.suppress(Exception):
                 await disconnect_async(conn)
