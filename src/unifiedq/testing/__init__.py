@@ -12,6 +12,9 @@
 * :mod:`unifiedq.testing.faults` — driver-independent fault cases (a verb's deadline under a
   stall, a reset mid-reply, cancelled dequeues, shutdown release, broker restart and full
   backend ledgers), each returning a measured outcome; a third-party driver's tests call them.
+* :mod:`unifiedq.testing.rabbitmq_cluster` — :class:`RabbitMQCluster`, a cluster of private
+  RabbitMQ nodes on loopback (one cookie, one ``epmd``, joined with ``join_cluster``), and
+  ``failover_run``, a producer/consumer ledger through a node's SIGKILL.
 * :mod:`unifiedq.testing.quic` — a real ``unifiedq serve`` process and a throwaway PKI (needs
   the ``quic`` extra).
 
