@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from types import TracebackType
@@ -23,16 +24,33 @@ from typing import Self
 
 from redis.crc import key_slot
 
-from .servers import LOOPBACK, RedisServer, ServerStartError, _free_ports, find_binary
 from .sentinel import _command, _info
+from .servers import LOOPBACK, RedisServer, ServerStartError, _free_ports, find_binary
 
-__all__ = ["RedisClusterRig", "cluster_nodes"]
+__all__ = ["ClusterNode", "RedisClusterRig", "cluster_nodes"]
 
 
-def cluster_nodes(port: int) -> list[dict[str, object]]:
-    """``CLUSTER NODES`` of the node on ``port``, parsed: id, port, flags, master id, slots."""
+@dataclasses.dataclass(frozen=True)
+class ClusterNode:
+    """One line of ``CLUSTER NODES``."""
+
+    id: str
+    port: int
+    flags: frozenset[str]
+    master: str
+    connected: bool
+    slots: tuple[tuple[int, int], ...]
+
+    def serves(self, slot: int) -> bool:
+        """Whether this node is a live master holding ``slot``."""
+        return ("master" in self.flags and "fail" not in self.flags
+                and any(lo <= slot <= hi for lo, hi in self.slots))
+
+
+def cluster_nodes(port: int) -> list[ClusterNode]:
+    """``CLUSTER NODES`` of the node on ``port``, parsed."""
     text = _command(port, "CLUSTER", "NODES").decode(errors="replace")
-    out: list[dict[str, object]] = []
+    out: list[ClusterNode] = []
     for line in text.splitlines():
         parts = line.split()
         if len(parts) < 8:
@@ -44,9 +62,9 @@ def cluster_nodes(port: int) -> list[dict[str, object]]:
                 continue
             lo, _, hi = s.partition("-")
             slots.append((int(lo), int(hi or lo)))
-        out.append({"id": parts[0], "port": int(addr.rpartition(":")[2] or 0),
-                    "flags": set(parts[2].split(",")), "master": parts[3],
-                    "connected": parts[7] == "connected", "slots": slots})
+        out.append(ClusterNode(parts[0], int(addr.rpartition(":")[2] or 0),
+                               frozenset(parts[2].split(",")), parts[3],
+                               parts[7] == "connected", tuple(slots)))
     return out
 
 
@@ -105,10 +123,10 @@ class RedisClusterRig:
             if "cluster_state:ok" not in state:
                 return False
             view = cluster_nodes(s.port)
-            if sum(1 for v in view if v["connected"] or "myself" in v["flags"]) < len(live):
+            if sum(1 for v in view if v.connected or "myself" in v.flags) < len(live):
                 return False
-            masters = [v for v in view if "master" in v["flags"] and "fail" not in v["flags"]
-                       and v["slots"]]
+            masters = [v for v in view if "master" in v.flags and "fail" not in v.flags
+                       and v.slots]
             if len(masters) != (expect or self._masters):
                 return False
             # A replica that never synced cannot take over: wait for every link.
@@ -134,10 +152,8 @@ class RedisClusterRig:
             if not s.is_running:
                 continue
             for v in cluster_nodes(s.port):
-                if "master" in v["flags"] and "fail" not in v["flags"] and any(
-                        lo <= slot <= hi for lo, hi in v["slots"]):  # type: ignore[attr-defined]
-                    port = v["port"]
-                    return next(n for n in self.nodes if n.port == port)
+                if v.serves(slot):
+                    return next(n for n in self.nodes if n.port == v.port)
             break
         raise ServerStartError(f"no running master serves slot {slot} of {key!r}")
 
@@ -168,6 +184,23 @@ class RedisClusterRig:
 
         self._wait(promoted, timeout, "a replica to be promoted")
         return old, time.monotonic() - t0
+
+    def rejoin(self, node: RedisServer, *, timeout: float = 30.0) -> float:
+        """Restart a killed node: it rejoins as a replica of the master that replaced it.
+
+        Its ``nodes.conf`` survives in its data directory; its data does not (no persistence),
+        so it resyncs from its new master.
+
+        Returns:
+            Seconds until every node reports the cluster ok with all replica links up.
+
+        Raises:
+            ServerStartError: The cluster did not become healthy within ``timeout``.
+        """
+        t0 = time.monotonic()
+        node.restart()
+        self._wait(self._healthy, timeout, "the node to rejoin as a replica")
+        return time.monotonic() - t0
 
     def stop(self) -> None:
         """Stop every node the rig started."""

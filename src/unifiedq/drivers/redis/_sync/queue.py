@@ -410,6 +410,7 @@ class RedisQueue(QueueBase):
                 if isinstance(r, Exception):  # e.g. OOM: registered on a later enqueue
                     raise r
             self._core.published.add(level)
+            self._cl_levels = None  # a cluster consumer on this handle reads the new level
 
     def _enqueue(self, req: EnqueueRequest) -> str:
         return (self._enqueue_many([req]))[0]
@@ -676,9 +677,13 @@ class RedisQueue(QueueBase):
         return self._take(max_jobs, timeout)
 
     def _per_level(self, call: Call, deadline: float) -> list[tuple[int, Any]]:
-        """A multi-level read script once per level on a cluster (highest first): the replies."""
+        """A multi-level script once per level on a cluster (highest first): the replies.
+
+        The levels are read afresh (one more round trip): size, stats, peek and purge must
+        not miss a level another producer added a moment ago.
+        """
         out = []
-        for level, qname, pfx in self._cluster_levels(deadline):
+        for level, qname, pfx in self._cluster_levels(deadline, fresh=True):
             with translating():
                 out.append((level, self._eval(_cluster.level_call(call, qname, pfx),
                                                     deadline)))
