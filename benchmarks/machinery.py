@@ -15,7 +15,8 @@ confirm (what Machinery's ``SendTask`` does):
   process (the process start and its first send are not counted).
 
 Then the consume side, ``machinery`` vs ``plain``: ``dequeue`` + decode + ``ack`` of the same
-number of tasks (``task_of(job).args`` vs ``json.loads(job.body)``).
+number of tasks (``task_of(job).args`` vs ``json.loads(job.body)``), in wall-clock time and
+in this process's CPU time (``take_cpu``: less disturbed by other load on the machine).
 
 The sides alternate (rotating order) every chunk of n/10 tasks; the warm-up chunk is
 dropped. Reported: median µs per task, min..max of the chunks, and the median of per-chunk
@@ -79,6 +80,7 @@ def bench(url: str, n: int, rounds: int) -> dict[str, Any]:
     env = dict(os.environ, BROKER=broker, RESULT_BACKEND="eager", AMQP_BINDING_KEY="bench_go")
     put: dict[str, list[float]] = {s: [] for s in PUT_SIDES}
     take: dict[str, list[float]] = {s: [] for s in TAKE_SIDES}
+    take_cpu: dict[str, list[float]] = {s: [] for s in TAKE_SIDES}
     with unifiedq.connect(f"{url}?protocol=machinery") as mq, \
             unifiedq.connect(f"{url}?queue=bench-machinery-plain") as pq:
         tq: TypedQueue[Any] = TypedQueue(mq)
@@ -130,12 +132,14 @@ def bench(url: str, n: int, rounds: int) -> dict[str, Any]:
                         put[side].append(secs / k * 1e6)
                 _purge(url, "bench_go")  # Go's tasks are not consumed here
                 for side in TAKE_SIDES[chunk % 2:] + TAKE_SIDES[:chunk % 2]:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     takes[side]()
                     if chunk:
                         take[side].append((time.perf_counter() - t0) / k * 1e6)
+                        take_cpu[side].append((time.process_time() - c0) / k * 1e6)
             print(f"round {r + 1}/{rounds} done", file=sys.stderr)
-    return {"n": n, "rounds": rounds, "chunk": k, "put": _summary(put), "take": _summary(take)}
+    return {"n": n, "rounds": rounds, "chunk": k, "put": _summary(put), "take": _summary(take),
+            "take_cpu": _summary(take_cpu)}
 
 
 def _summary(samples: dict[str, list[float]]) -> dict[str, Any]:
@@ -149,8 +153,9 @@ def _summary(samples: dict[str, list[float]]) -> dict[str, Any]:
 
 def render(res: dict[str, Any]) -> str:
     lines = [f"n={res['n']} per round, {res['rounds']} rounds, chunks of {res['chunk']}", ""]
-    for what in ("put", "take"):
-        lines += [f"### {what} (µs per task)", "", "| side | median | min..max | x plain |",
+    for what in ("put", "take", "take_cpu"):
+        unit = "CPU µs of this process" if what == "take_cpu" else "µs, wall clock"
+        lines += [f"### {what} ({unit} per task)", "", "| side | median | min..max | x plain |",
                   "|---|---|---|---|"]
         for side, s in res[what].items():
             lines.append(f"| {side} | {s['median_us']:.0f} | {s['min_us']:.0f}.."

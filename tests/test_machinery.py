@@ -148,12 +148,12 @@ def test_the_message_is_a_machinery_signature(mq: MachineryQueue, amqp_url: str)
 
 def test_raw_bytes_round_trip(mq: MachineryQueue) -> None:
     body = bytes(range(256))
-    jid = mq.enqueue(body, headers={"type": "Blob", "k": "v"})
+    jid = mq.enqueue(body, headers={"type": "Blob", "k": "v", "content-type": "text/plain"})
     job = mq.dequeue(timeout=5)
     assert job is not None
     mq.ack(job)
     assert (job.id, job.body, job.headers["type"], job.headers["k"]) == (jid, body, "Blob", "v")
-    assert "content-type" not in job.headers
+    assert job.headers["content-type"] == "text/plain"  # not JSON: kept as a header
 
 
 def test_batches(mq: MachineryQueue, amqp_url: str) -> None:
@@ -193,6 +193,8 @@ def test_bad_input_is_refused_before_sending(mq: MachineryQueue, amqp_url: str) 
         mq.enqueue(b"x", headers={"type": "T", "machinery.types": "int64"})
     with pytest.raises(InvalidArgument, match="whole number"):
         mq.enqueue(b"x", headers={"type": "T", "machinery.retry_count": "-1"})
+    with pytest.raises(InvalidArgument, match="whole number"):
+        mq.enqueue(b"x", headers={"type": "T", "machinery.retry_timeout": "²"})
     assert mq.size() == 0
     with pytest.raises(InvalidURL, match="max_attempts"):
         unifiedq.connect(f"{amqp_url}?protocol=machinery&max_attempts=3")

@@ -386,14 +386,15 @@ class MachineryQueue(AmqpQueue):
         for key, default in ((H_RETRY_COUNT, self.mopts.retry_count),
                              (H_RETRY_TIMEOUT, self.mopts.retry_timeout)):
             raw = headers.pop(key, None)
-            if raw is not None and not (raw.isdigit() and int(raw) < 2**31):
+            if raw is not None and not (raw.isascii() and raw.isdigit() and int(raw) < 2**31):
                 raise InvalidArgument(f"header {key!r} must be a whole number, not {raw!r}")
             counts[key] = default if raw is None else int(raw)
         for key in headers:
             if key.startswith(RESERVED_PREFIX) or key.startswith(_OURS) or key == H_BODY:
                 raise InvalidArgument(f"header {key!r} is reserved by protocol=machinery")
         sig_headers: dict[str, str] = {}
-        if headers.pop(_CONTENT_TYPE, None) == _JSON:
+        if headers.get(_CONTENT_TYPE) == _JSON:  # another content-type stays a header
+            del headers[_CONTENT_TYPE]
             try:
                 value = json.loads(req.body)
             except ValueError as exc:
