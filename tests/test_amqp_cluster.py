@@ -66,3 +66,34 @@ def test_node_killed_mid_run_loses_no_confirmed_job(cluster: RabbitMQCluster) ->
         q.ack(job)
     finally:
         q.close()
+
+
+def test_alternates_skip_a_node_that_refuses(amqp_url: str) -> None:
+    """The URL's node refuses connections: the handle connects to the next one, fast."""
+    from unifiedq.testing.servers import find_free_port
+
+    live = amqp_url.split("@", 1)[1].split("/", 1)[0]  # 127.0.0.1:PORT of the session broker
+    dead = f"amqp://guest:guest@127.0.0.1:{find_free_port()}//"
+    q = connect(f"{dead}?queue=uqc-{uuid.uuid4().hex[:10]}&queue_type=quorum&alternates={live}")
+    try:
+        t = time.monotonic()
+        q.enqueue(b"x")
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == b"x"
+        q.ack(job)
+        assert time.monotonic() - t < 5
+        assert q._port == int(live.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    finally:
+        q.purge()
+        q.close()
+
+
+def test_alternates_are_validated() -> None:
+    from unifiedq import InvalidURL
+
+    with pytest.raises(InvalidURL, match="alternates"):
+        connect("amqp://h//?alternates=h2:notaport")
+    q = connect("amqp://h//?alternates=h2:5673,amqp://u:p@h3//,[::1]:5674,h4")
+    assert q._nodes == [("h", 5672), ("h2", 5673), ("h3", 5672), ("::1", 5674),  # type: ignore[attr-defined]
+                        ("h4", 5672)]
+    q.close()
