@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,7 +52,12 @@ func fail(format string, args ...any) {
 	os.Exit(1)
 }
 
-func redisOpt(addr string, db int, password string) asynq.RedisClientOpt {
+// redisOpt is one server's options, or with cluster a Redis Cluster's (addr: the seed nodes,
+// comma-separated; asynq.RedisClusterClientOpt).
+func redisOpt(addr string, db int, password string, cluster bool) asynq.RedisConnOpt {
+	if cluster {
+		return asynq.RedisClusterClientOpt{Addrs: strings.Split(addr, ","), Password: password}
+	}
 	return asynq.RedisClientOpt{Addr: addr, DB: db, Password: password}
 }
 
@@ -68,7 +74,7 @@ func unixOrZero(t time.Time) int64 {
 // consume runs a server. Tasks of type "interop:fail" always fail (so they are retried and
 // then archived); tasks of type "interop:result" write "go:<payload>" with their
 // ResultWriter; every other task succeeds. It exits after -count tasks reached a final state.
-func consume(opt asynq.RedisClientOpt, queue string, count int, timeout time.Duration) {
+func consume(opt asynq.RedisConnOpt, queue string, count int, timeout time.Duration) {
 	var mu sync.Mutex
 	final := 0
 	done := make(chan struct{})
@@ -127,7 +133,7 @@ func consume(opt asynq.RedisClientOpt, queue string, count int, timeout time.Dur
 
 // produce enqueues n tasks: type "interop:go", payload "go-<i>", header "seq"=i; extra
 // options (asynq.Timeout, asynq.Deadline) go to every task.
-func produce(opt asynq.RedisClientOpt, queue string, n int, extra ...asynq.Option) {
+func produce(opt asynq.RedisConnOpt, queue string, n int, extra ...asynq.Option) {
 	c := asynq.NewClient(opt)
 	defer c.Close()
 	for i := 0; i < n; i++ {
@@ -164,7 +170,7 @@ func view(ts []*asynq.TaskInfo) []taskView {
 	return vs
 }
 
-func inspect(opt asynq.RedisClientOpt, queue string) {
+func inspect(opt asynq.RedisConnOpt, queue string) {
 	ins := asynq.NewInspector(opt)
 	defer ins.Close()
 	qi, err := ins.GetQueueInfo(queue)
@@ -204,6 +210,7 @@ func main() {
 	addr := fs.String("addr", "127.0.0.1:6379", "redis address")
 	db := fs.Int("db", 0, "redis db")
 	password := fs.String("password", "", "redis password")
+	cluster := fs.Bool("cluster", false, "addr lists Redis Cluster seed nodes (comma-separated)")
 	queue := fs.String("queue", "default", "queue name")
 	count := fs.Int("count", 1, "consume: tasks to finish; produce: tasks to enqueue")
 	timeout := fs.Duration("timeout", 60*time.Second, "consume: give up after this long")
@@ -213,7 +220,7 @@ func main() {
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		fail("%v", err)
 	}
-	opt := redisOpt(*addr, *db, *password)
+	opt := redisOpt(*addr, *db, *password, *cluster)
 	switch os.Args[1] {
 	case "consume":
 		consume(opt, *queue, *count, *timeout)

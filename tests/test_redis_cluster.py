@@ -1,0 +1,280 @@
+"""redis+cluster://: the conformance suite on a Redis Cluster, levels on several nodes, Go asynq
+interop through asynq's cluster client, and a master killed mid-run.
+
+The rig (``unifiedq.testing.cluster.RedisClusterRig``) runs 3 masters and 3 replicas of the
+installed ``redis-server``, joined by ``redis-cli --cluster create``; failovers are real
+(SIGKILL of a master, its replica promoted after ``cluster-node-timeout`` = 1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import unifiedq
+from gobuild import built_go_program
+from unifiedq import InvalidURL, UnsupportedOperation
+from unifiedq.testing.cluster import RedisClusterRig
+from unifiedq.testing.fixtures import require_binary
+from unifiedq.testing.suite import QueueConformance
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[RedisClusterRig]:
+    """3 masters + 3 replicas for the module (the suite never fails over)."""
+    require_binary("redis-server")
+    require_binary("redis-cli")
+    with RedisClusterRig() as r:
+        yield r
+
+
+@pytest.fixture
+def fresh_rig() -> Iterator[RedisClusterRig]:
+    """A cluster of its own, for a test that kills a master."""
+    require_binary("redis-server")
+    require_binary("redis-cli")
+    with RedisClusterRig() as r:
+        yield r
+
+
+class TestRedisCluster(QueueConformance):
+    """The whole conformance suite on a queue of a Redis Cluster."""
+
+    LEASE_OPTIONS = {"visibility_timeout": 1.0, "heartbeat": False}
+    LEASE_SECONDS = 1.0
+    DELAY_SLACK = 0.5
+
+    @pytest.fixture
+    def url_template(self, rig: RedisClusterRig) -> str:
+        return rig.url(queue="{name}")
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@pytest.mark.parametrize(("url", "match"), [
+    ("redis+cluster://127.0.0.1:1,127.0.0.1:abc", "bad node address"),
+    ("redis+cluster://127.0.0.1:1,127.0.0.1:2/3", "database 0 only"),
+])
+def test_bad_cluster_urls_fail_before_any_io(url: str, match: str) -> None:
+    with pytest.raises(InvalidURL, match=match):
+        unifiedq.connect(url)
+
+
+def test_no_node_answering_is_a_connection_error() -> None:
+    q = unifiedq.connect("redis+cluster://127.0.0.1:1,127.0.0.1:2?socket_timeout=0.5")
+    with q, pytest.raises(unifiedq.BackendConnectionError, match="slot map"):
+        q.enqueue(b"x")
+
+
+# --------------------------------------------------------------------------- levels
+
+
+def _spread_queue(rig: RedisClusterRig) -> str:
+    """A queue name whose priority levels live on at least two different masters."""
+    for i in range(100):
+        name = f"spread{i}"
+        nodes = {rig.node_of(f"asynq:{{{name if n == 0 else f'{name}:p{n}'}}}:x").port
+                 for n in (0, 3, 7)}
+        if len(nodes) == 3:
+            return name
+    raise AssertionError("no queue name spreads its levels over 3 masters")
+
+
+def test_priority_levels_on_different_masters(rig: RedisClusterRig) -> None:
+    """Levels 0, 3 and 7 on three masters: every verb sees the queue as one."""
+    name = _spread_queue(rig)
+    with unifiedq.connect(rig.url(queue=name)) as q, \
+            unifiedq.connect(rig.url(queue=name)) as other:
+        ids = {q.enqueue(b"p%d" % p, priority=p or None): p for p in (0, 3, 7, 0, 7, 3)}
+        assert q.size() == 6
+        st = q.stats()
+        assert (st["pending"], st["depth"], st["active"]) == (6, 6, 0)
+        peeked = q.peek()
+        assert peeked is not None and peeked.priority == 7
+        got = other.dequeue_many(4, timeout=1)  # another handle: levels read from Redis
+        assert [j.priority for j in got] == [7, 7, 3, 3]
+        assert q.stats()["active"] == 4
+        other.ack_many(got[:2])
+        other.nack(got[2])  # back to pending on level 3, and the base wake list is pushed
+        other.release(got[3])
+        rest = [other.dequeue(timeout=1) for _ in range(4)]
+        assert all(j is not None for j in rest)
+        assert [j.priority for j in rest if j] == [3, 3, None, None]  # None: level 0
+        for j in rest:
+            assert j is not None
+            other.ack(j)
+        assert set(ids) == {j.id for j in [*got[:2], *rest] if j}
+        assert other.dequeue(timeout=0) is None and q.size() == 0
+        q.enqueue(b"a")
+        q.enqueue(b"b", priority=7)
+        q.pause()
+        assert q.is_paused() and other.dequeue(timeout=0) is None
+        q.resume()
+        assert not q.is_paused()
+        assert q.purge() == 2 and q.size() == 0
+
+
+def test_a_new_level_wakes_a_waiting_consumer(rig: RedisClusterRig) -> None:
+    """A consumer blocked on the base slot's wake list sees a job on a level it never saw."""
+    name = _spread_queue(rig)
+    with unifiedq.connect(rig.url(queue=name)) as q, \
+            unifiedq.connect(rig.url(queue=name)) as c:
+        assert c.dequeue(timeout=0) is None  # reads the levels (only level 0 now)
+        t = threading.Timer(0.3, lambda: q.enqueue(b"late", priority=7))
+        t.start()
+        t0 = time.monotonic()
+        job = c.dequeue(timeout=5)
+        took = time.monotonic() - t0
+        t.join()
+        assert job is not None and job.body == b"late" and job.priority == 7
+        assert took < 0.3 + 0.5, took  # woken, not found by the 1 s poll
+        c.ack(job)
+
+
+def test_results_on_a_priority_level(rig: RedisClusterRig) -> None:
+    name = _spread_queue(rig)
+
+    async def main() -> tuple[bytes, float]:
+        async with unifiedq.connect_async(rig.url(queue=name)) as q:
+            jid = await q.enqueue(b"x", priority=7)
+            job = await q.dequeue(timeout=1)
+            assert job is not None and job.id == jid
+
+            async def later() -> None:
+                await asyncio.sleep(0.2)
+                await q.complete(job, b"done")
+            task = asyncio.create_task(later())
+            t0 = time.monotonic()
+            got = await q.result(jid, timeout=5)
+            await task
+            return got, time.monotonic() - t0
+
+    got, took = asyncio.run(main())
+    assert got == b"done"
+    assert took < 0.2 + 0.5, took  # the token in the base slot woke the waiter
+
+
+def test_fair_server_scheduler_is_unsupported(rig: RedisClusterRig) -> None:
+    with pytest.raises(UnsupportedOperation, match="redis\\+cluster"):
+        unifiedq.FairQueue(rig.url(queue="t.{tenant}"), scheduler="server")
+
+
+def test_bounded_queue_on_a_cluster_is_client_side(rig: RedisClusterRig) -> None:
+    with unifiedq.BoundedQueue(rig.url(queue="bounded-cl"), maxsize=2) as q:
+        assert not q.native
+        q.enqueue(b"a")
+        q.enqueue(b"b", priority=5)
+        with pytest.raises(unifiedq.QueueFull):
+            q.enqueue(b"c")
+        assert q.purge() == 2
+
+
+# --------------------------------------------------------------------------- Go asynq
+
+_INTEROP = Path(__file__).parent / "interop"
+
+
+@pytest.fixture(scope="module")
+def interop_bin() -> Path:
+    return built_go_program(_INTEROP, "asynq-interop", "asynq interop")
+
+
+def _go(binary: Path, rig: RedisClusterRig, cmd: str, queue: str,
+        *args: str) -> list[dict[str, Any]]:
+    argv = [str(binary), cmd, "-cluster", "-addr", rig.seeds, "-queue", queue, *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stderr}"
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_go_asynq_cluster_client_both_ways(interop_bin: Path, rig: RedisClusterRig) -> None:
+    """asynq.RedisClusterClientOpt: Go runs Python's tasks and Python runs Go's."""
+    with unifiedq.connect(rig.url(queue="gocl")) as q:
+        ids = {q.enqueue(b"py-%d" % i, headers={"type": "interop:ok"}) for i in range(5)}
+        events = _go(interop_bin, rig, "consume", "gocl", "-count", "5", "-timeout", "60s")
+        assert {e["id"] for e in events if e["event"] == "run"} == ids
+        (info,) = _go(interop_bin, rig, "inspect", "gocl")
+        assert (info["pending"], info["active"], info["processed"]) == (0, 0, 5)
+        produced = [e["id"] for e in _go(interop_bin, rig, "produce", "gocl", "-count", "3")]
+        jobs = q.dequeue_many(10, timeout=2)
+        assert [j.id for j in jobs] == produced
+        assert [j.body for j in jobs] == [b"go-0", b"go-1", b"go-2"]
+        q.ack_many(jobs)
+        (info,) = _go(interop_bin, rig, "inspect", "gocl")
+        assert (info["pending"], info["active"], info["processed"]) == (0, 0, 8)
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def test_master_killed_mid_run_is_followed(fresh_rig: RedisClusterRig) -> None:
+    """Producer and consumer run while the queue's master is SIGKILLed.
+
+    With ``min_replicas=1`` an enqueue returns only once the replica has it, so every job
+    whose enqueue returned is processed after the replica takes over (at least once).
+    """
+    url = fresh_rig.url(queue="fo", min_replicas="1", socket_timeout="2",
+                        visibility_timeout="3")
+    enqueued: list[str] = []
+    processed: list[str] = []
+    errors: list[float] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        with unifiedq.connect(url) as p:
+            i = 0
+            while not stop.is_set():
+                jid = f"j{i}"
+                try:
+                    p.enqueue(b"x", job_id=jid)
+                except unifiedq.DuplicateJob:  # a retry after a lost reply: it is in
+                    pass
+                except unifiedq.BackendError:
+                    errors.append(time.monotonic())
+                    time.sleep(0.05)
+                    continue  # the same id again: at most once in the queue
+                enqueued.append(jid)
+                i += 1
+                time.sleep(0.002)
+
+    def consume() -> None:
+        with unifiedq.connect(url) as c:
+            while not stop.is_set() or c.size():
+                try:
+                    job = c.dequeue(timeout=0.2)
+                    if job is not None:
+                        c.ack(job)
+                        processed.append(job.id)
+                except (unifiedq.BackendError, unifiedq.JobNotLeased):
+                    errors.append(time.monotonic())
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    n_before = len(enqueued)
+    old, promoted_in = fresh_rig.kill_master_of("fo")
+    # The promoted replica has no replica of its own until the old master rejoins: until then
+    # min_replicas=1 refuses enqueues (NotReplicated), as it should.
+    fresh_rig.rejoin(old)
+    n_rejoined = len(enqueued)
+    deadline = time.monotonic() + 10
+    while len(enqueued) < n_rejoined + 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert n_before > 20 and len(enqueued) >= n_rejoined + 20  # it ran before and after
+    assert promoted_in < 15 and errors  # the kill was felt
+    assert set(processed) == set(enqueued), (
+        f"lost: {sorted(set(enqueued) - set(processed))[:10]}")
