@@ -278,3 +278,39 @@ def test_master_killed_mid_run_is_followed(fresh_rig: RedisClusterRig) -> None:
     assert promoted_in < 15 and errors  # the kill was felt
     assert set(processed) == set(enqueued), (
         f"lost: {sorted(set(enqueued) - set(processed))[:10]}")
+
+
+# --------------------------------------------------------------------------- Worker
+
+
+def test_worker_accounting_on_a_cluster(rig: RedisClusterRig) -> None:
+    """test_worker's exact ledger (processed, retried, dead-lettered once each) on a cluster,
+    with the Worker's asynq server registry written to its own slots."""
+    from test_worker import _accounting
+    _accounting(rig.url(queue="acct"), rig.url(queue="acct-dead"), 1000, 8)
+
+
+def test_worker_serves_levels_on_several_masters(rig: RedisClusterRig) -> None:
+    name = _spread_queue(rig)
+    seen: list[int | None] = []
+    lock = threading.Lock()
+
+    def handler(job: unifiedq.Job) -> None:
+        with lock:
+            seen.append(job.priority)
+
+    with unifiedq.connect(rig.url(queue=name)) as q:
+        for p in (0, 3, 7):
+            q.enqueue_many([b"x"] * 100, priority=p or None)
+        w = unifiedq.Worker(q, handler, concurrency=4, poll_interval=0.05)
+        w.start()
+        try:
+            end = time.monotonic() + 30
+            while len(seen) < 300 and time.monotonic() < end:
+                time.sleep(0.05)
+        finally:
+            w.stop(grace=5)
+        assert sorted(seen, key=lambda p: p or 0) == [None] * 100 + [3] * 100 + [7] * 100
+        assert q.size() == 0 and q.stats()["active"] == 0
+        # Strict priority: the first hundred handled were level 7's (4 workers in flight).
+        assert seen[:96].count(7) >= 90
