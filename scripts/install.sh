@@ -61,6 +61,8 @@ stop_system_services() {
 install_debian_packages() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  # RedisClusterRig joins its nodes with redis-cli --cluster create.
+  command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
   command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
   # The shm:// driver's compiled fast path (src/unifiedq/drivers/_shmring.c) is built by pip.
   command -v gcc >/dev/null 2>&1 || missing+=(gcc)
