@@ -116,8 +116,9 @@ class Words:
         self.plain.release()
 
 
-#: The ``_shmring`` interface this module is written for (its ``API`` constant).
-C_API = 3
+#: The ``_shmring`` interface this module is written for (its ``API`` constant). 4: Job has
+#: ``deadline`` and ``timeout`` slots (an API 3 build would leave them unset).
+C_API = 4
 
 
 def _bind_c(w: Words, buf: mmap.mmap) -> bool:

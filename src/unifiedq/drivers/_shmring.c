@@ -59,12 +59,14 @@ typedef struct {
     /* Job construction (configure_jobs): the type, constant slot values, slot offsets */
     PyTypeObject *job_type;
     PyObject *queue, *headers, *one;
-    Py_ssize_t off[8]; /* id, queue, body, attempt, enqueued_at, headers, priority, receipt */
+    /* id, queue, body, attempt, enqueued_at, headers, priority, receipt, deadline, timeout */
+    Py_ssize_t off[10];
 } Segment;
 
-#define N_JOB_SLOTS 8
+#define N_JOB_SLOTS 10
 static const char *job_slots[N_JOB_SLOTS] = {
     "id", "queue", "body", "attempt", "enqueued_at", "headers", "priority", "receipt",
+    "deadline", "timeout",
 };
 
 /* Rebuild the full ticket of marker s from its low bits, nearest to ref. */
@@ -180,7 +182,7 @@ static PyObject *new_job(Segment *self, PyObject *body, PyObject *jid, PyObject 
     }
     PyObject *v[N_JOB_SLOTS] = {jid, Py_NewRef(self->queue), body, Py_NewRef(self->one), at,
                                 Py_NewRef(self->headers), Py_NewRef(Py_None),
-                                Py_NewRef(Py_None)};
+                                Py_NewRef(Py_None), Py_NewRef(Py_None), Py_NewRef(Py_None)};
     for (int k = 0; k < N_JOB_SLOTS; k++) *(PyObject **)((char *)job + self->off[k]) = v[k];
     return job;
 }
@@ -568,7 +570,7 @@ PyMODINIT_FUNC PyInit__shmring(void) {
     }
     /* shm.py's slot layout version, and this module's interface version: _shm_atomics.py
      * refuses a stale build whose API differs from the one it was written for. */
-    if (PyModule_AddIntConstant(m, "LAYOUT", 1) < 0 || PyModule_AddIntConstant(m, "API", 3) < 0) {
+    if (PyModule_AddIntConstant(m, "LAYOUT", 1) < 0 || PyModule_AddIntConstant(m, "API", 4) < 0) {
         Py_DECREF(m);
         return NULL;
     }
