@@ -26,7 +26,13 @@ import unifiedq
 from gobuild import built_go_program
 from unifiedq import InvalidArgument, InvalidURL, Router, TypedQueue, Worker
 from unifiedq._url import parse_url
-from unifiedq.drivers.amqp.machinery import MachineryQueue, fibonacci_next, task_of
+from unifiedq.codecs import JsonCodec
+from unifiedq.drivers.amqp.machinery import (
+    MachineryQueue,
+    MachineryResultStore,
+    fibonacci_next,
+    task_of,
+)
 
 # Generous: the first run builds Machinery (~70 s of the Go compiler on 2 cores).
 pytestmark = pytest.mark.timeout(600)
@@ -384,3 +390,65 @@ def test_python_retry_of_a_go_task_is_run_by_go(go_machinery: Path, mq: Machiner
     assert [(r["uuid"], r["args"], r["retry_count"], r["retry_timeout"]) for r in runs] == \
         [(uuid, ["again"], 2, 1)]
     _purge(amqp_url, "machinery_task")
+
+
+# ------------------------------------------------------------------------ result backend
+
+
+def test_go_sender_gets_the_results_of_python_tasks(go_machinery: Path, amqp_url: str) -> None:
+    """Go's AsyncResult.Get (stock AMQP result backend) returns what Python handlers did."""
+    env = dict(os.environ, BROKER=_broker(amqp_url), RESULT_BACKEND=_broker(amqp_url))
+
+    def send(name: str, args: list[dict[str, Any]]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(go_machinery), "send", "-name", name, "-args", json.dumps(args),
+             "-wait", "30s"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+
+    store = MachineryResultStore(amqp_url)
+    with unifiedq.connect(f"{amqp_url}?protocol=machinery", results=store) as q:
+        q.size()
+        _purge(amqp_url, *STOCK_QUEUES)
+        procs = [send("Add", [{"Type": "int64", "Value": 2}, {"Type": "int64", "Value": 3}]),
+                 send("Echo", [{"Type": "string", "Value": "no result"}]),
+                 send("Fail", [{"Type": "string", "Value": "x"}]),
+                 send("Typed", [{"Type": "string", "Value": "x"}])]
+        router = Router()
+        router.add("Add", lambda job: sum(task_of(job).args))
+        router.add("Echo", lambda job: None)
+
+        def fail(job: unifiedq.Job) -> None:
+            raise RuntimeError("failing on purpose")
+
+        router.add("Fail", fail, max_attempts=1)  # the Worker gives up: fail(job, error)
+        router.add("Typed", fail)  # the Worker retries; the task's RetryCount 0 ends it
+        with Worker(q, router, result_codec=JsonCodec(), poll_interval=0.05):
+            outs = [p.communicate(timeout=60) for p in procs]
+    store.close()
+    replies = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        replies.append([json.loads(line) for line in out.splitlines()][-1])
+    add, echo, failed, exhausted = replies
+    assert add["results"] == [5]  # an int64 for Go: reflect.Value of the Go type
+    assert echo["results"] == []  # a handler without a result: SUCCESS, no results
+    assert "failing on purpose" in failed["error"]  # the handler's error, as Machinery's
+    # The Worker retried (nack); the task's RetryCount (0) ran out first: FAILURE says so.
+    assert "retries exhausted (RetryCount 0)" in exhausted["error"]
+    _purge(amqp_url, "machinery_task", "machinery_tasks.dead")
+
+
+def test_python_reads_the_result_of_a_go_worker(go_machinery: Path, amqp_url: str,
+                                                 tmp_path: Path) -> None:
+    store = MachineryResultStore(amqp_url)
+    with unifiedq.connect(f"{amqp_url}?protocol=machinery", results=store) as q:
+        q.size()
+        _purge(amqp_url, *STOCK_QUEUES)
+        jid = TypedQueue[Any](q).put([20, 22], headers={"type": "Add"})
+        with pytest.raises(unifiedq.ResultTimeout):
+            q.result(jid, timeout=0)
+        runs = _go_worker(go_machinery, amqp_url, tmp_path, 1)
+        assert [r["uuid"] for r in runs] == [jid]
+        # The Go worker wrote RECEIVED, STARTED, SUCCESS; result() reads on to the last.
+        assert json.loads(q.result(jid, timeout=10)) == [42]
+    store.close()

@@ -7,9 +7,11 @@
 //	worker -count N -out FILE [-timeout 30s]
 //	    A Machinery worker with the tasks below registered; each run appends one JSON line
 //	    {"task", "uuid", "args", "retry_count", "retry_timeout"} to FILE; exits after N runs.
-//	send -name NAME -args JSON [-retry-count K] [-retry-timeout T] [-eta 2s]
+//	send -name NAME -args JSON [-retry-count K] [-retry-timeout T] [-eta 2s] [-wait 20s]
 //	    server.SendTask of one signature (Args as Machinery's [{"Type":..,"Value":..}]);
-//	    prints {"uuid": ...}.
+//	    prints {"uuid": ...}; with -wait, then waits for the task's result in the result
+//	    backend (AsyncResult.GetWithTimeout) and prints {"uuid", "results"} or {"uuid",
+//	    "error"}.
 //	bench-send -name NAME -args JSON -n N
 //	    N x server.SendTask (each waits for its publisher confirm, as Machinery does);
 //	    prints {"n": N, "seconds": ...} (the benchmark in benchmarks/machinery.py).
@@ -18,7 +20,8 @@
 //	    own code path (common.AMQPConnector.Connect) and argument types.
 //
 // Tasks: Typed(int64, float64, string, bool, []int64, []string, int32, []byte),
-// Echo(string), Fail(string) (always returns an error: Machinery's retry rules apply).
+// Echo(string), Fail(string) (always returns an error: Machinery's retry rules apply),
+// Add(int64, int64) int64 (a result for the result backend).
 package main
 
 import (
@@ -76,6 +79,7 @@ func main() {
 	retryCount := fs.Int("retry-count", 0, "send: RetryCount")
 	retryTimeout := fs.Int("retry-timeout", 0, "send: RetryTimeout (seconds)")
 	eta := fs.Duration("eta", 0, "send: ETA this long from now")
+	wait := fs.Duration("wait", 0, "send: wait this long for the task's result")
 	ms := fs.Int64("ms", 1000, "declare-delay: the delay in milliseconds")
 	n := fs.Int("n", 100, "bench-send: tasks to send")
 	_ = fs.Parse(os.Args[2:])
@@ -106,6 +110,10 @@ func main() {
 			"Echo": func(ctx context.Context, s string) error {
 				r.record(ctx, "Echo", s)
 				return nil
+			},
+			"Add": func(ctx context.Context, a, b int64) (int64, error) {
+				r.record(ctx, "Add", a, b)
+				return a + b, nil
 			},
 			"Fail": func(ctx context.Context, s string) error {
 				r.record(ctx, "Fail", s)
@@ -141,10 +149,25 @@ func main() {
 			t := time.Now().UTC().Add(*eta)
 			sig.ETA = &t
 		}
-		if _, err := server.SendTask(sig); err != nil {
+		res, err := server.SendTask(sig)
+		if err != nil {
 			fail("send: %v", err)
 		}
 		_ = json.NewEncoder(os.Stdout).Encode(map[string]any{"uuid": sig.UUID})
+		if *wait > 0 {
+			values, err := res.GetWithTimeout(*wait, 50*time.Millisecond)
+			if err != nil {
+				_ = json.NewEncoder(os.Stdout).Encode(map[string]any{
+					"uuid": sig.UUID, "error": err.Error()})
+				return
+			}
+			out := []any{}
+			for _, v := range values {
+				out = append(out, v.Interface())
+			}
+			_ = json.NewEncoder(os.Stdout).Encode(map[string]any{
+				"uuid": sig.UUID, "results": out})
+		}
 	case "bench-send":
 		var a []tasks.Arg
 		if err := json.Unmarshal([]byte(*args), &a); err != nil {

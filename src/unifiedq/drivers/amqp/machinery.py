@@ -42,21 +42,29 @@ Machinery does.
   the task has failed for good and is dead-lettered. ``release`` and an expired lease put it
   back unchanged. ``max_attempts`` is not an option here: ``RetryCount`` is the budget.
 
-Not supported: Machinery's result backend (this side writes no task states, so a Go
-``AsyncResult.Get`` on a task a Python worker ran never returns: send without waiting, or
-report results another way), workflows (``OnSuccess``/``OnError`` callbacks, groups, chords
-are carried unchanged but not triggered), priorities (Machinery's stock queue has no
-``x-max-priority``), and exchange types other than ``direct``.
+Results: Machinery's AMQP result backend (``ResultBackend: "amqp://..."``, its default) is
+:class:`MachineryResultStore`, given as ``results=``: then ``complete``/``ack``/``fail`` write
+the task's final state (SUCCESS with typed results, or FAILURE) where a Go
+``AsyncResult.Get`` reads it, and ``result(uuid)`` reads what a Go worker stored. Without it
+no state is written (a Go ``AsyncResult.Get`` on a task a Python worker ran never returns).
+Other result backends (redis, memcache, mongo...) are not supported.
+
+Not supported: workflows (``OnSuccess``/``OnError`` callbacks, groups, chords are carried
+unchanged but not triggered), the intermediate states (RECEIVED, STARTED, RETRY),
+priorities (Machinery's stock queue has no ``x-max-priority``), and exchange types other
+than ``direct``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
 import math
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -67,7 +75,8 @@ from ..._capabilities import Capability
 from ..._errors import BackendError, BackendFull, InvalidArgument, InvalidURL, LimitExceeded
 from ..._job import EnqueueRequest, Job
 from ..._url import URL
-from .options import AmqpOptions
+from ...results import outcome
+from .options import AmqpOptions, vhost_of
 from .publishing import (
     _FIXED_BOUND,
     H_ATTEMPT,
@@ -80,7 +89,8 @@ from .queue import AmqpQueue
 from .topology import DELAY_REDECLARE
 
 __all__ = [
-    "GO_TYPES", "MachineryOptions", "MachineryQueue", "MachineryTask", "fibonacci_next",
+    "GO_TYPES", "MachineryOptions", "MachineryQueue", "MachineryResultStore", "MachineryTask",
+    "fibonacci_next",
     "open_with_protocol", "task_of",
 ]
 
@@ -316,15 +326,18 @@ class MachineryQueue(AmqpQueue):
     #: ``TypedQueue`` with the JSON codec marks its bodies, which become typed ``Args``.
     native_json = True
 
+    # No PRIORITY: Machinery's stock queue has no x-max-priority (the broker ignores it);
+    # no BOUNDED: maxsize is refused. A class attribute: results= extends the class's flags.
+    capabilities = (
+        Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY | Capability.BATCH
+        | Capability.BLOCKING_DEQUEUE | Capability.HEADERS | Capability.DURABLE
+        | Capability.CROSS_PROCESS | Capability.DISTRIBUTED | Capability.NATIVE_SYNC
+        | Capability.RELEASE
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # No PRIORITY: Machinery's stock queue has no x-max-priority (the broker ignores it).
-        self.capabilities = (
-            Capability.ACK | Capability.LEASE_EXTEND | Capability.DELAY | Capability.BATCH
-            | Capability.BLOCKING_DEQUEUE | Capability.HEADERS | Capability.DURABLE
-            | Capability.CROSS_PROCESS | Capability.DISTRIBUTED | Capability.NATIVE_SYNC
-            | Capability.RELEASE
-        )
+        self.capabilities = type(self).capabilities
         opts = self.options
         assert isinstance(opts, MachineryOptions)
         self.mopts = opts
@@ -488,8 +501,38 @@ class MachineryQueue(AmqpQueue):
         jid = uuid if isinstance(uuid, str) and uuid else job.id
         return dataclasses.replace(job, id=jid, body=body, headers=headers)
 
-    # -- settling: Machinery's retry rules ---------------------------------------------------
+    # -- settling: task states, Machinery's retry rules -------------------------------------
+    def _ack(self, job: Job) -> None:
+        # With Machinery's result backend attached, a task that ends without a result is a
+        # SUCCESS with no results (what a Go AsyncResult.Get waits for), stored first.
+        if isinstance(self._results, MachineryResultStore):
+            self._results.put(self.name, job.id, _OK_EMPTY, 0.0)
+        super()._ack(job)
+
+    def _ack_many(self, jobs: list[Job]) -> None:
+        if isinstance(self._results, MachineryResultStore):
+            for job in jobs:
+                self._results.put(self.name, job.id, _OK_EMPTY, 0.0)
+        super()._ack_many(jobs)
+
+    def _complete(self, job: Job, result: bytes, retention: float | None) -> None:
+        if not isinstance(self._results, MachineryResultStore):
+            super()._complete(job, result, retention)
+            return
+        self._results.put(self.name, job.id, outcome(True, result), 0.0)
+        AmqpQueue._ack(self, job)  # the plain ack: the state is written
+
+    def _fail(self, job: Job, error: str, retention: float | None) -> None:
+        if not isinstance(self._results, MachineryResultStore):
+            super()._fail(job, error, retention)
+            return
+        self._results.put(self.name, job.id, outcome(False, error.encode()), 0.0)
+        self._settle_nack(job, False, 0.0, state=False)
+
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
+        self._settle_nack(job, requeue, delay, state=True)
+
+    def _settle_nack(self, job: Job, requeue: bool, delay: float, *, state: bool) -> None:
         self._delay_ms(delay)  # LimitExceeded before the lease is touched
 
         def do() -> None:
@@ -498,6 +541,9 @@ class MachineryQueue(AmqpQueue):
             if sig is None or _int(sig.get("RetryCount")) <= 0:
                 # nack(requeue=False), RetryCount exhausted (Machinery: FAILURE), or not a
                 # task at all: to <queue>.dead.
+                if state and isinstance(self._results, MachineryResultStore):
+                    why = "retries exhausted (RetryCount 0)" if requeue else "dead-lettered"
+                    self._results.put(self.name, job.id, outcome(False, why.encode()), 0.0)
                 del self._held[tag]
                 self._dead_letter(tag, h.msg)
                 return
@@ -560,3 +606,166 @@ def open_with_protocol(url: URL, options: Mapping[str, object]) -> AmqpQueue:
         rest = {k: v for k, v in options.items() if k != "protocol"}
         return AmqpQueue.from_url(dataclasses.replace(url, query=query), rest)
     raise InvalidURL(f"protocol must be 'machinery' or 'unifiedq', not {proto!r}")
+
+
+# -- Machinery's AMQP result backend -----------------------------------------------------------
+_OK_EMPTY = outcome(True, b"")
+_FINAL = ("SUCCESS", "FAILURE")
+
+
+def _task_results(data: bytes) -> list[dict[str, Any]]:
+    """Machinery ``TaskResult`` items of a result's bytes.
+
+    A JSON array is one result per item, any other JSON value one result, bytes that are
+    not JSON one ``[]byte``; empty bytes none.
+    """
+    if not data:
+        return []
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return [{"Type": "[]byte", "Value": base64.b64encode(data).decode("ascii")}]
+    out = []
+    for v in value if isinstance(value, list) else [value]:
+        try:
+            arg = _typed_arg(v)
+            out.append({"Type": arg["Type"], "Value": arg["Value"]})
+        except InvalidArgument:  # no Go type for it: its JSON text, as a string
+            out.append({"Type": "string", "Value": _json(v).decode()})
+    return out
+
+
+class MachineryResultStore:
+    """Machinery's AMQP result backend as a unifiedq result store (``results=``).
+
+    ``connect("amqp://...?protocol=machinery", results=MachineryResultStore(url))`` makes
+    the handle keep task states where Machinery's ``ResultBackend: "amqp://..."`` keeps them:
+    one queue per task, named by its UUID (not durable, auto-deleted, ``x-message-ttl`` and
+    ``x-expires`` of ``expires_in``), bound to the exchange with the UUID, holding
+    ``TaskState`` messages. Then a Go ``AsyncResult.Get()`` returns what a Python handler
+    returned (``complete``; a plain ``ack`` is a SUCCESS without results) or its error
+    (``fail``), and ``result(uuid)`` returns what a Go worker's task returned, as the JSON
+    array of its values. Reading a state consumes it, as Machinery's ``GetState`` does: one
+    reader per task.
+
+    Args:
+        url: The broker's ``amqp://`` URL (its ``exchange`` option, default
+            ``machinery_exchange``, is the one the states are published to).
+        expires_in: Seconds a state is kept (Machinery's ``ResultsExpireIn``, default 3600).
+        poll_interval: Seconds between reads while ``wait`` waits.
+    """
+
+    def __init__(self, url: str, *, expires_in: float = 3600.0, poll_interval: float = 0.05
+                 ) -> None:
+        from ..._url import parse_url
+
+        u = parse_url(url)
+        self._host = f"{u.host or 'localhost'}:{u.port or 5672}"
+        self._user, self._password = u.username or "guest", u.password or "guest"
+        self._vhost = vhost_of(u.raw)
+        self._exchange = u.query.get("exchange", "machinery_exchange")
+        if not 1 <= expires_in * 1000 < 2**31:
+            raise InvalidArgument(f"expires_in must be in 0.001..2147483 s, not {expires_in}")
+        self._ms = int(expires_in * 1000)
+        self._poll = poll_interval
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._ch: Any = None
+
+    def _channel(self, uuid: str) -> Any:
+        if self._conn is None:
+            conn = amqp.Connection(self._host, userid=self._user, password=self._password,
+                                   virtual_host=self._vhost, connect_timeout=10)
+            conn.connect()
+            ch = conn.channel()
+            ch.confirm_select()
+            self._conn, self._ch = conn, ch
+        # backends/amqp updateState/GetState: exactly Machinery's declaration.
+        self._ch.exchange_declare(self._exchange, "direct", durable=True, auto_delete=False)
+        self._ch.queue_declare(uuid, durable=False, auto_delete=True,
+                               arguments={"x-message-ttl": self._ms, "x-expires": self._ms})
+        self._ch.queue_bind(uuid, self._exchange, routing_key=uuid)
+        return self._ch
+
+    def _drop(self) -> None:
+        conn, self._conn, self._ch = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.collect()
+
+    def put(self, scope: str, job_id: str, raw: bytes, retention: float) -> None:
+        """Publish the task's final state (SUCCESS with its results, or FAILURE).
+
+        Raises:
+            BackendError: The broker could not be reached or refused the state.
+        """
+        ok, data = raw[:1] == outcome(True, b""), raw[1:]
+        state = {
+            "TaskUUID": job_id, "TaskName": "", "State": "SUCCESS" if ok else "FAILURE",
+            "Results": _task_results(data) if ok else None,
+            "Error": "" if ok else data.decode("utf-8", "replace"),
+            "CreatedAt": _rfc3339(time.time()), "TTL": 0,
+        }
+        with self._lock:
+            try:
+                ch = self._channel(job_id)
+                ch.basic_publish(amqp.Message(_json(state), content_type=_JSON,
+                                              delivery_mode=2),
+                                 exchange=self._exchange, routing_key=job_id)
+            except Exception as exc:
+                self._drop()
+                raise BackendError(f"could not store the Machinery state of task "
+                                   f"{job_id!r}: {exc}") from exc
+
+    def wait(self, scope: str, job_id: str, timeout: float | None) -> bytes | None:
+        """The task's final outcome, reading (and consuming) its states up to ``timeout`` s.
+
+        Raises:
+            BackendError: The broker could not be reached.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                try:
+                    ch = self._channel(job_id)
+                    msg = ch.basic_get(job_id, no_ack=True)
+                except Exception as exc:
+                    self._drop()
+                    raise BackendError(f"could not read the Machinery state of task "
+                                       f"{job_id!r}: {exc}") from exc
+            if msg is not None:
+                got = _final_outcome(msg.body)
+                if got is not None:
+                    return got
+                continue  # PENDING, RECEIVED, STARTED, RETRY: read on
+            if end is not None and time.monotonic() >= end:
+                return None
+            time.sleep(self._poll if end is None else
+                       max(0.0, min(self._poll, end - time.monotonic())))
+
+    def close(self) -> None:
+        """Close the store's connection."""
+        with self._lock:
+            conn, self._conn, self._ch = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _final_outcome(body: Any) -> bytes | None:
+    """The outcome of a final ``TaskState`` message; None for any other state."""
+    try:
+        state = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(state, dict) or state.get("State") not in _FINAL:
+        return None
+    if state["State"] == "FAILURE":
+        return outcome(False, str(state.get("Error") or "").encode())
+    values = []
+    for r in state.get("Results") or []:
+        try:
+            values.append(_arg_value(r)[1])
+        except ValueError:
+            values.append(r)
+    return outcome(True, _json(values))
