@@ -314,3 +314,44 @@ def test_worker_serves_levels_on_several_masters(rig: RedisClusterRig) -> None:
         assert q.size() == 0 and q.stats()["active"] == 0
         # Strict priority: the first hundred handled were level 7's (4 workers in flight).
         assert seen[:96].count(7) >= 90
+
+
+# --------------------------------------------------------------------------- resharding
+
+
+def test_a_slot_moved_to_another_master_is_followed(fresh_rig: RedisClusterRig) -> None:
+    """The queue's slot migrates (keys and all) while the handle is idle: MOVED, then on."""
+    import redis
+    from redis.crc import key_slot
+
+    key = "asynq:{mv}:x"
+    slot = key_slot(key.encode())
+    with unifiedq.connect(fresh_rig.url(queue="mv")) as q:
+        ids = [q.enqueue(b"j%d" % i) for i in range(10)]
+        held = q.dequeue(timeout=1)  # a lease that must survive the move
+        assert held is not None
+        src_node = fresh_rig.node_of(key)
+        dst_node = next(n for n in fresh_rig.nodes if n is not src_node and n.is_running
+                        and fresh_rig.is_master(n.port))
+        src = redis.Redis(port=src_node.port)
+        dst = redis.Redis(port=dst_node.port)
+        src_id, dst_id = src.cluster("MYID").decode(), dst.cluster("MYID").decode()
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", dst_node.port, "", 0, 5000,
+                                "KEYS", *keys)
+        for n in fresh_rig.nodes:
+            if n.is_running and fresh_rig.is_master(n.port):
+                redis.Redis(port=n.port).execute_command("CLUSTER", "SETSLOT", slot, "NODE",
+                                                         dst_id)
+        src.close()
+        dst.close()
+        assert fresh_rig.node_of(key) is dst_node
+        before = q._slots.refreshes  # type: ignore[attr-defined]
+        q.ack(held)  # the old master answers MOVED: the handle reads the map and resends
+        jobs = q.dequeue_many(20, timeout=1)
+        assert sorted(j.id for j in [held, *jobs]) == sorted(ids)
+        q.ack_many(jobs)
+        assert q.size() == 0 and q.stats()["active"] == 0
+        assert q._slots.refreshes > before  # type: ignore[attr-defined]

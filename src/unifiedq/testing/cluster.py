@@ -157,6 +157,14 @@ class RedisClusterRig:
             break
         raise ServerStartError(f"no running master serves slot {slot} of {key!r}")
 
+    def is_master(self, port: int) -> bool:
+        """Whether the running node on ``port`` is a master holding slots now."""
+        for s in self.nodes:
+            if s.is_running:
+                return any(v.port == port and "master" in v.flags and v.slots
+                           for v in cluster_nodes(s.port))
+        return False
+
     def kill_master_of(self, queue: str, *, timeout: float = 30.0) -> tuple[RedisServer, float]:
         """SIGKILL the master of asynq queue ``queue``'s slot; wait until a replica serves it.
 
