@@ -92,6 +92,8 @@ class ConnectionMixin(TopologyMixin):
         A node that refuses or drops the connection gives way to the next (``alternates``);
         the last error is raised when none answers.
         """
+        if len(self._nodes) == 1:
+            return self._open_node(hard, publish=publish)
         for k in range(len(self._nodes)):
             i = (self._node + k) % len(self._nodes)
             self._host, self._port = self._nodes[i]
@@ -162,6 +164,7 @@ class ConnectionMixin(TopologyMixin):
         self._ppoller.register(conn.sock, select.POLLIN)
         self._pub_seq = 0
         self._pub_blocked = None
+        self._pub_proven = False
         self._ever_connected = True
 
     def _on_blocked(self, reason: str) -> None:

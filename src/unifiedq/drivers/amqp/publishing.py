@@ -340,6 +340,7 @@ class PublishingMixin(ConnectionMixin):
         refused_once = False
         interrupts = 0
         pause = 0.1
+        second_opinion = False
         while outs:
             self._ensure_pub(what, start, hard)
             try:
@@ -360,10 +361,21 @@ class PublishingMixin(ConnectionMixin):
             except amqp_exc.AMQPError as exc:
                 self._drop_pub()
                 raise translate(exc, what) from exc
+            if len(refused) < len(outs):
+                self._pub_proven = True
             if refused and self.options.maxsize is not None:
                 full = [o for o in refused if o.routing_key == self._q
                         and o.msg.properties.get("message_id") not in self._returned]
+                if full and self.options.queue_type == "quorum" and not self._pub_proven \
+                        and not second_opinion and time.monotonic() + pause < hard:
+                    # A full queue, or a channel stuck after a failover (below)? A new
+                    # connection tells them apart, once per connection.
+                    second_opinion = True
+                    self._drop_pub()
+                    outs = refused
+                    continue
                 if full:  # x-overflow=reject-publish: the broker nacked them, queued nothing
+                    self._pub_proven = True
                     raise QueueFullRefused(what, self._q, self.options.maxsize, refused)
             if refused and self.options.queue_type == "quorum" and (
                     time.monotonic() + pause < hard):
