@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import multiprocessing
 import os
@@ -59,11 +60,9 @@ def _reverse(job: unifiedq.Job) -> bytes:
 
 def _worker(url: str, web: bool, stop: Any) -> None:
     handler: Any = _reverse
-    if web:
-        sys.path.insert(0, str(ROOT))
-        from examples.results_web import handle
-
-        handler = handle
+    if web:  # the example's own handler (examples/ is not a package)
+        sys.path.insert(0, str(ROOT / "examples"))
+        handler = importlib.import_module("results_web").handle
     with unifiedq.Worker(url, handler, concurrency=8, max_attempts=1):
         stop.wait()
 
@@ -79,6 +78,7 @@ def wait_round(q: unifiedq.Queue, raw: redis.Redis, qname: str, variant: str,
     for i in range(n):
         t = time.perf_counter()
         jid = q.enqueue(b"request-%d" % i)
+        got: Any
         if variant == "result()":
             got = q.result(jid, timeout=10)
         else:
@@ -239,7 +239,7 @@ def main() -> None:
         stop.set()
         worker.join(30)
 
-    res = {
+    res: dict[str, Any] = {
         "command": "python benchmarks/results_burst.py " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(),
         "wait": {k: _summary(v) for k, v in waits.items()},
@@ -264,10 +264,10 @@ def main() -> None:
         "| wait | p50 ms (range over rounds) | p99 ms (range) |",
         "|---|---|---|",
     ]
-    for k, s in res["wait"].items():
-        lines.append(f"| {k} | {s['p50_ms']:.3f} ({s['p50_range'][0]:.3f}-"
-                     f"{s['p50_range'][1]:.3f}) | {s['p99_ms']:.3f} ({s['p99_range'][0]:.3f}-"
-                     f"{s['p99_range'][1]:.3f}) |")
+    for k, v in res["wait"].items():
+        lines.append(f"| {k} | {v['p50_ms']:.3f} ({v['p50_range'][0]:.3f}-"
+                     f"{v['p50_range'][1]:.3f}) | {v['p99_ms']:.3f} ({v['p99_range'][0]:.3f}-"
+                     f"{v['p99_range'][1]:.3f}) |")
     lines += [
         "",
         f"Ratio poll 5 ms / result(): p50 {p['p50_ms'] / w['p50_ms']:.2f}x, "
