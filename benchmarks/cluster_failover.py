@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import unifiedq
 from unifiedq.testing.cluster import RedisClusterRig
@@ -117,6 +118,7 @@ def one_round(jobs: int, min_replicas: int, rate: float) -> dict[str, float]:
         rig.rejoin(old)
         for t in threads:
             t.join()
+        q: Any
         with unifiedq.connect(rig.url(queue="fo", visibility_timeout="5")) as q:
             deadline = time.monotonic() + 30  # leases lost with the old master expire first
             while time.monotonic() < deadline:

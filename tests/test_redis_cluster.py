@@ -92,6 +92,8 @@ def _spread_queue(rig: RedisClusterRig) -> str:
 def test_priority_levels_on_different_masters(rig: RedisClusterRig) -> None:
     """Levels 0, 3 and 7 on three masters: every verb sees the queue as one."""
     name = _spread_queue(rig)
+    q: Any
+    other: Any
     with unifiedq.connect(rig.url(queue=name)) as q, \
             unifiedq.connect(rig.url(queue=name)) as other:
         ids = {q.enqueue(b"p%d" % p, priority=p or None): p for p in (0, 3, 7, 0, 7, 3)}
@@ -299,6 +301,7 @@ def test_worker_serves_levels_on_several_masters(rig: RedisClusterRig) -> None:
         with lock:
             seen.append(job.priority)
 
+    q: Any
     with unifiedq.connect(rig.url(queue=name)) as q:
         for p in (0, 3, 7):
             q.enqueue_many([b"x"] * 100, priority=p or None)
@@ -326,6 +329,7 @@ def test_a_slot_moved_to_another_master_is_followed(fresh_rig: RedisClusterRig) 
 
     key = "asynq:{mv}:x"
     slot = key_slot(key.encode())
+    q: Any
     with unifiedq.connect(fresh_rig.url(queue="mv")) as q:
         ids = [q.enqueue(b"j%d" % i) for i in range(10)]
         held = q.dequeue(timeout=1)  # a lease that must survive the move
@@ -333,8 +337,8 @@ def test_a_slot_moved_to_another_master_is_followed(fresh_rig: RedisClusterRig) 
         src_node = fresh_rig.node_of(key)
         dst_node = next(n for n in fresh_rig.nodes if n is not src_node and n.is_running
                         and fresh_rig.is_master(n.port))
-        src = redis.Redis(port=src_node.port)
-        dst = redis.Redis(port=dst_node.port)
+        src: Any = redis.Redis(port=src_node.port)
+        dst: Any = redis.Redis(port=dst_node.port)
         src_id, dst_id = src.cluster("MYID").decode(), dst.cluster("MYID").decode()
         dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
         src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
@@ -343,15 +347,15 @@ def test_a_slot_moved_to_another_master_is_followed(fresh_rig: RedisClusterRig) 
                                 "KEYS", *keys)
         for n in fresh_rig.nodes:
             if n.is_running and fresh_rig.is_master(n.port):
-                redis.Redis(port=n.port).execute_command("CLUSTER", "SETSLOT", slot, "NODE",
-                                                         dst_id)
+                node: Any = redis.Redis(port=n.port)
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
         src.close()
         dst.close()
         assert fresh_rig.node_of(key) is dst_node
-        before = q._slots.refreshes  # type: ignore[attr-defined]
+        before = q._slots.refreshes
         q.ack(held)  # the old master answers MOVED: the handle reads the map and resends
         jobs = q.dequeue_many(20, timeout=1)
         assert sorted(j.id for j in [held, *jobs]) == sorted(ids)
         q.ack_many(jobs)
         assert q.size() == 0 and q.stats()["active"] == 0
-        assert q._slots.refreshes > before  # type: ignore[attr-defined]
+        assert q._slots.refreshes > before
