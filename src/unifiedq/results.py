@@ -261,5 +261,6 @@ def attach_results(queue: _Q, spec: object) -> _Q:
     if Capability.ACK not in cls.capabilities:
         raise InvalidURL(f"results= needs a driver with ACK; {q.driver!r} has none")
     q._results = open_result_store(spec)  # type: ignore[arg-type]
+    q._results_owned = isinstance(spec, str)  # a store object stays the caller's to close
     q.capabilities = cls.capabilities | Capability.RESULT
     return queue

@@ -38,6 +38,7 @@ class AsyncQueueBase(QueueChecks):
 
     #: The result store of a store-backed handle (``results=``), or None.
     _results: Any = None
+    _results_owned = False  # opened from a URL for this handle: closed with it
 
     async def enqueue(
         self,
@@ -352,7 +353,11 @@ class AsyncQueueBase(QueueChecks):
             if self._closed:
                 return
             self._closed = True
-        await self._close()
+        try:
+            await self._close()
+        finally:
+            if self._results_owned:
+                self._results.close()
 
     async def __aenter__(self) -> Self:
         self._check_open()

@@ -39,6 +39,7 @@ class QueueBase(QueueChecks):
 
     #: The result store of a store-backed handle (``results=``), or None.
     _results: Any = None
+    _results_owned = False  # opened from a URL for this handle: closed with it
 
     def enqueue(
         self,
@@ -353,7 +354,11 @@ class QueueBase(QueueChecks):
             if self._closed:
                 return
             self._closed = True
-        self._close()
+        try:
+            self._close()
+        finally:
+            if self._results_owned:
+                self._results.close()
 
     def __enter__(self) -> Self:
         self._check_open()
