@@ -64,11 +64,11 @@ def test_steady_state_polls_do_not_grow_with_known_tenants() -> None:
         fq.ack(j)
     elapsed = time.monotonic() - start
     # Each idle tenant is polled once (found empty, it leaves the ring), then one poll per
-    # job, the last poll of each drained tenant, and idle rechecks at <= 100/s: nothing per
-    # dequeue proportional to the 4,990 idle tenants (the old ring re-polled every idle
-    # tenant every 5 ms).
+    # job, the last poll of each drained tenant, and idle rechecks at <= 100/s (a bucket
+    # of up to 64 at once): nothing per dequeue proportional to the 4,990 idle tenants (the
+    # old ring re-polled every idle tenant every 5 ms).
     total = sum(polls.values())
-    assert total <= len(known) + 2000 + len(busy) + 100 * elapsed + 5, (total, elapsed)
+    assert total <= len(known) + 2000 + len(busy) + 64 + 100 * elapsed + 5, (total, elapsed)
     assert got == {t: 200 for t in busy}
     assert fq.dequeue() is None
     fq.close()

@@ -310,7 +310,7 @@ class _FairCore(Generic[Q]):
         rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None,
         name: str | None,
         empty_recheck: float = 0.0,
-        idle_recheck_rate: float = 100.0,
+        idle_recheck_rate: float = 1000.0,
         sweep_batch: int = 64,
     ) -> None:
         if isinstance(template, str):
@@ -335,7 +335,8 @@ class _FairCore(Generic[Q]):
         self.idle_recheck_rate = float(idle_recheck_rate)
         self.sweep_batch = int(sweep_batch)
         self._sweep_left = 0
-        self._next_recheck = 0.0
+        self._tokens = 0.0
+        self._tokens_at = 0.0
         self._next_forget = 0.0
         self.board = _board_for(template)
         self._cursor = -1  # a new consumer first reads every current mark
@@ -456,18 +457,18 @@ class _FairCore(Generic[Q]):
     def begin(self, now: float) -> _Tenant[Q] | None:
         """Start a scan; return the first tenant to poll, or None.
 
-        While other tenants keep the ring busy, one idle tenant due for a recheck is polled
-        first, at most ``idle_recheck_rate`` times a second in all: that is how a job enqueued
-        for an idle tenant by someone else (another process, a sub-queue handle) is found,
-        at a bounded cost per second rather than per known tenant.
+        While other tenants keep the ring busy, idle tenants due for a recheck are polled
+        first, at most ``idle_recheck_rate`` a second in all (a token bucket holding up to
+        ``sweep_batch``): that is how a job enqueued for an idle tenant by someone else
+        (another process, a sub-queue handle) is found, at a cost bounded per second rather
+        than per known tenant. With few idle tenants every one is rechecked on each scan
+        once its ``empty_recheck`` ran out.
         """
         self.drr.begin()
         self._sweep_left = self.sweep_batch
-        if self.drr.ring and now >= self._next_recheck:
-            t = self._due_idle(now)
-            if t is not None:
-                self._next_recheck = now + 1.0 / self.idle_recheck_rate
-                return t
+        self._tokens = min(float(self.sweep_batch),
+                           self._tokens + (now - self._tokens_at) * self.idle_recheck_rate)
+        self._tokens_at = now
         return self.next_to_poll(now)
 
     def _due_idle(self, now: float) -> _Tenant[Q] | None:
@@ -485,6 +486,11 @@ class _FairCore(Generic[Q]):
         scan), so a dequeue that finds nothing local still finds jobs enqueued elsewhere.
         """
         drr = self.drr
+        if drr.ring and self._tokens >= 1.0:
+            t = self._due_idle(now)
+            if t is not None:
+                self._tokens -= 1.0
+                return t
         while (name := drr.candidate()) is not None:
             if self.limited(name):
                 drr.skip(name)

@@ -51,10 +51,11 @@ class FairQueue:
             again for at least this many seconds unless a job is enqueued for it through
             this object.
         idle_recheck_rate: While other tenants are backlogged, idle tenants are re-polled
-            (least recently polled first) at most this many times per second in all: jobs
-            enqueued for an idle tenant by *other* processes are found within about
-            ``idle tenants / idle_recheck_rate`` seconds (at once when nothing else is
-            backlogged). A dequeue costs the same whatever the number of idle tenants.
+            (least recently polled first, each at most every ``empty_recheck``) at most this
+            many times per second in all: jobs enqueued for an idle tenant by *other*
+            processes are found within about ``max(empty_recheck, idle tenants /
+            idle_recheck_rate)`` seconds (at once when nothing else is backlogged). The cost
+            of a dequeue does not grow with the number of idle tenants.
         rate_limit: Per-tenant consumer limits: a :class:`~unifiedq.limits.KeyedLimiter`
             or a mapping of tenant to bucket. A tenant out of tokens is skipped this turn.
         maxsize_per_tenant: Bound each tenant's sub-queue at this size with the bounded queue
@@ -90,7 +91,7 @@ class FairQueue:
         idle_ttl: float | None = 300.0,
         max_poll: float = 0.05,
         empty_recheck: float = 0.005,
-        idle_recheck_rate: float = 100.0,
+        idle_recheck_rate: float = 1000.0,
         rate_limit: KeyedLimiter | Mapping[str, RateLimiter] | None = None,
         maxsize_per_tenant: int | None = None,
         overflow: Literal["block", "reject", "drop_oldest", "spill"] = "reject",
