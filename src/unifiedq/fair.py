@@ -26,8 +26,14 @@ its :meth:`~FairQueue.served` count and (full) rate-limit bucket dropped, so ten
 and go leave nothing behind.
 Tenant names are 1..64 characters of ``A-Z a-z 0-9 _ . -`` so they are safe in any URL.
 
-**Fairness guarantee: local, not global.** The DRR state (the pointer and deficits) lives in
-the process. One consumer process, any number of threads: dequeues are exactly DRR-fair.
+**Server-side scheduling (Redis).** ``scheduler="server"`` on a ``redis://`` template moves
+the DRR into Redis: one Lua script picks the tenant over a server-kept ring of backlogged
+tenants and leases its job atomically, so every consumer process shares one schedule and a
+dequeue costs one round trip whatever the number of known tenants
+(``unifiedq.drivers.redis._fair``).
+
+**Local scheduler: fairness is local, not global.** The DRR state (the pointer and deficits)
+lives in the process. One consumer process, any number of threads: dequeues are exactly DRR-fair.
 Several consumer processes sharing a backend each run their own DRR over the shared sub-queues:
 when every tenant is backlogged each process serves every tenant by weight, so the aggregate
 is weight-proportional as well; the deviation from exact DRR order is bounded by about one
@@ -36,11 +42,16 @@ process only serves tenants it knows). There is no global guarantee for tenants 
 not know, nor across consumers running at different speeds within a round. The noisy-neighbour
 benchmark measures the multi-process case (``benchmarks/noisy_neighbour.py --procs 2``).
 
-Each ``dequeue`` polls the sub-queues with non-blocking dequeues: one round trip per tenant
-visited. A tenant found empty is skipped without a round trip for ``empty_recheck`` seconds
-(5 ms) unless a job is enqueued for it through this object. When every tenant is empty it
-waits, woken at once by a local ``enqueue`` and otherwise re-polling with a backoff up to
-``max_poll`` seconds, so jobs from other processes are picked up within ``max_poll``.
+Each ``dequeue`` of the local scheduler polls sub-queues with non-blocking dequeues, one
+round trip per tenant visited, and visits only the *active* tenants (believed backlogged): a
+tenant found empty becomes idle and costs nothing per dequeue until a local enqueue (or, on
+``memory://``, any FairQueue of the template in the process: a shared backlog board) marks
+it, or a recheck finds it backlogged. Idle tenants are rechecked, least recently polled
+first and each at most every ``empty_recheck`` seconds (5 ms), at up to
+``idle_recheck_rate`` polls a second (1000) while others are busy, and all of them (in
+batches, without waiting) when nothing is backlogged. When every tenant is empty it waits,
+woken at once by a local ``enqueue`` and otherwise re-polling with a backoff up to
+``max_poll`` seconds.
 """
 
 from __future__ import annotations
