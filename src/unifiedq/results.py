@@ -258,9 +258,11 @@ def attach_results(queue: _Q, spec: object) -> _Q:
     if cls._result is not QueueBase._result:
         raise InvalidURL(f"the {q.driver!r} driver keeps job results natively; drop "
                          f"results=")
-    if Capability.ACK not in cls.capabilities:
+    if Capability.ACK not in q.capabilities:
         raise InvalidURL(f"results= needs a driver with ACK; {q.driver!r} has none")
     q._results = open_result_store(spec)  # type: ignore[arg-type]
     q._results_owned = isinstance(spec, str)  # a store object stays the caller's to close
-    q.capabilities = cls.capabilities | Capability.RESULT
+    # The handle's own flags: a handle may have dropped some of its class's (an amqp quorum
+    # queue has no PRIORITY), which a store must not bring back.
+    q.capabilities = q.capabilities | Capability.RESULT
     return queue
