@@ -13,6 +13,8 @@ Connection string::
 
     redis://[[user]:password@]host[:port][/db]?queue=default&task_type=unifiedq
     rediss://...&ssl_ca_certs=/path/ca.pem          (TLS)
+    redis+sentinel://host:26379[,host:26379...]/<master>[/db]?queue=...   (Sentinel)
+    redis+cluster://host:port[,host:port...][/0]?queue=...                (Redis Cluster)
 
 Options (see :class:`RedisOptions`): ``queue``, ``task_type``, ``visibility_timeout``,
 ``heartbeat``, ``timeout``, ``max_retry``, ``backoff``, ``retention``, ``unique_ttl``,
