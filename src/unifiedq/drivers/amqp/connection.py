@@ -164,7 +164,6 @@ class ConnectionMixin(TopologyMixin):
         self._ppoller.register(conn.sock, select.POLLIN)
         self._pub_seq = 0
         self._pub_blocked = None
-        self._pub_proven = False
         self._ever_connected = True
 
     def _on_blocked(self, reason: str) -> None:

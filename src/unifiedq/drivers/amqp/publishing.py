@@ -340,7 +340,6 @@ class PublishingMixin(ConnectionMixin):
         refused_once = False
         interrupts = 0
         pause = 0.1
-        second_opinion = False
         while outs:
             self._ensure_pub(what, start, hard)
             try:
@@ -361,21 +360,19 @@ class PublishingMixin(ConnectionMixin):
             except amqp_exc.AMQPError as exc:
                 self._drop_pub()
                 raise translate(exc, what) from exc
-            if len(refused) < len(outs):
-                self._pub_proven = True
             if refused and self.options.maxsize is not None:
                 full = [o for o in refused if o.routing_key == self._q
                         and o.msg.properties.get("message_id") not in self._returned]
-                if full and self.options.queue_type == "quorum" and not self._pub_proven \
-                        and not second_opinion and time.monotonic() + pause < hard:
-                    # A full queue, or a channel stuck after a failover (below)? A new
-                    # connection tells them apart, once per connection.
-                    second_opinion = True
+                if full and self.options.queue_type == "quorum" and (
+                        time.monotonic() + pause < hard) and not self._looks_full():
+                    # A quorum queue with room that nacks: a channel stuck after a failover
+                    # (below), not the bound. A new connection, as below.
                     self._drop_pub()
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
                     outs = refused
                     continue
                 if full:  # x-overflow=reject-publish: the broker nacked them, queued nothing
-                    self._pub_proven = True
                     raise QueueFullRefused(what, self._q, self.options.maxsize, refused)
             if refused and self.options.queue_type == "quorum" and (
                     time.monotonic() + pause < hard):
@@ -402,6 +399,19 @@ class PublishingMixin(ConnectionMixin):
                     self._drop_pub()
                     raise translate(exc, what) from exc
             outs = refused
+
+    def _looks_full(self) -> bool:
+        """Whether the main queue holds ``maxsize - 1`` ready jobs or more (False: unknown).
+
+        A quorum queue refuses a publish once it holds more than its ``x-max-length``
+        (``maxsize - 1``); below that, a nack was not the bound's.
+        """
+        assert self.options.maxsize is not None
+        try:
+            ok = self._pch.queue_declare(self._q, passive=True)
+        except (*CONN_ERRORS, amqp_exc.AMQPError):
+            return False  # the caller drops this connection and tries a new one
+        return int(ok.message_count) >= self.options.maxsize - 1
 
     # -- messages --------------------------------------------------------------------------
     def _message(self, req: EnqueueRequest, now: float) -> Outgoing:

@@ -71,9 +71,6 @@ class AmqpState(QueueBase):
         self._pch: Any = None
         self._ppoller = select.poll()
         self._pub_blocked: str | None = None  # connection.blocked reason (memory/disk alarm)
-        # Whether the publish connection has had a publish confirmed, or a nack confirmed by
-        # a second connection: only then is a quorum queue's nack read as the bound's.
-        self._pub_proven = False
         self._epoch = 0
         self._handle = uuid.uuid4().hex  # receipts name the handle and connection they need
         self._ever_connected = False
