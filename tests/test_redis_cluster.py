@@ -359,3 +359,34 @@ def test_a_slot_moved_to_another_master_is_followed(fresh_rig: RedisClusterRig) 
         q.ack_many(jobs)
         assert q.size() == 0 and q.stats()["active"] == 0
         assert q._slots.refreshes > before
+
+
+def test_master_killed_is_followed_async(fresh_rig: RedisClusterRig) -> None:
+    """The asyncio face: jobs WAITed for before the kill are all there after the promotion."""
+    before = [f"before-{i}" for i in range(20)]
+
+    async def main() -> tuple[set[str], float]:
+        async with unifiedq.connect_async(fresh_rig.url(queue="afo", socket_timeout="2")) as q:
+            async with unifiedq.connect_async(fresh_rig.url(queue="afo",
+                                                            min_replicas="1")) as durable:
+                for jid in before:
+                    await durable.enqueue(jid.encode(), job_id=jid)
+            await asyncio.to_thread(fresh_rig.kill_master_of, "afo")
+            t0 = time.monotonic()
+            while True:
+                try:
+                    await q.enqueue(b"after-0", job_id="after-0")
+                    break
+                except unifiedq.BackendConnectionError:
+                    assert time.monotonic() - t0 < 30, "no master reachable within 30 s"
+                    await asyncio.sleep(0.1)
+            took = time.monotonic() - t0
+            got = set()
+            while (job := await q.dequeue(timeout=0.5)) is not None:
+                got.add(job.id)
+                await q.ack(job)
+            return got, took
+
+    got, took = asyncio.run(main())
+    assert got == set(before) | {"after-0"}
+    assert took < 2.5  # the promotion was over: the first enqueue (or its retry) got through
