@@ -390,3 +390,34 @@ def test_master_killed_is_followed_async(fresh_rig: RedisClusterRig) -> None:
     got, took = asyncio.run(main())
     assert got == set(before) | {"after-0"}
     assert took < 2.5  # the promotion was over: the first enqueue (or its retry) got through
+
+
+def test_cancelled_between_two_levels_gives_every_job_back(rig: RedisClusterRig) -> None:
+    """A dequeue cancelled after one level's script took a job and before the next level's:
+    the job already taken goes back at once (not when its lease runs out)."""
+    name = _spread_queue(rig)
+
+    async def main() -> list[bytes]:
+        async with unifiedq.connect_async(rig.url(queue=name)) as q, \
+                unifiedq.connect_async(rig.url(queue=name)) as other:
+            await q.enqueue(b"hi", priority=7)
+            await q.enqueue(b"lo")
+            real: Any = q._eval  # type: ignore[attr-defined]
+            calls = 0
+
+            async def cut(call: Any, deadline: float, resend: Any = None) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == 2:  # level 7 was taken; cancelled before level 0's script
+                    raise asyncio.CancelledError
+                return await real(call, deadline, resend)
+
+            q._eval = cut  # type: ignore[attr-defined]
+            with pytest.raises(asyncio.CancelledError):
+                await q.dequeue_many(10, timeout=0)
+            q._eval = real  # type: ignore[attr-defined]
+            jobs = await other.dequeue_many(10, timeout=0)
+            await other.ack_many(jobs)
+            return sorted(j.body for j in jobs)
+
+    assert asyncio.run(main()) == [b"hi", b"lo"]

@@ -515,6 +515,7 @@ class AsyncRedisQueue(AsyncQueueBase):
         """
         core = self._core
         jobs: list[Job] = []
+        taken: list[Call] = []  # the calls that took ``jobs``
         due: float | None = None
         levels = list(await self._cluster_levels(deadline))
         todo = list(levels)
@@ -525,16 +526,27 @@ class AsyncRedisQueue(AsyncQueueBase):
             try:
                 with translating():
                     reply = await self._eval(call, deadline, core.dequeue_resend(call))
-            except (BackendConnectionError, AsyncRuntime.Cancelled):  # it may have run
+            except BackendConnectionError:  # it may have run
                 with self._lock:
                     self._suspects.append(call)
                 await AsyncRuntime.shield(self._untake, deadline)
                 if jobs:  # already leased by this handle: hand them out, not drop them
                     return jobs, None
                 raise
+            except AsyncRuntime.Cancelled:
+                # The caller will not receive what the earlier levels took either: give
+                # those back too (by lease score and token, as a lost reply's).
+                for job in jobs:
+                    core.release(core.receipt(job), job.id)
+                with self._lock:
+                    self._suspects.extend([*taken, call])
+                await AsyncRuntime.shield(self._untake, deadline)
+                raise
             for i in range(int(reply[0])):  # the script saw one level, reported as 0
                 reply[2 + 5 * i] = level
             got, next_due = core.dequeue_result(reply, token)
+            if got:
+                taken.append(call)
             jobs += got
             if next_due is not None and (due is None or next_due < due):
                 due = next_due

@@ -516,6 +516,7 @@ class RedisQueue(QueueBase):
         """
         core = self._core
         jobs: list[Job] = []
+        taken: list[Call] = []  # the calls that took ``jobs``
         due: float | None = None
         levels = list(self._cluster_levels(deadline))
         todo = list(levels)
@@ -526,16 +527,27 @@ class RedisQueue(QueueBase):
             try:
                 with translating():
                     reply = self._eval(call, deadline, core.dequeue_resend(call))
-            except (BackendConnectionError, SyncRuntime.Cancelled):  # it may have run
+            except BackendConnectionError:  # it may have run
                 with self._lock:
                     self._suspects.append(call)
                 SyncRuntime.shield(self._untake, deadline)
                 if jobs:  # already leased by this handle: hand them out, not drop them
                     return jobs, None
                 raise
+            except SyncRuntime.Cancelled:
+                # The caller will not receive what the earlier levels took either: give
+                # those back too (by lease score and token, as a lost reply's).
+                for job in jobs:
+                    core.release(core.receipt(job), job.id)
+                with self._lock:
+                    self._suspects.extend([*taken, call])
+                SyncRuntime.shield(self._untake, deadline)
+                raise
             for i in range(int(reply[0])):  # the script saw one level, reported as 0
                 reply[2 + 5 * i] = level
             got, next_due = core.dequeue_result(reply, token)
+            if got:
+                taken.append(call)
             jobs += got
             if next_due is not None and (due is None or next_due < due):
                 due = next_due
