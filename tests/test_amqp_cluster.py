@@ -20,7 +20,7 @@ from unifiedq.testing.fixtures import require_binary
 from unifiedq.testing.rabbitmq_cluster import RabbitMQCluster, failover_run
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[RabbitMQCluster]:
     for name in ("rabbitmq-server", "rabbitmqctl", "epmd"):
         require_binary(name)
@@ -66,6 +66,19 @@ def test_node_killed_mid_run_loses_no_confirmed_job(cluster: RabbitMQCluster) ->
         q.ack(job)
     finally:
         q.close()
+
+
+@pytest.mark.slow  # shares the cluster above: about 25 s more
+def test_bounded_quorum_queue_survives_a_node_kill(cluster: RabbitMQCluster) -> None:
+    """With maxsize, a nack from a channel stuck after the failover is not read as QueueFull."""
+    ledger = failover_run(cluster, queue=f"uqc-{uuid.uuid4().hex[:10]}", producers=2,
+                          consumers=2, jobs=1000, kill=1, options="&maxsize=100000")
+    print(f"bounded: confirmed={len(ledger.confirmed)} lost={len(ledger.lost)} "
+          f"duplicates={ledger.duplicates} errors={ledger.errors}")
+    assert not ledger.lost
+    assert not any("QueueFull" in k for k in ledger.errors), ledger.errors
+    assert len(ledger.confirmed) >= 1900
+    cluster.nodes[1].restart()
 
 
 def test_alternates_skip_a_node_that_refuses(amqp_url: str) -> None:
