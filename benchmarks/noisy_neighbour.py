@@ -313,6 +313,7 @@ if fair:
     q = FairQueue(url, tenants=arg["tenants"], scheduler="server" if mode == "server" else "local")
 else:
     q = unifiedq.connect(url)
+print("ready", flush=True)  # imports done, queue open: the parent may start the clock
 if role == "fill":
     for t, n in arg["fill"]:
         for _ in range(n):
@@ -322,7 +323,7 @@ if role == "fill":
                 q.enqueue(t.encode() + b"|%d" % time.time_ns())
 elif role == "produce":
     rngs = {t: random.Random(t) for t in arg["rates"]}
-    start = arg["start"]
+    start = float(sys.stdin.readline())  # sent once every process is ready
     due = {t: start + rngs[t].expovariate(r) for t, r in arg["rates"].items()}
     end = start + arg["secs"]
     while due:
@@ -364,7 +365,16 @@ q.close()
 
 def _spawn(role: str, mode: str, url: str, arg: dict[str, Any]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", _PCHILD, role, mode, url, json.dumps(arg)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+
+
+def _ready(ps: list[subprocess.Popen[str]]) -> None:
+    """Wait until every child has imported and opened its queue (a loaded machine makes
+    that take seconds: a clock started earlier would turn arrivals into a burst)."""
+    for p in ps:
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("a child failed to start")
 
 
 def _collect(ps: list[subprocess.Popen[str]]) -> list[tuple[int, str, float]]:
@@ -373,8 +383,9 @@ def _collect(ps: list[subprocess.Popen[str]]) -> list[tuple[int, str, float]]:
         out, _ = p.communicate(timeout=600)
         if p.returncode:
             raise RuntimeError(f"a child failed ({p.returncode})")
-        if out.strip():
-            rows += [tuple(r) for r in json.loads(out)]  # type: ignore[misc]
+        last = [ln for ln in out.splitlines() if ln.strip() and ln.strip() != "ready"]
+        if last:
+            rows += [tuple(r) for r in json.loads(last[-1])]  # type: ignore[misc]
     return rows
 
 
@@ -412,13 +423,18 @@ def procs_waits(base: str, mode: str, tenants: list[str], args: argparse.Namespa
     r = 1.19 * cap / 19  # light tenants' rate; heavy 10x (offered 119%, light alone 56%)
     cons = [_spawn("consume", mode, url, {"tenants": TENANTS, "max": 10**9, "idle": 2.0,
                                           "service": args.service}) for _ in range(ncons)]
-    time.sleep(2.0)  # consumers up before the first arrival
-    start = time.time() + 3.0  # producers up too: a late start would arrive as a burst
     groups: list[dict[str, float]] = [{} for _ in range(nprod)]
     for i, t in enumerate(tenants):
         groups[i % nprod][t] = r * (10 if t == "heavy" else 1)
-    prods = [_spawn("produce", mode, url, {"tenants": TENANTS, "rates": g, "start": start,
+    prods = [_spawn("produce", mode, url, {"tenants": TENANTS, "rates": g,
                                            "secs": args.secs}) for g in groups if g]
+    _ready(cons + prods)  # everyone up before the clock starts
+    time.sleep(0.5)
+    start = time.time() + 0.2
+    for p in prods:
+        assert p.stdin is not None
+        p.stdin.write(f"{start!r}\n")
+        p.stdin.flush()
     _collect(prods)
     rows = _collect(cons)
     waits: dict[str, list[float]] = collections.defaultdict(list)
