@@ -311,6 +311,14 @@ def test_worker_enforces_job_timeout_and_deadline(face: str) -> None:
     # Both cut well before the handler's 3 s and the worker's 30 s timeout.
     assert len(started) == 2
     assert elapsed < 2.5
+    # Dead-lettered (max_attempts=1) with the limit that applied; the expired one may have
+    # been shed instead of dead-lettered if its lease came back after the deadline.
+    with connect(dl) as dead:
+        errors = {}
+        while (j := dead.dequeue()) is not None:
+            errors[j.body] = j.headers.get("x-unifiedq-error", "")
+    assert "past its 0.3s timeout" in errors[b"t"]
+    assert "past the job's deadline" in errors[b"d"]
 
 
 def test_codel_sheds_only_while_the_minimum_sojourn_stays_above_target() -> None:

@@ -787,8 +787,15 @@ class AsyncWorker(WorkerCore):
         self._log(logging.WARNING, "job_timeout", "handler timed out" + (
             "; its slot starts afresh" if abandoned else ""), e, duration=duration)
         limit = self._timeout_for(route)
-        await self._settle_failure(e, route, TimeoutError(
-            f"handler ran past its {limit or 0:g}s timeout"), duration)
+        job = e.job
+        if job.timeout is not None and (limit is None or job.timeout < limit):
+            limit = job.timeout  # the job's own timeout= was the tighter one
+        if job.deadline is not None and job.deadline <= time.time() and \
+                (limit is None or duration < limit):
+            text = "handler ran past the job's deadline"
+        else:
+            text = f"handler ran past its {limit or 0:g}s timeout"
+        await self._settle_failure(e, route, TimeoutError(text), duration)
 
     async def _failure(self, e: _Entry, route: Route | None, exc: BaseException,
                        duration: float) -> bool:
@@ -845,7 +852,8 @@ class AsyncWorker(WorkerCore):
         hdrs = self._copy_headers(e.job, self.caps, **{ATTEMPT_HEADER: str(e.attempt + 1),
                                                        ERROR_HEADER: error})
         new_id = await self.queue.enqueue(e.job.body, headers=hdrs,
-                                          delay=delay if delay > 0 else None)
+                                          delay=delay if delay > 0 else None,
+                                          deadline=e.job.deadline, timeout=e.job.timeout)
         if hdrs is None:
             self._remember_attempt(new_id, e.attempt + 1)
 
