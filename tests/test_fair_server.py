@@ -50,6 +50,8 @@ def test_weighted_drr_order_from_a_fresh_consumer(redis_url: str) -> None:
         assert got == {"heavy": 20, "gold": 60, "a": 20, "bronze": 10}
         assert fq.served()["gold"] == 60
         assert fq.size() == 600 - 110
+        sizes = fq.sizes()  # tenants the server knows, though this consumer declared none
+        assert sizes["heavy"] == 280 and sizes["gold"] == 40 and sizes["bronze"] == 90
         assert fq.purge() == 490 and fq.size() == 0 and fq.dequeue() is None
 
 

@@ -578,9 +578,9 @@ class AsyncFairQueue:
         return sum([await q.size() for q in await self._all_queues()])
 
     async def sizes(self) -> dict[str, int]:
-        """Waiting jobs per known tenant."""
+        """Waiting jobs per known tenant (with the server scheduler: also those it knows)."""
+        await self._all_queues()
         with self._guard:
-            self._check_open()
             items = [(n, t.queue) for n, t in self._core.tenants.items()]
         return {n: await q.size() for n, q in items}
 

@@ -579,9 +579,9 @@ class FairQueue:
         return sum([q.size() for q in self._all_queues()])
 
     def sizes(self) -> dict[str, int]:
-        """Waiting jobs per known tenant."""
+        """Waiting jobs per known tenant (with the server scheduler: also those it knows)."""
+        self._all_queues()
         with self._guard:
-            self._check_open()
             items = [(n, t.queue) for n, t in self._core.tenants.items()]
         return {n: q.size() for n, q in items}
 

@@ -55,9 +55,12 @@ def _wrap_dequeue() -> str:
 
 MARK = _scripts.Script("fair_mark", r"""
 -- KEYS: 1 ring, 2 deficits.  ARGV: tenants to mark backlogged.
--- A tenant already ringed (its deficit field exists) is left where it is.
+-- A tenant already ringed (its deficit field exists) is left where it is. A tenant that was
+-- empty joins at the head: it is served next, once, then rotates to the tail like any other
+-- (RFC 8290's "new flows first"): a sparse tenant's job does not wait a whole round, and
+-- tenants that stay backlogged never re-enter this way, so their shares are untouched.
 for _, t in ipairs(ARGV) do
-  if redis.call("HSETNX", KEYS[2], t, "0") == 1 then redis.call("RPUSH", KEYS[1], t) end
+  if redis.call("HSETNX", KEYS[2], t, "0") == 1 then redis.call("LPUSH", KEYS[1], t) end
 end
 return 1
 """)
