@@ -435,3 +435,16 @@ def test_python_timeout_deadline_and_expiry_seen_by_go_inspector(asynq_bin: Path
         assert q.dequeue(timeout=0.5) is None and q.expired_count == 1
         (info,) = _go(asynq_bin, redis_url, "taskinfo", name, "-id", stale)
         assert info["state"] == "archived" and info["last_err"] == "unifiedq: expired"
+
+
+def test_amqp_delayed_job_past_its_deadline_is_shed_by_dequeue(amqp_url: str) -> None:
+    name = f"dl-amqp-{uuid.uuid4().hex[:8]}"
+    with connect(f"{amqp_url}?queue={name}") as q:
+        q.enqueue(b"late", delay=0.2, ttl=0.6)  # out of the delay queue without its TTL
+        q.enqueue(b"later", delay=0.2, ttl=60)
+        time.sleep(1.0)
+        job = q.dequeue(timeout=2)
+        assert job is not None and job.body == b"later"
+        assert q.dequeue(timeout=0.3) is None
+        assert q.expired_count == 1
+        q.ack(job)
