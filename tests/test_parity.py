@@ -43,6 +43,8 @@ TYPE_RENAME = {
     r"\bAsyncBoundedQueue\b": "BoundedQueue", r"\bAsyncRedisQueue\b": "RedisQueue",
     r"\bAsyncShmQueue\b": "ShmQueue", r"\bSyncToAsync\b": "AsyncToSync",
     r"\bAsyncRun\b": "SyncRun", r"\bAwaitable\[(.*)\]": r"\1",
+    # The generator's rule for every other name: AsyncX becomes SyncX.
+    r"\bAsync(\w+)\b": r"Sync\1",
 }
 #: Members of one pair that differ on purpose (blocking class -> member -> the reason).
 EXEMPT: dict[str, dict[str, str]] = {
