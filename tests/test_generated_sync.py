@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,16 +21,20 @@ def test_generated_sync_files_are_current() -> None:
 
 def test_check_catches_a_hand_edit(tmp_path: Path) -> None:
     # The check must be able to fail: edit a generated file and it reports exactly that one.
-    target = ROOT / "src" / "unifiedq" / "_sync" / "base.py"
-    original = target.read_text()
-    try:
-        target.write_text(original.replace("def dequeue(", "def dequeue_edited_by_hand(", 1))
-        out = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True,
-                             text=True, cwd=ROOT, check=False)
-    finally:
-        target.write_text(original)
-    assert out.returncode == 1
-    assert "src/unifiedq/_sync/base.py" in out.stdout
+    # On a copy of the tree: editing the checkout itself broke every queue of anyone (another
+    # test process, a developer) importing it meanwhile.
+    shutil.copytree(ROOT / "src", tmp_path / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info"))
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "src" / "unifiedq" / "_sync" / "base.py"
+    target.write_text(target.read_text().replace("def dequeue(", "def dequeue_edited_by_hand(", 1))
+    out = subprocess.run([sys.executable, str(tmp_path / "scripts" / SCRIPT.name), "--check"],
+                         capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    stale = out.stdout.split("stale generated files", 1)[1].splitlines()[1:]
+    assert [line.strip() for line in stale if line.strip()] == ["src/unifiedq/_sync/base.py"]
 
 
 def test_every_generated_file_has_a_source_and_header() -> None:
