@@ -318,3 +318,13 @@ def test_results_option_errors(redis_url: str, amqp_url: str) -> None:
     q = connect(f"{amqp_url}?queue=x&results=ftp://nope", results="memory://kw")
     assert Capability.RESULT in q.capabilities and q._results is MemoryResultStore.named("kw")
     q.close()
+
+
+def test_a_store_keeps_the_flags_a_handle_dropped(qname: str, amqp_url: str) -> None:
+    """results= adds RESULT to the handle's own flags: a quorum queue has no PRIORITY, and a
+    store must not give it back (it did: the class's flags were used)."""
+    with connect(f"{amqp_url}?queue={qname}&queue_type=quorum") as plain, \
+            connect(f"{amqp_url}?queue={qname}-r&queue_type=quorum"
+                    f"&results=memory://{qname}") as stored:
+        assert Capability.PRIORITY not in plain.capabilities
+        assert stored.capabilities == plain.capabilities | Capability.RESULT
