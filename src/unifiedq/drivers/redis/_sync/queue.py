@@ -415,11 +415,6 @@ class RedisQueue(QueueBase):
     def _enqueue(self, req: EnqueueRequest) -> str:
         return (self._enqueue_many([req]))[0]
 
-    def _enqueue_many(self, reqs: list[EnqueueRequest]) -> list[str]:
-        if self._slots is not None:
-            return self._cluster_enqueue(reqs)
-        return self._enqueue_batch(reqs)
-
     def _cluster_enqueue(self, reqs: list[EnqueueRequest]) -> list[str]:
         """Enqueue on a cluster: one batch per priority level (one slot each), then wake.
 
@@ -430,22 +425,28 @@ class RedisQueue(QueueBase):
         for i, r in enumerate(reqs):
             by_level.setdefault(r.priority or 0, []).append(i)
         if len(by_level) == 1 and 0 in by_level:
-            return self._enqueue_batch(reqs)
+            return self._enqueue_many(reqs, self._core.wake_key)
         out: list[str] = [""] * len(reqs)
         for level in sorted(by_level, reverse=True):
             idx = by_level[level]
-            for i, jid in zip(idx, self._enqueue_batch([reqs[i] for i in idx]),
-                              strict=True):
+            got = self._enqueue_many([reqs[i] for i in idx], self._core.wakes[level])
+            for i, jid in zip(idx, got, strict=True):
                 out[i] = jid
         woken = sum(len(v) for k, v in by_level.items() if k)
         if woken:
             self._commands(self._core.wake_calls(woken))
         return out
 
-    def _enqueue_batch(self, reqs: list[EnqueueRequest]) -> list[str]:
-        """Enqueue in one round trip (on a cluster: jobs of one priority level)."""
+    def _enqueue_many(self, reqs: list[EnqueueRequest],
+                            key: str | None = None) -> list[str]:
+        """Enqueue in one round trip.
+
+        On a cluster: jobs of one priority level, whose slot ``key`` names (without it,
+        :meth:`_cluster_enqueue` splits the batch by level and calls back).
+        """
+        if key is None and self._slots is not None:
+            return self._cluster_enqueue(reqs)
         core = self._core
-        key = core.wakes[reqs[0].priority or 0]
         if reqs[0].headers:
             core.check_headers(reqs[0].headers)  # one batch shares its headers
         now = time.time_ns()
