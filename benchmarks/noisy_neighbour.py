@@ -385,7 +385,7 @@ def _collect(ps: list[subprocess.Popen[str]]) -> list[tuple[int, str, float]]:
             raise RuntimeError(f"a child failed ({p.returncode})")
         last = [ln for ln in out.splitlines() if ln.strip() and ln.strip() != "ready"]
         if last:
-            rows += [tuple(r) for r in json.loads(last[-1])]  # type: ignore[misc]
+            rows += [(int(r[0]), str(r[1]), float(r[2])) for r in json.loads(last[-1])]
     return rows
 
 
