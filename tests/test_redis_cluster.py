@@ -78,10 +78,10 @@ def test_no_node_answering_is_a_connection_error() -> None:
 # --------------------------------------------------------------------------- levels
 
 
-def _spread_queue(rig: RedisClusterRig) -> str:
-    """A queue name whose priority levels live on at least two different masters."""
-    for i in range(100):
-        name = f"spread{i}"
+def _spread_queue(rig: RedisClusterRig, prefix: str = "spread") -> str:
+    """A queue name whose priority levels 0, 3 and 7 live on three different masters."""
+    for i in range(200):
+        name = f"{prefix}{i}"
         nodes = {rig.node_of(f"asynq:{{{name if n == 0 else f'{name}:p{n}'}}}:x").port
                  for n in (0, 3, 7)}
         if len(nodes) == 3:
@@ -421,3 +421,30 @@ def test_cancelled_between_two_levels_gives_every_job_back(rig: RedisClusterRig)
             return sorted(j.body for j in jobs)
 
     assert asyncio.run(main()) == [b"hi", b"lo"]
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def test_dashboard_reads_and_acts_on_every_level(rig: RedisClusterRig) -> None:
+    """The dashboard's asynq scripts (counters, dead letters, retry, delete) run per level."""
+    from unifiedq.dashboard import _redis as dash
+
+    name = _spread_queue(rig, "dash")  # counters are the queue's own from its start
+    q: Any
+    with unifiedq.connect(rig.url(queue=name)) as q:
+        for p in (None, 7):
+            q.enqueue(b"d%d" % (p or 0), priority=p)
+        for job in q.dequeue_many(2, timeout=1):
+            q.nack(job, requeue=False)  # archived on its own level
+        assert dash.is_redis(q)
+        assert dash.counters(q) == {"processed": 2, "failed": 2}
+        dead = dash.dead_letters(q, 10)
+        assert sorted(d.preview for d in dead) == ["d0", "d7"]
+        by = {d.preview: d.id for d in dead}
+        assert dash.retry_dead(q, by["d7"]) and not dash.retry_dead(q, by["d7"])
+        assert dash.delete_dead(q, by["d0"]) and not dash.delete_dead(q, by["d0"])
+        job = q.dequeue(timeout=1)
+        assert job is not None and job.body == b"d7" and job.priority == 7
+        q.ack(job)
+        assert dash.dead_letters(q, 10) == [] and q.size() == 0

@@ -92,11 +92,21 @@ def _run(q: Any, script: _scripts.Script, keys: list[str], args: list[str]) -> A
         return q._eval((script, keys, args), q._deadline())
 
 
+def _each(q: Any, script: _scripts.Script, keys: list[str], args: list[str]) -> list[Any]:
+    """The script's replies: one over every level, or one per level on a Redis Cluster.
+
+    On a cluster a script may not touch two levels' slots, so it runs once per level.
+    """
+    if getattr(q._core, "cluster", None) is None:
+        return [_run(q, script, keys, args)]
+    return [r for _, r in q._per_level((script, keys, args), q._deadline())]
+
+
 def counters(q: QueueBase) -> dict[str, int]:
     """The cumulative asynq ``processed`` and ``failed`` attempt counts of ``q``'s queue."""
     c: Any = q
-    p, f = _run(c, _COUNTERS, [c._core.levels_key], [q.name])
-    return {"processed": int(p), "failed": int(f)}
+    got = _each(c, _COUNTERS, [c._core.levels_key], [q.name])
+    return {"processed": sum(int(r[0]) for r in got), "failed": sum(int(r[1]) for r in got)}
 
 
 def _text(raw: bytes, n: int = 120) -> str:
@@ -106,7 +116,7 @@ def _text(raw: bytes, n: int = 120) -> str:
 def dead_letters(q: QueueBase, limit: int) -> list[DeadLetter]:
     """The newest ``limit`` archived tasks of ``q``'s queue over its levels, newest first."""
     c: Any = q
-    flat = _run(c, _DEAD, [c._core.levels_key], [q.name, str(limit)])
+    flat = [x for r in _each(c, _DEAD, [c._core.levels_key], [q.name, str(limit)]) for x in r]
     out: list[DeadLetter] = []
     for i in range(0, len(flat), 3):
         jid = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
@@ -128,15 +138,15 @@ def dead_letters(q: QueueBase, limit: int) -> list[DeadLetter]:
 def retry_dead(q: QueueBase, job_id: str) -> bool:
     """Move archived task ``job_id`` back to pending; False when it is not archived."""
     c: Any = q
-    n = _run(c, _RETRY, [c._core.levels_key, c._core.wake_key],
-             [q.name, job_id, str(time.time_ns()), str(_core._WAKE_CAP)])
-    return bool(int(n))
+    got = _each(c, _RETRY, [c._core.levels_key, c._core.wake_key],
+                [q.name, job_id, str(time.time_ns()), str(_core._WAKE_CAP)])
+    return any(int(n) for n in got)
 
 
 def delete_dead(q: QueueBase, job_id: str) -> bool:
     """Delete archived task ``job_id`` for good; False when it is not archived."""
     c: Any = q
-    return bool(int(_run(c, _DELETE, [c._core.levels_key], [q.name, job_id])))
+    return any(int(n) for n in _each(c, _DELETE, [c._core.levels_key], [q.name, job_id]))
 
 
 def matching_queues(q: QueueBase, pattern: re.Pattern[str]) -> list[str]:

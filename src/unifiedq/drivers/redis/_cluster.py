@@ -154,8 +154,10 @@ def level_call(call: tuple[Any, list[str], list[Any]], qname: str, pfx: str,
     The call's KEYS[1] (the levels set) and ARGV[1] (the queue name) become ``uq:nolevels`` in
     the level's slot, which never exists, and the level's asynq queue name: the script's level
     loop visits this level only (reported as level 0: the caller puts the real level back).
-    A dequeue's maintenance stamp (KEYS[2]) becomes the level's own.
+    Its other keys under the base queue's prefix (the maintenance stamp, the wake list) become
+    the level's own, so every key of the call is in the level's slot.
     """
     script, keys, args = call
-    new_keys = [pfx + "uq:nolevels", *(pfx + "uq:maintained" for _ in keys[1:2]), *keys[2:]]
-    return script, new_keys, [qname, *args[1:]]
+    base = keys[0][:-len("uq:levels")] if keys[0].endswith("uq:levels") else None
+    rest = [pfx + k[len(base):] if base and k.startswith(base) else k for k in keys[1:]]
+    return script, [pfx + "uq:nolevels", *rest], [qname, *args[1:]]
