@@ -448,3 +448,25 @@ def test_dashboard_reads_and_acts_on_every_level(rig: RedisClusterRig) -> None:
         assert job is not None and job.body == b"d7" and job.priority == 7
         q.ack(job)
         assert dash.dead_letters(q, 10) == [] and q.size() == 0
+
+
+def test_go_asynq_pause_and_results_on_a_cluster(interop_bin: Path,
+                                                  rig: RedisClusterRig) -> None:
+    """asynq's Inspector over the cluster: pause both ways, and results it reads as ours."""
+    q: Any
+    with unifiedq.connect(rig.url(queue="gopause")) as q:
+        q.enqueue(b"a")
+        q.pause()
+        (info,) = _go(interop_bin, rig, "inspect", "gopause")
+        assert info["paused"] is True
+        _go(interop_bin, rig, "unpause", "gopause")
+        assert q.is_paused() is False
+        _go(interop_bin, rig, "pause", "gopause")
+        assert q.is_paused() is True and q.dequeue(timeout=0.3) is None
+        q.resume()
+        job = q.dequeue(timeout=5)
+        assert job is not None
+        q.complete(job, b"the result")
+        (ti,) = _go(interop_bin, rig, "taskinfo", "gopause", "-id", job.id)
+        assert (ti["state"], ti["result"]) == ("completed", "the result")
+        assert q.result(job.id, timeout=1) == b"the result"
