@@ -51,7 +51,7 @@ class _Outage:
         return self.longest
 
 
-def one_round(jobs: int, min_replicas: int, rate: float) -> dict[str, float]:
+def one_round(jobs: int, min_replicas: int, rate: float, lag: float) -> dict[str, float]:
     with RedisClusterRig() as rig:
         opts = {"queue": "fo", "socket_timeout": "2", "visibility_timeout": "5"}
         if min_replicas:
@@ -114,7 +114,13 @@ def one_round(jobs: int, min_replicas: int, rate: float) -> dict[str, float]:
         for t in threads:
             t.start()
         reached.wait()
-        old, promoted = rig.kill_master_of("fo")
+        thaw = None
+        if lag:  # a stalled replica (SIGSTOP) falls behind its master; thawed after the kill
+            (replica,) = rig.replicas_of(rig.node_of("asynq:{fo}:x"))
+            replica.freeze()
+            thaw = replica.thaw
+            time.sleep(lag)
+        old, promoted = rig.kill_master_of("fo", after_kill=thaw)
         rig.rejoin(old)
         for t in threads:
             t.join()
@@ -140,12 +146,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=10_000)
     ap.add_argument("--rate", type=float, default=1000.0, help="enqueues per second offered")
+    ap.add_argument("--lag", type=float, default=0.0,
+                    help="seconds the queue's replica is stalled (SIGSTOP) before the kill "
+                         "(below cluster-node-timeout, 1 s, so it is still promoted)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     rows: dict[int, list[dict[str, float]]] = {0: [], 1: []}
     for r in range(a.rounds):
         for mr in (0, 1):  # interleaved
-            res = one_round(a.jobs, mr, a.rate)
+            res = one_round(a.jobs, mr, a.rate, a.lag)
             rows[mr].append(res)
             print(f"round {r + 1} min_replicas={mr}: {res}", flush=True)
 
@@ -157,10 +166,13 @@ def main() -> None:
         "# A Redis Cluster master killed mid-run",
         "",
         f"`python benchmarks/cluster_failover.py --rounds {a.rounds} --jobs {a.jobs} "
-        f"--rate {a.rate:g}` (3 masters + 3 replicas on loopback, cluster-node-timeout 1 s; "
+        f"--rate {a.rate:g} --lag {a.lag:g}` (3 masters + 3 replicas on loopback, "
+        f"cluster-node-timeout 1 s; "
         f"a producer at {a.rate:g} jobs/s and a consumer (dequeue_many/ack_many of 100) run "
         f"the whole time; SIGKILL of the queue's master after a third of the jobs, then the "
-        f"old master restarted as a replica; socket_timeout 2 s; {time.strftime('%Y-%m-%d')}).",
+        f"old master restarted as a replica; socket_timeout 2 s; the queue's replica stalled "
+        f"(SIGSTOP) {a.lag:g} s before the kill, thawed after it; "
+        f"{time.strftime('%Y-%m-%d')}).",
         "Times: median (min-max) over the rounds; an outage is the longest time a thread went "
         "without a successful verb (a verb retries within its deadline, so most of the "
         "promotion is spent inside one or two verbs).",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -165,12 +166,23 @@ class RedisClusterRig:
                            for v in cluster_nodes(s.port))
         return False
 
-    def kill_master_of(self, queue: str, *, timeout: float = 30.0) -> tuple[RedisServer, float]:
+    def replicas_of(self, node: RedisServer) -> list[RedisServer]:
+        """The running replicas of master ``node``."""
+        view = cluster_nodes(node.port)
+        me = next(v.id for v in view if "myself" in v.flags)
+        ports = {v.port for v in view if v.master == me}
+        return [n for n in self.nodes if n.port in ports and n.is_running]
+
+    def kill_master_of(self, queue: str, *, timeout: float = 30.0,
+                       after_kill: Callable[[], None] | None = None,
+                       ) -> tuple[RedisServer, float]:
         """SIGKILL the master of asynq queue ``queue``'s slot; wait until a replica serves it.
 
         Args:
             queue: The asynq queue name (its keys' hash tag is ``{queue}``).
             timeout: Seconds to wait for the promotion.
+            after_kill: Called right after the kill (e.g. to thaw a replica frozen to make
+                it lag behind its master).
 
         Returns:
             The killed node and the seconds from the kill until a promoted replica took a
@@ -183,6 +195,8 @@ class RedisClusterRig:
         old = self.node_of(key)
         old.kill()
         t0 = time.monotonic()
+        if after_kill is not None:
+            after_kill()
 
         def promoted() -> bool:
             node = self.node_of(key)
