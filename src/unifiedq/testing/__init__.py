@@ -15,6 +15,11 @@
 * :mod:`unifiedq.testing.rabbitmq_cluster` — :class:`RabbitMQCluster`, a cluster of private
   RabbitMQ nodes on loopback (one cookie, one ``epmd``, joined with ``join_cluster``), and
   ``failover_run``, a producer/consumer ledger through a node's SIGKILL.
+* :mod:`unifiedq.testing.cluster` — :class:`RedisClusterRig`, 3 masters and 3 replicas of
+  ``redis-server --cluster-enabled yes`` on loopback (``redis-cli --cluster create``), with
+  ``kill_master_of(queue)`` (waits for the promotion) and ``rejoin(node)``.
+* :mod:`unifiedq.testing.sentinel` — :class:`RedisSentinelRig`, a master, a replica and
+  three Sentinels on loopback, with ``fail_over()``.
 * :mod:`unifiedq.testing.quic` — a real ``unifiedq serve`` process and a throwaway PKI (needs
   the ``quic`` extra).
 
