@@ -94,8 +94,8 @@ def test_min_replicas_waits_for_the_replica(rig: RedisSentinelRig, request: pyte
         jid = q.enqueue(b"replicated")
         # WAIT returned 1: the replica has the task hash already (read it there directly).
         replica = rig.replicas[0]
-        from unifiedq.testing.sentinel import _command
-        assert _command(replica.port, "EXISTS", f"asynq:{{{name}}}:t:{jid}") == b":1"
+        from unifiedq.testing.redis_rig import command
+        assert command(replica.port, "EXISTS", f"asynq:{{{name}}}:t:{jid}") == b":1"
         q.purge()
 
 

@@ -20,12 +20,13 @@ import dataclasses
 import subprocess
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Self
 
 from redis.crc import key_slot
 
-from .sentinel import _command, _info
+from .redis_rig import RedisRig, wait_until
+from .redis_rig import command as _command
+from .redis_rig import info as _info
 from .servers import LOOPBACK, RedisServer, ServerStartError, _free_ports, find_binary
 
 __all__ = ["ClusterNode", "RedisClusterRig", "cluster_nodes"]
@@ -69,7 +70,7 @@ def cluster_nodes(port: int) -> list[ClusterNode]:
     return out
 
 
-class RedisClusterRig:
+class RedisClusterRig(RedisRig):
     """``masters`` masters with ``replicas`` replicas each, all on loopback.
 
     Args:
@@ -112,7 +113,7 @@ class RedisClusterRig:
             raise ServerStartError(f"redis-cli --cluster create failed: "
                                    f"{proc.stdout.decode(errors='replace')[-2000:]}"
                                    f"{proc.stderr.decode(errors='replace')[-2000:]}")
-        self._wait(self._healthy, 60.0, "the cluster to form")
+        _wait(self._healthy, 60.0, "the cluster to form")
         return self
 
     def _healthy(self, expect: int | None = None) -> bool:
@@ -204,7 +205,7 @@ class RedisClusterRig:
                 return False
             return _command(node.port, "SET", key, "1").startswith(b"+OK")
 
-        self._wait(promoted, timeout, "a replica to be promoted")
+        _wait(promoted, timeout, "a replica to be promoted")
         return old, time.monotonic() - t0
 
     def rejoin(self, node: RedisServer, *, timeout: float = 30.0) -> float:
@@ -221,34 +222,14 @@ class RedisClusterRig:
         """
         t0 = time.monotonic()
         node.restart()
-        self._wait(self._healthy, timeout, "the node to rejoin as a replica")
+        _wait(self._healthy, timeout, "the node to rejoin as a replica")
         return time.monotonic() - t0
 
-    def stop(self) -> None:
-        """Stop every node the rig started."""
-        for n in self.nodes:
-            n.stop()
+    def processes(self) -> list[RedisServer]:
+        """Every node started (killed ones included)."""
+        return self.nodes
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    @staticmethod
-    def _wait(cond: object, timeout: float, what: str) -> None:
-        assert callable(cond)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                if cond():
-                    return
-            except (OSError, ServerStartError, StopIteration):
-                pass
-            time.sleep(0.1)
-        raise ServerStartError(f"timed out after {timeout} s waiting for {what}")
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    # A node may be mid-restart (OSError), a slot without a master yet (StopIteration).
+    wait_until(cond, timeout, what, ignore=(OSError, ServerStartError, StopIteration))

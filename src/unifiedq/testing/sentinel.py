@@ -19,9 +19,9 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Self
 
+from .redis_rig import RedisRig, info, wait_until
 from .servers import (
     LOOPBACK,
     ManagedServer,
@@ -103,7 +103,7 @@ class RedisSentinel(ManagedServer):
             return parts[0], int(parts[1])
 
 
-class RedisSentinelRig:
+class RedisSentinelRig(RedisRig):
     """A master, ``replicas`` replicas and ``sentinels`` Sentinels, all on loopback.
 
     Args:
@@ -138,9 +138,9 @@ class RedisSentinelRig:
         for _ in range(self._n_sentinels):
             s = RedisSentinel(self.master.port, quorum=quorum, down_after=self._down_after)
             self.sentinels.append(s.start())
-        self._wait(lambda: all(_info(r.port, "replication").get("master_link_status") == "up"
+        wait_until(lambda: all(info(r.port, "replication").get("master_link_status") == "up"
                                for r in self.replicas), 30.0, "replicas to sync")
-        self._wait(lambda: all(_sentinel_sees(s.port, len(self.replicas), len(self.sentinels))
+        wait_until(lambda: all(_sentinel_sees(s.port, len(self.replicas), len(self.sentinels))
                                for s in self.sentinels), 30.0, "Sentinels to find each other")
         return self
 
@@ -192,15 +192,15 @@ class RedisSentinelRig:
             addr = self.master_address()
             if addr is None or addr[1] == old.port:
                 return False
-            return _info(addr[1], "replication").get("role") == "master"
+            return info(addr[1], "replication").get("role") == "master"
 
-        self._wait(promoted, timeout, "a replica to be promoted")
+        wait_until(promoted, timeout, "a replica to be promoted")
         took = time.monotonic() - t0
         # Every Sentinel must agree before anything else happens: one with the old view could
         # take the old master back as master when it restarts (empty, without persistence)
         # and make the promoted node resync from it, wiping the data (Redis documents this).
         new = self.master_address()
-        self._wait(lambda: all(s.master_address() == new for s in self.sentinels), timeout,
+        wait_until(lambda: all(s.master_address() == new for s in self.sentinels), timeout,
                    "every Sentinel to name the new master")
         return old, took
 
@@ -220,68 +220,17 @@ class RedisSentinelRig:
             del old.extra_args[i:i + 3]
         old.extra_args += ["--replicaof", LOOPBACK, str(master.port)]
         old.restart()
-        self._wait(lambda: _info(old.port, "replication").get("master_link_status") == "up",
+        wait_until(lambda: info(old.port, "replication").get("master_link_status") == "up",
                    timeout, "the former master to sync as a replica")
         if old not in self.replicas:
             self.replicas.append(old)
 
-    def stop(self) -> None:
-        """Stop every process the rig started."""
-        for s in self.sentinels:
-            s.stop()
-        for n in self.nodes:
-            n.stop()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    @staticmethod
-    def _wait(cond: object, timeout: float, what: str) -> None:
-        assert callable(cond)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                if cond():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise ServerStartError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _command(port: int, *args: str) -> bytes:
-    """One command to a loopback Redis/Sentinel; the raw reply (bulk body or status line)."""
-    with socket.create_connection((LOOPBACK, port), timeout=2.0) as sock:
-        sock.settimeout(2.0)
-        sock.sendall(_resp_command(*args))
-        head = _read_line(sock)
-        if not head.startswith(b"$"):
-            return head
-        size = int(head[1:])
-        buf = b""
-        while len(buf) < size + 2:
-            chunk = sock.recv(size + 2 - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        return buf[:size]
-
-
-def _info(port: int, section: str) -> dict[str, str]:
-    text = _command(port, "INFO", section).decode(errors="replace")
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    def processes(self) -> list[ManagedServer]:
+        """The Sentinels first (so none starts a failover while the data nodes stop)."""
+        return [*self.sentinels, *self.nodes]
 
 
 def _sentinel_sees(port: int, replicas: int, sentinels: int) -> bool:
-    info = _info(port, "sentinel")
-    line = info.get("master0", "")
+    line = info(port, "sentinel").get("master0", "")
     return (f"slaves={replicas}" in line and f"sentinels={sentinels}" in line
             and "status=ok" in line)
