@@ -10,10 +10,8 @@ pinned modules (``tests/interop_asynqmon``, ``tests/interop_asynq025``) and cach
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -30,42 +28,18 @@ import pytest
 from gobuild import built_go_program
 from unifiedq import Job, Worker, connect
 from unifiedq.drivers.redis._sync.registry import SyncServerRegistration
-from unifiedq.testing.fixtures import in_ci
 from unifiedq.testing.servers import find_free_port
 
 _TESTS = Path(__file__).parent
 HOUR = 3600.0
 
 
-def _go() -> str:
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go")
-                                else None)
-    if go is None:
-        if in_ci():
-            pytest.fail("CI=true but the Go toolchain is missing (needed for asynqmon)")
-        pytest.skip("Go toolchain not found; install Go to run the asynqmon tests")
-    return go
-
-
 @pytest.fixture(scope="module")
 def asynqmon_bin() -> Path:
     """asynqmon's own command (``cmd/asynqmon``) at the version pinned in tests/interop_asynqmon."""
-    src = _TESTS / "interop_asynqmon"
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "tools.go"):
-        digest.update((src / name).read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unifiedq"
-    target = cache / f"asynqmon-{digest.hexdigest()[:16]}"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        proc = subprocess.run(
-            [_go(), "build", "-o", str(tmp), "github.com/hibiken/asynqmon/cmd/asynqmon"],
-            cwd=src, env=dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false"),
-            capture_output=True, text=True, timeout=900, check=False)
-        assert proc.returncode == 0, f"go build of asynqmon failed:\n{proc.stderr}"
-        os.replace(tmp, target)
-    return target
+    return built_go_program(_TESTS / "interop_asynqmon", "asynqmon", "asynqmon",
+                            files=("go.mod", "go.sum", "tools.go"),
+                            package="github.com/hibiken/asynqmon/cmd/asynqmon", timeout=900)
 
 
 @pytest.fixture(scope="module")
