@@ -119,7 +119,9 @@ def test_worker_stores_results_and_failures(kind: str, qname: str, redis_url: st
         with pytest.raises(ResultTimeout):
             q.result(none, timeout=0.5)  # None: acked, nothing stored
         deadline = time.monotonic() + 10
-        while w.stats().processed < 3 and time.monotonic() < deadline:
+        # The failure is stored before the job is dead-lettered and counted (on amqp a broker
+        # round trip later): wait for the count too.
+        while (w.stats().processed < 3 or w.stats().dead < 1) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (w.stats().processed, w.stats().dead) == (3, 1)
 
