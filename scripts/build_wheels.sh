@@ -59,7 +59,9 @@ if [ "${#raw[@]}" -ne 1 ] || [ ! -f "${raw[0]}" ] || [ ! -f "${sdist[0]}" ]; the
   log "ERROR: expected one sdist and one wheel in $STAGE"
   exit 1
 fi
-if ! "$PYTHON" -m zipfile -l "${raw[0]}" | grep -q 'unifiedq/drivers/_shmring\..*\.so'; then
+# grep reads the whole listing (no -q): an early exit would break zipfile's pipe, which
+# pipefail turns into a failure once the listing is long enough.
+if ! "$PYTHON" -m zipfile -l "${raw[0]}" | grep 'unifiedq/drivers/_shmring\..*\.so' >/dev/null; then
   log "ERROR: ${raw[0]##*/} has no compiled unifiedq/drivers/_shmring module"
   exit 1
 fi
