@@ -170,11 +170,14 @@ def test_fair_server_scheduler_is_unsupported(rig: RedisClusterRig) -> None:
         unifiedq.FairQueue(rig.url(queue="t.{tenant}"), scheduler="server")
 
 
-def test_bounded_queue_on_a_cluster_is_client_side(rig: RedisClusterRig) -> None:
+def test_bounded_queue_on_a_cluster_is_atomic_without_priorities(rig: RedisClusterRig) -> None:
+    # More in tests/test_redis_cluster_fair.py (producer processes, levels refused).
     with unifiedq.BoundedQueue(rig.url(queue="bounded-cl"), maxsize=2) as q:
-        assert not q.native
+        assert q.native
         q.enqueue(b"a")
-        q.enqueue(b"b", priority=5)
+        with pytest.raises(UnsupportedOperation):
+            q.enqueue(b"b", priority=5)
+        q.enqueue(b"b")
         with pytest.raises(unifiedq.QueueFull):
             q.enqueue(b"c")
         assert q.purge() == 2

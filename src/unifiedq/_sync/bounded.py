@@ -26,7 +26,9 @@ class BoundedQueue(QueueWrapper, _BoundedState):
     Args:
         source: A queue URL (opened here; with BOUNDED drivers the bound is native) or an
             open queue of this face (client-side bound). On ``redis://`` (URL or handle)
-            the bound is atomic across processes (one Lua script checks and pushes).
+            the bound is atomic across processes (one Lua script checks and pushes); on
+            ``redis+cluster://`` too, for queues without priorities (``enqueue(priority=)``
+            then raises ``UnsupportedOperation`` and PRIORITY is not in ``capabilities``).
         maxsize: The cap (>= 1).
         overflow: ``reject`` | ``block`` | ``drop_oldest`` | ``spill``.
         timeout: Longest wait of ``block`` (None = forever).
@@ -72,11 +74,15 @@ class BoundedQueue(QueueWrapper, _BoundedState):
         # redis:// (from a URL or an open handle): the bound is checked and the job pushed
         # in one Lua script, so producers in other processes cannot overshoot either.
         self._atomic: Any = None
+        self._no_priority = False
         if getattr(self.inner, "driver", None) == "redis":
             from ..drivers.redis._bound import SyncRedisBound, is_redis
             if is_redis(self.inner):
                 self._atomic = SyncRedisBound(self.inner, self.maxsize)
                 self.native = True
+                # On a cluster the one-slot bound script counts the base asynq queue only.
+                self._no_priority = getattr(getattr(self.inner, "_core", None), "cluster",
+                                            None) is not None
 
     def _open(self, url: str, opts: dict[str, Any]) -> Queue:
         if "maxsize" not in opts and declares_bound(url):
@@ -93,8 +99,9 @@ class BoundedQueue(QueueWrapper, _BoundedState):
     # -- Queue protocol ---------------------------------------------------------------------
     @property
     def capabilities(self) -> Capability:
-        """The wrapped queue's capabilities plus BOUNDED."""
-        return self.inner.capabilities | Capability.BOUNDED
+        """The wrapped queue's capabilities plus BOUNDED (minus PRIORITY on a cluster)."""
+        caps = self.inner.capabilities | Capability.BOUNDED
+        return caps & ~Capability.PRIORITY if self._no_priority else caps
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.inner!r} maxsize={self.maxsize} "
