@@ -386,3 +386,91 @@ def test_children_that_ignore_the_stop_are_killed_at_the_deadline(
     killed = [r for r in caplog.records if getattr(r, "event", None) == "child_killed"]
     assert len(killed) == 2 and all(_gone(r.pid) for r in killed)  # type: ignore[attr-defined]
     assert time.monotonic() - t0 < 20
+
+
+def test_sighup_reloads_every_child_gracefully(app_dir: Path, redis_url: str) -> None:
+    # A reload (gunicorn's and Dramatiq's SIGHUP): each child finishes its running jobs and
+    # is replaced by a new one in its slot; the supervisor stays; nothing lost or run twice.
+    n, conc, procs = 40, 2, 2
+    url = f"{redis_url}?queue={_name()}"
+    q = _enqueue(url, n)
+    ledger = _Ledger(app_dir / "ledger")
+    sup = _Supervised(app_dir, "ledger_app:app", url, "--processes", str(procs),
+                      "--concurrency", str(conc), "--grace", "10",
+                      env={"LEDGER_DIR": str(ledger.path), "JOB_SLEEP": "0.5"})
+    try:
+        _wait(lambda: sum(ledger.begun().values()) >= procs * conc
+              and len(ledger.lines("begin")) == procs, 20, "both children busy")
+        old = sup.child_pids()
+        sup.proc.send_signal(signal.SIGHUP)
+        _wait(lambda: len(sup.child_pids()) == 2 * procs, 20, "the new children")
+        new = sup.child_pids()[procs:]
+        # The old children ran their jobs to the end: their ledgers match.
+        begun_old = {p: sorted(rows) for p, rows in ledger.lines("begin").items() if p in old}
+        done_old = {p: sorted(rows) for p, rows in ledger.lines("done").items() if p in old}
+        assert begun_old == done_old and len(begun_old) == procs, sup.log()
+        _wait(lambda: any(p in new for p in ledger.lines("done")), 20,
+              "a new child to run a job")
+        _wait(lambda: _settled(q), 40, "every job done")
+        assert sup.proc.poll() is None, "the supervisor itself must stay"
+        sup.proc.send_signal(signal.SIGTERM)
+        rc = sup.wait(30)
+    finally:
+        sup.kill_all()
+        q.purge()
+        q.close()
+    assert rc == 0, sup.log()
+    done = ledger.done()
+    assert set(done) == {str(i) for i in range(n)} and max(done.values()) == 1
+    assert ledger.begun() == done
+    reloaded = [r for r in sup.events("child_stopped") if r["pid"] in old]
+    assert sorted(r["pid"] for r in reloaded) == sorted(old)
+    assert all(r["exit_code"] == 0 for r in reloaded), sup.log()
+    starts = sup.events("child_start")[procs:]
+    assert sorted(r["slot"] for r in starts) == list(range(procs))
+    assert all(r["restarts"] == 1 for r in starts)
+    assert sup.events("supervisor_reload") and not sup.events("child_killed")
+    assert all(_gone(pid) for pid in old + new)
+
+
+def test_reload_kills_children_that_ignore_it_and_restarts_looping_slots(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="unifiedq.worker")
+    # Slot 0 ignores SIGTERM and runs until killed; slot 1 exits at once until its fix
+    # file exists (a crash loop the reload should retry at once, not after its backoff).
+    code = ("import os, pathlib, signal, sys, time; d = pathlib.Path(sys.argv[1]); "
+            "slot = os.environ['UNIFIEDQ_WORKER_SLOT']; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "slot == '1' and not (d / 'fixed').exists() and sys.exit(3); "
+            "(d / f'{slot}-{os.getpid()}').touch(); time.sleep(60)")
+    sup = Supervisor([sys.executable, "-c", code, str(tmp_path)], 2, grace=0.3,
+                     stop_margin=0.3, backoff=30, max_backoff=60, max_early_exits=5)
+
+    def marks(slot: str) -> list[Path]:
+        return sorted(tmp_path.glob(f"{slot}-*"))
+
+    def drive() -> None:
+        _wait(lambda: len(marks("0")) == 1, 20, "slot 0 up")
+        # Slot 1's first start has exited; its restart is 30 s away.
+        _wait(lambda: any(getattr(r, "event", None) == "child_restart"
+                          and getattr(r, "slot", None) == 1 for r in list(caplog.records)),
+              20, "slot 1 down")
+        (tmp_path / "fixed").touch()
+        sup.request_reload()
+        _wait(lambda: len(marks("0")) == 2 and len(marks("1")) == 1, 20,
+              "both slots running after the reload")
+        sup.request_stop()
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    t0 = time.monotonic()
+    rc = sup.run(install_signals=False)
+    took = time.monotonic() - t0
+    driver.join()
+    assert rc == 1  # the stop had to SIGKILL too
+    assert took < 15, f"took {took:.1f} s: the reload waited for slot 1's 30 s backoff?"
+    events = [(getattr(r, "event", None), getattr(r, "slot", None)) for r in caplog.records]
+    # Slot 0's first child ignored the reload's SIGTERM: killed after grace + margin.
+    assert ("supervisor_reload", None) in events
+    assert events.index(("supervisor_reload", None)) < events.index(("child_killed", 0))
+    assert events.count(("child_killed", 0)) == 2  # once for the reload, once for the stop

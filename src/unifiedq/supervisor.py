@@ -67,6 +67,7 @@ class _Slot:
     early_exits: int = 0       # consecutive exits within min_uptime of their start
     restart_at: float | None = None
     restarts: int = 0
+    reload_by: float | None = None  # reloading: SIGTERMed, SIGKILLed at this time if alive
 
 
 class Supervisor:
@@ -89,6 +90,12 @@ class Supervisor:
       signal sends each child a second SIGTERM (the worker's hard stop: running jobs are
       handed back at once) and leaves them ``stop_margin`` seconds. Children still alive at
       the deadline are SIGKILLed (their jobs come back when their leases expire).
+    * **SIGHUP** (or :meth:`request_reload`): a graceful restart of every child, e.g. to
+      load new code (gunicorn's and Dramatiq's reload). Each child gets SIGTERM, finishes
+      its running jobs within ``grace`` (SIGKILLed after ``grace + stop_margin``), and a new
+      child starts in its slot as soon as it has exited, without backoff. A slot waiting for
+      its restart (a crash loop) is restarted at once with its early-exit count cleared. A
+      child that is already reloading is not signalled again by another SIGHUP.
 
     Children run in their own session, so a Ctrl-C in a terminal reaches only the supervisor,
     which forwards it once; were they in its process group, each child would get the
@@ -165,6 +172,7 @@ class Supervisor:
         self._log = logger or logging.getLogger("unifiedq.worker")
         self._slots = [_Slot(i) for i in range(processes)]
         self._stops = 0            # stop requests so far (signals or request_stop calls)
+        self._reloads = 0          # reload requests so far (SIGHUP or request_reload calls)
 
     @classmethod
     def for_worker(
@@ -206,6 +214,13 @@ class Supervisor:
         """
         self._stops += 1  # only read by the loop in run(); an int bump is atomic enough
 
+    def request_reload(self) -> None:
+        """Ask for a graceful restart of every child and return at once (signal-safe).
+
+        Ignored once a stop was requested. See the class for what a reload does.
+        """
+        self._reloads += 1  # only read by the loop in run()
+
     def pids(self) -> dict[int, int]:
         """Return ``{slot: pid}`` of the children alive now."""
         out = {}
@@ -225,8 +240,9 @@ class Supervisor:
         """Start the children and supervise them until stopped.
 
         Args:
-            install_signals: Route SIGTERM/SIGINT to :meth:`request_stop` (main thread only;
-                the previous handlers are restored on return).
+            install_signals: Route SIGTERM/SIGINT to :meth:`request_stop` and SIGHUP to
+                :meth:`request_reload` (main thread only; the previous handlers are restored
+                on return).
 
         Returns:
             The exit status: 0 after a stop that every child honoured in time; 1 if a child
@@ -245,7 +261,7 @@ class Supervisor:
                     processes=self.processes, url=self._url)
         for slot in self._slots:
             self._start(slot)
-        handled_stops = 0
+        handled_stops = handled_reloads = 0
         deadline: float | None = None
         clean = True
         while True:
@@ -260,12 +276,21 @@ class Supervisor:
                             "processes", processes=len(live))
                 for slot in self._slots:
                     slot.restart_at = None  # a child waiting for its restart stays down
+                    slot.reload_by = None   # the stop's deadline governs every child now
                 for slot in live:
                     self._signal(slot, signal.SIGTERM)
                 limit = now + self.stop_margin + (0.0 if hard else self.grace)
                 deadline = limit if deadline is None else min(deadline, limit)
+            elif self._reloads > handled_reloads and deadline is None:
+                handled_reloads = self._reloads
+                self._reload(now)
             for slot in self._slots:
-                if slot.proc is None or (code := slot.proc.poll()) is None:
+                if slot.proc is None:
+                    continue
+                if (code := slot.proc.poll()) is None:
+                    if slot.reload_by is not None and now >= slot.reload_by:
+                        self._kill(slot, "did not stop for the reload in time")
+                        slot.reload_by = now + self.stop_margin  # look again, kill again
                     continue
                 if deadline is not None:
                     clean &= self._stopped(slot, code)
@@ -320,11 +345,32 @@ class Supervisor:
                     f"worker process {slot.index} started (pid {proc.pid})",
                     slot=slot.index, pid=proc.pid, restarts=slot.restarts)
 
+    def _reload(self, now: float) -> None:
+        live = [s for s in self._live() if s.reload_by is None]
+        self._event(logging.INFO, "supervisor_reload",
+                    f"reloading {len(live)} worker processes", processes=len(live))
+        for slot in self._slots:
+            if slot.restart_at is not None:  # waiting after a crash: perhaps fixed now
+                slot.early_exits = 0
+                slot.restart_at = now
+        for slot in live:
+            slot.reload_by = now + self.grace + self.stop_margin
+            self._signal(slot, signal.SIGTERM)
+
     def _exited(self, slot: _Slot, code: int, now: float) -> None:
         """A child exited while the supervisor runs: log it and schedule its restart."""
         assert slot.proc is not None
         pid, uptime = slot.proc.pid, now - slot.started
         slot.proc = None
+        if slot.reload_by is not None:  # asked to exit by a reload: replace it now
+            slot.reload_by = None
+            ok = code in _CLEAN_STOP
+            self._event(logging.INFO if ok else logging.WARNING, "child_stopped",
+                        f"worker process {slot.index} (pid {pid}) {_describe(code)} for the "
+                        "reload", slot=slot.index, pid=pid, exit_code=code)
+            slot.early_exits = 0
+            slot.restart_at = now
+            return
         early = uptime < self.min_uptime
         level = logging.INFO if code == 0 and not early else logging.WARNING
         self._event(level, "child_exit", f"worker process {slot.index} (pid {pid}) "
@@ -360,14 +406,17 @@ class Supervisor:
                     slot=slot.index, pid=pid, exit_code=code)
         return ok
 
+    def _kill(self, slot: _Slot, why: str) -> None:
+        assert slot.proc is not None
+        self._event(logging.WARNING, "child_killed",
+                    f"worker process {slot.index} (pid {slot.proc.pid}) {why}: SIGKILL (its "
+                    "jobs come back when their leases expire)", slot=slot.index,
+                    pid=slot.proc.pid)
+        self._signal(slot, signal.SIGKILL)
+
     def _kill_leftovers(self) -> None:
         for slot in self._live():
-            assert slot.proc is not None
-            self._event(logging.WARNING, "child_killed",
-                        f"worker process {slot.index} (pid {slot.proc.pid}) did not stop in "
-                        "time: SIGKILL (its jobs come back when their leases expire)",
-                        slot=slot.index, pid=slot.proc.pid)
-            self._signal(slot, signal.SIGKILL)
+            self._kill(slot, "did not stop in time")
         for slot in self._slots:
             if slot.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -383,13 +432,17 @@ class Supervisor:
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        old = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+        sigs = (*_STOP_SIGNALS, signal.SIGHUP)
+        old = {sig: signal.getsignal(sig) for sig in sigs}
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             self._event(logging.INFO, "signal", f"got signal {signum}", signal=signum)
-            self.request_stop()
+            if signum == signal.SIGHUP:
+                self.request_reload()
+            else:
+                self.request_stop()
 
-        for sig in _STOP_SIGNALS:
+        for sig in sigs:
             signal.signal(sig, on_signal)
 
         def restore() -> None:
