@@ -171,6 +171,8 @@ class Worker(WorkerCore):
         self._slot_gen = itertools.count(1)
         self._batch_fetch = False
         self._batch_ack = False
+        # The driver's one-round-trip ack_many + dequeue_many (redis), when it has one.
+        self._ack_take: Callable[..., Any] | None = None
         self._metered = True
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -191,6 +193,8 @@ class Worker(WorkerCore):
         batch = Capability.BATCH in self.caps
         self._batch_fetch = batch and self.rate_limit is None  # a limit is one token a fetch
         self._batch_ack = batch and Capability.ACK in self.caps
+        self._ack_take = getattr(self.queue, "_ack_then_dequeue", None) \
+            if self._batch_ack else None
         self._metered = not isinstance(self.metrics, NullMetrics)
         self._log(logging.INFO, "worker_start",
                   f"worker starting: {self.concurrency} slots on {self.driver}:{self.queue_name}",
@@ -443,12 +447,42 @@ class Worker(WorkerCore):
     def _fetch(self, k: int) -> list[Job]:
         if self.rate_limit is not None and not self._limit_wait(self.rate_limit):
             return []
-        jobs = self._take(k, 0.0)  # a busy queue answers at once: the cheap call
+        # Acks waiting for their batch ride along with the fetch: no round trip of their own.
+        # Without them, a busy queue answers at once: the cheap call first.
+        acks = self._take_acks() if self._ack_take is not None and self._acks else []
+        jobs = (self._ack_then_take(acks, k) if acks else self._take(k, 0.0))
         if not jobs:
             if Capability.BLOCKING_DEQUEUE in self.caps:
                 jobs = self._take(k, self.poll_interval)
             else:
                 self._stopping.wait(min(self.poll_interval, 0.05))
+        return jobs
+
+    def _ack_then_take(self, acks: list[tuple[_Entry, float]], k: int) -> list[Job]:
+        """Send ``acks`` and fetch up to ``k`` jobs (no wait) in one round trip."""
+        assert self._ack_take is not None
+        reported = False
+
+        def settled(lost: list[str], error: BaseException | None) -> None:
+            nonlocal reported
+            reported = True
+            self._acked(acks, set(lost), error)
+
+        try:
+            jobs: list[Job] = self._ack_take([e.job for e, _ in acks], k, settled)
+        except InvalidArgument:
+            if reported:
+                raise
+            # Refused before anything was sent (the same job id twice: a lease expired and
+            # this worker got the job again): the one-by-one path, then a plain fetch.
+            self._send_acks(acks)
+            jobs = self._take(k, 0.0)
+        except BaseException as exc:
+            if not reported:  # a hook that failed before it could report: not acked
+                self._acked(acks, set(), exc)
+            raise
+        if getattr(self.queue, "expired_count", 0) != self._expired_seen:
+            self._note_expired()
         return jobs
 
     def _take(self, k: int, wait: float) -> list[Job]:
@@ -729,14 +763,23 @@ class Worker(WorkerCore):
                       "handler's return value: no result stored", e, exc_info=True)
             return None
 
-    def _flush_acks(self) -> None:
-        """Ack every succeeded job waiting for its batch, in one ``ack_many``."""
+    def _take_acks(self) -> list[tuple[_Entry, float]]:
+        """Every succeeded job waiting for its ack (now the caller's to send)."""
         with self._lock:
-            if not self._acks:
-                return
             batch, self._acks = self._acks, []
             self._acks_sent += len(batch)
+        return batch
+
+    def _flush_acks(self) -> None:
+        """Ack every succeeded job waiting for its batch, in one ``ack_many``."""
+        if self._acks:
+            batch = self._take_acks()
+            if batch:
+                self._send_acks(batch)
+
+    def _send_acks(self, batch: list[tuple[_Entry, float]]) -> None:
         lost: set[str] = set()
+        error: BaseException | None = None
         try:
             try:
                 self.queue.ack_many([e.job for e, _ in batch])
@@ -750,9 +793,21 @@ class Worker(WorkerCore):
                         lost.add(e.job.id)
         except JobNotLeased as err:
             lost = set(err.job_ids) or {e.job.id for e, _ in batch}
-        except Exception:
+        except Exception as exc:
+            error = exc
+        self._acked(batch, lost, error)
+
+    def _acked(self, batch: list[tuple[_Entry, float]], lost: set[str],
+               error: BaseException | None) -> None:
+        """Account for a sent ack batch.
+
+        ``lost`` ids had lost their lease; ``error``: maybe not acked at all (they come back
+        after their lease). Either way they count as processed: their handlers returned.
+        """
+        if error is not None:
             self._log(logging.ERROR, "ack_error", f"ack_many of {len(batch)} jobs failed; "
-                      "they will come back after their lease", exc_info=True)
+                      "they will come back after their lease",
+                      exc_info=(type(error), error, error.__traceback__))
         if lost:
             self._count(lease_lost=len(lost))
             for e, _ in batch:

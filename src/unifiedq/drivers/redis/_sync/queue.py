@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 from redis import exceptions as rexc
@@ -740,6 +740,122 @@ class RedisQueue(QueueBase):
         lost = [raw.decode() for reply in replies for raw in reply]
         if lost:
             raise not_leased_many(lost, len(jobs))
+
+    def _ack_then_dequeue(
+        self, acks: list[Job], max_jobs: int,
+        settled: Callable[[list[str], BaseException | None], None],
+    ) -> list[Job]:
+        """``ack_many(acks)`` then ``dequeue_many(max_jobs, timeout=0)``, in ONE round trip.
+
+        The worker's hook (not public API; wrappers do not have it): a worker slot that is
+        about to fetch sends the acks waiting for their batch in the same pipeline, so they
+        cost no round trip of their own. The ack scripts run before the dequeue script.
+
+        ``settled(lost_ids, error)`` reports the acks, exactly once, before this returns or
+        raises: ``lost_ids`` were not acked (their lease was lost, as ``JobNotLeased``
+        says); ``error`` (a translated backend error, or the round trip's own failure) means
+        the acks may not have run at all: those jobs come back after their lease.
+
+        Returns:
+            The jobs taken (jobs past their deadline are shed, as ``dequeue_many`` does).
+
+        Raises:
+            InvalidArgument, WrongQueue: ``acks`` refused before anything was sent
+                (``settled`` is not called).
+            UnifiedQError: The dequeue failed (after ``settled``); what it may have taken is
+                given back as a failed ``dequeue_many``'s is.
+        """
+        js = self._prepare_settle_many(acks)
+        n, _ = self._prepare_many_dequeue(max_jobs, 0.0)
+        if self._slots is not None:  # a cluster: the calls go to several slots' masters
+            lost: list[str] = []
+            err: BaseException | None = None
+            try:
+                self._ack_many(js)
+            except JobNotLeased as exc:
+                lost = list(exc.job_ids)
+            except Exception as exc:
+                err = exc
+            settled(lost, err)
+            return self.dequeue_many(n, timeout=0.0)
+        core = self._core
+        deadline = self._deadline()
+        receipts = [core.receipt(job) for job in js]
+        reported = False
+        try:
+            if self._suspects:
+                self._untake(deadline)
+            ack_calls = core.ack_many_calls(js)
+            call, token = core.dequeue_call(n)
+            try:
+                with translating():
+                    replies = self._ack_take_pipeline(ack_calls, call, deadline)
+            except (BackendConnectionError, SyncRuntime.Cancelled):  # the script may have run
+                with self._lock:
+                    self._suspects.append(call)
+                SyncRuntime.shield(self._untake, deadline)
+                raise
+            lost = []
+            err = None
+            for r in replies[:-1]:
+                if isinstance(r, Exception):
+                    try:
+                        with translating():
+                            raise r
+                    except Exception as exc:
+                        err = err or exc
+                else:
+                    lost += [raw.decode() for raw in r]
+            reported = True
+            settled(lost, err)
+        except BaseException as exc:
+            if not reported:
+                settled([], exc)
+            raise
+        finally:
+            for rc, job in zip(receipts, js, strict=True):
+                core.release(rc, job.id)
+        reply = replies[-1]
+        if isinstance(reply, Exception):  # the script failed: it took nothing
+            with translating():
+                raise reply
+        jobs, _ = core.dequeue_result(reply, token)
+        if not jobs:
+            return jobs
+        self._start_heartbeat()
+        if self.on_expired != "keep" and any(j.deadline is not None for j in jobs):
+            now = time.time()
+            late = [j for j in jobs if j.deadline is not None and j.deadline <= now]
+            if late:
+                self._shed(late)
+                jobs = [j for j in jobs if j.deadline is None or j.deadline > now]
+        return jobs
+
+    def _ack_take_pipeline(self, ack_calls: list[Call], call: Call,
+                                 deadline: float) -> list[Any]:
+        """Send the ack scripts and the dequeue ``call`` at once; their replies (errors as values).
+
+        A broken connection is retried once (``_send``) with the dequeue's resend, which
+        returns what a first run took. A NOSCRIPT reply (first use, or a flushed cache) means
+        that call did not run: it is run again on its own, loading its script.
+        """
+        def packed(c: Call) -> bytes:
+            script, keys, args = c
+            return pack(("EVALSHA", self._variant(script).sha, len(keys), *keys, *args))
+
+        resend = self._core.dequeue_resend(call)
+        head = b"".join(packed(c) for c in ack_calls)
+        replies, _ = self._send(head + packed(call), len(ack_calls) + 1, deadline,
+                                      head + packed(resend))
+        for i, r in enumerate(replies):
+            if isinstance(r, rexc.NoScriptError):
+                last = i == len(ack_calls)
+                try:
+                    replies[i] = self._eval(call if last else ack_calls[i], deadline,
+                                                  resend if last else None)
+                except rexc.ResponseError as exc:
+                    replies[i] = exc
+        return replies
 
     def _nack(self, job: Job, requeue: bool, delay: float) -> None:
         self._settle(job, self._core.nack_call(job, requeue, delay))
