@@ -165,9 +165,13 @@ def test_results_on_a_priority_level(rig: RedisClusterRig) -> None:
     assert took < 0.2 + 0.5, took  # the token in the base slot woke the waiter
 
 
-def test_fair_server_scheduler_is_unsupported(rig: RedisClusterRig) -> None:
-    with pytest.raises(UnsupportedOperation, match="redis\\+cluster"):
-        unifiedq.FairQueue(rig.url(queue="t.{tenant}"), scheduler="server")
+def test_fair_server_scheduler_runs_on_a_cluster(rig: RedisClusterRig) -> None:
+    # Pick on the scheduler's slot, lease on the tenant's: tests/test_redis_cluster_fair.py.
+    with unifiedq.FairQueue(rig.url(queue="t.{tenant}"), scheduler="server") as fq:
+        fq.enqueue(b"x", tenant="a")
+        job = fq.dequeue(timeout=5)
+        assert job is not None and job.body == b"x"
+        fq.ack(job)
 
 
 def test_bounded_queue_on_a_cluster_is_atomic_without_priorities(rig: RedisClusterRig) -> None:

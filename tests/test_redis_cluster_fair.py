@@ -12,11 +12,14 @@ real producer/consumer processes; counts are exact.
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -129,3 +132,175 @@ def test_fair_tenant_bound_is_atomic_on_the_cluster(rig: RedisClusterRig) -> Non
         with pytest.raises(unifiedq.QueueFull):
             fq.enqueue(b"x", tenant="a")
         fq.purge()
+
+
+# --------------------------------------------------------------------------- fair scheduler
+
+_CONSUMER = r"""
+import json, sys, time
+from unifiedq.fair import FairQueue
+tpl, n, weights = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+got = []
+with FairQueue(tpl, scheduler="server", weights=weights) as fq:
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together
+    while len(got) < n:
+        job = fq.dequeue(timeout=10)
+        assert job is not None, got
+        got.append((time.time(), fq.tenant_of(job)))
+        fq.ack(job)
+print(json.dumps(got))
+"""
+
+
+def test_shares_across_consumer_processes(rig: RedisClusterRig) -> None:
+    """4 consumer processes share one schedule: each tenant within 2% of its weighted share."""
+    weights = {"a": 1.0, "b": 1.0, "c": 2.0, "d": 4.0}
+    tpl = rig.url(queue=_name("cfs") + ".{tenant}")
+    with FairQueue(tpl, scheduler="server", weights=weights) as fq:
+        for t in weights:
+            fq.enqueue_many([t.encode()] * 400, tenant=t)  # all backlogged throughout
+        nprocs, per = 4, 150
+        procs = [subprocess.Popen([sys.executable, "-c", _CONSUMER, tpl, str(per),
+                                   json.dumps(weights)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(nprocs)]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            rows: list[tuple[float, str]] = []
+            for p in procs:
+                out, _ = p.communicate(timeout=120)
+                assert p.returncode == 0
+                rows += [tuple(r) for r in json.loads(out.splitlines()[-1])]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        rows.sort()
+        first = [t for _, t in rows[:480]]  # d (weight 4) takes 240 of 400: still backlogged
+        total = sum(weights.values())
+        for t, w in weights.items():
+            share = first.count(t) / len(first)
+            assert abs(share - w / total) <= 0.02, (t, share, w / total)
+        # Every job served exactly once (acked), the rest still waiting.
+        assert fq.size() == 1600 - nprocs * per
+        fq.purge()
+
+
+_CRASHING_PRODUCER = r"""
+import os, sys
+from unifiedq.fair import FairQueue
+fq = FairQueue(sys.argv[1], scheduler="server", connect_options={"socket_timeout": 0.5})
+def crash(tenant):
+    os._exit(17)  # killed after the push, before its mark
+fq._server.mark = crash
+fq.enqueue(b"orphan", tenant="x")
+"""
+
+
+def test_producer_killed_between_push_and_mark_strands_nothing(rig: RedisClusterRig) -> None:
+    tpl = rig.url(queue=_name("cfk") + ".{tenant}")
+    opts = {"socket_timeout": 0.5}  # intents last 4 * 0.5 + 2 = 4 s
+    with FairQueue(tpl, scheduler="server", connect_options=opts) as fq:
+        fq.enqueue(b"first", tenant="x")  # x has been backlogged, served, found empty
+        job = fq.dequeue(timeout=5)
+        assert job is not None
+        fq.ack(job)
+        assert fq.dequeue(timeout=0.3) is None
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-c", _CRASHING_PRODUCER, tpl], timeout=60,
+                           check=False)
+        assert p.returncode == 17
+        assert fq.sub_queue("x").size() == 1  # pushed, never marked
+        # Not scheduled by a mark (there was none)...
+        assert fq.dequeue(timeout=1.0) is None
+        # ...but once the producer's intent runs out.
+        job = fq.dequeue(timeout=10)
+        took = time.monotonic() - t0
+        assert job is not None and job.body == b"orphan"
+        assert took < 4.0 + 3.0, took
+        fq.ack(job)
+        fq.purge()
+
+
+def test_a_mark_during_the_pick_keeps_the_tenant_backlogged(rig: RedisClusterRig) -> None:
+    """The race one script excluded: a consumer finds x empty while a producer pushes."""
+    tpl = rig.url(queue=_name("cfr") + ".{tenant}")
+    with FairQueue(tpl, scheduler="server") as fq:
+        srv: Any = fq._server
+        keys = srv.keys
+        fq.enqueue(b"1", tenant="x")
+        job = fq.dequeue(timeout=5)
+        assert job is not None
+        fq.ack(job)  # x is empty but still in the backlog (its take was not short)
+        _, picks = keys.parse_pick(srv._call(keys.pick_call(1, [], time.time())))
+        assert [(t, k) for t, k, _ in picks] == [("x", 1)]
+        seq = picks[0][2]
+        # Its lease finds nothing; meanwhile a producer pushes and marks...
+        fq.enqueue(b"2", tenant="x")
+        # ...then the consumer's report arrives: it must not drop x.
+        srv._call(keys.pick_call(0, [("x", seq, 1, True, None)], time.time()))
+        job = fq.dequeue(timeout=0)
+        assert job is not None and job.body == b"2"
+        fq.ack(job)
+        # A report with the current sequence does drop an empty tenant.
+        _, picks = keys.parse_pick(srv._call(keys.pick_call(1, [], time.time())))
+        assert [(t, k) for t, k, _ in picks] == [("x", 1)]
+        srv._call(keys.pick_call(0, [("x", picks[0][2], 1, True, None)], time.time()))
+        _, picks = keys.parse_pick(srv._call(keys.pick_call(1, [], time.time())))
+        assert picks == []
+        fq.purge()
+
+
+_DYING_CONSUMER = r"""
+import os, sys
+from unifiedq.fair import FairQueue
+fq = FairQueue(sys.argv[1], scheduler="server",
+               connect_options={"visibility_timeout": 1.0, "heartbeat": False})
+job = fq.dequeue(timeout=10)
+assert job is not None
+os._exit(17)  # killed holding the lease
+"""
+
+
+def test_a_killed_consumers_lease_is_served_again(rig: RedisClusterRig) -> None:
+    tpl = rig.url(queue=_name("cfl") + ".{tenant}")
+    opts = {"visibility_timeout": 1.0, "heartbeat": False}
+    with FairQueue(tpl, scheduler="server", connect_options=opts) as fq:
+        fq.enqueue(b"leased", tenant="y")
+        p = subprocess.run([sys.executable, "-c", _DYING_CONSUMER, tpl], timeout=60,
+                           check=False)
+        assert p.returncode == 17
+        job = fq.dequeue(timeout=10)  # parked at the lease's end, then recovered
+        assert job is not None and job.body == b"leased" and job.attempt == 2
+        fq.ack(job)
+        fq.purge()
+
+
+def test_async_face_and_weights_on_the_cluster(rig: RedisClusterRig) -> None:
+    import asyncio
+
+    from unifiedq.fair import AsyncFairQueue
+
+    tpl = rig.url(queue=_name("cfa") + ".{tenant}")
+
+    async def main() -> list[str]:
+        async with AsyncFairQueue(tpl, scheduler="server") as fq:
+            fq.set_weight("b", 3)
+            for t in "ab":
+                await fq.enqueue_many([t.encode()] * 8, tenant=t)
+            got: list[str] = []
+            while len(got) < 8:
+                jobs = await fq.dequeue_many(2, timeout=5)
+                assert jobs
+                got += [j.body.decode() for j in jobs]
+                await fq.ack_many(jobs)
+            await fq.purge()
+            return got
+
+    got = asyncio.run(main())
+    assert collections.Counter(got) == {"a": 2, "b": 6}, got

@@ -126,7 +126,14 @@ class AsyncFairQueue:
         self._driver: str | None = None
         self._server: _ServerSched | None = None
         if scheduler == "server":
-            self._server = _ServerSched(template, self._opts, self._core)
+            if isinstance(template, str) and template.startswith("redis+cluster:"):
+                # Two slots (schedule, tenant): a pick, then the lease (see _fair_cluster).
+                from ..drivers.redis._fair_cluster import AsyncClusterFairSched
+                self._server = AsyncClusterFairSched(
+                    template, self._opts, self._core.default_weight, self._core._weights,
+                    self.sub_queue)
+            else:
+                self._server = _ServerSched(template, self._opts, self._core)
         for t in sorted(self._core._configured):
             if self._server is not None:
                 continue  # known to the server by name and weight; handles open on use
@@ -317,6 +324,8 @@ class AsyncFairQueue:
             require(Capability(0), Capability.CUSTOM_ID, driver=self.driver,
                     what="enqueue(job_id=...)")
         t, hdrs = self._route(tenant, headers)
+        if self._server is not None:
+            await self._server.before_push(t.name)
         jid = await t.queue.enqueue(body, delay=delay, priority=priority, headers=hdrs,
                                     deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None:
@@ -340,6 +349,8 @@ class AsyncFairQueue:
     ) -> list[str]:
         """Enqueue several jobs for one tenant (BATCH)."""
         t, hdrs = self._route(tenant, headers)
+        if self._server is not None:
+            await self._server.before_push(t.name)
         ids = await t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs,
                                          deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None and ids:
@@ -498,6 +509,8 @@ class AsyncFairQueue:
         """Nack a job on its tenant's sub-queue."""
         with self._guard:
             q = self._core.sub_for(job)
+        if requeue:
+            await self._requeuing(job)
         await q.nack(job, requeue=requeue, delay=delay)
         if requeue:
             await self._requeued(job)
@@ -506,8 +519,14 @@ class AsyncFairQueue:
         """Release a job on its tenant's sub-queue (no attempt consumed)."""
         with self._guard:
             q = self._core.sub_for(job)
+        await self._requeuing(job)
         await q.release(job)
         await self._requeued(job)
+
+    async def _requeuing(self, job: Job) -> None:
+        t = self._core.by_queue.get(job.queue)
+        if self._server is not None and t is not None:
+            await self._server.before_push(t.name)
 
     async def _requeued(self, job: Job) -> None:
         t = self._core.by_queue.get(job.queue)
@@ -626,9 +645,6 @@ class _ServerSched:
             raise InvalidArgument("scheduler='server' needs a redis:// template URL, "
                                   f"not {template!r}")
         from ..drivers.redis._fair import FairKeys
-        if template.startswith("redis+cluster:"):  # the pick and the lease: two slots
-            from ..drivers.redis._cluster import unsupported
-            raise unsupported("FairQueue(scheduler='server')")
         probe = "uqfairprobe"
         ctl: Any = connect_async(template.replace("{tenant}", probe), **opts)
         if ctl.driver != "redis" or not hasattr(ctl, "_eval"):
@@ -662,6 +678,12 @@ class _ServerSched:
         if self.pending:
             w, self.pending = self.pending, {}
             await self._send(self.keys.weight_calls(w))
+
+    async def before_push(self, tenant: str) -> None:
+        """Nothing: here one script picks, leases and removes atomically.
+
+        (The cluster scheduler records an intent here.)
+        """
 
     async def mark(self, tenant: str) -> None:
         """Put ``tenant`` in the server's ring (after its job landed)."""

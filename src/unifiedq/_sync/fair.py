@@ -127,7 +127,14 @@ class FairQueue:
         self._driver: str | None = None
         self._server: _ServerSched | None = None
         if scheduler == "server":
-            self._server = _ServerSched(template, self._opts, self._core)
+            if isinstance(template, str) and template.startswith("redis+cluster:"):
+                # Two slots (schedule, tenant): a pick, then the lease (see _fair_cluster).
+                from ..drivers.redis._fair_cluster import SyncClusterFairSched
+                self._server = SyncClusterFairSched(
+                    template, self._opts, self._core.default_weight, self._core._weights,
+                    self.sub_queue)
+            else:
+                self._server = _ServerSched(template, self._opts, self._core)
         for t in sorted(self._core._configured):
             if self._server is not None:
                 continue  # known to the server by name and weight; handles open on use
@@ -318,6 +325,8 @@ class FairQueue:
             require(Capability(0), Capability.CUSTOM_ID, driver=self.driver,
                     what="enqueue(job_id=...)")
         t, hdrs = self._route(tenant, headers)
+        if self._server is not None:
+            self._server.before_push(t.name)
         jid = t.queue.enqueue(body, delay=delay, priority=priority, headers=hdrs,
                                     deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None:
@@ -341,6 +350,8 @@ class FairQueue:
     ) -> list[str]:
         """Enqueue several jobs for one tenant (BATCH)."""
         t, hdrs = self._route(tenant, headers)
+        if self._server is not None:
+            self._server.before_push(t.name)
         ids = t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs,
                                          deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None and ids:
@@ -499,6 +510,8 @@ class FairQueue:
         """Nack a job on its tenant's sub-queue."""
         with self._guard:
             q = self._core.sub_for(job)
+        if requeue:
+            self._requeuing(job)
         q.nack(job, requeue=requeue, delay=delay)
         if requeue:
             self._requeued(job)
@@ -507,8 +520,14 @@ class FairQueue:
         """Release a job on its tenant's sub-queue (no attempt consumed)."""
         with self._guard:
             q = self._core.sub_for(job)
+        self._requeuing(job)
         q.release(job)
         self._requeued(job)
+
+    def _requeuing(self, job: Job) -> None:
+        t = self._core.by_queue.get(job.queue)
+        if self._server is not None and t is not None:
+            self._server.before_push(t.name)
 
     def _requeued(self, job: Job) -> None:
         t = self._core.by_queue.get(job.queue)
@@ -627,9 +646,6 @@ class _ServerSched:
             raise InvalidArgument("scheduler='server' needs a redis:// template URL, "
                                   f"not {template!r}")
         from ..drivers.redis._fair import FairKeys
-        if template.startswith("redis+cluster:"):  # the pick and the lease: two slots
-            from ..drivers.redis._cluster import unsupported
-            raise unsupported("FairQueue(scheduler='server')")
         probe = "uqfairprobe"
         ctl: Any = connect(template.replace("{tenant}", probe), **opts)
         if ctl.driver != "redis" or not hasattr(ctl, "_eval"):
@@ -663,6 +679,12 @@ class _ServerSched:
         if self.pending:
             w, self.pending = self.pending, {}
             self._send(self.keys.weight_calls(w))
+
+    def before_push(self, tenant: str) -> None:
+        """Nothing: here one script picks, leases and removes atomically.
+
+        (The cluster scheduler records an intent here.)
+        """
 
     def mark(self, tenant: str) -> None:
         """Put ``tenant`` in the server's ring (after its job landed)."""
