@@ -64,9 +64,9 @@ def test_idle_tenants_cost_nothing_and_leave_the_ring(redis_url: str) -> None:
         keys = fq._server.keys  # type: ignore[union-attr]
         assert set(_take(fq, 10)) == set(known[::1000])
         assert fq.dequeue() is None
-        # Every tenant found empty left the ring: nothing is left to visit.
+        # Every tenant found empty left the backlog: nothing is left to visit.
         cli = redis.Redis.from_url(redis_url)
-        assert cli.llen(keys.ring) == 0 and cli.hlen(keys.deficit) == 0
+        assert cli.zcard(keys.sfq) == 0 and cli.hlen(keys.tags) == 0
         # Handles are opened only for tenants that had jobs (not for the 10,000 known).
         assert len(fq._core.tenants) <= 11
 

@@ -66,14 +66,20 @@ class AsyncFairQueue:
         name: A display name (default: the template).
         scheduler: ``"local"`` (default): the DRR runs in this object over any driver.
             ``"server"`` (``redis://`` templates only): one Lua script on the Redis server
-            picks the tenant by weighted DRR over a server-kept ring of backlogged tenants
-            and leases its job, so every consumer process shares one schedule and a
-            dequeue costs one round trip whatever the number of known tenants. Weights
-            live in Redis (shared by all handles). ``rate_limit`` is not available.
+            picks the tenant by weighted Start-time Fair Queuing (with the lag credit
+            ``burst``) over a server-kept set of backlogged tenants and leases its job, so
+            every consumer process shares one schedule and a dequeue costs one round trip
+            whatever the number of known tenants. Weights live in Redis (shared by all
+            handles). ``rate_limit`` is not available.
+        burst: ``scheduler="server"`` only (default 4.0): how much unused share a tenant that
+            was idle keeps, in rounds: coming back, it may take up to ``burst * weight``
+            jobs ahead of the backlogged tenants, never more than it left unused, so a
+            sparse tenant's short bursts wait for no round of the busy ones. 0 gives plain
+            SFQ (a returning tenant competes from the current round).
 
     Raises:
         InvalidArgument: A bad argument, or ``scheduler="server"`` over a driver other than
-            ``redis://`` or with ``rate_limit``.
+            ``redis://`` or with ``rate_limit``, or ``burst`` with the local scheduler.
     """
 
     def __init__(
@@ -99,9 +105,15 @@ class AsyncFairQueue:
         connect_options: Mapping[str, Any] | None = None,
         name: str | None = None,
         scheduler: Literal["local", "server"] = "local",
+        burst: float | None = None,
     ) -> None:
         if scheduler not in ("local", "server"):
             raise InvalidArgument(f"scheduler must be 'local' or 'server', not {scheduler!r}")
+        if burst is not None and scheduler != "server":
+            raise InvalidArgument("burst is an option of scheduler='server'")
+        if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int | float)
+                                  or not 0 <= burst < float("inf")):
+            raise InvalidArgument(f"burst must be a finite number >= 0, not {burst!r}")
         if scheduler == "server" and rate_limit is not None:
             raise InvalidArgument("scheduler='server' does not take rate_limit")
         self._bound: dict[str, Any] | None = None
@@ -126,14 +138,15 @@ class AsyncFairQueue:
         self._driver: str | None = None
         self._server: _ServerSched | None = None
         if scheduler == "server":
+            lag = 4.0 if burst is None else float(burst)
             if isinstance(template, str) and template.startswith("redis+cluster:"):
                 # Two slots (schedule, tenant): a pick, then the lease (see _fair_cluster).
                 from ..drivers.redis._fair_cluster import AsyncClusterFairSched
                 self._server = AsyncClusterFairSched(
                     template, self._opts, self._core.default_weight, self._core._weights,
-                    self.sub_queue)
+                    self.sub_queue, lag)
             else:
-                self._server = _ServerSched(template, self._opts, self._core)
+                self._server = _ServerSched(template, self._opts, self._core, lag)
         for t in sorted(self._core._configured):
             if self._server is not None:
                 continue  # known to the server by name and weight; handles open on use
@@ -640,7 +653,7 @@ class _ServerSched:
     """
 
     def __init__(self, template: object, opts: Mapping[str, Any],
-                 core: _FairCore[AsyncQueue]) -> None:
+                 core: _FairCore[AsyncQueue], burst: float) -> None:
         if not isinstance(template, str):
             raise InvalidArgument("scheduler='server' needs a redis:// template URL, "
                                   f"not {template!r}")
@@ -655,7 +668,7 @@ class _ServerSched:
         if qname.count(probe) != 1:
             raise InvalidArgument(f"scheduler='server': put {{tenant}} in the queue name of "
                                   f"{template!r} (e.g. ?queue=jobs.{{tenant}})")
-        self.keys = FairKeys(qname.replace(probe, "{tenant}"), core.default_weight)
+        self.keys = FairKeys(qname.replace(probe, "{tenant}"), core.default_weight, burst)
         self.pending: dict[str, float] = dict(core._weights)  # weights not yet in Redis
 
     async def _send(self, cmds: list[tuple[str, ...]]) -> list[Any]:
@@ -686,7 +699,7 @@ class _ServerSched:
         """
 
     async def mark(self, tenant: str) -> None:
-        """Put ``tenant`` in the server's ring (after its job landed)."""
+        """Mark ``tenant`` backlogged on the server (after its job landed)."""
         await self._call(self.keys.mark_call([tenant]))
 
     async def take(self, max_jobs: int) -> tuple[dict[str, list[Any]], str]:
@@ -705,13 +718,12 @@ class _ServerSched:
         return jobs
 
     async def tenants(self) -> list[str]:
-        """Tenants the server scheduler knows: ringed or parked."""
+        """Tenants the server scheduler knows: backlogged or parked."""
         k = self.keys
-        got = await self._send([("HKEYS", k.deficit), ("ZRANGE", k.parked, "0", "-1")])
+        got = await self._send([("ZRANGE", k.sfq, "0", "-1"), ("ZRANGE", k.parked, "0", "-1")])
         return sorted({x.decode() if isinstance(x, bytes) else str(x)
                        for r in got for x in r})
 
     async def reset(self) -> None:
-        """Drop the ring and the parked set (weights stay)."""
-        k = self.keys
-        await self._send([("DEL", k.ring, k.deficit, k.parked)])
+        """Drop the schedule: backlog, tags, lag, virtual time, parked set (weights stay)."""
+        await self._send([("DEL", *self.keys.schedule)])

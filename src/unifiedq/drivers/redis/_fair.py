@@ -1,31 +1,57 @@
 """Server-side fair scheduling over asynq queues: one Lua script picks the tenant and leases.
 
 ``FairQueue(..., scheduler="server")`` over ``redis://`` keeps the scheduler state in Redis, so
-every consumer process shares one weighted deficit round robin (DRR):
+every consumer process shares one schedule: Start-time Fair Queuing (SFQ; P. Goyal, H. M. Vin,
+H. Cheng, "Start-time Fair Queuing: A Scheduling Algorithm for Integrated Services Packet
+Switching Networks", SIGCOMM 1996) over the backlogged tenants, with a bounded lag credit for
+tenants coming back from idle (the lag-keeping placement of EEVDF: I. Stoica, H. Abdel-Wahab,
+"Earliest Eligible Virtual Deadline First", TR 95-22, 1995):
 
-* ``uq:fair:{<template>}:ring`` (list): the tenants believed backlogged, in DRR order; the
-  head has the turn.
-* ``uq:fair:{<template>}:deficit`` (hash): each ringed tenant's credit; a field exists iff the
-  tenant is in the ring (so a mark is one HSETNX, and the ring holds no duplicates).
+* Each backlogged tenant's next job has a start tag ``S``; the tenant with the smallest ``S``
+  is served, and its next tag is ``S + 1/weight``; the system virtual time ``V`` is the
+  largest tag served so far. Backlogged tenants therefore share the dequeues in proportion to
+  their weights (SFQ's fairness bound: within one job per unit weight of each other).
+* A tenant that becomes backlogged starts at ``max(V - burst, F)``, where ``F`` is the tag its
+  next job would have had when it left (remembered while ``F > V - burst``). A tenant that
+  used less than its share while idle keeps that unused share, up to ``burst`` (``burst *
+  weight`` jobs ahead of the backlogged tenants); one that left with no lag gets none. Over
+  any period that includes the idle time, no tenant gets more than its weighted share; a
+  sparse tenant below its share is served almost as if it had priority, and its short bursts
+  are not spread over rounds (which is what made light tenants wait behind the bursting one:
+  issue 19's p99 target). ``burst=0`` is plain SFQ.
+
+Keys, all under one hash tag (``<template>`` is the sub-queue name template, ``jobs.{tenant}``
+-> ``jobs.*``, so they share one Redis Cluster slot):
+
+* ``uq:fair:{<template>}:sfq`` (zset): backlogged tenants scored by their next start tag; a
+  tenant is a member iff it is believed backlogged (a mark is one ZSCORE when it is).
+* ``uq:fair:{<template>}:tags`` (hash): per backlogged tenant ``"base n weight"``: its tag is
+  ``base + n / weight`` computed afresh each time (so equal tags compare equal: no rounding
+  drift between tenants of different weights); a weight change rebases it.
+* ``uq:fair:{<template>}:lag`` (zset): tenants that left the backlog with lag still to keep,
+  scored by ``F``; members at or below ``V - burst`` are trimmed (they would start there anyway).
+* ``uq:fair:{<template>}:vtime`` (hash): ``v`` = ``V``; ``seq`` = tenants placed at
+  ``V - burst`` since ``V`` last moved: the ``seq``-th gets ``seq / 2**24`` added, so tenants
+  joining at the floor are served in arrival order (a zset would order equal tags by name).
 * ``uq:fair:{<template>}:parked`` (zset): tenants with no waiting job but with delayed,
   retrying or leased ones, scored by when to look again (the earliest due/lease-expiry time),
   so a lease lost by a killed consumer is recovered, and a delayed job run, without anybody
   polling idle tenants.
 * ``uq:fair:{<template>}:weights`` (hash): per-tenant weights shared by every process.
 
-``<template>`` is the sub-queue name template (``jobs.{tenant}`` -> ``jobs.*``), so the four keys
-share one hash tag, i.e. one Redis Cluster slot. The script then leases from the chosen
-tenant's asynq queue, whose keys live under that queue's own ``{<queue>}`` tag, built inside
-Lua as the driver's dequeue script does for priority levels: the scheduling decision is one
-slot, the lease another, so the script as a whole runs on a standalone Redis (or a Sentinel
-master), not yet across Cluster slots (issue 19 item 1; a cluster version would split it into
-a pick on the scheduler slot and a lease on the tenant's slot).
+(Before SFQ the schedule was a DRR ring: ``:ring`` list and ``:deficit`` hash. Those keys are
+no longer read; ``purge`` deletes them if an older version left them.)
 
-A producer marks its tenant after each enqueue (``MARK``: HSETNX + RPUSH, no-op when ringed);
-the script removes a tenant found with nothing waiting (parking it if something is delayed or
-leased). Because a mark always follows its push and a removal is atomic with the emptiness
-check, no backlogged tenant is ever left out of the ring: a dequeue costs O(1) whatever the
-number of known tenants.
+The script then leases from the chosen tenant's asynq queue, whose keys live under that
+queue's own ``{<queue>}`` tag, built inside Lua as the driver's dequeue script does for
+priority levels: the scheduling decision is one slot, the lease another, so the script as a
+whole runs on a standalone Redis (or a Sentinel master), not across Cluster slots.
+
+A producer marks its tenant after each enqueue (``MARK``: one ZSCORE, and the placement when
+not backlogged); the script removes a tenant found with nothing waiting (parking it if something
+is delayed or leased). Because a mark always follows its push and a removal is atomic with the
+emptiness check, no backlogged tenant is ever left out: a dequeue costs O(log backlogged)
+whatever the number of known tenants.
 """
 
 from __future__ import annotations
@@ -53,66 +79,99 @@ def _wrap_dequeue() -> str:
             + "\nend\n")
 
 
-MARK = _scripts.Script("fair_mark", r"""
--- KEYS: 1 ring, 2 deficits.  ARGV: tenants to mark backlogged.
--- A tenant already ringed (its deficit field exists) is left where it is. A tenant that was
--- empty joins at the head: it is served next, once, then rotates to the tail like any other
--- (RFC 8290's "new flows first"): a sparse tenant's job does not wait a whole round, and
--- tenants that stay backlogged never re-enter this way, so their shares are untouched.
-for _, t in ipairs(ARGV) do
-  if redis.call("HSETNX", KEYS[2], t, "0") == 1 then redis.call("LPUSH", KEYS[1], t) end
+# Shared by both scripts: placing a tenant that becomes backlogged.
+# vtime is a hash: v = V, seq = tenants placed at the floor since V last moved.
+_JOIN = r"""
+local function uq_weight(weights, t, dw)
+  local w = tonumber(redis.call("HGET", weights, t)) or dw
+  if w <= 0 then w = dw end
+  return w
+end
+local function uq_fmt(x) return string.format("%.17g", x) end
+local function uq_join(sfq, tags, lag, vkey, weights, t, V, burst, dw)
+  if redis.call("ZSCORE", sfq, t) then return end
+  local base = V - burst
+  local f = tonumber(redis.call("ZSCORE", lag, t))
+  if f then redis.call("ZREM", lag, t) end
+  if f and f > base then
+    base = f
+  else
+    -- Tenants joining at the floor in one epoch of V would tie (a zset orders ties by
+    -- name); a tiny offset counted per epoch orders them by arrival instead.
+    base = base + redis.call("HINCRBY", vkey, "seq", 1) / 16777216
+  end
+  local w = uq_weight(weights, t, dw)
+  redis.call("HSET", tags, t, uq_fmt(base) .. " 0 " .. uq_fmt(w))
+  redis.call("ZADD", sfq, uq_fmt(base), t)
+end
+"""
+
+MARK = _scripts.Script("fair_mark", _JOIN + r"""
+-- KEYS: 1 sfq, 2 tags, 3 lag, 4 vtime, 5 weights.
+-- ARGV: 1 default weight, 2 burst, 3.. tenants to mark backlogged.
+-- A tenant already backlogged keeps its tag; one that was not starts at max(V - burst, F).
+local V = tonumber(redis.call("HGET", KEYS[4], "v")) or 0
+local dw, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV do
+  uq_join(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[i], V, burst, dw)
 end
 return 1
 """)
 
-FAIR_DEQUEUE = _scripts.Script("fair_dequeue", allow_oom=True, source=_wrap_dequeue() + r"""
--- KEYS: 1 ring, 2 deficits, 3 parked, 4 weights
+FAIR_DEQUEUE = _scripts.Script("fair_dequeue", allow_oom=True,
+                               source=_wrap_dequeue() + _JOIN + r"""
+-- KEYS: 1 sfq, 2 tags, 3 lag, 4 vtime, 5 parked, 6 weights
 -- ARGV: 1..12 as the dequeue script's (1 unused, 6 = jobs wanted), 13 queue-name prefix,
---       14 queue-name suffix, 15 default weight, 16 most tenants visited without a job
+--       14 queue-name suffix, 15 default weight, 16 most tenants visited without a job,
+--       17 burst
 -- Returns {n, next_due | false, then per job: tenant, level, id, msg, enqueued, since}.
-local ring, defs, parked, weights = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sfq, tags, lag, vkey, parked, weights = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6]
 local pre, suf, dw = ARGV[13], ARGV[14], tonumber(ARGV[15])
 local want, budget, now = tonumber(ARGV[6]), tonumber(ARGV[16]), tonumber(ARGV[2])
--- Parked tenants whose delayed job fell due or whose lease ran out rejoin the ring.
+local burst = tonumber(ARGV[17])
+local V = tonumber(redis.call("HGET", vkey, "v")) or 0
+local V0 = V
+-- Parked tenants whose delayed job fell due or whose lease ran out are backlogged again.
 for _, t in ipairs(redis.call("ZRANGEBYSCORE", parked, "-inf", now, "LIMIT", 0, 100)) do
   redis.call("ZREM", parked, t)
-  if redis.call("HSETNX", defs, t, "0") == 1 then redis.call("RPUSH", ring, t) end
+  uq_join(sfq, tags, lag, vkey, weights, t, V, burst, dw)
 end
 local result = {0, false}
 local got, misses = 0, 0
-local function rotate() redis.call("RPUSH", ring, redis.call("LPOP", ring)) end
 while got < want and misses < budget do
-  local t = redis.call("LINDEX", ring, 0)
-  if not t then break end
-  local d = tonumber(redis.call("HGET", defs, t)) or 0
-  if d < 1 then
-    -- A new turn: credit the quantum (weights below 1 accumulate over rounds).
-    d = d + (tonumber(redis.call("HGET", weights, t)) or dw)
-  end
-  if d < 1 then
-    redis.call("HSET", defs, t, d)
-    rotate()
-    misses = misses + 1
+  local z = redis.call("ZRANGE", sfq, 0, 0, "WITHSCORES")
+  if not z[1] then break end
+  local t, S = z[1], tonumber(z[2])
+  local st = redis.call("HGET", tags, t) or ""
+  local b, n, w = string.match(st, "^(%S+) (%S+) (%S+)$")
+  local base, cnt, wt = tonumber(b) or S, tonumber(n) or 0, tonumber(w) or dw
+  local name = pre .. t .. suf
+  local P = "asynq:{" .. name .. "}:"
+  local out = uq_take_from(name, P .. "uq:levels", P .. "uq:maintained", 1)
+  if out[1] > 0 then
+    got = got + 1
+    result[#result + 1] = t
+    for i = 3, 7 do result[#result + 1] = out[i] end
+    if S > V then V = S end
+    local nw = uq_weight(weights, t, dw)
+    if nw ~= wt then base, cnt, wt = base + cnt / wt, 0, nw end  -- rebase on a new weight
+    cnt = cnt + 1
+    redis.call("HSET", tags, t, uq_fmt(base) .. " " .. cnt .. " " .. uq_fmt(wt))
+    redis.call("ZADD", sfq, uq_fmt(base + cnt / wt), t)
   else
-    local name = pre .. t .. suf
-    local P = "asynq:{" .. name .. "}:"
-    local out = uq_take_from(name, P .. "uq:levels", P .. "uq:maintained", 1)
-    if out[1] > 0 then
-      got = got + 1
-      d = d - 1
-      result[#result + 1] = t
-      for i = 3, 7 do result[#result + 1] = out[i] end
-      redis.call("HSET", defs, t, d)
-      if d < 1 then rotate() end
-    else
-      -- Nothing waiting: out of the ring, its credit dropped (idle tenants save up nothing);
-      -- parked until its earliest delayed/retry/lease time if it has any.
-      redis.call("LPOP", ring)
-      redis.call("HDEL", defs, t)
-      if out[2] then redis.call("ZADD", parked, out[2], t) end
-      misses = misses + 1
-    end
+    -- Nothing waiting: out of the backlog; its next tag S is remembered while it still
+    -- carries lag (S > V - burst), parked until its earliest delayed/retry/lease time if any.
+    redis.call("ZREM", sfq, t)
+    redis.call("HDEL", tags, t)
+    if S > V - burst then redis.call("ZADD", lag, uq_fmt(S), t) end
+    if out[2] then redis.call("ZADD", parked, out[2], t) end
+    misses = misses + 1
   end
+end
+if V ~= V0 then
+  redis.call("HSET", vkey, "v", uq_fmt(V), "seq", 0)
+  redis.call("ZREMRANGEBYSCORE", lag, "-inf", uq_fmt(V - burst))
 end
 result[1] = got
 if got == 0 then
@@ -124,32 +183,56 @@ return result
 
 
 class FairKeys:
-    """Key names and call arguments of one fair template (no I/O)."""
+    """Key names and call arguments of one fair template (no I/O).
 
-    def __init__(self, qname_template: str, default_weight: float) -> None:
+    Args:
+        qname_template: The sub-queue name with ``{tenant}``.
+        default_weight: Weight of tenants with none in the weights hash.
+        burst: Lag credit of a tenant that becomes backlogged, in rounds (virtual time): it
+            may take up to ``burst * weight`` jobs ahead of the backlogged tenants if it
+            left that much of its share unused (see the module docstring).
+    """
+
+    def __init__(self, qname_template: str, default_weight: float, burst: float = 4.0) -> None:
         pre, _, suf = qname_template.partition("{tenant}")
         self.prefix, self.suffix = pre, suf
         tag = qname_template.replace("{tenant}", "*")
         base = f"uq:fair:{{{tag}}}:"
-        self.ring, self.deficit = base + "ring", base + "deficit"
+        self.sfq, self.tags, self.lag = base + "sfq", base + "tags", base + "lag"
+        self.vtime = base + "vtime"
         self.parked, self.weights = base + "parked", base + "weights"
+        self.legacy = [base + "ring", base + "deficit"]  # the DRR ring's, before SFQ
         self.default_weight = default_weight
+        self.burst = burst
 
     @property
     def keys(self) -> list[str]:
         """Every key of the scheduler state (for purge)."""
-        return [self.ring, self.deficit, self.parked, self.weights]
+        return [self.sfq, self.tags, self.lag, self.vtime, self.parked, self.weights,
+                *self.legacy]
+
+    @property
+    def schedule(self) -> list[str]:
+        """The keys of the schedule (not the weights): what a reset deletes."""
+        return [self.sfq, self.tags, self.lag, self.vtime, self.parked, *self.legacy]
 
     def mark_call(self, tenants: Sequence[str]) -> tuple[Any, list[str], list[str]]:
-        return MARK, [self.ring, self.deficit], list(tenants)
+        """The MARK call: ``tenants`` have jobs waiting.
+
+        KEYS sfq, tags, lag, vtime, weights; ARGV default weight, burst, tenants...
+        """
+        return (MARK, [self.sfq, self.tags, self.lag, self.vtime, self.weights],
+                [repr(self.default_weight), repr(float(self.burst)), *tenants])
 
     def dequeue_call(self, dequeue_args: list[Any], max_jobs: int,
                      budget: int = 1000) -> tuple[Any, list[str], list[Any]]:
         """The fair script call around a tenant handle's dequeue arguments."""
         args = list(dequeue_args)
         args[5] = max_jobs
-        return (FAIR_DEQUEUE, [self.ring, self.deficit, self.parked, self.weights],
-                [*args, self.prefix, self.suffix, repr(self.default_weight), budget])
+        return (FAIR_DEQUEUE,
+                [self.sfq, self.tags, self.lag, self.vtime, self.parked, self.weights],
+                [*args, self.prefix, self.suffix, repr(self.default_weight), budget,
+                 repr(float(self.burst))])
 
     @staticmethod
     def split(reply: Sequence[Any]) -> tuple[dict[str, list[Any]], float | None]:
