@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 
 import unifiedq
-from unifiedq import UnsupportedOperation
-from unifiedq.bounded import BoundedQueue
-from unifiedq.fair import FairQueue
+from unifiedq import Queue, UnsupportedOperation
+from unifiedq.bounded import AsyncBoundedQueue, BoundedQueue
+from unifiedq.fair import AsyncFairQueue, FairQueue
 from unifiedq.testing.cluster import RedisClusterRig
 from unifiedq.testing.fixtures import require_binary
+from unifiedq.testing.suite import BlockingView, QueueConformance
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +285,6 @@ def test_a_killed_consumers_lease_is_served_again(rig: RedisClusterRig) -> None:
 def test_async_face_and_weights_on_the_cluster(rig: RedisClusterRig) -> None:
     import asyncio
 
-    from unifiedq.fair import AsyncFairQueue
-
     tpl = rig.url(queue=_name("cfa") + ".{tenant}")
 
     async def main() -> list[str]:
@@ -304,3 +303,55 @@ def test_async_face_and_weights_on_the_cluster(rig: RedisClusterRig) -> None:
 
     got = asyncio.run(main())
     assert collections.Counter(got) == {"a": 2, "b": 6}, got
+
+
+def test_headers_with_a_priority_stay_in_the_levels_slot(rig: RedisClusterRig) -> None:
+    """Regression: an enqueue with headers and a priority named the base wake list (CROSSSLOT)."""
+    with unifiedq.connect(rig.url(queue=_name("chp"))) as q:
+        q.enqueue(b"low", headers={"k": "v"})
+        q.enqueue(b"high", priority=7, headers={"k": "v"})
+        got = [q.dequeue(timeout=5) for _ in range(2)]
+        assert [j.body for j in got if j] == [b"high", b"low"]
+        assert all(j and j.headers["k"] == "v" for j in got)
+        q.ack_many([j for j in got if j])
+
+
+# --------------------------------------------------------------------------- conformance
+
+
+class _OnCluster(QueueConformance):
+    LEASE_OPTIONS = {"visibility_timeout": 1.0, "heartbeat": False}
+    LEASE_SECONDS = 1.0
+    DELAY_SLACK = 0.5
+
+    @pytest.fixture
+    def url_template(self, rig: RedisClusterRig) -> str:
+        return rig.url(queue="{name}")
+
+
+class TestBoundedQueueOnCluster(_OnCluster):
+    """The atomic cluster bound is a queue too: its flags (no PRIORITY) checked both ways."""
+
+    def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
+        opts = dict(options)
+        size = int(opts.pop("maxsize", 100_000))  # the suite's BOUNDED test sets the bound
+        if face == "sync":
+            return BoundedQueue(url, size, connect_options=opts)
+        return BlockingView(AsyncBoundedQueue(url, size, connect_options=opts))
+
+
+class TestServerFairQueueOnCluster(_OnCluster):
+    """``FairQueue(scheduler="server")`` on the cluster, named ``<name>``."""
+
+    JOB_QUEUE_IS_HANDLE_NAME = False  # jobs name their tenant's sub-queue: <name>.<tenant>
+
+    def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
+        query = url.partition("?")[2]
+        name = query.partition("queue=")[2].partition("&")[0]
+        tpl = url.replace(f"queue={name}", f"queue={name}.{{tenant}}")
+        if face == "sync":
+            return FairQueue(tpl, connect_options=options, tenant_header="x-tenant",
+                             name=name, scheduler="server")
+        return BlockingView(AsyncFairQueue(tpl, connect_options=options,
+                                           tenant_header="x-tenant", name=name,
+                                           scheduler="server"))

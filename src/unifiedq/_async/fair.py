@@ -435,6 +435,7 @@ class AsyncFairQueue:
         if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
             raise InvalidArgument(f"max_jobs must be an int >= 1, not {max_jobs!r}")
         if self._server is not None:
+            self._check_open()
             got = await self._server_take(max_jobs)
             if got or timeout == 0.0:
                 return got
@@ -559,9 +560,27 @@ class AsyncFairQueue:
                 t = self._tenant(name)
                 t.polled = now  # last used: see _server_forget
                 self._core.drr.served[name] = self._core.drr.served.get(name, 0) + sub[0]
-            jobs.extend(srv.adopt(t.queue, sub, token))
+            jobs.extend(await self._live(t.queue, srv.adopt(t.queue, sub, token)))
         await self._server_forget(now)
         return jobs
+
+    @staticmethod
+    async def _live(q: AsyncQueue, jobs: list[Job]) -> list[Job]:
+        """``jobs`` minus those past their deadline, settled as expired by their handle.
+
+        The server scheduler leases through the handle's private plumbing, which skips the
+        expiry check of its public ``dequeue``: applied here instead (DEADLINE).
+        """
+        if all(j.deadline is None for j in jobs):
+            return jobs
+        inner: Any = getattr(q, "inner", q)  # a per-tenant BoundedQueue wraps the handle
+        if getattr(inner, "on_expired", "keep") == "keep":
+            return jobs
+        now = time.time()
+        dead = [j for j in jobs if j.deadline is not None and j.deadline <= now]
+        if dead:
+            await inner._shed(dead)
+        return [j for j in jobs if j.deadline is None or j.deadline > now]
 
     async def _server_forget(self, now: float) -> None:
         """Close the handles of unconfigured tenants unused for ``idle_ttl`` (server mode).
@@ -720,7 +739,8 @@ class _ServerSched:
     async def tenants(self) -> list[str]:
         """Tenants the server scheduler knows: backlogged or parked."""
         k = self.keys
-        got = await self._send([("ZRANGE", k.sfq, "0", "-1"), ("ZRANGE", k.parked, "0", "-1")])
+        got = await self._send([("ZRANGE", k.sfq, "0", "-1"), ("ZRANGE", k.ahead, "0", "-1"),
+                                ("ZRANGE", k.parked, "0", "-1")])
         return sorted({x.decode() if isinstance(x, bytes) else str(x)
                        for r in got for x in r})
 

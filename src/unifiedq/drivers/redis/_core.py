@@ -407,7 +407,7 @@ class Core:
         at = "0" if not req.delay else repr(now_ns / 1e9 + req.delay)
         args: list[Any] = [
             "EVALSHA", _scripts.ENQUEUE.sha, 4 + len(keys_tail),
-            lv.prefix + "t:" + jid, lv.pending, lv.scheduled, self.wake_key, *keys_tail,
+            lv.prefix + "t:" + jid, lv.pending, lv.scheduled, self.wakes[lv.level], *keys_tail,
             msg, jid, now_ns, at, ttl, _WAKE_CAP,
         ]  # fmt: skip
         return lv.level, args

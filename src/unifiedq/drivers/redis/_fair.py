@@ -15,24 +15,31 @@ tenants coming back from idle (the lag-keeping placement of EEVDF: I. Stoica, H.
   next job would have had when it left (remembered while ``F > V - burst``). A tenant that
   used less than its share while idle keeps that unused share, up to ``burst`` (``burst *
   weight`` jobs ahead of the backlogged tenants); one that left with no lag gets none. Over
-  any period that includes the idle time, no tenant gets more than its weighted share; a
-  sparse tenant below its share is served almost as if it had priority, and its short bursts
-  are not spread over rounds (which is what made light tenants wait behind the bursting one:
-  issue 19's p99 target). ``burst=0`` is plain SFQ.
+  any period that includes the idle time, no tenant gets more than its weighted share.
+  ``burst=0`` is plain SFQ.
+* Tenants whose start tag is below ``V`` (credit holders) are served before the others, the
+  one whose oldest waiting job is oldest first; ``V`` stands still while any exists, so each
+  holder is served until its tag reaches ``V`` (its credit is used up) or it runs empty. A
+  sparse tenant below its share is thus served almost as if it had priority, in arrival order
+  with the other sparse ones, and its short bursts are not spread over rounds: in ``SFQ`` order
+  (and in DRR's) the light tenants' jobs alternated with the bursting tenant's and with each
+  other's, which is what made them wait (issue 19's p99 target;
+  ``benchmarks/fair_latency_replay.py`` replays the arrivals in simulated time).
 
 Keys, all under one hash tag (``<template>`` is the sub-queue name template, ``jobs.{tenant}``
 -> ``jobs.*``, so they share one Redis Cluster slot):
 
-* ``uq:fair:{<template>}:sfq`` (zset): backlogged tenants scored by their next start tag; a
-  tenant is a member iff it is believed backlogged (a mark is one ZSCORE when it is).
+* ``uq:fair:{<template>}:sfq`` (zset): backlogged tenants at or past ``V``, scored by their
+  next start tag.
+* ``uq:fair:{<template>}:ahead`` (zset): backlogged credit holders, scored by the enqueue time
+  (``pending_since``, s) of their oldest waiting job on the base priority level.
 * ``uq:fair:{<template>}:tags`` (hash): per backlogged tenant ``"base n weight"``: its tag is
   ``base + n / weight`` computed afresh each time (so equal tags compare equal: no rounding
-  drift between tenants of different weights); a weight change rebases it.
+  drift between tenants of different weights); a weight change rebases it. A tenant is
+  backlogged iff it has a field here (a mark is one HEXISTS when it is).
 * ``uq:fair:{<template>}:lag`` (zset): tenants that left the backlog with lag still to keep,
   scored by ``F``; members at or below ``V - burst`` are trimmed (they would start there anyway).
-* ``uq:fair:{<template>}:vtime`` (hash): ``v`` = ``V``; ``seq`` = tenants placed at
-  ``V - burst`` since ``V`` last moved: the ``seq``-th gets ``seq / 2**24`` added, so tenants
-  joining at the floor are served in arrival order (a zset would order equal tags by name).
+* ``uq:fair:{<template>}:vtime`` (hash): ``v`` = ``V``.
 * ``uq:fair:{<template>}:parked`` (zset): tenants with no waiting job but with delayed,
   retrying or leased ones, scored by when to look again (the earliest due/lease-expiry time),
   so a lease lost by a killed consumer is recovered, and a delayed job run, without anybody
@@ -47,7 +54,7 @@ queue's own ``{<queue>}`` tag, built inside Lua as the driver's dequeue script d
 priority levels: the scheduling decision is one slot, the lease another, so the script as a
 whole runs on a standalone Redis (or a Sentinel master), not across Cluster slots.
 
-A producer marks its tenant after each enqueue (``MARK``: one ZSCORE, and the placement when
+A producer marks its tenant after each enqueue (``MARK``: one HEXISTS, and the placement when
 not backlogged); the script removes a tenant found with nothing waiting (parking it if something
 is delayed or leased). Because a mark always follows its push and a removal is atomic with the
 emptiness check, no backlogged tenant is ever left out: a dequeue costs O(log backlogged)
@@ -57,6 +64,7 @@ whatever the number of known tenants.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,8 +87,8 @@ def _wrap_dequeue() -> str:
             + "\nend\n")
 
 
-# Shared by both scripts: placing a tenant that becomes backlogged.
-# vtime is a hash: v = V, seq = tenants placed at the floor since V last moved.
+# Shared by both scripts: placing a tenant that becomes backlogged, and its head's age.
+# vtime is a hash: v = V.
 _JOIN = r"""
 local function uq_weight(weights, t, dw)
   local w = tonumber(redis.call("HGET", weights, t)) or dw
@@ -88,45 +96,60 @@ local function uq_weight(weights, t, dw)
   return w
 end
 local function uq_fmt(x) return string.format("%.17g", x) end
-local function uq_join(sfq, tags, lag, vkey, weights, t, V, burst, dw)
-  if redis.call("ZSCORE", sfq, t) then return end
+-- When the tenant's oldest waiting job was enqueued (s): the base level's pending head; the
+-- time now if none there (a job of another priority level): it orders credit holders only.
+local function uq_head_age(pre, t, suf, now)
+  local P = "asynq:{" .. pre .. t .. suf .. "}:"
+  local id = redis.call("LINDEX", P .. "pending", -1)
+  if id then
+    local since = tonumber(redis.call("HGET", P .. "t:" .. id, "pending_since"))
+    if since then return since / 1e9 end
+  end
+  return now
+end
+-- Place t (if not backlogged yet) at start tag max(V - burst, F): behind V it holds credit
+-- and waits in `ahead` by its head's age; otherwise in `sfq` by its tag.
+local function uq_join(sfq, ahead, tags, lag, weights, t, V, burst, dw, pre, suf, now)
+  if redis.call("HEXISTS", tags, t) == 1 then return end
   local base = V - burst
   local f = tonumber(redis.call("ZSCORE", lag, t))
-  if f then redis.call("ZREM", lag, t) end
-  if f and f > base then
-    base = f
-  else
-    -- Tenants joining at the floor in one epoch of V would tie (a zset orders ties by
-    -- name); a tiny offset counted per epoch orders them by arrival instead.
-    base = base + redis.call("HINCRBY", vkey, "seq", 1) / 16777216
+  if f then
+    redis.call("ZREM", lag, t)
+    if f > base then base = f end
   end
   local w = uq_weight(weights, t, dw)
   redis.call("HSET", tags, t, uq_fmt(base) .. " 0 " .. uq_fmt(w))
-  redis.call("ZADD", sfq, uq_fmt(base), t)
+  if base < V then
+    redis.call("ZADD", ahead, uq_fmt(uq_head_age(pre, t, suf, now)), t)
+  else
+    redis.call("ZADD", sfq, uq_fmt(base), t)
+  end
 end
 """
 
 MARK = _scripts.Script("fair_mark", _JOIN + r"""
--- KEYS: 1 sfq, 2 tags, 3 lag, 4 vtime, 5 weights.
--- ARGV: 1 default weight, 2 burst, 3.. tenants to mark backlogged.
--- A tenant already backlogged keeps its tag; one that was not starts at max(V - burst, F).
-local V = tonumber(redis.call("HGET", KEYS[4], "v")) or 0
-local dw, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, #ARGV do
-  uq_join(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[i], V, burst, dw)
+-- KEYS: 1 sfq, 2 ahead, 3 tags, 4 lag, 5 vtime, 6 weights.
+-- ARGV: 1 default weight, 2 burst, 3 queue-name prefix, 4 suffix, 5 now (s),
+--       6.. tenants to mark backlogged.
+-- A tenant already backlogged keeps its place; one that was not starts at max(V - burst, F).
+local V = tonumber(redis.call("HGET", KEYS[5], "v")) or 0
+local dw, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
+for i = 6, #ARGV do
+  uq_join(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[i], V, burst, dw, ARGV[3],
+          ARGV[4], now)
 end
 return 1
 """)
 
 FAIR_DEQUEUE = _scripts.Script("fair_dequeue", allow_oom=True,
                                source=_wrap_dequeue() + _JOIN + r"""
--- KEYS: 1 sfq, 2 tags, 3 lag, 4 vtime, 5 parked, 6 weights
+-- KEYS: 1 sfq, 2 ahead, 3 tags, 4 lag, 5 vtime, 6 parked, 7 weights
 -- ARGV: 1..12 as the dequeue script's (1 unused, 6 = jobs wanted), 13 queue-name prefix,
 --       14 queue-name suffix, 15 default weight, 16 most tenants visited without a job,
 --       17 burst
 -- Returns {n, next_due | false, then per job: tenant, level, id, msg, enqueued, since}.
-local sfq, tags, lag, vkey, parked, weights = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
-  KEYS[6]
+local sfq, ahead, tags, lag, vkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local parked, weights = KEYS[6], KEYS[7]
 local pre, suf, dw = ARGV[13], ARGV[14], tonumber(ARGV[15])
 local want, budget, now = tonumber(ARGV[6]), tonumber(ARGV[16]), tonumber(ARGV[2])
 local burst = tonumber(ARGV[17])
@@ -135,17 +158,25 @@ local V0 = V
 -- Parked tenants whose delayed job fell due or whose lease ran out are backlogged again.
 for _, t in ipairs(redis.call("ZRANGEBYSCORE", parked, "-inf", now, "LIMIT", 0, 100)) do
   redis.call("ZREM", parked, t)
-  uq_join(sfq, tags, lag, vkey, weights, t, V, burst, dw)
+  uq_join(sfq, ahead, tags, lag, weights, t, V, burst, dw, pre, suf, now)
 end
 local result = {0, false}
 local got, misses = 0, 0
 while got < want and misses < budget do
-  local z = redis.call("ZRANGE", sfq, 0, 0, "WITHSCORES")
-  if not z[1] then break end
-  local t, S = z[1], tonumber(z[2])
+  -- Credit holders (start tag below V) first, oldest waiting job first; V stands still
+  -- while any exists, so they are exactly the tenants behind their share. Then SFQ.
+  local from = ahead
+  local z = redis.call("ZRANGE", ahead, 0, 0)
+  if not z[1] then
+    from = sfq
+    z = redis.call("ZRANGE", sfq, 0, 0)
+    if not z[1] then break end
+  end
+  local t = z[1]
   local st = redis.call("HGET", tags, t) or ""
   local b, n, w = string.match(st, "^(%S+) (%S+) (%S+)$")
-  local base, cnt, wt = tonumber(b) or S, tonumber(n) or 0, tonumber(w) or dw
+  local base, cnt, wt = tonumber(b) or V, tonumber(n) or 0, tonumber(w) or dw
+  local S = base + cnt / wt
   local name = pre .. t .. suf
   local P = "asynq:{" .. name .. "}:"
   local out = uq_take_from(name, P .. "uq:levels", P .. "uq:maintained", 1)
@@ -158,11 +189,17 @@ while got < want and misses < budget do
     if nw ~= wt then base, cnt, wt = base + cnt / wt, 0, nw end  -- rebase on a new weight
     cnt = cnt + 1
     redis.call("HSET", tags, t, uq_fmt(base) .. " " .. cnt .. " " .. uq_fmt(wt))
-    redis.call("ZADD", sfq, uq_fmt(base + cnt / wt), t)
+    local nS = base + cnt / wt
+    if nS < V then
+      redis.call("ZADD", ahead, uq_fmt(uq_head_age(pre, t, suf, now)), t)
+    else
+      if from == ahead then redis.call("ZREM", ahead, t) end
+      redis.call("ZADD", sfq, uq_fmt(nS), t)
+    end
   else
     -- Nothing waiting: out of the backlog; its next tag S is remembered while it still
     -- carries lag (S > V - burst), parked until its earliest delayed/retry/lease time if any.
-    redis.call("ZREM", sfq, t)
+    redis.call("ZREM", from, t)
     redis.call("HDEL", tags, t)
     if S > V - burst then redis.call("ZADD", lag, uq_fmt(S), t) end
     if out[2] then redis.call("ZADD", parked, out[2], t) end
@@ -170,7 +207,7 @@ while got < want and misses < budget do
   end
 end
 if V ~= V0 then
-  redis.call("HSET", vkey, "v", uq_fmt(V), "seq", 0)
+  redis.call("HSET", vkey, "v", uq_fmt(V))
   redis.call("ZREMRANGEBYSCORE", lag, "-inf", uq_fmt(V - burst))
 end
 result[1] = got
@@ -199,6 +236,7 @@ class FairKeys:
         tag = qname_template.replace("{tenant}", "*")
         base = f"uq:fair:{{{tag}}}:"
         self.sfq, self.tags, self.lag = base + "sfq", base + "tags", base + "lag"
+        self.ahead = base + "ahead"
         self.vtime = base + "vtime"
         self.parked, self.weights = base + "parked", base + "weights"
         self.legacy = [base + "ring", base + "deficit"]  # the DRR ring's, before SFQ
@@ -208,21 +246,23 @@ class FairKeys:
     @property
     def keys(self) -> list[str]:
         """Every key of the scheduler state (for purge)."""
-        return [self.sfq, self.tags, self.lag, self.vtime, self.parked, self.weights,
-                *self.legacy]
+        return [*self.schedule, self.weights]
 
     @property
     def schedule(self) -> list[str]:
         """The keys of the schedule (not the weights): what a reset deletes."""
-        return [self.sfq, self.tags, self.lag, self.vtime, self.parked, *self.legacy]
+        return [self.sfq, self.ahead, self.tags, self.lag, self.vtime, self.parked,
+                *self.legacy]
 
     def mark_call(self, tenants: Sequence[str]) -> tuple[Any, list[str], list[str]]:
         """The MARK call: ``tenants`` have jobs waiting.
 
-        KEYS sfq, tags, lag, vtime, weights; ARGV default weight, burst, tenants...
+        KEYS sfq, ahead, tags, lag, vtime, weights; ARGV default weight, burst, queue-name
+        prefix, suffix, now (s), tenants...
         """
-        return (MARK, [self.sfq, self.tags, self.lag, self.vtime, self.weights],
-                [repr(self.default_weight), repr(float(self.burst)), *tenants])
+        return (MARK, [self.sfq, self.ahead, self.tags, self.lag, self.vtime, self.weights],
+                [repr(self.default_weight), repr(float(self.burst)), self.prefix, self.suffix,
+                 repr(time.time()), *tenants])
 
     def dequeue_call(self, dequeue_args: list[Any], max_jobs: int,
                      budget: int = 1000) -> tuple[Any, list[str], list[Any]]:
@@ -230,7 +270,8 @@ class FairKeys:
         args = list(dequeue_args)
         args[5] = max_jobs
         return (FAIR_DEQUEUE,
-                [self.sfq, self.tags, self.lag, self.vtime, self.parked, self.weights],
+                [self.sfq, self.ahead, self.tags, self.lag, self.vtime, self.parked,
+                 self.weights],
                 [*args, self.prefix, self.suffix, repr(self.default_weight), budget,
                  repr(float(self.burst))])
 
