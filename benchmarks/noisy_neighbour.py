@@ -26,7 +26,13 @@ C. Across processes (``--consumer-procs N --producer-procs M``, redis only): the
    throughout) give the shares and Jain's index. B: ``M`` producer processes (Poisson, the
    tenants split among them) against ``N`` consumer processes of one thread each,
    ``S`` seconds per job, rates scaled to the same 119% / 56% of the ``N / S`` capacity.
-   Waits are enqueue -> dequeue on the machine's wall clock.
+   Waits are enqueue -> dequeue on the machine's wall clock. ``--rounds R`` repeats B R times
+   (the modes interleaved in each round) and reports each mode's p99 per round, the median and
+   range of the ratio to the same round's unloaded p99, and the pooled p99. ``--oracle`` adds a
+   reference that is not a fair queue: light jobs in one plain queue with strict priority over
+   the heavy tenant's (what no fair scheduler can beat: the light jobs wait only for a
+   consumer to finish its current, non-preemptible job, and for each other).
+   ``--burst B``: the server scheduler's lag credit (``FairQueue(burst=B)``).
 
 Usage::
 
@@ -308,9 +314,14 @@ import json, random, sys, time
 import unifiedq
 from unifiedq.fair import FairQueue
 role, mode, url, arg = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-fair = mode != "fifo"
+fair = mode in ("local", "server")
+prio = mode == "priority"  # the oracle: light jobs strictly before heavy ones, two plain queues
 if fair:
-    q = FairQueue(url, tenants=arg["tenants"], scheduler="server" if mode == "server" else "local")
+    opts = {"burst": arg["burst"]} if mode == "server" and arg.get("burst") is not None else {}
+    q = FairQueue(url, tenants=arg["tenants"], scheduler=mode, **opts)
+elif prio:
+    q = unifiedq.connect(url.replace("{tenant}", "light"))
+    qh = unifiedq.connect(url.replace("{tenant}", "heavy"))
 else:
     q = unifiedq.connect(url)
 print("ready", flush=True)  # imports done, queue open: the parent may start the clock
@@ -334,7 +345,7 @@ elif role == "produce":
         if fair:
             q.enqueue(b"%d" % time.time_ns(), tenant=t)
         else:
-            q.enqueue(t.encode() + b"|%d" % time.time_ns())
+            (qh if prio and t == "heavy" else q).enqueue(t.encode() + b"|%d" % time.time_ns())
         due[t] += rngs[t].expovariate(arg["rates"][t])
         if due[t] >= end:
             del due[t]
@@ -342,7 +353,15 @@ else:  # consume: until idle for arg["idle"] s after the first job (or arg["max"
     out = []
     last = None
     while len(out) < arg["max"]:
-        j = q.dequeue(timeout=0.2)
+        src = q
+        if prio:  # light first, then heavy, then wait briefly for a light one
+            j = q.dequeue(timeout=0.0)
+            if j is None:
+                j, src = qh.dequeue(timeout=0.0), qh
+            if j is None:
+                j, src = q.dequeue(timeout=0.005), q
+        else:
+            j = q.dequeue(timeout=0.2)
         now = time.time_ns()
         if j is None:
             if last is not None and time.monotonic() - last > arg["idle"]:
@@ -354,7 +373,7 @@ else:  # consume: until idle for arg["idle"] s after the first job (or arg["max"
         else:
             tb, _, sb = j.body.partition(b"|")
             t, sent = tb.decode(), int(sb)
-        q.ack(j)
+        src.ack(j)
         out.append((now, t, (now - sent) / 1e9))
         if arg["service"]:
             time.sleep(arg["service"])
@@ -394,17 +413,19 @@ def _url_for(base: str, mode: str) -> str:
     return f"{base}?queue={name}" if mode == "fifo" else f"{base}?queue={name}.{{tenant}}"
 
 
-def procs_shares(base: str, mode: str, light_n: int, ncons: int, nprod: int) -> dict[str, Any]:
+def procs_shares(base: str, mode: str, light_n: int, ncons: int, nprod: int,
+                 burst: float | None = None) -> dict[str, Any]:
     url = _url_for(base, mode)
     order = arrivals(light_n)
     fills: list[list[tuple[str, int]]] = [[] for _ in range(nprod)]
     for i, t in enumerate(order):  # round robin: every producer interleaves every tenant
         fills[i % nprod].append((t, 1))
-    _collect([_spawn("fill", mode, url, {"tenants": TENANTS, "fill": f}) for f in fills])
+    _collect([_spawn("fill", mode, url, {"tenants": TENANTS, "fill": f, "burst": burst})
+              for f in fills])
     take = 3 * light_n
     each = -(-take // ncons)
     rows = _collect([_spawn("consume", mode, url, {"tenants": TENANTS, "max": 2 * each,
-                                                   "idle": 2.0, "service": 0})
+                                                   "idle": 2.0, "service": 0, "burst": burst})
                      for _ in range(ncons)])
     rows.sort()
     got = collections.Counter(t for _, t, _ in rows[:take])
@@ -422,12 +443,13 @@ def procs_waits(base: str, mode: str, tenants: list[str], args: argparse.Namespa
     cap = ncons / args.service
     r = 1.19 * cap / 19  # light tenants' rate; heavy 10x (offered 119%, light alone 56%)
     cons = [_spawn("consume", mode, url, {"tenants": TENANTS, "max": 10**9, "idle": 2.0,
-                                          "service": args.service}) for _ in range(ncons)]
+                                          "service": args.service, "burst": args.burst})
+            for _ in range(ncons)]
     groups: list[dict[str, float]] = [{} for _ in range(nprod)]
     for i, t in enumerate(tenants):
         groups[i % nprod][t] = r * (10 if t == "heavy" else 1)
-    prods = [_spawn("produce", mode, url, {"tenants": TENANTS, "rates": g,
-                                           "secs": args.secs}) for g in groups if g]
+    prods = [_spawn("produce", mode, url, {"tenants": TENANTS, "rates": g, "secs": args.secs,
+                                           "burst": args.burst}) for g in groups if g]
     _ready(cons + prods)  # everyone up before the clock starts
     time.sleep(0.5)
     start = time.time() + 0.2
@@ -437,6 +459,11 @@ def procs_waits(base: str, mode: str, tenants: list[str], args: argparse.Namespa
         p.stdin.flush()
     _collect(prods)
     rows = _collect(cons)
+    if mode == "priority":
+        for t in ("light", "heavy"):
+            q = unifiedq.connect(url.replace("{tenant}", t))
+            q.purge()
+            q.close()
     waits: dict[str, list[float]] = collections.defaultdict(list)
     for _, t, w in rows:
         waits[t].append(w)
@@ -452,45 +479,68 @@ def bench_procs(base: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"\n=== redis, {n} consumer processes, {m} producer processes ===")
     res: dict[str, Any] = {"consumer_procs": n, "producer_procs": m}
     modes = ["fifo", "local", "server"]
-    print(f"A. shares of the first {3 * args.light_n} dequeues (by time), all tenants backlogged")
-    sh = {mode: procs_shares(base, mode, args.light_n, n, m) for mode in modes}
-    print(f"{'tenant':8} " + " ".join(f"{mode:>8}" for mode in modes))
-    for t in TENANTS:
-        print(f"{t:8} " + " ".join(f"{sh[mode]['shares'][t]:8.1%}" for mode in modes))
-    print(f"{'Jain':8} " + " ".join(f"{sh[mode]['jain']:8.4f}" for mode in modes))
-    print(f"{'max err':8} " + " ".join(f"{sh[mode]['err']:8.2%}" for mode in modes))
-    res["shares"] = sh
+    if not args.skip_shares:
+        print(f"A. shares of the first {3 * args.light_n} dequeues (by time), all tenants "
+              "backlogged")
+        sh = {mode: procs_shares(base, mode, args.light_n, n, m, args.burst) for mode in modes}
+        print(f"{'tenant':8} " + " ".join(f"{mode:>8}" for mode in modes))
+        for t in TENANTS:
+            print(f"{t:8} " + " ".join(f"{sh[mode]['shares'][t]:8.1%}" for mode in modes))
+        print(f"{'Jain':8} " + " ".join(f"{sh[mode]['jain']:8.4f}" for mode in modes))
+        print(f"{'max err':8} " + " ".join(f"{sh[mode]['err']:8.2%}" for mode in modes))
+        res["shares"] = sh
     cap = n / args.service
     print(f"\nB. waits: {n} consumer processes x {args.service * 1e3:g} ms jobs (capacity "
-          f"{cap:g}/s), offered 119% (light alone 56%), {args.secs:g}s, {m} producer processes")
-    unloaded = procs_waits(base, "fifo", LIGHT, args)
-    runs = {mode: procs_waits(base, mode, TENANTS, args) for mode in modes}
+          f"{cap:g}/s), offered 119% (light alone 56%), {args.secs:g}s, {m} producer processes, "
+          f"{args.rounds} round(s)")
+    bmodes = modes + (["priority"] if args.oracle else [])
 
     def light(d: dict[str, list[float]]) -> list[float]:
         return [w for t in LIGHT for w in d.get(t, [])]
 
-    u99 = pct(light(unloaded), 99)
-    print(f"{'':8} {'unloaded':>10} " + " ".join(f"{mode:>10}" for mode in modes))
-    print(f"{'light p50':10} {pct(light(unloaded), 50) * 1e3:8.1f}ms "
-          + " ".join(f"{pct(light(runs[mode]), 50) * 1e3:8.1f}ms" for mode in modes))
-    print(f"{'light p99':10} {u99 * 1e3:8.1f}ms "
-          + " ".join(f"{pct(light(runs[mode]), 99) * 1e3:8.1f}ms" for mode in modes))
-    print(f"{'p99/unl.':10} {1.0:9.2f}x "
-          + " ".join(f"{pct(light(runs[mode]), 99) / u99:9.2f}x" for mode in modes))
-    print(f"{'heavy p50':10} {'-':>10} "
-          + " ".join(f"{pct(runs[mode]['heavy'], 50) * 1e3:8.0f}ms" for mode in modes))
-    print(f"{'jobs/s':10} {unloaded['_throughput'][0]:10.1f} "
-          + " ".join(f"{runs[mode]['_throughput'][0]:10.1f}" for mode in modes)
-          + f"   (served while producing; nominal capacity {cap:g}/s, offered "
-            f"{1.19 * cap:.1f}/s, light alone {9 * 1.19 * cap / 19:.1f}/s)")
-    res["waits"] = {"light_p99_unloaded": u99,
-                    "unloaded_served_per_s": unloaded["_throughput"][0], **{
-        mode: {"light_p50": pct(light(runs[mode]), 50), "light_p99": pct(light(runs[mode]), 99),
-               "ratio": pct(light(runs[mode]), 99) / u99,
-               "heavy_p50": pct(runs[mode]["heavy"], 50),
-               "served_per_s": runs[mode]["_throughput"][0],
-               "jobs": sum(len(v) for k, v in runs[mode].items() if k[0] != "_")}
-        for mode in modes}}
+    rounds: list[dict[str, dict[str, list[float]]]] = []
+    for i in range(args.rounds):
+        rnd = {"unloaded": procs_waits(base, "fifo", LIGHT, args)}
+        rnd.update({mode: procs_waits(base, mode, TENANTS, args) for mode in bmodes})
+        rounds.append(rnd)
+        print(f"round {i + 1}: light p99 " + "  ".join(
+            f"{k} {pct(light(v), 99) * 1e3:.1f}ms" for k, v in rnd.items()), flush=True)
+    cols = ["unloaded", *bmodes]
+    pooled = {k: [w for rnd in rounds for w in light(rnd[k])] for k in cols}
+    ratios = {k: [pct(light(rnd[k]), 99) / pct(light(rnd["unloaded"]), 99) for rnd in rounds]
+              for k in cols}
+    u99 = pct(pooled["unloaded"], 99)
+    print(f"{'':10} " + " ".join(f"{k:>10}" for k in cols))
+    print(f"{'light p50':10} " + " ".join(f"{pct(pooled[k], 50) * 1e3:8.1f}ms" for k in cols))
+    print(f"{'light p99':10} " + " ".join(f"{pct(pooled[k], 99) * 1e3:8.1f}ms" for k in cols)
+          + "   (pooled over the rounds)")
+    print(f"{'p99/unl.':10} " + " ".join(f"{pct(pooled[k], 99) / u99:9.2f}x" for k in cols)
+          + "   (pooled p99 / pooled unloaded p99)")
+    if args.rounds > 1:
+        print(f"{'median':10} " + " ".join(f"{statistics.median(ratios[k]):9.2f}x" for k in cols)
+              + "   (per round: p99 / that round's unloaded p99)")
+        print(f"{'range':10} " + " ".join(
+            f"{min(ratios[k]):4.2f}-{max(ratios[k]):4.2f}x".rjust(10) for k in cols))
+    print(f"{'heavy p50':10} {'-':>10} " + " ".join(
+        f"{pct([w for rnd in rounds for w in rnd[k]['heavy']], 50) * 1e3:8.0f}ms"
+        for k in bmodes))
+    tput = {k: statistics.median(rnd[k]["_throughput"][0] for rnd in rounds) for k in cols}
+    print(f"{'jobs/s':10} " + " ".join(f"{tput[k]:10.1f}" for k in cols)
+          + f"   (served while producing, median of rounds; nominal capacity {cap:g}/s, "
+            f"offered {1.19 * cap:.1f}/s, light alone {9 * 1.19 * cap / 19:.1f}/s)")
+    res["waits"] = {"rounds": args.rounds, "burst": args.burst,
+                    "light_p99_unloaded": u99, "unloaded_served_per_s": tput["unloaded"],
+                    "unloaded_p99_per_round": [pct(light(r["unloaded"]), 99) for r in rounds],
+                    **{mode: {"light_p50": pct(pooled[mode], 50),
+                              "light_p99": pct(pooled[mode], 99),
+                              "ratio": pct(pooled[mode], 99) / u99,
+                              "ratio_per_round": ratios[mode],
+                              "p99_per_round": [pct(light(r[mode]), 99) for r in rounds],
+                              "heavy_p50": pct([w for r in rounds for w in r[mode]["heavy"]], 50),
+                              "served_per_s": tput[mode],
+                              "jobs": sum(len(v) for r in rounds
+                                          for k, v in r[mode].items() if k[0] != "_")}
+                       for mode in bmodes}}
     return res
 
 
@@ -507,6 +557,12 @@ def main() -> None:
     p.add_argument("--consumer-procs", type=int, default=0,
                    help="C: consumer processes (redis; runs only C)")
     p.add_argument("--producer-procs", type=int, default=1, help="C: producer processes")
+    p.add_argument("--rounds", type=int, default=1, help="C: repetitions of B (interleaved)")
+    p.add_argument("--oracle", action="store_true",
+                   help="C: add B's strict-priority reference (light jobs first)")
+    p.add_argument("--burst", type=float, default=None,
+                   help="C: the server scheduler's burst (lag credit, rounds)")
+    p.add_argument("--skip-shares", action="store_true", help="C: run only B")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     args = p.parse_args()
     if args.consumer_procs:
