@@ -24,6 +24,12 @@ from unifiedq._errors import BackendConnectionError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _st(q: Any) -> dict[str, Any]:
+    """The redis handle's ``stats()`` (not part of the typed protocol)."""
+    out: dict[str, Any] = dict(q.stats())
+    return out
+
+
 def _name() -> str:
     return f"wp-{uuid.uuid4().hex[:10]}"
 
@@ -55,18 +61,18 @@ def test_one_round_trip_acks_exactly_the_batch_then_takes(redis_url: str) -> Non
         rest = q._ack_then_dequeue(first, 10, rep)  # type: ignore[attr-defined]
         assert rep.calls == [([], None)]
         assert sorted(j.body for j in rest) == [b"3", b"4", b"5"]
-        st = q.stats()
+        st = _st(q)
         assert st["active"] == 3 and st["pending"] == 0  # the acked three are gone
         # Nothing acked twice, nothing comes back: the other three ack normally.
         q.ack_many(rest)
-        st = q.stats()
+        st = _st(q)
         assert st["active"] == 0 and q.size() == 0
         # An empty queue: the acks still go out, and no job comes back.
         q.enqueue(b"x")
         one = q.dequeue_many(5)
         rep2 = Reports()
         assert q._ack_then_dequeue(one, 5, rep2) == []  # type: ignore[attr-defined]
-        assert rep2.calls == [([], None)] and q.stats()["active"] == 0
+        assert rep2.calls == [([], None)] and _st(q)["active"] == 0
     finally:
         q.close()
 
@@ -83,7 +89,7 @@ def test_lost_leases_are_reported_and_the_rest_acked(redis_url: str) -> None:
         # Acks run before the take: b is acked, a (pending again) is taken by this call.
         assert [j.id for j in again] == [a.id]
         q.ack(again[0])
-        assert q.stats()["active"] == 0 and q.size() == 0
+        assert _st(q)["active"] == 0 and q.size() == 0
     finally:
         q.close()
 
@@ -97,7 +103,7 @@ def test_refused_arguments_send_nothing(redis_url: str) -> None:
         with pytest.raises(unifiedq.InvalidArgument):
             q._ack_then_dequeue(jobs + jobs, 5, rep)  # type: ignore[attr-defined]
         assert rep.calls == []
-        assert q.stats()["active"] == 1 and q.size() == 1  # nothing acked, nothing taken
+        assert _st(q)["active"] == 1 and q.size() == 1  # nothing acked, nothing taken
     finally:
         q.close()
 
@@ -141,6 +147,7 @@ def test_worker_uses_it_and_counts_lease_lost_exactly(redis_url: str, face: str)
                 seen.append(job.body)
 
         w = Worker(url, handler, concurrency=4, poll_interval=0.05)
+        w.ack_with_fetch = True
         wrap(w)
         with w:
             wait_for(lambda: w.stats().processed >= n + w.stats().lease_lost
@@ -152,6 +159,7 @@ def test_worker_uses_it_and_counts_lease_lost_exactly(redis_url: str, face: str)
 
         async def main() -> Any:
             w = AsyncWorker(url, ahandler, concurrency=4, poll_interval=0.05)
+            w.ack_with_fetch = True
             wrap(w)
             async with w:
                 end = time.monotonic() + 30
@@ -171,8 +179,8 @@ def test_worker_uses_it_and_counts_lease_lost_exactly(redis_url: str, face: str)
 
 def q_empty(url: str) -> bool:
     with unifiedq.connect(url) as q:
-        st = q.stats()
-        return st["active"] == 0 and st["pending"] == 0
+        st = _st(q)
+        return bool(st["active"] == 0 and st["pending"] == 0)
 
 
 def test_failed_pipeline_acks_nothing_and_jobs_come_back(redis_url: str) -> None:
@@ -192,6 +200,7 @@ def test_failed_pipeline_acks_nothing_and_jobs_come_back(redis_url: str) -> None
             seen.append(job.body)
 
     w = Worker(url, handler, concurrency=4, poll_interval=0.05, lease_extend=30.0)
+    w.ack_with_fetch = True
     real = w.queue._ack_then_dequeue  # type: ignore[attr-defined]
 
     def flaky(acks: list[Job], k: int, settled: Any) -> Any:
@@ -203,7 +212,7 @@ def test_failed_pipeline_acks_nothing_and_jobs_come_back(redis_url: str) -> None
     w.queue._ack_then_dequeue = flaky  # type: ignore[attr-defined]
     with w:
         # Every job handled once, plus the failed batch's again after their 1.5 s lease.
-        wait_for(lambda: failed and len(seen) >= n + len(failed[0]) and q_empty(url), 30,
+        wait_for(lambda: bool(failed) and len(seen) >= n + len(failed[0]) and q_empty(url), 30,
                  "the failed batch to come back")
     stats = w.stats()
     assert failed and failed[0]
@@ -215,7 +224,7 @@ def test_failed_pipeline_acks_nothing_and_jobs_come_back(redis_url: str) -> None
         ids_twice = {b for b, c in counts.items() if c == 2}
         assert len(ids_twice) == len(failed[0])  # exactly the batch whose acks never left
         assert all(c <= 2 for c in counts.values())
-        assert q.stats()["active"] == 0
+        assert _st(q)["active"] == 0
 
 
 _KILL_CHILD = textwrap.dedent("""
@@ -226,6 +235,7 @@ _KILL_CHILD = textwrap.dedent("""
         time.sleep(0.001)
         os.write(1, b"GOT " + job.body + b"\\n")   # one write per line: no interleaving
     w = Worker(url, handler, concurrency=8, timeout=None)
+    w.ack_with_fetch = True
     real = w.queue._ack_then_dequeue
     def spy(acks, k, settled):
         os.write(1, b"ACKS %d\\n" % len(acks))
@@ -276,7 +286,7 @@ def test_sigkill_ledger_with_the_combined_round_trip(redis_url: str) -> None:
             drained[j.body] = j.attempt
         if jobs:
             q.ack_many(jobs)
-        elif q.stats()["active"] == 0 and q.size() == 0:
+        elif _st(q)["active"] == 0 and q.size() == 0:
             break
     q.close()
     everything = {b"%d" % i for i in range(n)}
@@ -286,3 +296,72 @@ def test_sigkill_ledger_with_the_combined_round_trip(redis_url: str) -> None:
     # acked do not come back at all (handled and drained: its ack had not left yet).
     assert set(drained) & handled <= redelivered
     assert len(handled - set(drained)) > 0  # acks did reach Redis before the kill
+
+
+# -- prefetch= (an explicit option; the default takes one job per idle slot) ------------------
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_prefetch_option_holds_at_most_that_many_waiting_jobs(prefetch: int) -> None:
+    q = unifiedq.connect(f"memory://{_name()}")
+    q.enqueue_many([b"%d" % i for i in range(20)])
+    gate = threading.Event()
+    started: list[bytes] = []
+
+    def handler(job: Job) -> None:
+        started.append(job.body)
+        gate.wait(10)
+
+    w = Worker(q, handler, concurrency=2, prefetch=prefetch, poll_interval=0.05)
+    w.start()
+    try:
+        wait_for(lambda: len(started) == 2, 10, "both slots busy")
+        time.sleep(0.2)  # would a slot's fetch take more meanwhile?
+        left = q.size()
+        # Default: nothing waits for a busy slot. prefetch=3: some do (how many depends on
+        # how many slots were idle at the fetch), never more than 3.
+        assert left == 18 if not prefetch else 18 - prefetch <= left < 18
+    finally:
+        w.stop(0.0, wait=True)
+        gate.set()
+    st = w.stats()
+    # Stopped with no grace: the running two and the waiting ones all go back.
+    assert st.returned == 20 - left and st.processed == 0
+    assert q.size() == 20
+    q.close()
+
+
+def test_prefetch_must_be_a_non_negative_int() -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(unifiedq.InvalidArgument):
+            Worker("memory://x", lambda j: None, prefetch=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("face", ["threads", "asyncio"])
+def test_prefetch_on_redis_exact(redis_url: str, face: str) -> None:
+    url = f"{redis_url}?queue={_name()}"
+    n = 2000
+    with unifiedq.connect(url) as q:
+        q.enqueue_many([b"%d" % i for i in range(n)])
+    seen: list[bytes] = []
+    if face == "threads":
+        w = Worker(url, lambda j: seen.append(j.body), concurrency=4, prefetch=4,
+                   poll_interval=0.05)
+        with w:
+            wait_for(lambda: w.stats().processed == n, 30, "every job")
+        stats = w.stats()
+    else:
+        async def ahandler(job: Job) -> None:
+            seen.append(job.body)
+
+        async def main() -> Any:
+            aw = AsyncWorker(url, ahandler, concurrency=4, prefetch=4, poll_interval=0.05)
+            async with aw:
+                end = time.monotonic() + 30
+                while aw.stats().processed < n:
+                    assert time.monotonic() < end
+                    await asyncio.sleep(0.01)
+            return aw.stats()
+
+        stats = asyncio.run(main())
+    assert stats.processed == len(seen) == n and len(set(seen)) == n
+    assert stats.lease_lost == 0 and stats.returned == 0
+    assert q_empty(url)

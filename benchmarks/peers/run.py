@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -61,6 +62,7 @@ class System:
     extra: dict[str, Any] = field(default_factory=dict)
     concurrency: int | None = None  # None: --concurrency
     note: str = ""
+    tree: str = ""  # a unifiedq checkout to run from ("" = --tree or this one)
 
 
 SYSTEMS = [
@@ -93,6 +95,15 @@ TIMES, DASH = "\u00d7", "\u2013"  # for the markdown tables
 
 class PhaseError(RuntimeError):
     """A phase process failed, timed out or printed something unexpected."""
+
+
+def add_base(name: str, tree: str) -> str:
+    """Register ``name@base``: the same row run from checkout ``tree`` (``--compare``)."""
+    s = BY_NAME[name]
+    base = dataclasses.replace(s, name=f"{name}@base", label=f"{s.label}, base tree",
+                               tree=tree, note="")
+    BY_NAME[base.name] = base
+    return base.name
 
 
 def interpreter(env: str) -> str:
@@ -140,9 +151,10 @@ class Runner:
     def start(self, s: System, phase: str, queue: str, **kw: Any) -> tuple[Any, Any]:
         log = open(self.logdir / f"{s.name}.{phase}.log", "ab")  # noqa: SIM115
         env = dict(os.environ)
-        if self.args.tree and s.adapter == "unifiedq":
-            # Put the other checkout's sources ahead of the editable install of this one.
-            src = str(Path(self.args.tree).resolve() / "src")
+        tree = s.tree or self.args.tree or (str(REPO) if s.adapter == "unifiedq" else "")
+        if tree and s.adapter == "unifiedq":
+            # Put that checkout's sources ahead of the editable install of this one.
+            src = str(Path(tree).resolve() / "src")
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         proc = subprocess.Popen(self.argv(s, phase, queue, **kw), stdout=subprocess.PIPE,
                                 stderr=log, cwd=HERE, env=env, start_new_session=True)
@@ -275,6 +287,13 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], names: list[str]) -> dict
             if paired and ref != name:
                 row[f"e2e_vs_{ref}"] = {"median": statistics.median(paired), "min": min(paired),
                                         "max": max(paired), "n": len(paired)}
+        base = f"{name}@base"
+        for m in ("e2e_rate", "cpu_per_10k", "pickup_p99_ms"):
+            paired = [rd[name][m] / rd[base][m] for rd in rounds
+                      if m in rd.get(name, {}) and m in rd.get(base, {}) and rd[base][m]]
+            if paired:
+                row[f"{m}_vs_base"] = {"median": statistics.median(paired), "min": min(paired),
+                                       "max": max(paired), "n": len(paired)}
         summary[name] = row
     return summary
 
@@ -308,7 +327,10 @@ def render(report: dict[str, Any]) -> str:
         f"{cfg['samples']} samples per round ({cfg['warmup']} warm-up jobs dropped, "
         f"{cfg['gap'] * 1e3:.0f} ms apart).  ",
         f"unifiedq: commit {tree['commit'][:12]}"
-        f"{' plus uncommitted src/ edits' if tree['src_modified'] else ''}.  ",
+        f"{' plus uncommitted src/ edits' if tree['src_modified'] else ''}"
+        + (f"; `@base` rows: commit {report['compare_tree']['commit'][:12]} "
+           f"(`--compare {report['compare']}`)" if report.get("compare_tree") else "")
+        + ".  ",
         f"Machine: {report['machine']['cpus']} CPU(s), {report['machine']['cpu_model']}, "
         f"{report['machine']['platform']} (shared: absolute numbers are noisy, ratios less so; "
         f"1-minute load average when a system started: {load}).",
@@ -333,6 +355,16 @@ def render(report: dict[str, Any]) -> str:
             f"{ratio(row.get('e2e_vs_unifiedq-redis') if same else None)} | "
             f"{fmt(row.get('cpu_per_10k'), 2)} | {fmt(row.get('pickup_p50_ms'), 2)} | "
             f"{fmt(row.get('pickup_p99_ms'), 2)} |")
+    based = [n for n in report["systems"] if "e2e_rate_vs_base" in summ[n]]
+    if based:
+        lines += ["", "## Against the base tree (per-round ratios, same rounds)", "",
+                  f"| system | jobs/s {TIMES} base | CPU / 10k {TIMES} base "
+                  f"| pickup p99 {TIMES} base |", "|---|---|---|---|"]
+        for name in based:
+            row = summ[name]
+            lines.append(f"| {BY_NAME[name].label} | {fmt(row.get('e2e_rate_vs_base'), 2)} | "
+                         f"{fmt(row.get('cpu_per_10k_vs_base'), 2)} | "
+                         f"{fmt(row.get('pickup_p99_ms_vs_base'), 2)} |")
     amqp = [n for n in report["systems"] if BY_NAME[n].backend == "amqp"]
     if amqp:
         lines += ["", "## Same RabbitMQ", "",
@@ -419,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", default="",
                    help="measure unifiedq from this checkout (e.g. a `git worktree` of a "
                         "commit) instead of the working tree")
+    p.add_argument("--compare", default="", metavar="DIR",
+                   help="also measure every chosen unifiedq row from this checkout (e.g. a "
+                        "`git worktree` of the commit before a change), as NAME@base rows "
+                        "interleaved with the others in the same rounds")
     p.add_argument("--render", metavar="JSON",
                    help="only rewrite the markdown of an earlier run's JSON (next to it)")
     p.add_argument("--quick", action="store_true",
@@ -428,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.render:
         done = json.loads(Path(a.render).read_text())
+        for n in done["systems"]:
+            if n.endswith("@base") and n not in BY_NAME:
+                add_base(n[: -len("@base")], done.get("compare", ""))
         Path(a.render).with_suffix(".md").write_text(render(done))
         return 0
     defaults = QUICK if a.quick else FULL
@@ -438,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         p.error(f"unknown systems {unknown}; choose from {', '.join(BY_NAME)}")
+    if a.compare:
+        names = [x for n in names for x in ([n, add_base(n, a.compare)]
+                                            if BY_NAME[n].adapter == "unifiedq" else [n])]
     sys.path.insert(0, str(REPO / "src"))
     from unifiedq.testing.servers import RabbitMQServer, RedisServer
 
@@ -476,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "size", "concurrency", "batch", "asynq_check")},
         "machine": machine(),
         "unifiedq_tree": tree_state(Path(a.tree) if a.tree else REPO),
+        "compare": a.compare,
+        "compare_tree": tree_state(Path(a.compare)) if a.compare else None,
         "systems": names,
         "labels": {n: BY_NAME[n].label for n in names},
         "versions": vers,

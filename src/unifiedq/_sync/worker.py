@@ -92,6 +92,11 @@ class Worker(WorkerCore):
             non-None return value is stored with ``queue.complete()`` (bytes as they are),
             and a job that fails for good is settled with ``queue.fail()`` (unless a
             ``dead_letter`` queue is given); see docs/results.md.
+        prefetch: Jobs a fetch may take beyond one per idle slot (drivers with BATCH): they
+            wait in the worker for a busy slot. 0 (the default): a job is only taken when a
+            slot is free to start it. More means bigger batches and fewer round trips for
+            many short jobs, but those jobs' leases run, and other workers cannot have them,
+            while they wait (see docs/worker.md).
 
     Raises:
         InvalidArgument: A bad option, handler or source (before anything connects).
@@ -118,7 +123,11 @@ class Worker(WorkerCore):
         overload: CoDel | None = None,
         connect_options: Mapping[str, Any] | None = None,
         result_codec: Codec | None = None,
+        prefetch: int = 0,
     ) -> None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise InvalidArgument(f"prefetch must be an int >= 0, not {prefetch!r}")
+        self.prefetch = prefetch
         super().__init__(handler, concurrency=concurrency, timeout=timeout, retry=retry,
                          max_attempts=max_attempts, dead_letter=dead_letter,
                          lease_extend=lease_extend, poll_interval=poll_interval, grace=grace,
@@ -194,7 +203,7 @@ class Worker(WorkerCore):
         self._batch_fetch = batch and self.rate_limit is None  # a limit is one token a fetch
         self._batch_ack = batch and Capability.ACK in self.caps
         self._ack_take = getattr(self.queue, "_ack_then_dequeue", None) \
-            if self._batch_ack else None
+            if self._batch_ack and self.ack_with_fetch else None
         self._metered = not isinstance(self.metrics, NullMetrics)
         self._log(logging.INFO, "worker_start",
                   f"worker starting: {self.concurrency} slots on {self.driver}:{self.queue_name}",
@@ -403,7 +412,8 @@ class Worker(WorkerCore):
                     if got is not None:
                         self._idle -= 1
                         counted = False
-                    k = min(self._idle, self.prefetch_max) if self._batch_fetch else 1
+                    k = min(self._idle + self.prefetch, self.prefetch_max) \
+                        if self._batch_fetch else 1
                 if got is None:
                     if self._stopping.is_set():
                         return None
