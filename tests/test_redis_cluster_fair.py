@@ -355,3 +355,26 @@ class TestServerFairQueueOnCluster(_OnCluster):
         return BlockingView(AsyncFairQueue(tpl, connect_options=options,
                                            tenant_header="x-tenant", name=name,
                                            scheduler="server"))
+
+    def test_cross_process_matches_flag(self, harness: Any) -> None:
+        """The suite's child enqueues on the plain queue ``<name>``; a fair queue's jobs live
+        in ``<name>.<tenant>``: here the child enqueues through a FairQueue of its own."""
+        q = harness.open()
+        assert unifiedq.Capability.CROSS_PROCESS in q.capabilities
+        name = harness.url.partition("queue=")[2].partition("&")[0]
+        tpl = harness.url.replace(f"queue={name}", f"queue={name}.{{tenant}}")
+        child = subprocess.run([sys.executable, "-c", _FAIR_CHILD, tpl,
+                                json.dumps(harness.options)], timeout=60, check=False)
+        assert child.returncode == 0
+        job = q.dequeue(timeout=5)
+        assert job is not None and job.body == b"kid"
+        q.ack(job)
+
+
+_FAIR_CHILD = r"""
+import json, sys
+from unifiedq.fair import FairQueue
+with FairQueue(sys.argv[1], connect_options=json.loads(sys.argv[2]), tenant_header="x-tenant",
+               scheduler="server") as fq:
+    fq.enqueue(b"kid")
+"""
