@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dead-letter", default=None, help="URL of a dead-letter queue")
     p.add_argument("--lease-extend", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=None, help="max jobs per second (local)")
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="jobs a fetch may take beyond the idle slots (default 0; "
+                        "docs/worker.md)")
     p.add_argument("--flavour", choices=("auto", "threads", "asyncio"), default="auto",
                    help="auto = asyncio when every handler is async")
     p.add_argument("--metrics-port", type=int, default=None,
@@ -127,7 +130,7 @@ def worker_main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency, timeout=args.timeout or None,
             retry=Retry(max_attempts=args.max_attempts, backoff=args.backoff),
             dead_letter=args.dead_letter, lease_extend=args.lease_extend, grace=args.grace,
-            metrics=metrics,
+            metrics=metrics, prefetch=args.prefetch,
             rate_limit=TokenBucket(args.rate, max(1.0, args.rate)) if args.rate else None)
         if use_async:
             aw = AsyncWorker(args.url, app, **kw)
