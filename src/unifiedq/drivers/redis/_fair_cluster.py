@@ -6,10 +6,13 @@ state (``uq:fair:{<template>}:...``, one hash tag) and the tenant's asynq queue
 (``asynq:{<queue>}:...``). Here the two steps are separate calls, and the schedule is still
 made on the server, shared by every consumer process:
 
-1. ``PICK`` (scheduler slot) chooses the next tenants by the same rule as the single-server
-   script, Start-time Fair Queuing with a bounded lag credit (see ``_fair``): the backlogged
-   tenant with the smallest start tag is served and its tag advances by ``1 / weight`` per
-   job, *reserved* at the pick. It returns ``(tenant, jobs reserved, mark sequence)``.
+1. ``PICK`` (scheduler slot) chooses the next tenants by Start-time Fair Queuing with a
+   bounded lag credit, the single-server script's rule (see ``_fair``): the backlogged tenant
+   with the smallest start tag is served and its tag advances by ``1 / weight`` per job,
+   *reserved* at the pick; a tenant that becomes backlogged starts at ``max(V - burst, F)``.
+   Not (yet) its ordering of credit holders by their oldest waiting job: that reads the
+   tenant's queue, another slot here (the age would have to come with the mark and the
+   report). It returns ``(tenant, jobs reserved, mark sequence)``.
 2. The consumer leases up to that many jobs with the tenant's own queue handle (the driver's
    dequeue, on the tenant's slot: levels, lost replies and heartbeats as for any dequeue).
 3. What came back short is *reported* with the next ``PICK`` (or alone): unserved
@@ -17,8 +20,8 @@ made on the server, shared by every consumer process:
    leaves the backlog, parked until its earliest delayed/retry/lease time, **only if no mark
    arrived since the pick** (``marks``: the sequence number of the tenant's last mark).
 
-Keys (one hash tag, so one slot): ``sfq``, ``tags``, ``lag``, ``vtime``, ``parked``, ``weights``
-as in ``_fair``, and:
+Keys (one hash tag, so one slot): ``sfq``, ``tags``, ``lag``, ``parked``, ``weights`` as in
+``_fair``, ``vtime`` (a string: ``V``), and:
 
 * ``marks`` (hash): tenant -> the ``seq`` value of its last mark or re-join. A report whose
   tenant was marked after the pick leaves it backlogged: a job pushed while a consumer was
