@@ -141,9 +141,9 @@ def main() -> int:
                          f"({min(rates):,.0f}-{max(rates):,.0f}) | {rel} | "
                          f"{statistics.median(cpus):.2f} |")
     out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps(
+    out.parent.joinpath(out.name + ".json").write_text(json.dumps(
         {"command": cmd, "commit": commit, "loads": loads, "summary": summary}, indent=1) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.parent.joinpath(out.name + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

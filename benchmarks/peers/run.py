@@ -529,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(render(report))
+    # Appended, not with_suffix(): "peers.s7" must not become "peers.json".
+    out.parent.joinpath(out.name + ".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.parent.joinpath(out.name + ".md").write_text(render(report))
     print(render(report))
     failed = [n for n in names if report["summary"][n]["errors"]]
     if failed:
