@@ -395,7 +395,8 @@ class AsyncWorker(WorkerCore):
 
         One slot fetches at a time (``_fetch_lock``), taking up to as many jobs as there are
         idle slots (itself and those queued behind it): so no more jobs are prefetched than
-        slots are free to start them at once, and leases and fairness stay honest.
+        slots are free to start them at once, and leases and fairness stay honest. Only
+        ``prefetch`` (opt-in) lets a fetch take that many more, to wait for busy slots.
         """
         with self._lock:
             got = self._buf.popleft() if self._buf else None
