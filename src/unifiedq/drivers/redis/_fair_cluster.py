@@ -10,9 +10,11 @@ made on the server, shared by every consumer process:
    bounded lag credit, the single-server script's rule (see ``_fair``): the backlogged tenant
    with the smallest start tag is served and its tag advances by ``1 / weight`` per job,
    *reserved* at the pick; a tenant that becomes backlogged starts at ``max(V - burst, F)``.
-   Not (yet) its ordering of credit holders by their oldest waiting job: that reads the
-   tenant's queue, another slot here (the age would have to come with the mark and the
-   report). It returns ``(tenant, jobs reserved, mark sequence)``.
+   Credit holders (start tag below ``V``, in ``ahead``) go first, as there; but ordered by
+   when they joined (the marking client's clock) and each served until its credit is used
+   up, not re-sorted by the age of its oldest waiting job after every job: that age lives in
+   the tenant's queue, another slot here. It returns ``(tenant, jobs reserved, mark
+   sequence)``.
 2. The consumer leases up to that many jobs with the tenant's own queue handle (the driver's
    dequeue, on the tenant's slot: levels, lost replies and heartbeats as for any dequeue).
 3. What came back short is *reported* with the next ``PICK`` (or alone): unserved
@@ -20,8 +22,9 @@ made on the server, shared by every consumer process:
    leaves the backlog, parked until its earliest delayed/retry/lease time, **only if no mark
    arrived since the pick** (``marks``: the sequence number of the tenant's last mark).
 
-Keys (one hash tag, so one slot): ``sfq``, ``tags``, ``lag``, ``parked``, ``weights`` as in
-``_fair``, ``vtime`` (a string: ``V``), and:
+Keys (one hash tag, so one slot): ``sfq``, ``tags`` (a tenant is backlogged iff it has a
+field), ``lag``, ``parked``, ``weights`` as in ``_fair``, ``ahead`` (credit holders, by when
+they joined), ``vtime`` (a string: ``V``), and:
 
 * ``marks`` (hash): tenant -> the ``seq`` value of its last mark or re-join. A report whose
   tenant was marked after the pick leaves it backlogged: a job pushed while a consumer was
@@ -54,12 +57,12 @@ from . import _scripts
 __all__ = ["INTENT", "MARK", "PICK", "ClusterFairKeys"]
 
 # KEYS of every script: 1 sfq, 2 tags, 3 lag, 4 vtime, 5 parked, 6 weights, 7 marks, 8 seq,
-# 9 intents.
+# 9 intents, 10 ahead.
 _COMMON = r"""
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME then writes (Redis 6)
 local sfq, tags, lag, vkey, parked, weights = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   KEYS[6]
-local marks, seqk, intents = KEYS[7], KEYS[8], KEYS[9]
+local marks, seqk, intents, ahead = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local function uq_now()
   local t = redis.call("TIME")
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -75,9 +78,11 @@ local function uq_tag(t, S, dw)
   local b, n, w = string.match(st, "^(%S+) (%S+) (%S+)$")
   return tonumber(b) or S, tonumber(n) or 0, tonumber(w) or dw
 end
--- A tenant becomes backlogged: start at max(V - burst, F) (F: its remembered lag), as _fair.
-local function uq_join(t, V, burst, dw)
-  if redis.call("ZSCORE", sfq, t) then return end
+-- A tenant becomes backlogged: start at max(V - burst, F) (F: its remembered lag), as _fair;
+-- behind V it holds credit and waits in `ahead`, by ``age`` (when its job came: the client's
+-- clock at the mark; the tenant's queue is another slot, so not its head's enqueue time).
+local function uq_join(t, V, burst, dw, age)
+  if redis.call("HEXISTS", tags, t) == 1 then return end
   local base = V - burst
   local f = tonumber(redis.call("ZSCORE", lag, t))
   if f then
@@ -86,21 +91,37 @@ local function uq_join(t, V, burst, dw)
   end
   local w = uq_weight(t, dw)
   redis.call("HSET", tags, t, uq_fmt(base) .. " 0 " .. uq_fmt(w))
-  redis.call("ZADD", sfq, uq_fmt(base), t)
+  if base < V then
+    redis.call("ZADD", ahead, uq_fmt(age), t)
+  else
+    redis.call("ZADD", sfq, uq_fmt(base), t)
+  end
+end
+-- Where t waits now that its start tag is S: `ahead` while below V (keeping its place there),
+-- else `sfq` by S.
+local function uq_place(t, S, V, age)
+  if S < V then
+    redis.call("ZREM", sfq, t)
+    redis.call("ZADD", ahead, "NX", uq_fmt(age), t)
+  else
+    redis.call("ZREM", ahead, t)
+    redis.call("ZADD", sfq, uq_fmt(S), t)
+  end
 end
 -- Every mark or re-join gets a new sequence number: a report from an earlier pick is void.
 local function uq_bump(t) redis.call("HSET", marks, t, redis.call("INCR", seqk)) end
 """
 
 MARK = _scripts.Script("fair_cluster_mark", _COMMON + r"""
--- ARGV: 1 default weight, 2 burst, 3 intent seconds, 4.. tenants with a job just pushed.
+-- ARGV: 1 default weight, 2 burst, 3 intent seconds, 4 now (client clock, s),
+--       5.. tenants with a job just pushed.
 local V = tonumber(redis.call("GET", vkey)) or 0
-local dw, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local dw, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local until_ = uq_fmt(uq_now() + tonumber(ARGV[3]))
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local t = ARGV[i]
   uq_bump(t)
-  uq_join(t, V, burst, dw)
+  uq_join(t, V, burst, dw, now)
   redis.call("ZADD", intents, "GT", until_, t)  -- covers this producer's next push too
 end
 return 1
@@ -127,17 +148,20 @@ for _ = 1, tonumber(ARGV[5]) do
   local t, seq, unserved, empty, due = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]),
     ARGV[i + 3], ARGV[i + 4]
   i = i + 5
-  local S = tonumber(redis.call("ZSCORE", sfq, t))
-  if S and unserved > 0 then  -- give back what was reserved and not served
-    local base, cnt, wt = uq_tag(t, S, dw)
-    cnt = math.max(0, cnt - unserved)
-    redis.call("HSET", tags, t, uq_fmt(base) .. " " .. cnt .. " " .. uq_fmt(wt))
+  local S = nil
+  if redis.call("HEXISTS", tags, t) == 1 then
+    local base, cnt, wt = uq_tag(t, V, dw)
+    if unserved > 0 then  -- give back what was reserved and not served
+      cnt = math.max(0, cnt - unserved)
+      redis.call("HSET", tags, t, uq_fmt(base) .. " " .. cnt .. " " .. uq_fmt(wt))
+    end
     S = base + cnt / wt
-    redis.call("ZADD", sfq, uq_fmt(S), t)
+    if unserved > 0 then uq_place(t, S, V, now) end
   end
   if empty == "1" and (redis.call("HGET", marks, t) or "0") == seq then
     if S then
       redis.call("ZREM", sfq, t)
+      redis.call("ZREM", ahead, t)
       redis.call("HDEL", tags, t)
       if S > V - burst then redis.call("ZADD", lag, uq_fmt(S), t) end
     end
@@ -148,26 +172,32 @@ end
 for _, t in ipairs(redis.call("ZRANGEBYSCORE", parked, "-inf", now, "LIMIT", 0, 100)) do
   redis.call("ZREM", parked, t)
   uq_bump(t)
-  uq_join(t, V, burst, dw)
+  uq_join(t, V, burst, dw, now)
 end
 for _, t in ipairs(redis.call("ZRANGEBYSCORE", intents, "-inf", uq_fmt(uq_now()),
                               "LIMIT", 0, 100)) do
   redis.call("ZREM", intents, t)
   uq_bump(t)
-  uq_join(t, V, burst, dw)
+  uq_join(t, V, burst, dw, now)
 end
 local picks, order = {}, {}
 for _ = 1, want do
-  local z = redis.call("ZRANGE", sfq, 0, 0, "WITHSCORES")
-  if not z[1] then break end
-  local t, S = z[1], tonumber(z[2])
-  local base, cnt, wt = uq_tag(t, S, dw)
+  -- Credit holders (start tag below V) first, in the order they joined; V stands still
+  -- while any exists, so each is served until its credit is used up. Then SFQ.
+  local z = redis.call("ZRANGE", ahead, 0, 0)
+  if not z[1] then
+    z = redis.call("ZRANGE", sfq, 0, 0)
+    if not z[1] then break end
+  end
+  local t = z[1]
+  local base, cnt, wt = uq_tag(t, V, dw)
+  local S = base + cnt / wt
   if S > V then V = S end
   local nw = uq_weight(t, dw)
   if nw ~= wt then base, cnt, wt = base + cnt / wt, 0, nw end  -- rebase on a new weight
   cnt = cnt + 1
   redis.call("HSET", tags, t, uq_fmt(base) .. " " .. cnt .. " " .. uq_fmt(wt))
-  redis.call("ZADD", sfq, uq_fmt(base + cnt / wt), t)
+  uq_place(t, base + cnt / wt, V, now)
   if not picks[t] then
     picks[t] = 0
     order[#order + 1] = t
@@ -213,7 +243,8 @@ class ClusterFairKeys:
                  intent_seconds: float = 22.0) -> None:
         tag = qname_template.replace("{tenant}", "*")
         base = f"uq:fair:{{{tag}}}:"
-        names = ("sfq", "tags", "lag", "vtime", "parked", "weights", "marks", "seq", "intents")
+        names = ("sfq", "tags", "lag", "vtime", "parked", "weights", "marks", "seq", "intents",
+                 "ahead")
         self.all = [base + n for n in names]
         self.weights = base + "weights"
         self.default_weight = default_weight
@@ -225,10 +256,15 @@ class ClusterFairKeys:
         """The keys of the schedule (not the weights): what a reset deletes."""
         return [k for k in self.all if k != self.weights]
 
-    def mark_call(self, tenants: Sequence[str]) -> tuple[Any, list[str], list[str]]:
-        """``tenants`` have a job just pushed: backlogged, marked, their intents renewed."""
+    def mark_call(self, tenants: Sequence[str],
+                  now: float) -> tuple[Any, list[str], list[str]]:
+        """``tenants`` have a job just pushed (at ``now``, client clock).
+
+        They become backlogged (if not yet), get a new mark sequence, and their intents are
+        renewed.
+        """
         return (MARK, self.all, [repr(self.default_weight), repr(float(self.burst)),
-                                 repr(self.intent_seconds), *tenants])
+                                 repr(self.intent_seconds), repr(now), *tenants])
 
     def intent_call(self, tenants: Sequence[str]) -> tuple[Any, list[str], list[str]]:
         """A producer is about to push for ``tenants``."""

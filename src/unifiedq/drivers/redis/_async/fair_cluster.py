@@ -95,7 +95,7 @@ class AsyncClusterFairSched:
     async def mark(self, tenant: str) -> None:
         """``tenant`` has a job just pushed: backlogged now (and our intent renewed)."""
         now = time.monotonic()
-        await self._call(self.keys.mark_call([tenant]))
+        await self._call(self.keys.mark_call([tenant], time.time()))
         self._covered(tenant, now)
 
     async def take(self, max_jobs: int) -> tuple[dict[str, list[Any]], str]:

@@ -96,7 +96,7 @@ class SyncClusterFairSched:
     def mark(self, tenant: str) -> None:
         """``tenant`` has a job just pushed: backlogged now (and our intent renewed)."""
         now = time.monotonic()
-        self._call(self.keys.mark_call([tenant]))
+        self._call(self.keys.mark_call([tenant], time.time()))
         self._covered(tenant, now)
 
     def take(self, max_jobs: int) -> tuple[dict[str, list[Any]], str]:
