@@ -144,15 +144,18 @@ def main() -> None:
     p.add_argument("--secs", type=float, default=10.0)
     p.add_argument("--consumers", type=int, default=8)
     p.add_argument("--service", type=float, default=0.05)
-    p.add_argument("--bursts", default="0,1,4,16", help="server scheduler burst values")
+    p.add_argument("--bursts", default="0,1,4,16",
+                   help="server scheduler burst values; 'default' passes none (the library's "
+                        "default; also for trees older than burst=)")
     p.add_argument("--seeds", type=int, default=5, help="arrival sequences (seeds 0..N-1)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     base = a.redis.split("?")[0]
     cap = a.consumers / a.service
     rate = 1.19 * cap / 19
-    bursts = [float(b) for b in a.bursts.split(",") if b]
-    cols = ["unloaded", "fifo", "local", *[f"server {b:g}" for b in bursts], "priority"]
+    bursts = [None if b == "default" else float(b) for b in a.bursts.split(",") if b]
+    labels = {b: "server" if b is None else f"server {b:g}" for b in bursts}
+    cols = ["unloaded", "fifo", "local", *labels.values(), "priority"]
     per: dict[str, list[dict[str, float]]] = {k: [] for k in cols}
     for seed in range(a.seeds):
         every, light = arrivals(TENANTS, rate, a.secs, seed), arrivals(LIGHT, rate, a.secs, seed)
@@ -166,8 +169,9 @@ def main() -> None:
             "local": run_fair(url(), every, a.consumers, a.service),
         }
         for b in bursts:
-            res[f"server {b:g}"] = run_fair(url(), every, a.consumers, a.service,
-                                            scheduler="server", burst=b)
+            opts: dict[str, Any] = {} if b is None else {"burst": b}
+            res[labels[b]] = run_fair(url(), every, a.consumers, a.service,
+                                      scheduler="server", **opts)
         res["priority"] = run_priority(url(), every, a.consumers, a.service)
         for k, w in res.items():
             lw = [x for t in LIGHT for x in w.get(t, [])]
