@@ -4,7 +4,7 @@
         [--out benchmarks/results/worker_pickup]
 
 Not run by CI. One private Redis (the test rig). Each run starts an idle worker
-(concurrency 8, defaults) in this process, then a producer sends ``--samples`` (+20 warm-up,
+(concurrency 8, defaults) in this process, then a producer process sends ``--samples`` (+20 warm-up,
 dropped) jobs ``--gap`` s apart, each stamped with ``time.time_ns()`` just before its enqueue;
 pickup = handler start - stamp. Faces alternate run by run, so a busy moment of the shared
 machine hits both. Reports p50 / p90 / p99 / max per run and the median p99 per face.
@@ -17,17 +17,27 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import unifiedq
 from unifiedq import AsyncWorker, Worker
 from unifiedq.testing.servers import RedisServer
 
 WARMUP = 20
+PRODUCER = """
+import sys, time
+import unifiedq
+url, n, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with unifiedq.connect(url) as q:
+    q.size()  # connected before the first stamp
+    for _ in range(n):
+        q.enqueue(b"%d" % time.time_ns())
+        time.sleep(gap)
+"""
 
 
 def one(url: str, face: str, samples: int, gap: float) -> list[float]:
@@ -59,10 +69,10 @@ def one(url: str, face: str, samples: int, gap: float) -> list[float]:
         th.start()
         ready.wait()
     time.sleep(0.5)
-    with unifiedq.connect(url) as q:
-        for _ in range(samples + WARMUP):
-            q.enqueue(b"%d" % time.time_ns())
-            time.sleep(gap)
+    # The producer is a process of its own, as in benchmarks/peers: in this process it would
+    # share the worker's interpreter lock, and its wake-ups would land in the measurement.
+    subprocess.run([sys.executable, "-c", PRODUCER, url, str(samples + WARMUP), str(gap)],
+                   check=True, timeout=60 + (samples + WARMUP) * gap * 3)
     time.sleep(0.2)
     if loop is not None and th is not None:
         loop.call_soon_threadsafe(w.request_stop)
