@@ -47,7 +47,8 @@ def arrivals(tenants: list[str], rate: float, secs: float, seed: int) -> list[tu
     """(time, tenant) of every arrival, Poisson per tenant, sorted."""
     out = []
     for t in tenants:
-        rng = random.Random(f"{t}/{seed}")
+        # seed -1: noisy_neighbour.py's own sequence (seeded by the tenant name alone)
+        rng = random.Random(t if seed < 0 else f"{t}/{seed}")
         r = rate * (10 if t == "heavy" else 1)
         at = rng.expovariate(r)
         while at < secs:
@@ -148,6 +149,8 @@ def main() -> None:
                    help="server scheduler burst values; 'default' passes none (the library's "
                         "default; also for trees older than burst=)")
     p.add_argument("--seeds", type=int, default=5, help="arrival sequences (seeds 0..N-1)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="-1 starts with noisy_neighbour.py's own arrival sequence")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     base = a.redis.split("?")[0]
@@ -157,7 +160,7 @@ def main() -> None:
     labels = {b: "server" if b is None else f"server {b:g}" for b in bursts}
     cols = ["unloaded", "fifo", "local", *labels.values(), "priority"]
     per: dict[str, list[dict[str, float]]] = {k: [] for k in cols}
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         every, light = arrivals(TENANTS, rate, a.secs, seed), arrivals(LIGHT, rate, a.secs, seed)
 
         def url() -> str:

@@ -137,3 +137,45 @@ def test_shares_and_exact_ledger_with_tenants_coming_and_going(redis_url: str) -
             served[fq.tenant_of(j)] += 1
             fq.ack(j)
         assert served == sent  # exact ledger
+
+
+def test_a_blocked_consumer_is_woken_by_another_handles_enqueue(redis_url: str) -> None:
+    """Idle consumers block on the server's wake list: a job marked by another handle (another
+    process) ends the wait at once, not at the next poll (the block lasts up to 1 s)."""
+    import threading
+    import time
+
+    tpl = _tpl(redis_url)
+    with FairQueue(tpl, scheduler="server") as cons, FairQueue(tpl, scheduler="server") as prod:
+        assert cons.dequeue() is None  # settle: the script is loaded, nothing waits
+        got: list[float] = []
+
+        def consume() -> None:
+            j = cons.dequeue(timeout=5)
+            got.append(time.monotonic())
+            assert j is not None
+            cons.ack(j)
+
+        th = threading.Thread(target=consume)
+        th.start()
+        time.sleep(0.3)  # the consumer is blocked by now
+        t0 = time.monotonic()
+        prod.enqueue(b"x", tenant="a")
+        th.join(5)
+        assert got and got[0] - t0 < 0.5
+        # close() wakes this handle's own blocked dequeuers too.
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                cons.dequeue(timeout=10)
+            except BaseException as exc:  # QueueClosed
+                errors.append(exc)
+
+        th = threading.Thread(target=blocked)
+        th.start()
+        time.sleep(0.1)  # blocked for up to 1 s from here without the close's wake-up
+        t0 = time.monotonic()
+        cons.close()
+        th.join(5)
+        assert time.monotonic() - t0 < 0.6 and errors

@@ -367,7 +367,7 @@ class AsyncFairQueue:
         ids = await t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs,
                                          deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None and ids:
-            await self._server.mark(t.name)
+            await self._server.mark(t.name, len(ids))
             t.polled = time.monotonic()
             await self._server_forget(t.polled)
         self._pushed(t, len(ids))
@@ -422,11 +422,19 @@ class AsyncFairQueue:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
-            if self._server is None:
-                with self._guard:
-                    more = self._core.more_due(now)
-                if more:
-                    continue  # idle tenants left to sweep: no wait before the next scan
+            if self._server is not None:
+                # Block on the server's wake list (any process's mark ends it) until the
+                # earliest parked job is due; at most 1 s, then the script runs again.
+                wait = 1.0 if deadline is None else min(1.0, deadline - now)
+                due = self._server.next_due
+                if due is not None:
+                    wait = min(wait, max(0.001, due - time.time()))
+                await self._server.wait(wait)
+                continue
+            with self._guard:
+                more = self._core.more_due(now)
+            if more:
+                continue  # idle tenants left to sweep: no wait before the next scan
             await self._wait(seen, backoff if deadline is None else min(backoff, deadline - now))
             backoff = min(backoff * 2, self._core.max_poll)
 
@@ -650,6 +658,9 @@ class AsyncFairQueue:
             self._core.closed = True
             qs = [t.queue for t in self._core.tenants.values()]
             self._notify(len(self._waiters))
+        if self._server is not None:
+            with contextlib.suppress(Exception):  # wake this handle's blocked dequeuers
+                await self._server.wake(self._server.blocked)
         for q in qs:
             await q.aclose()
         if self._server is not None:
@@ -689,6 +700,8 @@ class _ServerSched:
                                   f"{template!r} (e.g. ?queue=jobs.{{tenant}})")
         self.keys = FairKeys(qname.replace(probe, "{tenant}"), core.default_weight, burst)
         self.pending: dict[str, float] = dict(core._weights)  # weights not yet in Redis
+        self.next_due: float | None = None  # when the earliest parked job falls due (s)
+        self.blocked = 0  # dequeuers of this handle blocked on the wake list
 
     async def _send(self, cmds: list[tuple[str, ...]]) -> list[Any]:
         from ..drivers.redis._core import pack, translating
@@ -717,15 +730,31 @@ class _ServerSched:
         (The cluster scheduler records an intent here.)
         """
 
-    async def mark(self, tenant: str) -> None:
-        """Mark ``tenant`` backlogged on the server (after its job landed)."""
-        await self._call(self.keys.mark_call([tenant]))
+    async def mark(self, tenant: str, jobs: int = 1) -> None:
+        """Mark ``tenant`` backlogged on the server (after its ``jobs`` jobs landed)."""
+        await self._call(self.keys.mark_call([tenant], jobs))
+
+    async def wait(self, seconds: float) -> None:
+        """Block up to ``seconds`` on the wake list (a mark in any process ends it)."""
+        from ..drivers.redis._core import pack, translating
+        self.blocked += 1
+        try:
+            with translating():
+                await self.ctl._send(pack(("BLPOP", self.keys.wake, repr(max(seconds, 0.001)))),
+                                     1, time.monotonic() + seconds + self.ctl._st)
+        finally:
+            self.blocked -= 1
+
+    async def wake(self, n: int) -> None:
+        """Push ``n`` wake-up tokens (closing: this handle's blocked dequeuers return)."""
+        if n > 0:
+            await self._send([("LPUSH", self.keys.wake, *["1"] * n)])
 
     async def take(self, max_jobs: int) -> tuple[dict[str, list[Any]], str]:
         """Run the fair script once: jobs taken, grouped by tenant, and their lease token."""
         (_, _, args), token = self.ctl._core.dequeue_call(max_jobs)
         reply = await self._call(self.keys.dequeue_call(args, max_jobs))
-        by, _ = self.keys.split(reply)
+        by, self.next_due = self.keys.split(reply)
         return by, token
 
     @staticmethod

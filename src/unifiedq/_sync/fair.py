@@ -368,7 +368,7 @@ class FairQueue:
         ids = t.queue.enqueue_many(bodies, delay=delay, priority=priority, headers=hdrs,
                                          deadline=deadline, ttl=ttl, timeout=timeout)
         if self._server is not None and ids:
-            self._server.mark(t.name)
+            self._server.mark(t.name, len(ids))
             t.polled = time.monotonic()
             self._server_forget(t.polled)
         self._pushed(t, len(ids))
@@ -423,11 +423,19 @@ class FairQueue:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
-            if self._server is None:
-                with self._guard:
-                    more = self._core.more_due(now)
-                if more:
-                    continue  # idle tenants left to sweep: no wait before the next scan
+            if self._server is not None:
+                # Block on the server's wake list (any process's mark ends it) until the
+                # earliest parked job is due; at most 1 s, then the script runs again.
+                wait = 1.0 if deadline is None else min(1.0, deadline - now)
+                due = self._server.next_due
+                if due is not None:
+                    wait = min(wait, max(0.001, due - time.time()))
+                self._server.wait(wait)
+                continue
+            with self._guard:
+                more = self._core.more_due(now)
+            if more:
+                continue  # idle tenants left to sweep: no wait before the next scan
             self._wait(seen, backoff if deadline is None else min(backoff, deadline - now))
             backoff = min(backoff * 2, self._core.max_poll)
 
@@ -651,6 +659,9 @@ class FairQueue:
             self._core.closed = True
             qs = [t.queue for t in self._core.tenants.values()]
             self._notify(len(self._waiters))
+        if self._server is not None:
+            with contextlib.suppress(Exception):  # wake this handle's blocked dequeuers
+                self._server.wake(self._server.blocked)
         for q in qs:
             q.close()
         if self._server is not None:
@@ -690,6 +701,8 @@ class _ServerSched:
                                   f"{template!r} (e.g. ?queue=jobs.{{tenant}})")
         self.keys = FairKeys(qname.replace(probe, "{tenant}"), core.default_weight, burst)
         self.pending: dict[str, float] = dict(core._weights)  # weights not yet in Redis
+        self.next_due: float | None = None  # when the earliest parked job falls due (s)
+        self.blocked = 0  # dequeuers of this handle blocked on the wake list
 
     def _send(self, cmds: list[tuple[str, ...]]) -> list[Any]:
         from ..drivers.redis._core import pack, translating
@@ -718,15 +731,31 @@ class _ServerSched:
         (The cluster scheduler records an intent here.)
         """
 
-    def mark(self, tenant: str) -> None:
-        """Mark ``tenant`` backlogged on the server (after its job landed)."""
-        self._call(self.keys.mark_call([tenant]))
+    def mark(self, tenant: str, jobs: int = 1) -> None:
+        """Mark ``tenant`` backlogged on the server (after its ``jobs`` jobs landed)."""
+        self._call(self.keys.mark_call([tenant], jobs))
+
+    def wait(self, seconds: float) -> None:
+        """Block up to ``seconds`` on the wake list (a mark in any process ends it)."""
+        from ..drivers.redis._core import pack, translating
+        self.blocked += 1
+        try:
+            with translating():
+                self.ctl._send(pack(("BLPOP", self.keys.wake, repr(max(seconds, 0.001)))),
+                                     1, time.monotonic() + seconds + self.ctl._st)
+        finally:
+            self.blocked -= 1
+
+    def wake(self, n: int) -> None:
+        """Push ``n`` wake-up tokens (closing: this handle's blocked dequeuers return)."""
+        if n > 0:
+            self._send([("LPUSH", self.keys.wake, *["1"] * n)])
 
     def take(self, max_jobs: int) -> tuple[dict[str, list[Any]], str]:
         """Run the fair script once: jobs taken, grouped by tenant, and their lease token."""
         (_, _, args), token = self.ctl._core.dequeue_call(max_jobs)
         reply = self._call(self.keys.dequeue_call(args, max_jobs))
-        by, _ = self.keys.split(reply)
+        by, self.next_due = self.keys.split(reply)
         return by, token
 
     @staticmethod

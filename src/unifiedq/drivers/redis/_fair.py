@@ -45,6 +45,9 @@ Keys, all under one hash tag (``<template>`` is the sub-queue name template, ``j
   so a lease lost by a killed consumer is recovered, and a delayed job run, without anybody
   polling idle tenants.
 * ``uq:fair:{<template>}:weights`` (hash): per-tenant weights shared by every process.
+* ``uq:fair:{<template>}:wake`` (list): wake-up tokens, one per marked job (at most 64), that
+  consumers with nothing to take block on (``BLPOP``), so an idle consumer in any process
+  takes a new job at once instead of at its next poll.
 
 (Before SFQ the schedule was a DRR ring: ``:ring`` list and ``:deficit`` hash. Those keys are
 no longer read; ``purge`` deletes them if an older version left them.)
@@ -128,16 +131,20 @@ end
 """
 
 MARK = _scripts.Script("fair_mark", _JOIN + r"""
--- KEYS: 1 sfq, 2 ahead, 3 tags, 4 lag, 5 vtime, 6 weights.
+-- KEYS: 1 sfq, 2 ahead, 3 tags, 4 lag, 5 vtime, 6 weights, 7 wake.
 -- ARGV: 1 default weight, 2 burst, 3 queue-name prefix, 4 suffix, 5 now (s),
---       6.. tenants to mark backlogged.
+--       6 jobs pushed (wake-up tokens), 7.. tenants to mark backlogged.
 -- A tenant already backlogged keeps its place; one that was not starts at max(V - burst, F).
 local V = tonumber(redis.call("HGET", KEYS[5], "v")) or 0
 local dw, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   uq_join(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[i], V, burst, dw, ARGV[3],
           ARGV[4], now)
 end
+-- One token per job for consumers blocked on the wake list (BLPOP), capped: with nobody
+-- waiting, tokens pile up to the cap and cost a later waiter a few early wake-ups only.
+local n = math.min(tonumber(ARGV[6]) or 1, 64 - redis.call("LLEN", KEYS[7]))
+for _ = 1, n do redis.call("LPUSH", KEYS[7], "1") end
 return 1
 """)
 
@@ -236,7 +243,7 @@ class FairKeys:
         tag = qname_template.replace("{tenant}", "*")
         base = f"uq:fair:{{{tag}}}:"
         self.sfq, self.tags, self.lag = base + "sfq", base + "tags", base + "lag"
-        self.ahead = base + "ahead"
+        self.ahead, self.wake = base + "ahead", base + "wake"
         self.vtime = base + "vtime"
         self.parked, self.weights = base + "parked", base + "weights"
         self.legacy = [base + "ring", base + "deficit"]  # the DRR ring's, before SFQ
@@ -251,18 +258,20 @@ class FairKeys:
     @property
     def schedule(self) -> list[str]:
         """The keys of the schedule (not the weights): what a reset deletes."""
-        return [self.sfq, self.ahead, self.tags, self.lag, self.vtime, self.parked,
+        return [self.sfq, self.ahead, self.tags, self.lag, self.vtime, self.parked, self.wake,
                 *self.legacy]
 
-    def mark_call(self, tenants: Sequence[str]) -> tuple[Any, list[str], list[str]]:
-        """The MARK call: ``tenants`` have jobs waiting.
+    def mark_call(self, tenants: Sequence[str],
+                  jobs: int = 1) -> tuple[Any, list[str], list[str]]:
+        """The MARK call: ``tenants`` have ``jobs`` new jobs waiting.
 
-        KEYS sfq, ahead, tags, lag, vtime, weights; ARGV default weight, burst, queue-name
-        prefix, suffix, now (s), tenants...
+        KEYS sfq, ahead, tags, lag, vtime, weights, wake; ARGV default weight, burst,
+        queue-name prefix, suffix, now (s), jobs (wake-up tokens), tenants...
         """
-        return (MARK, [self.sfq, self.ahead, self.tags, self.lag, self.vtime, self.weights],
+        return (MARK, [self.sfq, self.ahead, self.tags, self.lag, self.vtime, self.weights,
+                       self.wake],
                 [repr(self.default_weight), repr(float(self.burst)), self.prefix, self.suffix,
-                 repr(time.time()), *tenants])
+                 repr(time.time()), str(jobs), *tenants])
 
     def dequeue_call(self, dequeue_args: list[Any], max_jobs: int,
                      budget: int = 1000) -> tuple[Any, list[str], list[Any]]:
