@@ -57,12 +57,12 @@ from . import _scripts
 __all__ = ["INTENT", "MARK", "PICK", "ClusterFairKeys"]
 
 # KEYS of every script: 1 sfq, 2 tags, 3 lag, 4 vtime, 5 parked, 6 weights, 7 marks, 8 seq,
-# 9 intents, 10 ahead.
+# 9 intents, 10 ahead, 11 wake.
 _COMMON = r"""
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME then writes (Redis 6)
 local sfq, tags, lag, vkey, parked, weights = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   KEYS[6]
-local marks, seqk, intents, ahead = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local marks, seqk, intents, ahead, wake = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local function uq_now()
   local t = redis.call("TIME")
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -114,15 +114,23 @@ local function uq_bump(t) redis.call("HSET", marks, t, redis.call("INCR", seqk))
 
 MARK = _scripts.Script("fair_cluster_mark", _COMMON + r"""
 -- ARGV: 1 default weight, 2 burst, 3 intent seconds, 4 now (client clock, s),
---       5.. tenants with a job just pushed.
+--       5 jobs pushed (wake-up tokens), 6.. tenants with a job just pushed.
 local V = tonumber(redis.call("GET", vkey)) or 0
 local dw, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local until_ = uq_fmt(uq_now() + tonumber(ARGV[3]))
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local t = ARGV[i]
   uq_bump(t)
   uq_join(t, V, burst, dw, now)
   redis.call("ZADD", intents, "GT", until_, t)  -- covers this producer's next push too
+end
+-- One token per job for consumers blocked on the wake list (BLPOP), capped as in _fair.
+local n = math.min(tonumber(ARGV[5]), 64)
+if n > 0 then
+  local ones = {}
+  for j = 1, n do ones[j] = "1" end
+  redis.call("LPUSH", wake, unpack(ones))
+  redis.call("LTRIM", wake, 0, 63)
 end
 return 1
 """)
@@ -244,9 +252,9 @@ class ClusterFairKeys:
         tag = qname_template.replace("{tenant}", "*")
         base = f"uq:fair:{{{tag}}}:"
         names = ("sfq", "tags", "lag", "vtime", "parked", "weights", "marks", "seq", "intents",
-                 "ahead")
+                 "ahead", "wake")
         self.all = [base + n for n in names]
-        self.weights = base + "weights"
+        self.weights, self.wake = base + "weights", base + "wake"
         self.default_weight = default_weight
         self.burst = burst
         self.intent_seconds = intent_seconds
@@ -256,15 +264,15 @@ class ClusterFairKeys:
         """The keys of the schedule (not the weights): what a reset deletes."""
         return [k for k in self.all if k != self.weights]
 
-    def mark_call(self, tenants: Sequence[str],
-                  now: float) -> tuple[Any, list[str], list[str]]:
+    def mark_call(self, tenants: Sequence[str], now: float,
+                  jobs: int = 1) -> tuple[Any, list[str], list[str]]:
         """``tenants`` have a job just pushed (at ``now``, client clock).
 
         They become backlogged (if not yet), get a new mark sequence, and their intents are
-        renewed.
+        renewed; ``jobs`` wake-up tokens go to the wake list blocked consumers wait on.
         """
         return (MARK, self.all, [repr(self.default_weight), repr(float(self.burst)),
-                                 repr(self.intent_seconds), repr(now), *tenants])
+                                 repr(self.intent_seconds), repr(now), str(jobs), *tenants])
 
     def intent_call(self, tenants: Sequence[str]) -> tuple[Any, list[str], list[str]]:
         """A producer is about to push for ``tenants``."""

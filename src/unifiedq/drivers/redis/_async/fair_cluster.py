@@ -62,6 +62,8 @@ class AsyncClusterFairSched:
         self.pending: dict[str, float] = dict(weights)  # weights not yet in Redis
         self._open = open_tenant
         self._intents: dict[str, float] = {}  # tenant -> monotonic end of our last intent
+        self.next_due: float | None = None  # when the earliest parked job falls due (s)
+        self.blocked = 0  # dequeuers of this handle blocked on the wake list
 
     async def _send(self, cmds: list[tuple[str, ...]]) -> list[Any]:
         with translating():
@@ -92,11 +94,27 @@ class AsyncClusterFairSched:
         await self._call(self.keys.intent_call([tenant]))
         self._covered(tenant, now)
 
-    async def mark(self, tenant: str) -> None:
-        """``tenant`` has a job just pushed: backlogged now (and our intent renewed)."""
+    async def mark(self, tenant: str, jobs: int = 1) -> None:
+        """``tenant`` has ``jobs`` jobs just pushed: backlogged now (our intent renewed)."""
         now = time.monotonic()
-        await self._call(self.keys.mark_call([tenant], time.time()))
+        await self._call(self.keys.mark_call([tenant], time.time(), jobs))
         self._covered(tenant, now)
+
+    async def wait(self, seconds: float) -> None:
+        """Block up to ``seconds`` on the wake list (a mark in any process ends it)."""
+        self.blocked += 1
+        try:
+            with translating():
+                await self.ctl._send(pack(("BLPOP", self.keys.wake, repr(max(seconds, 0.001)))),
+                                     1, time.monotonic() + seconds + self.ctl._st,
+                                     key=self.keys.wake)
+        finally:
+            self.blocked -= 1
+
+    async def wake(self, n: int) -> None:
+        """Push ``n`` wake-up tokens (closing: this handle's blocked dequeuers return)."""
+        if n > 0:
+            await self._send([("LPUSH", self.keys.wake, *["1"] * n)])
 
     async def take(self, max_jobs: int) -> tuple[dict[str, list[Any]], str]:
         """Pick and lease up to ``max_jobs`` jobs: ``{tenant: [n, None, *jobs]}`` and ""."""
@@ -109,8 +127,9 @@ class AsyncClusterFairSched:
                 reply = await self._call(self.keys.pick_call(max_jobs - got, reports,
                                                              time.time()))
                 reports = []
-                _, picks = self.keys.parse_pick(reply)
+                due, picks = self.keys.parse_pick(reply)
                 if not picks:
+                    self.next_due = due
                     break
                 for tenant, k, seq in picks:
                     q = self._open(tenant)
