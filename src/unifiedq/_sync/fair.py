@@ -46,7 +46,9 @@ class FairQueue:
         discover: Callable returning tenant names, polled every ``discover_interval`` s.
         discover_interval: Seconds between ``discover`` calls.
         idle_ttl: Forget unconfigured tenants empty for this long (None = never).
-        max_poll: Longest wait between polls of empty sub-queues while blocking.
+        max_poll: Longest wait between polls of empty sub-queues while blocking (local
+            scheduler; the server scheduler's idle dequeuers block on a wake list that every
+            process's enqueues push to).
         empty_recheck: A tenant found empty leaves the scheduling ring and is not polled
             again for at least this many seconds unless a job is enqueued for it through
             this object.
