@@ -5,14 +5,12 @@ Real Redis (the session server) and real producer processes; the counts are exac
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import uuid
 
 import pytest
 
 import unifiedq
+from bound_producers import check_producers_never_overshoot
 from unifiedq.bounded import BoundedQueue
 from unifiedq.fair import FairQueue
 
@@ -22,54 +20,10 @@ def _url(redis_url: str, **opts: object) -> str:
     return f"{redis_url}?queue=ba-{uuid.uuid4().hex[:8]}{extra}"
 
 
-_PRODUCER = r"""
-import json, sys
-import unifiedq
-from unifiedq.bounded import BoundedQueue
-url, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-bq = BoundedQueue(url, maxsize=1000)
-ok = full = 0
-i = 0
-while i < n:
-    k = min(batch, n - i)
-    try:
-        if k == 1:
-            bq.enqueue(b"x")
-        else:
-            bq.enqueue_many([b"x"] * k)
-        ok += k
-    except unifiedq.QueueFull:
-        full += k
-    i += k
-s = bq.stats()
-assert s["accepted"] == ok and s["reject"] == full, (s, ok, full)
-print(json.dumps({"ok": ok, "full": full}))
-"""
-
-
 @pytest.mark.parametrize("nprocs", [4, pytest.param(16, marks=pytest.mark.slow)])
 def test_producer_processes_never_overshoot(redis_url: str, nprocs: int) -> None:
     url = _url(redis_url)
-    per = 1600 // nprocs  # 1,600 attempts against a bound of 1,000
-    # Half the producers enqueue one job at a time, half all-or-nothing batches of 5.
-    procs = [subprocess.Popen([sys.executable, "-c", _PRODUCER, url, str(per),
-                               str(1 + 4 * (i % 2))], stdout=subprocess.PIPE, text=True)
-             for i in range(nprocs)]
-    res = []
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0
-        res.append(json.loads(out))
-    ok = sum(r["ok"] for r in res)
-    full = sum(r["full"] for r in res)
-    q = unifiedq.connect(url)
-    try:
-        assert ok + full == nprocs * per  # every attempt accepted or reported as QueueFull
-        assert q.size() == ok <= 1000  # zero overshoot
-        assert ok >= 1000 - 4  # and the bound was reached (a batch of 5 may not fit the end)
-    finally:
-        q.purge()
-        q.close()
+    check_producers_never_overshoot(url, nprocs)
 
 
 def test_leased_delayed_and_every_level_count(redis_url: str) -> None:

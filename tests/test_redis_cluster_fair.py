@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import unifiedq
+from bound_producers import check_producers_never_overshoot
 from unifiedq import Queue, UnsupportedOperation
 from unifiedq.bounded import AsyncBoundedQueue, BoundedQueue
 from unifiedq.fair import AsyncFairQueue, FairQueue
@@ -46,54 +47,10 @@ def _name(prefix: str) -> str:
 
 # --------------------------------------------------------------------------- the bound
 
-_PRODUCER = r"""
-import json, sys
-import unifiedq
-from unifiedq.bounded import BoundedQueue
-url, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-bq = BoundedQueue(url, maxsize=1000)
-assert bq.native, bq
-ok = full = 0
-i = 0
-while i < n:
-    k = min(batch, n - i)
-    try:
-        if k == 1:
-            bq.enqueue(b"x")
-        else:
-            bq.enqueue_many([b"x"] * k)
-        ok += k
-    except unifiedq.QueueFull:
-        full += k
-    i += k
-s = bq.stats()
-assert s["accepted"] == ok and s["reject"] == full, (s, ok, full)
-print(json.dumps({"ok": ok, "full": full}))
-"""
-
-
 @pytest.mark.parametrize("nprocs", [4, pytest.param(16, marks=pytest.mark.slow)])
 def test_bound_producer_processes_never_overshoot(rig: RedisClusterRig, nprocs: int) -> None:
     url = rig.url(queue=_name("cb"))
-    per = 1600 // nprocs  # 1,600 attempts against a bound of 1,000
-    procs = [subprocess.Popen([sys.executable, "-c", _PRODUCER, url, str(per),
-                               str(1 + 4 * (i % 2))], stdout=subprocess.PIPE, text=True)
-             for i in range(nprocs)]
-    res = []
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0
-        res.append(json.loads(out))
-    ok = sum(r["ok"] for r in res)
-    full = sum(r["full"] for r in res)
-    q = unifiedq.connect(url)
-    try:
-        assert ok + full == nprocs * per  # every attempt accepted or reported as QueueFull
-        assert q.size() == ok <= 1000  # zero overshoot
-        assert ok >= 1000 - 4  # and the bound was reached (a batch of 5 may not fit the end)
-    finally:
-        q.purge()
-        q.close()
+    check_producers_never_overshoot(url, nprocs)
 
 
 def test_bound_counts_leased_and_delayed_and_refuses_priorities(rig: RedisClusterRig) -> None:
