@@ -313,7 +313,9 @@ def test_crash_loop_gives_up_with_an_error(app_dir: Path, redis_url: str,
     rc = sup.run(install_signals=False)
     took = time.monotonic() - t0
     assert rc == 1
-    assert took < 12, f"the crash loop took {took:.1f} s to be given up"
+    # Six interpreter starts and 0.3 s of backoff: a few seconds, but each start imports
+    # unifiedq, which took 2 s+ under a load of 14 on 2 cores (it failed once at 12 s).
+    assert took < 30, f"the crash loop took {took:.1f} s to be given up"
     events = [getattr(r, "event", None) for r in caplog.records]
     assert events.count("child_start") == 2 * 3 and sup.restarts == 2 * 2
     assert events[-1] == "supervisor_crash_loop"
