@@ -13,22 +13,13 @@ import uuid
 
 import pytest
 
+from test_fair_server import _take
 from unifiedq import InvalidArgument
 from unifiedq.fair import FairQueue
 
 
 def _tpl(redis_url: str) -> str:
     return f"{redis_url}?queue=fl-{uuid.uuid4().hex[:8]}.{{tenant}}"
-
-
-def _take(fq: FairQueue, n: int) -> list[str]:
-    out = []
-    for _ in range(n):
-        j = fq.dequeue(timeout=5)
-        assert j is not None
-        out.append(fq.tenant_of(j))
-        fq.ack(j)
-    return out
 
 
 def test_memory_local_drr_serves_a_newly_active_tenant_within_one_pick() -> None:

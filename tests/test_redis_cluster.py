@@ -45,8 +45,8 @@ def fresh_rig() -> Iterator[RedisClusterRig]:
         yield r
 
 
-class TestRedisCluster(QueueConformance):
-    """The whole conformance suite on a queue of a Redis Cluster."""
+class ClusterConformance(QueueConformance):
+    """The conformance suite's settings for queues on the cluster rig (a module's ``rig``)."""
 
     LEASE_OPTIONS = {"visibility_timeout": 1.0, "heartbeat": False}
     LEASE_SECONDS = 1.0
@@ -55,6 +55,10 @@ class TestRedisCluster(QueueConformance):
     @pytest.fixture
     def url_template(self, rig: RedisClusterRig) -> str:
         return rig.url(queue="{name}")
+
+
+class TestRedisCluster(ClusterConformance):
+    """The whole conformance suite on a queue of a Redis Cluster."""
 
 
 # --------------------------------------------------------------------------- URLs

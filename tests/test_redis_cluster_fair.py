@@ -25,12 +25,13 @@ import pytest
 
 import unifiedq
 from bound_producers import check_producers_never_overshoot
+from test_redis_cluster import ClusterConformance
 from unifiedq import Queue, UnsupportedOperation
 from unifiedq.bounded import AsyncBoundedQueue, BoundedQueue
 from unifiedq.fair import AsyncFairQueue, FairQueue
 from unifiedq.testing.cluster import RedisClusterRig
 from unifiedq.testing.fixtures import require_binary
-from unifiedq.testing.suite import BlockingView, QueueConformance
+from unifiedq.testing.suite import BlockingView
 
 
 @pytest.fixture(scope="module")
@@ -277,17 +278,7 @@ def test_headers_with_a_priority_stay_in_the_levels_slot(rig: RedisClusterRig) -
 # --------------------------------------------------------------------------- conformance
 
 
-class _OnCluster(QueueConformance):
-    LEASE_OPTIONS = {"visibility_timeout": 1.0, "heartbeat": False}
-    LEASE_SECONDS = 1.0
-    DELAY_SLACK = 0.5
-
-    @pytest.fixture
-    def url_template(self, rig: RedisClusterRig) -> str:
-        return rig.url(queue="{name}")
-
-
-class TestBoundedQueueOnCluster(_OnCluster):
+class TestBoundedQueueOnCluster(ClusterConformance):
     """The atomic cluster bound is a queue too: its flags (no PRIORITY) checked both ways."""
 
     def open_queue(self, url: str, face: str, options: dict[str, Any]) -> Queue:
@@ -298,7 +289,7 @@ class TestBoundedQueueOnCluster(_OnCluster):
         return BlockingView(AsyncBoundedQueue(url, size, connect_options=opts))
 
 
-class TestServerFairQueueOnCluster(_OnCluster):
+class TestServerFairQueueOnCluster(ClusterConformance):
     """``FairQueue(scheduler="server")`` on the cluster, named ``<name>``."""
 
     JOB_QUEUE_IS_HANDLE_NAME = False  # jobs name their tenant's sub-queue: <name>.<tenant>

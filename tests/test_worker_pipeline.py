@@ -11,13 +11,13 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import unifiedq
+from test_worker_batching import wait_for
 from unifiedq import AsyncWorker, Job, Worker
 from unifiedq._errors import BackendConnectionError
 
@@ -32,14 +32,6 @@ def _st(q: Any) -> dict[str, Any]:
 
 def _name() -> str:
     return f"wp-{uuid.uuid4().hex[:10]}"
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class Reports:
