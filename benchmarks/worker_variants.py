@@ -1,7 +1,9 @@
-"""Worker options side by side on redis://: the default, ``ack_with_fetch``, ``prefetch=8``.
+"""Worker options side by side on redis://: ``prefetch=0``, the default (``prefetch="auto"``),
+``prefetch=8``, ``ack_with_fetch``.
 
     python benchmarks/worker_variants.py [--rounds 6] [--jobs 10000] [--concurrency 8]
-        [--variants default,ack_with_fetch,prefetch8] [--out benchmarks/results/worker_variants]
+        [--variants prefetch0,default,prefetch8,ack_with_fetch]
+        [--out benchmarks/results/worker_variants]
 
 Not run by CI. One private Redis (the test rig); each round runs every variant on both faces
 (``Worker``, ``AsyncWorker``), the variants' order rotated every round so that no variant
@@ -30,7 +32,8 @@ from unifiedq import AsyncWorker, Worker
 from unifiedq.testing.servers import RedisServer
 
 OPTIONS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "default": {},  # prefetch="auto"
+    "prefetch0": {"kwargs": {"prefetch": 0}},
     "ack_with_fetch": {"attrs": {"ack_with_fetch": True}},
     "prefetch8": {"kwargs": {"prefetch": 8}},
     "prefetch8_ack_with_fetch": {"kwargs": {"prefetch": 8}, "attrs": {"ack_with_fetch": True}},
@@ -92,7 +95,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--jobs", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--variants", default="default,ack_with_fetch,prefetch8")
+    p.add_argument("--variants", default="prefetch0,default,prefetch8,ack_with_fetch")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"
                                         / "worker_variants"))
     a = p.parse_args()

@@ -148,6 +148,17 @@ def test_worker_subcommand_is_wired() -> None:
     assert "--url" in out.stdout and "--concurrency" in out.stdout
 
 
+def test_worker_prefetch_option() -> None:
+    from unifiedq.cli.worker import _parser
+
+    assert _parser().parse_args(["--url", "memory://x", "m:h"]).prefetch == "auto"
+    assert _parser().parse_args(["--url", "memory://x", "m:h", "--prefetch", "0"]).prefetch == 0
+    for bad in ("nope", "-1", "1.5", "AUTO"):
+        out = run("-m", "unifiedq", "worker", "--url", "memory://x", "--prefetch", bad, "m:h")
+        assert out.returncode == 2, out
+        assert "--prefetch: 'auto' or a whole number >= 0" in out.stderr
+
+
 def test_pause_and_resume_commands(redis_url: str) -> None:
     import uuid
 

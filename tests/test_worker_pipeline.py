@@ -138,7 +138,8 @@ def test_worker_uses_it_and_counts_lease_lost_exactly(redis_url: str, face: str)
             with lock:
                 seen.append(job.body)
 
-        w = Worker(url, handler, concurrency=4, poll_interval=0.05)
+        # prefetch=0: one fetch per few jobs, so that many fetches carry acks.
+        w = Worker(url, handler, concurrency=4, poll_interval=0.05, prefetch=0)
         w.ack_with_fetch = True
         wrap(w)
         with w:
@@ -150,7 +151,7 @@ def test_worker_uses_it_and_counts_lease_lost_exactly(redis_url: str, face: str)
             seen.append(job.body)
 
         async def main() -> Any:
-            w = AsyncWorker(url, ahandler, concurrency=4, poll_interval=0.05)
+            w = AsyncWorker(url, ahandler, concurrency=4, poll_interval=0.05, prefetch=0)
             w.ack_with_fetch = True
             wrap(w)
             async with w:
@@ -290,7 +291,7 @@ def test_sigkill_ledger_with_the_combined_round_trip(redis_url: str) -> None:
     assert len(handled - set(drained)) > 0  # acks did reach Redis before the kill
 
 
-# -- prefetch= (an explicit option; the default takes one job per idle slot) ------------------
+# -- prefetch=N (a fixed number; the default, "auto", is in test_worker_prefetch_auto.py) --
 @pytest.mark.parametrize("prefetch", [0, 3])
 def test_prefetch_option_holds_at_most_that_many_waiting_jobs(prefetch: int) -> None:
     q = unifiedq.connect(f"memory://{_name()}")

@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from ._capabilities import Capability
 from ._errors import InvalidArgument, UnifiedQError
@@ -358,6 +358,12 @@ class WorkerCore:
 
     #: Most jobs one fetch takes (fewer when fewer slots are idle; 1 with a ``rate_limit``).
     prefetch_max = 32
+    #: Weight of the newest sample in the running means ``prefetch="auto"`` keeps of a slot's
+    #: time per job and of a fetch's round trip.
+    prefetch_smoothing = 0.05
+    #: ``prefetch="auto"``: prefetched jobs expected to wait longer than this (seconds) for
+    #: a slot are handed back to the queue (the jobs turned out longer than when fetched).
+    prefetch_wait_max = 0.05
     #: Acks of finished jobs are sent together (``ack_many``, drivers with BATCH) once this
     #: many are waiting, when a slot is about to wait for work, or ``ack_window`` s after
     #: the first of them, whichever comes first.
@@ -418,6 +424,52 @@ class WorkerCore:
         self.queue_name = "?"
         self.driver = "?"
         self.caps = Capability(0)
+        # prefetch="auto": running means (s) of a slot's time per job and of a fetch that
+        # took jobs without waiting; None until measured (no prefetch before that).
+        self._job_time: float | None = None
+        self._fetch_time: float | None = None
+
+    # -- prefetch ------------------------------------------------------------------------------
+    @staticmethod
+    def _check_prefetch(prefetch: object) -> int | Literal["auto"]:
+        if prefetch == "auto" and isinstance(prefetch, str):
+            return "auto"
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise InvalidArgument(f"prefetch must be 'auto' or an int >= 0, not {prefetch!r}")
+        return prefetch
+
+    def _auto_prefetch(self) -> int:
+        """Jobs a fetch may take beyond the idle slots under ``prefetch="auto"``.
+
+        A job that waits in the worker for a busy slot should start no later than another
+        worker, fetching it, could start it: within about one fetch round trip ``T``. ``b``
+        waiting jobs drain in ``b * h / concurrency`` seconds when a slot spends ``h`` per
+        job, so at most ``concurrency * T / h`` may wait (capped by ``prefetch_max``): many
+        when jobs are much shorter than a round trip (where batches pay off), none when they
+        are as long (where prefetch would only hold jobs back from other workers).
+        """
+        h, t = self._job_time, self._fetch_time
+        if h is None or t is None:
+            return 0
+        if h * self.prefetch_max <= self.concurrency * t:
+            return self.prefetch_max
+        return int(self.concurrency * t / h)
+
+    def _prefetch_keep(self) -> int:
+        """How many prefetched jobs start within ``prefetch_wait_max`` at the current pace."""
+        h = self._job_time
+        if h is None or h * self.prefetch_max <= self.concurrency * self.prefetch_wait_max:
+            return self.prefetch_max
+        return int(self.concurrency * self.prefetch_wait_max / h)
+
+    def _note_job_time(self, seconds: float) -> None:
+        # A race between slots loses a sample at worst: this is an estimate, not a counter.
+        h = self._job_time
+        self._job_time = seconds if h is None else h + self.prefetch_smoothing * (seconds - h)
+
+    def _note_fetch_time(self, seconds: float) -> None:
+        t = self._fetch_time
+        self._fetch_time = seconds if t is None else t + self.prefetch_smoothing * (seconds - t)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def stats(self) -> WorkerStats:

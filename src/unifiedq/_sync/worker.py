@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from .._base import QueueBase
 from .._capabilities import Capability
@@ -93,10 +93,12 @@ class Worker(WorkerCore):
             and a job that fails for good is settled with ``queue.fail()`` (unless a
             ``dead_letter`` queue is given); see docs/results.md.
         prefetch: Jobs a fetch may take beyond one per idle slot (drivers with BATCH): they
-            wait in the worker for a busy slot. 0 (the default): a job is only taken when a
-            slot is free to start it. More means bigger batches and fewer round trips for
-            many short jobs, but those jobs' leases run, and other workers cannot have them,
-            while they wait (see docs/worker.md).
+            wait in the worker for a busy slot, leased, where other workers cannot have
+            them. ``"auto"`` (the default): as many as start within about one fetch round
+            trip, from running means of the slots' time per job and of a fetch's round
+            trip; many for jobs far shorter than a round trip, none for longer ones (and
+            none before the first jobs are measured). An int: at most that many, always;
+            0: a job is only taken when a slot is free to start it (see docs/worker.md).
 
     Raises:
         InvalidArgument: A bad option, handler or source (before anything connects).
@@ -123,11 +125,9 @@ class Worker(WorkerCore):
         overload: CoDel | None = None,
         connect_options: Mapping[str, Any] | None = None,
         result_codec: Codec | None = None,
-        prefetch: int = 0,
+        prefetch: int | Literal["auto"] = "auto",
     ) -> None:
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise InvalidArgument(f"prefetch must be an int >= 0, not {prefetch!r}")
-        self.prefetch = prefetch
+        self.prefetch = self._check_prefetch(prefetch)
         super().__init__(handler, concurrency=concurrency, timeout=timeout, retry=retry,
                          max_attempts=max_attempts, dead_letter=dead_letter,
                          lease_extend=lease_extend, poll_interval=poll_interval, grace=grace,
@@ -179,6 +179,7 @@ class Worker(WorkerCore):
         self._abandoned: set[int] = set()  # slots whose thread hangs in a handler, not replaced
         self._slot_gen = itertools.count(1)
         self._batch_fetch = False
+        self._prefetch_n: int | None = 0  # jobs a fetch takes beyond idle slots (None: auto)
         self._batch_ack = False
         # The driver's one-round-trip ack_many + dequeue_many (redis), when it has one.
         self._ack_take: Callable[..., Any] | None = None
@@ -201,6 +202,11 @@ class Worker(WorkerCore):
         # Decided here, not in __init__: tests (and wrappers) may narrow caps or swap metrics.
         batch = Capability.BATCH in self.caps
         self._batch_fetch = batch and self.rate_limit is None  # a limit is one token a fetch
+        # "auto" needs a way to hand back jobs that would wait too long (RELEASE: without
+        # consuming an attempt); else nothing waits. None: measured per fetch.
+        auto_ok = (Capability.ACK | Capability.RELEASE) in self.caps
+        self._prefetch_n = (None if auto_ok else 0) if self.prefetch == "auto" \
+            else self.prefetch
         self._batch_ack = batch and Capability.ACK in self.caps
         self._ack_take = getattr(self.queue, "_ack_then_dequeue", None) \
             if self._batch_ack and self.ack_with_fetch else None
@@ -413,8 +419,12 @@ class Worker(WorkerCore):
                     if got is not None:
                         self._idle -= 1
                         counted = False
-                    k = min(self._idle + self.prefetch, self.prefetch_max) \
-                        if self._batch_fetch else 1
+                    if self._batch_fetch:
+                        p = self._prefetch_n
+                        k = min(self._idle + (self._auto_prefetch() if p is None else p),
+                                self.prefetch_max)
+                    else:
+                        k = 1
                 if got is None:
                     if self._stopping.is_set():
                         return None
@@ -455,14 +465,35 @@ class Worker(WorkerCore):
             self._log(logging.WARNING, "extend_error", "extend_lease failed", exc_info=True)
         return job
 
+    def _give_back_prefetched(self) -> None:
+        """``prefetch="auto"``: release the prefetched jobs that would now wait too long.
+
+        The jobs got longer since they were fetched: those that would not start within
+        ``prefetch_wait_max`` s go back to the queue (lease released, no attempt counted) for
+        other workers, newest first, so the oldest still run here in order.
+        """
+        keep = self._prefetch_keep()
+        with self._lock:
+            if len(self._buf) <= keep:
+                return
+            extra = [self._buf.pop() for _ in range(len(self._buf) - keep)]
+        for job, _ in extra:
+            e = self._entry(job)
+            e.claim()
+            self._return(e, "prefetched, but slots now take "
+                               f"{self._job_time or 0.0:.3g} s per job")
+
     def _fetch(self, k: int) -> list[Job]:
         if self.rate_limit is not None and not self._limit_wait(self.rate_limit):
             return []
         # Acks waiting for their batch ride along with the fetch: no round trip of their own.
         # Without them, a busy queue answers at once: the cheap call first.
         acks = self._take_acks() if self._ack_take is not None and self._acks else []
+        began = time.monotonic()
         jobs = (self._ack_then_take(acks, k) if acks else self._take(k, 0.0))
-        if not jobs:
+        if jobs:
+            self._note_fetch_time(time.monotonic() - began)
+        else:
             if Capability.BLOCKING_DEQUEUE in self.caps:
                 jobs = self._take(k, self.poll_interval)
             else:
@@ -584,6 +615,8 @@ class Worker(WorkerCore):
                         return  # blocking face: this thread hung and the slot has a new one
                     runner.retire()  # stuck in a hung handler: it exits when that returns
                     runner = None
+                if self._buf and self._prefetch_n is None:
+                    self._give_back_prefetched()
         finally:
             if runner is not None:
                 runner.retire()
@@ -648,6 +681,7 @@ class Worker(WorkerCore):
             raise
         finally:
             self._drop_inflight(e)
+            self._note_job_time(time.monotonic() - start)
 
     def _run_here(self, e: _Entry, route: Route, view: Job, limit: float | None,
                         start: float) -> bool:

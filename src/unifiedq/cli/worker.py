@@ -50,6 +50,19 @@ def _load_target(spec: str) -> Any:
     return obj
 
 
+def _prefetch(text: str) -> int | str:
+    """``--prefetch``: "auto" or a whole number >= 0 (argparse reports anything else)."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"'auto' or a whole number >= 0, not {text!r}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unifiedq worker",
@@ -69,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dead-letter", default=None, help="URL of a dead-letter queue")
     p.add_argument("--lease-extend", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=None, help="max jobs per second (local)")
-    p.add_argument("--prefetch", type=int, default=0,
-                   help="jobs a fetch may take beyond the idle slots (default 0; "
-                        "docs/worker.md)")
+    p.add_argument("--prefetch", type=_prefetch, default="auto",
+                   help="jobs a fetch may take beyond the idle slots: 'auto' (default: as "
+                        "many as start within about one fetch round trip) or a number "
+                        "(0: none; docs/worker.md)")
     p.add_argument("--flavour", choices=("auto", "threads", "asyncio"), default="auto",
                    help="auto = asyncio when every handler is async")
     p.add_argument("--metrics-port", type=int, default=None,
