@@ -54,12 +54,12 @@ def _spy(q: Any, calls: list[tuple[int, int]]) -> None:
 
 
 def _run(face: str, url: str, handler: Any, until: Any, calls: list[tuple[int, int]],
-         during: Any = None, **kw: Any) -> WorkerStats:
+         during: Any = None, attrs: dict[str, Any] | None = None, **kw: Any) -> WorkerStats:
     """Run a worker of ``face`` on its own handle of ``url`` until ``until(stats)``.
 
     ``handler(job)`` returns None or seconds the job then takes (slept the face's way).
     ``during(q, stats)`` is called once the worker runs (the blocking face's handle, or a
-    blocking handle of the same queue for the asyncio face).
+    blocking handle of the same queue for the asyncio face). ``attrs``: set on the worker.
     """
     if face == "threads":
         q = unifiedq.connect(url)
@@ -70,6 +70,8 @@ def _run(face: str, url: str, handler: Any, until: Any, calls: list[tuple[int, i
                 time.sleep(pause)
 
         w = Worker(q, sync_handler, poll_interval=0.05, **kw)
+        for k, v in (attrs or {}).items():
+            setattr(w, k, v)
         with w:
             if during is not None:
                 during(q, w.stats)
@@ -86,6 +88,8 @@ def _run(face: str, url: str, handler: Any, until: Any, calls: list[tuple[int, i
         aq = unifiedq.connect_async(url)
         _spy(aq, calls)
         aw = AsyncWorker(aq, ahandler, poll_interval=0.05, **kw)
+        for k, v in (attrs or {}).items():
+            setattr(aw, k, v)
         async with aw:
             if during is not None:
                 with unifiedq.connect(url) as side:
@@ -135,11 +139,11 @@ def test_long_jobs_are_not_prefetched(redis_url: str, face: str) -> None:
 @pytest.mark.parametrize("face", ["threads", "asyncio"])
 def test_jobs_that_turned_long_are_handed_back(redis_url: str, face: str) -> None:
     """Short jobs teach the worker to prefetch; then a burst of long ones arrives in one
-    batch, and an idle slot's fetch takes them all. Once the first long one finishes, those
-    that would wait more than ``prefetch_wait_max`` go back to the queue, where other workers
-    can have them; every job still runs exactly once."""
+    batch, and an idle slot's fetch takes many of them. Once the first long ones finish,
+    those that would wait more than ``prefetch_wait_max`` go back to the queue, where other
+    workers can have them; every job still runs exactly once."""
     url = f"{redis_url}?queue={_name()}"
-    short, long_, pause = 400, 16, 0.5
+    short, long_, pause, slots = 400, 24, 0.5, 4
     with unifiedq.connect(url) as q:
         q.enqueue_many([b"s%d" % i for i in range(short)])
     ran: Counter[bytes] = Counter()
@@ -152,24 +156,30 @@ def test_jobs_that_turned_long_are_handed_back(redis_url: str, face: str) -> Non
 
     calls: list[tuple[int, int]] = []
     back: list[int] = []
+    mark: list[int] = []
 
     def burst(q: Any, stats: Any) -> None:
         wait_for(lambda: stats().processed == short, 30, "the short jobs")
         time.sleep(0.2)  # every slot is now waiting in one fetch
+        mark.append(len(calls))  # the fetches from here on took long jobs
         q.enqueue_many([b"L%d" % i for i in range(long_)])
         wait_for(lambda: stats().processed > short, 10, "a long job done")
-        time.sleep(0.1)
-        back.append(q.size())
+        end = time.monotonic() + 0.3  # before the slots finish their next long jobs
+        while time.monotonic() < end:
+            back.append(q.size())
+            time.sleep(0.01)
 
+    # 0.01 s: once a slot's mean time per job is 0.05 * 0.5 s, 4 slots start at most one
+    # waiting job within it, so all but one go back.
     st = _run(face, url, handler, lambda s: s.processed >= short + long_, calls, during=burst,
-              concurrency=2)
-    # The fetch after the short jobs took the whole burst...
-    assert any(k > 2 and got == long_ for k, got in calls), calls
-    # ...and most of it was back in the queue soon after the first long job finished (the
-    # running mean of a slot's time per job is then 0.05 * 0.5 s: 2 slots start 4 jobs
-    # within prefetch_wait_max; 16 - 2 running - 4 = 10 go back).
-    assert back[0] >= long_ // 2, back
-    assert st.returned >= long_ // 2
+              attrs={"prefetch_wait_max": 0.01}, concurrency=slots)
+    # The fetch after the short jobs took much of the burst: far beyond the idle slots...
+    took = max(got for _, got in calls[mark[0]:])
+    assert took >= 12, calls
+    # ...and what waited went back to the queue once the first long jobs finished: all but
+    # the one kept and those other slots took meanwhile (at most one each).
+    assert max(back) >= took - 2 * slots, (took, back)
+    assert st.returned >= took - 2 * slots
     assert sorted(ran.values()) == [1] * (short + long_)  # each ran once: nothing lost
     assert st.processed == short + long_ and st.lease_lost == 0
     assert q_empty(url)
