@@ -323,6 +323,11 @@ class _Decision:
     error: str
 
 
+def _running_mean(mean: float | None, sample: float, weight: float) -> float:
+    """An exponentially weighted running mean: ``sample`` counts ``weight``; the first is it."""
+    return sample if mean is None else mean + weight * (sample - mean)
+
+
 def _error_text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return text[:_MAX_ERROR]
@@ -438,38 +443,33 @@ class WorkerCore:
             raise InvalidArgument(f"prefetch must be 'auto' or an int >= 0, not {prefetch!r}")
         return prefetch
 
-    def _auto_prefetch(self) -> int:
-        """Jobs a fetch may take beyond the idle slots under ``prefetch="auto"``.
+    def _startable(self, seconds: float | None) -> int:
+        """How many waiting jobs the slots start within ``seconds`` at their current pace.
 
-        A job that waits in the worker for a busy slot should start no later than another
-        worker, fetching it, could start it: within about one fetch round trip ``T``. ``b``
-        waiting jobs drain in ``b * h / concurrency`` seconds when a slot spends ``h`` per
-        job, so at most ``concurrency * T / h`` may wait (capped by ``prefetch_max``): many
-        when jobs are much shorter than a round trip (where batches pay off), none when they
-        are as long (where prefetch would only hold jobs back from other workers).
+        ``b`` waiting jobs drain in ``b * h / concurrency`` seconds when a slot spends ``h``
+        per job, so ``concurrency * seconds / h`` of them (capped by ``prefetch_max``); 0
+        until ``h`` (and ``seconds``) have been measured.
+
+        ``prefetch="auto"`` uses it twice. A fetch takes this many beyond the idle slots
+        for one fetch round trip (``_fetch_time``): a waiting job should start no later
+        than another worker, fetching it, could start it. So there are many for jobs much
+        shorter than a round trip, where batches pay off, and none for jobs as long, where
+        prefetch would only hold jobs back from other workers. And for
+        ``prefetch_wait_max``: waiting jobs beyond that many are handed back.
         """
-        h, t = self._job_time, self._fetch_time
-        if h is None or t is None:
-            return 0
-        if h * self.prefetch_max <= self.concurrency * t:
-            return self.prefetch_max
-        return int(self.concurrency * t / h)
-
-    def _prefetch_keep(self) -> int:
-        """How many prefetched jobs start within ``prefetch_wait_max`` at the current pace."""
         h = self._job_time
-        if h is None or h * self.prefetch_max <= self.concurrency * self.prefetch_wait_max:
+        if h is None or seconds is None:
+            return 0
+        if h * self.prefetch_max <= self.concurrency * seconds:
             return self.prefetch_max
-        return int(self.concurrency * self.prefetch_wait_max / h)
+        return int(self.concurrency * seconds / h)
 
     def _note_job_time(self, seconds: float) -> None:
         # A race between slots loses a sample at worst: this is an estimate, not a counter.
-        h = self._job_time
-        self._job_time = seconds if h is None else h + self.prefetch_smoothing * (seconds - h)
+        self._job_time = _running_mean(self._job_time, seconds, self.prefetch_smoothing)
 
     def _note_fetch_time(self, seconds: float) -> None:
-        t = self._fetch_time
-        self._fetch_time = seconds if t is None else t + self.prefetch_smoothing * (seconds - t)
+        self._fetch_time = _running_mean(self._fetch_time, seconds, self.prefetch_smoothing)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def stats(self) -> WorkerStats:

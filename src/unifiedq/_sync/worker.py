@@ -420,9 +420,10 @@ class Worker(WorkerCore):
                         self._idle -= 1
                         counted = False
                     if self._batch_fetch:
-                        p = self._prefetch_n
-                        k = min(self._idle + (self._auto_prefetch() if p is None else p),
-                                self.prefetch_max)
+                        extra = self._prefetch_n
+                        if extra is None:  # "auto": those that start within a round trip
+                            extra = self._startable(self._fetch_time)
+                        k = min(self._idle + extra, self.prefetch_max)
                     else:
                         k = 1
                 if got is None:
@@ -472,16 +473,16 @@ class Worker(WorkerCore):
         ``prefetch_wait_max`` s go back to the queue (lease released, no attempt counted) for
         other workers, newest first, so the oldest still run here in order.
         """
-        keep = self._prefetch_keep()
+        keep = self._startable(self.prefetch_wait_max)
         with self._lock:
             if len(self._buf) <= keep:
                 return
             extra = [self._buf.pop() for _ in range(len(self._buf) - keep)]
+        why = f"prefetched, but slots now take {self._job_time or 0.0:.3g} s per job"
         for job, _ in extra:
             e = self._entry(job)
             e.claim()
-            self._return(e, "prefetched, but slots now take "
-                               f"{self._job_time or 0.0:.3g} s per job")
+            self._return(e, why)
 
     def _fetch(self, k: int) -> list[Job]:
         if self.rate_limit is not None and not self._limit_wait(self.rate_limit):
